@@ -1,0 +1,211 @@
+"""`workbench` command line: prepare avatars, render lip-synced video, manage weights, evaluate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .avatar import PrepParams
+from .config import DetectorName, MaskSource, ParsingMode, RendererName, Settings
+
+app = typer.Typer(help="Real-time talking digital human workbench.", no_args_is_help=True, add_completion=False)
+weights_app = typer.Typer(help="MuseTalk, VAE, Whisper, detector and SyncNet weights.", no_args_is_help=True)
+avatars_app = typer.Typer(help="Prepared avatars in the cache.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+app.add_typer(avatars_app, name="avatars")
+console = Console()
+
+ModelsDir = Annotated[Path | None, typer.Option("--models-dir", help="MuseTalk models/ folder")]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="avatar cache folder")]
+
+
+def _settings(models_dir: Path | None = None, cache_dir: Path | None = None, **extra) -> Settings:
+    overrides = {k: v for k, v in {"models_dir": models_dir, "cache_dir": cache_dir, **extra}.items() if v is not None}
+    return Settings(**overrides)
+
+
+def _engine(settings: Settings, renderer: RendererName | None = None):
+    from .engine import Engine  # heavy imports only when a command needs them
+
+    return Engine(settings, renderer=renderer)
+
+
+class _Bar:
+    """A rich progress bar fed by the engine's progress(fraction, message) callbacks."""
+
+    def __init__(self, title: str):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), console=console,
+        )
+        self.task = self.progress.add_task(title, total=1.0, msg="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        self.progress.update(self.task, completed=max(0.0, min(1.0, fraction)), msg=message)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def prepare(
+    source: Annotated[Path, typer.Argument(help="a video, a photo, or a folder of frames")],
+    bbox_shift: int = 0,
+    extra_margin: int = 10,
+    parsing_mode: Annotated[str, typer.Option(help="jaw or raw")] = "jaw",
+    left_cheek_width: int = 90,
+    right_cheek_width: int = 90,
+    detector: Annotated[str, typer.Option(help="dlib (offline default) or dwpose (MuseTalk's, needs weights)")] = "dlib",
+    mask_source: Annotated[str, typer.Option(help="auto, landmarks or bisenet")] = "auto",
+    max_frames: Annotated[int | None, typer.Option(help="take at most this many frames")] = None,
+    renderer: Annotated[str, typer.Option(help="auto, cpu or musetalk")] = "auto",
+    models_dir: ModelsDir = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Prepare (or reuse) a cached avatar and print its id and the measured bbox_shift range."""
+    params = PrepParams(
+        bbox_shift=bbox_shift, extra_margin=extra_margin, parsing_mode=_choice(parsing_mode, ParsingMode),
+        left_cheek_width=left_cheek_width, right_cheek_width=right_cheek_width,
+        detector=_choice(detector, DetectorName), mask_source=_choice(mask_source, MaskSource), max_frames=max_frames,
+    )
+    engine = _engine(_settings(models_dir, cache_dir), _choice(renderer, RendererName))
+    try:
+        with _Bar("prepare") as bar:
+            avatar = engine.prepare(source, params, progress=bar)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        raise _fail(e) from e
+    lo, hi = avatar.bbox_range
+    n_face = int(avatar.has_face.sum())
+    console.print(f"avatar [bold]{avatar.avatar_id}[/bold]: {len(avatar)} frames ({n_face} with a face), "
+                  f"{avatar.frame_size[1]}x{avatar.frame_size[0]}, mask: {avatar.mask_kind}, "
+                  f"latents: {'yes' if avatar.latents is not None else 'no'}")
+    console.print(f"recommended bbox_shift range: [{lo} ~ {hi}]  (current bbox_shift {bbox_shift})")
+
+
+@app.command()
+def render(
+    audio: Annotated[Path, typer.Option("--audio", help="driving speech, any sample rate")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="mp4 to write")],
+    avatar: Annotated[str | None, typer.Option("--avatar", help="a cached avatar id")] = None,
+    source: Annotated[Path | None, typer.Option("--source", help="or a video/photo to prepare first")] = None,
+    renderer: Annotated[str, typer.Option(help="auto, cpu or musetalk")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="frames per renderer batch")] = None,
+    models_dir: ModelsDir = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Render a lip-synced 25 fps mp4 with the audio muxed in."""
+    if (avatar is None) == (source is None):
+        raise _fail(ValueError("give exactly one of --avatar ID or --source FILE"))
+    engine = _engine(_settings(models_dir, cache_dir, batch_size=batch_size), _choice(renderer, RendererName))
+    try:
+        av = engine.load_avatar(avatar) if avatar else engine.prepare(source)
+        with _Bar(f"render ({engine.renderer.describe()})") as bar:
+            result = engine.render_file(av, audio, output, progress=bar)
+    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as e:
+        raise _fail(e) from e
+    fps = result.n_frames / result.seconds if result.seconds > 0 else float("inf")
+    console.print(f"wrote {result.path}: {result.n_frames} frames in {result.seconds:.1f} s ({fps:.1f} frames/s)")
+
+
+@avatars_app.command("list")
+def avatars_list(cache_dir: CacheDir = None) -> None:
+    """List cached avatars."""
+    from .cache import AvatarCache
+
+    table = Table("id", "source", "frames", "bbox range", "params", "MB")
+    for info in AvatarCache(_settings(cache_dir=cache_dir).cache_dir).list():
+        table.add_row(info.avatar_id, info.source, str(info.n_frames), f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
+                      _short_params(info.params), f"{info.size_bytes / 1e6:.1f}")
+    console.print(table)
+
+
+@avatars_app.command("delete")
+def avatars_delete(avatar_id: str, cache_dir: CacheDir = None) -> None:
+    """Delete a cached avatar."""
+    from .cache import AvatarCache
+
+    try:
+        AvatarCache(_settings(cache_dir=cache_dir).cache_dir).delete(avatar_id)
+    except KeyError as e:
+        raise _fail(e) from e
+    console.print(f"deleted {avatar_id}")
+
+
+@weights_app.command("check")
+def weights_check(models_dir: ModelsDir = None) -> None:
+    """Show which weight files are present, missing or corrupt. Exits 1 if MuseTalk's are incomplete."""
+    from . import weights
+
+    report = weights.check(_settings(models_dir).models_dir)
+    table = Table("component", "status", "files", "purpose")
+    for comp in report.components:
+        colour = {"present": "green", "missing": "yellow"}.get(comp.status, "red")
+        table.add_row(comp.name, f"[{colour}]{comp.status}[/{colour}]", "\n".join(comp.files), comp.purpose)
+    console.print(table)
+    if not report.musetalk_ready:
+        console.print("MuseTalk is not ready; the CPU renderer is used. Get the weights with: workbench weights download")
+        raise typer.Exit(code=1)
+
+
+@weights_app.command("download")
+def weights_download(
+    components: Annotated[list[str] | None, typer.Argument(help="components to fetch (default: all of MuseTalk's)")] = None,
+    models_dir: ModelsDir = None,
+) -> None:
+    """Download weights from their Hugging Face repos (resumable, verified)."""
+    from . import weights
+
+    try:
+        weights.download(_settings(models_dir).models_dir, components or None)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise _fail(e) from e
+    weights_check(models_dir)
+
+
+def _short_params(params: dict) -> str:
+    defaults = PrepParams().to_dict()
+    changed = {k: v for k, v in params.items() if defaults.get(k) != v}
+    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+
+
+def _choice(value: str, literal) -> str:
+    allowed = literal.__args__
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _mount_eval() -> None:
+    """`workbench eval …` comes from the eval package; mounted here so there is one command."""
+    try:
+        from eval.cli import eval_app
+    except ImportError as e:  # the eval package is part of this project; a broken install should say so
+        logging.getLogger(__name__).debug("eval CLI unavailable: %s", e)
+        return
+    app.add_typer(eval_app, name="eval")
+
+
+_mount_eval()
+
+if __name__ == "__main__":
+    app()
