@@ -158,25 +158,30 @@ def weights_check(models_dir: ModelsDir = None) -> None:
 
     report = weights.check(_settings(models_dir).models_dir)
     table = Table("component", "status", "files", "purpose")
-    for comp in report.components:
+    for comp in report.components.values():
         colour = {"present": "green", "missing": "yellow"}.get(comp.status, "red")
-        table.add_row(comp.name, f"[{colour}]{comp.status}[/{colour}]", "\n".join(comp.files), comp.purpose)
+        files = "\n".join(f"{f.path} ({f.status}{': ' + f.detail if f.detail else ''})" for f in comp.files)
+        table.add_row(comp.name, f"[{colour}]{comp.status}[/{colour}]", files, comp.description)
     console.print(table)
-    if not report.musetalk_ready:
+    if not report.has_musetalk():
         console.print("MuseTalk is not ready; the CPU renderer is used. Get the weights with: workbench weights download")
         raise typer.Exit(code=1)
 
 
 @weights_app.command("download")
 def weights_download(
-    components: Annotated[list[str] | None, typer.Argument(help="components to fetch (default: all of MuseTalk's)")] = None,
+    components: Annotated[list[str] | None, typer.Argument(help="components to fetch (default: MuseTalk v1.5's)")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every component: detectors, face parsing, SyncNet too")] = False,
+    force: Annotated[bool, typer.Option(help="fetch again even if present")] = False,
     models_dir: ModelsDir = None,
 ) -> None:
-    """Download weights from their Hugging Face repos (resumable, verified)."""
+    """Download weights from their Hugging Face repos and official URLs (resumable, verified)."""
     from . import weights
 
+    names = list(weights.COMPONENTS) if all_ else (components or list(weights.DEFAULT_DOWNLOAD))
     try:
-        weights.download(_settings(models_dir).models_dir, components or None)
+        with _Bar("download") as bar:
+            weights.download(_settings(models_dir).models_dir, names, progress=bar, force=force)
     except (RuntimeError, ValueError, OSError) as e:
         raise _fail(e) from e
     weights_check(models_dir)
