@@ -1,0 +1,84 @@
+"""`python app.py`: the talking-head workbench (Gradio UI + WebRTC routes) on one port.
+
+Settings come from environment variables (WORKBENCH_*, OPENAI_API_KEY; see workbench/config.py) and
+these flags. On Hugging Face Spaces the platform's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+cli = typer.Typer(add_completion=False, help=__doc__)
+log = logging.getLogger("workbench.app")
+
+
+def _server_address(settings, host: str | None, port: int | None) -> tuple[str, int]:
+    """Flag, else WORKBENCH_HOST/PORT, else the platform's GRADIO_SERVER_NAME/PORT, else 127.0.0.1:7860."""
+    if host is None:
+        host = settings.host if "host" in settings.model_fields_set else os.environ.get("GRADIO_SERVER_NAME", settings.host)
+    if port is None:
+        port = settings.port if "port" in settings.model_fields_set else int(os.environ.get("GRADIO_SERVER_PORT", settings.port))
+    return host, port
+
+
+def _share_tunnel(host: str, port: int) -> str:
+    """A public *.gradio.live link to the local server (needs internet), as `launch(share=True)` makes."""
+    from gradio import networking
+
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return networking.setup_tunnel(local, port, secrets.token_urlsafe(32), None, None)
+
+
+@cli.command()
+def main(
+    host: Annotated[str | None, typer.Option(help="interface to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 7860)")] = None,
+    share: Annotated[bool, typer.Option("--share", help="also open a public gradio.live link")] = False,
+    models_dir: Annotated[Path | None, typer.Option(help="MuseTalk's models/ folder")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="prepared avatars")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="evaluation runs")] = None,
+    renderer: Annotated[str | None, typer.Option(help="auto, cpu or musetalk")] = None,
+    samples_dir: Annotated[Path | None, typer.Option(help="sample media shown in the app")] = None,
+    show_all_avatars: Annotated[bool, typer.Option(help="single-user use: list every cached avatar")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from workbench.config import Settings
+    from workbench.engine import Engine
+    from workbench.ui.app import create_app
+
+    overrides = {k: v for k, v in {"models_dir": models_dir, "cache_dir": cache_dir, "runs_dir": runs_dir,
+                                   "renderer": renderer}.items() if v is not None}
+    settings = Settings(**overrides)
+    bind_host, bind_port = _server_address(settings, host, port)
+    settings = settings.model_copy(update={"host": bind_host, "port": bind_port, "share": share or settings.share})
+    engine = Engine(settings)
+    app = create_app(engine, samples_dir=samples_dir, show_all_avatars=show_all_avatars)
+    server = uvicorn.Server(uvicorn.Config(app, host=bind_host, port=bind_port, log_level="warning"))
+    if settings.share:
+        def tunnel() -> None:
+            while not server.started:
+                time.sleep(0.1)
+            try:
+                typer.echo(f"Public link: {_share_tunnel(bind_host, bind_port)}")
+            except Exception as e:  # offline, or the share server refused: the local server keeps running
+                typer.echo(f"Could not open a share link ({e}); the app is still at http://{bind_host}:{bind_port}")
+
+        threading.Thread(target=tunnel, daemon=True).start()
+    typer.echo(f"Workbench on http://{bind_host}:{bind_port} (renderer: {engine.resolved_renderer_name()})")
+    server.run()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,290 @@
+"""The Gradio app without a browser: it builds, and its handlers behave (limits, errors, isolation, the grid)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from workbench.config import SAMPLES_PER_FRAME, Settings
+from workbench.media import MediaError
+from workbench.ui import header
+from workbench.ui.context import new_session
+from workbench.ui.library import AccessError, safe_name
+from workbench.ui.prepare_tab import validate_upload
+from workbench.ui.tuning_tab import audio_at, parse_shifts
+
+FRAMES = 6  # avatar frames: enough for a slider and a ping-pong loop, cheap to detect
+
+
+@pytest.fixture(scope="module")
+def app_dirs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app")
+
+
+@pytest.fixture(scope="module")
+def ui(app_dirs, samples_dir):
+    from workbench.engine import Engine
+    from workbench.ui.app import WorkbenchUI
+
+    settings = Settings(cache_dir=app_dirs / "cache", models_dir=app_dirs / "models", runs_dir=app_dirs / "runs",
+                        max_upload_mb=5, max_upload_seconds=12, openai_api_key=None)
+    ui = WorkbenchUI(Engine(settings, renderer="cpu"), samples_dir=samples_dir)
+    ui.demo = ui.build()
+    return ui
+
+
+@pytest.fixture(scope="module")
+def prepared(ui):
+    """Session A prepared yongen.mp4 (a sample) with FRAMES frames."""
+    out = ui.prepare_tab.prepare("yongen.mp4", None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(),
+                                 progress=None)
+    return out
+
+
+def _image_digest(img: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
+
+
+# --- building --------------------------------------------------------------------------------
+def test_build_ui_has_the_tabs_and_components(ui):
+    assert isinstance(ui.demo, gr.Blocks)
+    labels = {b.label for b in ui.demo.blocks.values() if isinstance(b, gr.Tab)}
+    assert {"Avatar preparation", "bbox_shift tuning"} <= labels
+    ids = {getattr(b, "elem_id", None) for b in ui.demo.blocks.values()}
+    assert {"prep-button", "prep-overlay", "tune-gallery", "tune-run", "wb-header"} <= ids
+
+
+def test_header_says_what_is_active_and_how_to_enable_the_rest(ui, app_dirs):
+    from workbench import weights
+
+    report = weights.check(app_dirs / "models")
+    lines = header.status_lines("cpu", report, openai_configured=False)
+    assert "CPU renderer active" in lines["renderer"] and weights.DOWNLOAD_COMMAND in lines["renderer"]
+    assert "OPENAI_API_KEY" in lines["voice"] and "Local voice mode" in lines["voice"]
+    assert "musetalkV15 (missing)" in lines["weights"]
+    html = ui.header_html()
+    assert "CPU renderer" in html and "local voice" in html
+
+
+def test_header_never_contains_the_key(app_dirs, samples_dir):
+    from workbench.engine import Engine
+    from workbench.ui.app import WorkbenchUI
+
+    secret = "sk-test-DO-NOT-SHOW-1234567890"
+    settings = Settings(cache_dir=app_dirs / "cache", models_dir=app_dirs / "models", openai_api_key=secret)
+    ui2 = WorkbenchUI(Engine(settings, renderer="cpu"), samples_dir=samples_dir)
+    html = ui2.header_html()
+    assert "OpenAI Realtime" in html and secret not in html
+    demo = ui2.build()
+    assert secret not in str(demo.get_config_file())
+
+
+# --- uploads ---------------------------------------------------------------------------------
+def test_upload_checks_give_clear_errors(tmp_path, samples_dir):
+    wrong = tmp_path / "notes.txt"
+    wrong.write_text("hello")
+    with pytest.raises(MediaError, match="not a supported type"):
+        validate_upload(wrong, 5, 12)
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(b"\x00\x01not a video" * 100)
+    with pytest.raises(MediaError, match="not a readable"):
+        validate_upload(corrupt, 5, 12)
+    with pytest.raises(MediaError, match="the limit is 1 MB"):
+        validate_upload(samples_dir / "yongen.mp4", 1, 12)  # 1.9 MB
+    with pytest.raises(MediaError, match="the limit is 5 s"):
+        validate_upload(samples_dir / "yongen.mp4", 5, 5)  # 10.7 s
+    photo = tmp_path / "face.png"
+    import cv2
+
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
+    assert validate_upload(photo, 5, 12) == photo
+
+
+def test_bad_upload_through_the_handler_is_a_gr_error(ui, tmp_path):
+    bad = tmp_path / "clip.mov"
+    bad.write_bytes(b"garbage" * 10)
+    with pytest.raises(gr.Error) as e:
+        ui.prepare_tab.prepare(None, str(bad), 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(),
+                               progress=None)
+    assert "clip.mov" in e.value.message
+    with pytest.raises(gr.Error, match="Pick a sample"):
+        ui.prepare_tab.prepare(None, None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(),
+                               progress=None)
+
+
+def test_error_messages_are_escaped(ui, tmp_path):
+    bad = tmp_path / "<img src=x onerror=alert(1)>.mp4"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(gr.Error) as e:
+        ui.prepare_tab.prepare(None, str(bad), 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(),
+                               progress=None)
+    assert "<img" not in e.value.message and "&lt;img" in e.value.message
+
+
+def test_safe_name_strips_paths():
+    assert safe_name("../../etc/passwd") == "passwd"
+    assert safe_name("my clip (1).mp4") == "my_clip_1_.mp4"
+
+
+# --- preparation -------------------------------------------------------------------------------
+def test_prepare_shows_overlays_range_and_renderer(ui, prepared):
+    session, summary, overlay, crop, slider, table, dropdown = prepared
+    avatar_id = session["current"]
+    assert session["avatars"] == [avatar_id]
+    assert "Measured bbox_shift range" in summary and "CPU renderer" in summary
+    avatar = ui.library.load(avatar_id)
+    lo, hi = avatar.bbox_range
+    assert f"[{lo} ~ {hi}]" in summary
+    assert overlay.ndim == 3 and overlay.shape[2] == 3 and crop.shape == (256, 768, 3)
+    assert slider["maximum"] == FRAMES - 1
+    assert any(row[0] == avatar_id[:12] for row in table)
+    assert dropdown["value"] == avatar_id
+    # The overlay really draws: it differs from the plain frame where the box and mask are.
+    plain = np.ascontiguousarray(avatar.frames[0][..., ::-1])
+    from workbench.ui.overlays import fit
+
+    assert not np.array_equal(fit(plain), overlay)
+
+
+def test_frame_slider_and_layers(ui, prepared):
+    session = prepared[0]
+    first, _ = ui.prepare_tab.frame(0, ["box", "landmarks", "mask"], session)
+    last, _ = ui.prepare_tab.frame(FRAMES - 1, ["box", "landmarks", "mask"], session)
+    bare, _ = ui.prepare_tab.frame(0, [], session)
+    assert first.shape == last.shape == bare.shape
+    assert not np.array_equal(first, bare)  # layers drawn
+    beyond, _ = ui.prepare_tab.frame(10_000, ["box"], session)  # clamped, not an error
+    assert beyond.shape == first.shape
+
+
+def test_sessions_do_not_see_each_others_uploads(ui, samples_dir, tmp_path):
+    import cv2
+
+    upload = tmp_path / "my face.png"  # a photo of a real person: not one of the samples
+    cap = cv2.VideoCapture(str(samples_dir / "sun.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    cv2.imwrite(str(upload), frame)
+    a = ui.prepare_tab.prepare(None, str(upload), 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, new_session(),
+                               progress=None)
+    session_a = a[0]
+    own_id = session_a["current"]
+    session_b = new_session()
+    visible_b = {i.avatar_id for i in ui.library.visible(session_b["avatars"])}
+    visible_a = {i.avatar_id for i in ui.library.visible(session_a["avatars"])}
+    assert own_id in visible_a and own_id not in visible_b
+    with pytest.raises(AccessError):
+        ui.library.check_access(own_id, session_b["avatars"])
+    with pytest.raises(gr.Error, match="another session"):
+        ui.prepare_tab.use(own_id, session_b)
+    with pytest.raises(gr.Error, match="another session"):
+        ui.prepare_tab.delete(own_id, session_b)
+    # The upload was kept outside Gradio's temporary folder, so the avatar can be re-prepared later.
+    kept = ui.library.source_path(own_id)
+    assert kept.is_file() and kept.parent.parent == ui.library.uploads_dir
+    # The owner can delete it; afterwards nobody sees it.
+    session_a, rows, _ = ui.prepare_tab.delete(own_id, session_a)
+    assert own_id not in session_a["avatars"] and not ui.engine.cache.has(own_id)
+    assert all(r[0] != own_id[:12] for r in rows)
+
+
+def test_sample_avatars_are_shared(ui, prepared):
+    sample_id = prepared[0]["current"]
+    assert sample_id in {i.avatar_id for i in ui.library.visible([])}
+    ui.library.check_access(sample_id, [])  # no error
+    with pytest.raises(gr.Error, match="Only avatars prepared in this session"):
+        ui.prepare_tab.delete(sample_id, new_session())
+
+
+def test_forged_avatar_ids_are_refused(ui):
+    with pytest.raises(gr.Error):
+        ui.prepare_tab.use("../../etc", new_session())
+    with pytest.raises(gr.Error, match="choose an avatar"):
+        ui.prepare_tab.use(None, new_session())
+
+
+# --- tuning ------------------------------------------------------------------------------------
+def test_loudest_moment_finds_speech():
+    from workbench.ui.tuning_tab import loudest_moment
+
+    audio = np.zeros(16000 * 3, np.float32)
+    audio[int(1.6 * 16000) : int(1.64 * 16000)] = 0.5
+    assert loudest_moment(audio) == pytest.approx(1.6)
+
+
+def test_parse_shifts():
+    assert parse_shifts("-6, 0 ,6") == [-6, 0, 6]
+    assert parse_shifts("3 3 -2.4") == [3, -2]
+    with pytest.raises(ValueError, match="not a number"):
+        parse_shifts("a, 2")
+    with pytest.raises(ValueError, match="at least one"):
+        parse_shifts("  ")
+    with pytest.raises(ValueError, match="at most"):
+        parse_shifts(",".join(str(i) for i in range(20)))
+
+
+def test_audio_at_pairs_frame_with_moment():
+    audio = np.arange(40 * SAMPLES_PER_FRAME, dtype=np.float32)
+    for f, t in [(3, 20), (20, 3), (7, 7), (0, 39)]:
+        shifted = audio_at(audio, f, t)
+        got = shifted[f * SAMPLES_PER_FRAME : (f + 1) * SAMPLES_PER_FRAME]
+        np.testing.assert_array_equal(got, audio[t * SAMPLES_PER_FRAME : (t + 1) * SAMPLES_PER_FRAME])
+
+
+def test_tuning_grid_gives_distinct_previews_and_saves(ui, prepared):
+    session = prepared[0]
+    avatar_id = session["current"]
+    shifts_text, frame_update, em, pm, lc, rc, info = ui.tuning_tab.select(avatar_id, session)
+    shifts = parse_shifts(shifts_text)
+    avatar = ui.library.load(avatar_id)
+    lo, hi = avatar.bbox_range
+    assert min(shifts) == lo and max(shifts) == hi and 0 in shifts
+    assert (em, pm, lc, rc) == (10, "jaw", 90, 90) and "Measured bbox_shift range" in info
+    three = f"{lo}, 0, {hi}"
+    gallery, clip, status, chosen = ui.tuning_tab.grid(
+        avatar_id, 2, "eng.wav", None, 3.6, three, 10, "jaw", 90, 90, False, 1.0, session, progress=None)
+    items = gallery["value"]
+    assert [c for _, c in items] == [f"bbox_shift={lo}", "bbox_shift=0", f"bbox_shift={hi}"]
+    assert len({_image_digest(img) for img, _ in items}) == 3
+    assert clip is None and "3 previews" in status and chosen["choices"] == [lo, 0, hi]
+    # The previews follow the real audio: eng.wav is silent for its first 3 s and loud at 3.6 s.
+    silent, _, _, _ = ui.tuning_tab.grid(avatar_id, 2, "eng.wav", None, 1.0, "0", 10, "jaw", 90, 90, False, 1.0,
+                                         session, progress=None)
+    assert _image_digest(silent["value"][0][0]) != _image_digest(items[1][0])
+    session2, msg, dd = ui.tuning_tab.save(avatar_id, hi, 10, "jaw", 90, 90, session, progress=None)
+    new_id = session2["current"]
+    assert new_id != avatar_id and new_id in session2["avatars"] and dd["value"] == new_id
+    assert ui.library.load(new_id).params.bbox_shift == hi and f"bbox_shift {hi}" in msg
+
+
+def test_tuning_clip_is_a_playable_side_by_side_video(ui, prepared):
+    from workbench.media import probe
+
+    session = prepared[0]
+    avatar_id = session["current"]
+    _, clip, _, _ = ui.tuning_tab.grid(avatar_id, 0, "eng.wav", None, 3.4, "-4, 4", 10, "jaw", 90, 90, True, 1.0,
+                                       session, progress=None)
+    info = probe(clip)
+    assert info.has_video and info.has_audio
+    assert info.width >= 2 * 300 - 2  # two panels side by side
+    assert 0.9 <= info.duration <= 1.2
+
+
+def test_tuning_errors_are_clear(ui, prepared, tmp_path):
+    session = prepared[0]
+    avatar_id = session["current"]
+    with pytest.raises(gr.Error, match="not a number"):
+        ui.tuning_tab.grid(avatar_id, 0, "eng.wav", None, 1.0, "x", 10, "jaw", 90, 90, False, 1.0, session,
+                           progress=None)
+    bad = tmp_path / "speech.txt"
+    bad.write_text("no")
+    with pytest.raises(gr.Error, match="not a supported audio type"):
+        ui.tuning_tab.grid(avatar_id, 0, None, str(bad), 1.0, "0", 10, "jaw", 90, 90, False, 1.0, session,
+                           progress=None)
+    with pytest.raises(gr.Error, match="Render a grid"):
+        ui.tuning_tab.save(avatar_id, None, 10, "jaw", 90, 90, session, progress=None)

@@ -1,0 +1,157 @@
+"""Helpers shared by the realtime and streaming tests (this module holds no tests of its own).
+
+`LevelRenderer` satisfies the renderer contract with a condition anyone can read back from the
+picture: each frame's condition is the RMS of its 640 samples of 16 kHz audio, drawn as the grey
+level of a block inside the face crop and pasted through the real `Compositor`. Reading that level
+from an output frame and comparing it with the audio handed out beside the frame measures A/V sync
+without trusting any bookkeeping of the code under test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from workbench.avatar import Avatar, PrepParams
+from workbench.compositor import Compositor
+from workbench.config import CROP_SIZE, SAMPLES_PER_FRAME
+from workbench.renderers.base import AudioFrontend, Renderer
+
+LEVEL_GAIN = 4.0  # grey level = 255 * min(1, LEVEL_GAIN * rms)
+BLOCK = (slice(150, 230), slice(64, 192))  # rows, cols of the level block inside the 256x256 crop
+
+
+class LevelFrontend(AudioFrontend):
+    """Per-frame RMS of 16 kHz audio, with one frame of look-ahead like a real windowed frontend."""
+
+    lookahead_frames = 1
+
+    def __init__(self) -> None:
+        self._buf = np.zeros(0, np.float32)
+        self._emitted = 0
+
+    def _ready(self, final: bool) -> list[float]:
+        n_frames = len(self._buf) // SAMPLES_PER_FRAME
+        if final:
+            n_frames = -(-len(self._buf) // SAMPLES_PER_FRAME)
+            usable = n_frames
+        else:
+            usable = max(0, n_frames - self.lookahead_frames)
+        out = []
+        for j in range(self._emitted, usable):
+            w = self._buf[j * SAMPLES_PER_FRAME : (j + 1) * SAMPLES_PER_FRAME]
+            out.append(float(np.sqrt(np.mean(w.astype(np.float64) ** 2))) if len(w) else 0.0)
+        self._emitted = max(self._emitted, usable)
+        return out
+
+    def push(self, audio: np.ndarray) -> list[float]:
+        self._buf = np.concatenate([self._buf, np.asarray(audio, np.float32)])
+        return self._ready(final=False)
+
+    def flush(self) -> list[float]:
+        return self._ready(final=True)
+
+
+class LevelRenderer(Renderer):
+    name = "level-test"
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def new_frontend(self) -> LevelFrontend:
+        return LevelFrontend()
+
+    def silence_condition(self) -> float:
+        return 0.0
+
+    def render(self, avatar: Avatar, frame_indices: Sequence[int], conditions: Sequence[float]) -> list[np.ndarray]:
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s * len(frame_indices))
+        comp = Compositor(avatar)
+        out = []
+        for i, rms in zip(frame_indices, conditions, strict=True):
+            face = avatar.crops[i].copy()
+            face[BLOCK] = level_of(rms)
+            out.append(comp.paste(i, face))
+        return out
+
+
+def level_of(rms: float) -> int:
+    return int(round(255 * min(1.0, LEVEL_GAIN * float(rms))))
+
+
+def make_avatar(n: int = 12, h: int = 240, w: int = 200, avatar_id: str = "synthetic") -> Avatar:
+    """A small avatar whose frame index is written in the top-left pixel and whose mouth mask is solid."""
+    rng = np.random.default_rng(0)
+    frames = np.empty((n, h, w, 3), np.uint8)
+    base = rng.integers(60, 200, size=(h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        frames[i] = np.roll(base, i, axis=1)
+        frames[i, :4, :4] = i * 10
+    boxes = np.tile(np.array([[50, 60, 150, 180]], np.int32), (n, 1))
+    crops = np.stack([_crop(frames[i], boxes[i]) for i in range(n)])
+    masks = np.zeros((n, CROP_SIZE, CROP_SIZE), np.uint8)
+    masks[:, 128:, :] = 255
+    return Avatar(
+        avatar_id=avatar_id,
+        source="synthetic",
+        params=PrepParams(),
+        fps=25.0,
+        frames=frames,
+        boxes=boxes,
+        landmarks=np.zeros((n, 68, 2), np.float32),
+        has_face=np.ones(n, bool),
+        crops=crops,
+        masks=masks,
+    )
+
+
+def _crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    import cv2
+
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return cv2.resize(frame[y1:y2, x1:x2], (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LANCZOS4)
+
+
+def read_level(avatar: Avatar, image: np.ndarray, body_index: int) -> int:
+    """The grey level of the block in an output frame (the middle of the block, in frame coordinates)."""
+    x1, y1, x2, y2 = (int(v) for v in avatar.boxes[body_index])
+    ry = (BLOCK[0].start + BLOCK[0].stop) / 2 / CROP_SIZE
+    rx = (BLOCK[1].start + BLOCK[1].stop) / 2 / CROP_SIZE
+    y, x = int(y1 + ry * (y2 - y1)), int(x1 + rx * (x2 - x1))
+    return int(np.median(image[y - 2 : y + 3, x - 2 : x + 3]))
+
+
+def read_body_index(image: np.ndarray) -> int:
+    return int(round(float(image[1, 1, 0]) / 10))
+
+
+def speech_like(seconds: float, rate: int = 24_000, seed: int = 1) -> np.ndarray:
+    """Noise under a random syllable envelope: bursts of 80–300 ms with pauses, int16."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    env = np.zeros(n, np.float32)
+    t = int(0.1 * rate)
+    while t < n:
+        dur = int(rng.uniform(0.08, 0.3) * rate)
+        amp = rng.uniform(0.05, 0.22)
+        seg = np.sin(np.linspace(0, np.pi, max(dur, 2))) * amp
+        env[t : t + dur] = seg[: max(0, min(dur, n - t))]
+        t += dur + int(rng.uniform(0.02, 0.25) * rate)
+    # Band-limited to 4 kHz like speech, so resampling to 16 kHz keeps its loudness.
+    from scipy.signal import butter, sosfilt
+
+    noise = sosfilt(butter(8, 4000, fs=rate, output="sos"), rng.standard_normal(n))
+    noise = (noise / noise.std()).astype(np.float32)
+    return np.clip(env * noise * 32767, -32768, 32767).astype(np.int16)
+
+
+def need_espeak() -> None:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")

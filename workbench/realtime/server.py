@@ -1,0 +1,278 @@
+"""The realtime endpoint: WebRTC sessions (aiortc) mounted on a FastAPI app, plus the chat page.
+
+    app = FastAPI()
+    manager = mount_realtime(app, engine)          # before gr.mount_gradio_app(app, demo, path="/")
+    # the Gradio tab embeds  embed_html()  (an iframe of /rtc/chat)
+
+Routes (prefix `/rtc`): `GET /config`, `POST /offer`, `POST /session/{id}/text`,
+`POST /session/{id}/interrupt`, `GET /session/{id}/events`, `GET /session/{id}/stats`,
+`POST /session/{id}/latency`, `DELETE /session/{id}`, `GET /chat` and `/static/*`.
+
+Why aiortc and not fastrtc: fastrtc 0.0.34 pins gradio<6 (pip otherwise resolves it to an empty
+0.0.1), its Gradio component does not load on Gradio 6, it only sends video after the browser sends
+a video track, and it serves one session at a time by default. With aiortc the outgoing tracks, the
+shared A/V clock and the number of sessions are ours.
+
+Every session has its own avatar stream, voice session and key; all share the engine's renderer
+(calls serialised by the engine's render lock) and each avatar's idle-frame cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, SecretStr
+
+from ..avatar import Avatar
+from ..config import Settings, get_settings
+from ..streaming import LipSyncStream
+from .session import ChatSession
+from .voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+SESSION_CONNECT_TIMEOUT_S = 60.0
+
+
+class RealtimeSetupError(ValueError):
+    """The realtime endpoint is misconfigured (bad ICE server JSON, no renderer, …)."""
+
+
+class OfferRequest(BaseModel):
+    sdp: str = Field(max_length=200_000)
+    type: Literal["offer"] = "offer"
+    avatar_id: str | None = Field(default=None, max_length=200)
+    mode: Literal["echo", "faq", "openai"] = "echo"
+    api_key: SecretStr | None = None  # the user's own key; held by the session, never echoed
+    realtime: RealtimeConfig | None = None
+
+
+class TextRequest(BaseModel):
+    text: str = Field(max_length=4000)
+
+
+def parse_ice_servers(raw: str) -> list[dict[str, Any]]:
+    """`WORKBENCH_ICE_SERVERS_JSON`: a JSON list of {"urls": …, "username"?: …, "credential"?: …}."""
+    try:
+        data = json.loads(raw or "[]")
+    except ValueError as exc:
+        raise RealtimeSetupError(f"WORKBENCH_ICE_SERVERS_JSON is not valid JSON: {exc}") from exc
+    if not isinstance(data, list):
+        raise RealtimeSetupError("WORKBENCH_ICE_SERVERS_JSON must be a JSON list of ICE servers")
+    out = []
+    for s in data:
+        if not isinstance(s, dict) or "urls" not in s:
+            raise RealtimeSetupError(f"each ICE server needs 'urls': {s!r}")
+        urls = s["urls"] if isinstance(s["urls"], list) else [s["urls"]]
+        if not all(isinstance(u, str) and u.startswith(("stun:", "turn:", "turns:")) for u in urls):
+            raise RealtimeSetupError(f"ICE server urls must start with stun:, turn: or turns: ({urls!r})")
+        entry: dict[str, Any] = {"urls": urls}
+        for k in ("username", "credential"):
+            if k in s:
+                entry[k] = str(s[k])
+        out.append(entry)
+    return out
+
+
+class RealtimeManager:
+    """Creates, tracks and closes `ChatSession`s; shares one engine among them."""
+
+    def __init__(self, engine: Any, settings: Settings | None = None, *, max_sessions: int = 4,
+                 max_video_height: int | None = 720, batch_size: int | None = None,
+                 latency_dir: Path | None = None):
+        self.engine = engine
+        self.settings = settings or getattr(engine, "settings", None) or get_settings()
+        self.max_sessions = max_sessions
+        self.max_video_height = max_video_height
+        self.batch_size = batch_size or int(getattr(self.settings, "batch_size", 8))
+        self.latency_dir = latency_dir or Path(self.settings.runs_dir) / "realtime"
+        self.ice_servers = parse_ice_servers(self.settings.ice_servers_json)
+        self.sessions: dict[str, ChatSession] = {}
+        self._avatars: dict[str, Avatar] = {}
+        self._lock = asyncio.Lock()
+
+    # ---- avatars and voices ---------------------------------------------------------------------
+    def avatar_ids(self) -> list[str]:
+        try:
+            return [a.avatar_id for a in self.engine.list_avatars()]
+        except (AttributeError, OSError):
+            return list(self._avatars)
+
+    async def avatar(self, avatar_id: str | None) -> Avatar:
+        if avatar_id is None:
+            ids = self.avatar_ids()
+            if not ids:
+                raise HTTPException(400, "no prepared avatar yet: prepare one in the Avatar tab first")
+            avatar_id = ids[0]
+        if avatar_id not in self._avatars:
+            try:
+                self._avatars[avatar_id] = await asyncio.to_thread(self.engine.load_avatar, avatar_id)
+            except (KeyError, FileNotFoundError) as exc:
+                raise HTTPException(404, f"no avatar {avatar_id!r}") from exc
+        return self._avatars[avatar_id]
+
+    def add_avatar(self, avatar: Avatar) -> None:
+        """Make an in-memory avatar available to sessions (tests, benchmarks, notebooks)."""
+        self._avatars[avatar.avatar_id] = avatar
+
+    def make_voice(self, req: OfferRequest) -> VoiceSession:
+        config = req.realtime or RealtimeConfig()
+        key = req.api_key if req.api_key and req.api_key.get_secret_value().strip() else None
+        if req.mode == "openai" and config.base_url and config.base_url != self.settings.openai_base_url and key is None:
+            # The server's own key only ever goes to the server's configured endpoint.
+            raise HTTPException(400, "a custom Realtime base URL needs your own API key")
+        try:
+            return make_voice(req.mode, api_key=key, config=config)
+        except VoiceError as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    # ---- sessions -------------------------------------------------------------------------------
+    async def open_session(self, req: OfferRequest) -> dict[str, Any]:
+        async with self._lock:
+            if len(self.sessions) >= self.max_sessions:
+                raise HTTPException(503, f"all {self.max_sessions} realtime sessions are busy; try again later")
+            avatar = await self.avatar(req.avatar_id)
+            voice = self.make_voice(req)
+            sid = secrets.token_urlsafe(9)
+            stream = LipSyncStream(self.engine.renderer, avatar, batch_size=self.batch_size,
+                                   render_lock=getattr(self.engine, "render_lock", None), name=sid)
+            session = ChatSession(sid, stream, voice, max_video_height=self.max_video_height,
+                                  latency_dir=self.latency_dir, on_closed=self._forget)
+            self.sessions[sid] = session
+        config = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.ice_servers])
+        pc = RTCPeerConnection(configuration=config)
+        try:
+            session.attach(pc)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=req.sdp, type=req.type))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # a malformed offer: free the slot and say why
+            await session.close()
+            raise HTTPException(400, f"cannot answer this WebRTC offer: {exc}") from exc
+        await session.start()
+        asyncio.create_task(self._reap_if_never_connected(session))
+        log.info("realtime session %s opened (%s, avatar %s)", sid, voice.describe(), avatar.avatar_id)
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": sid}
+
+    def _forget(self, session: ChatSession) -> None:
+        self.sessions.pop(session.id, None)
+        log.info("realtime session %s closed", session.id)
+
+    async def _reap_if_never_connected(self, session: ChatSession) -> None:
+        await asyncio.sleep(SESSION_CONNECT_TIMEOUT_S)
+        if session.connected_at is None and session.id in self.sessions:
+            log.info("realtime session %s never connected; closing it", session.id)
+            await session.close()
+
+    def get(self, sid: str) -> ChatSession:
+        s = self.sessions.get(sid)
+        if s is None:
+            raise HTTPException(404, f"no realtime session {sid!r}")
+        return s
+
+    async def close_all(self) -> None:
+        for s in list(self.sessions.values()):
+            await s.close()
+
+    def public_config(self) -> dict[str, Any]:
+        return {
+            "ice_servers": self.ice_servers,
+            "modes": ["echo", "faq", "openai"],
+            "voices": list(OPENAI_VOICES),
+            "defaults": {"model": self.settings.realtime_model, "voice": self.settings.realtime_voice,
+                         "turn_detection": "server_vad", "silence_duration_ms": 500, "vad_threshold": 0.5},
+            "server_key": self.settings.openai_api_key is not None,  # whether one is set, never the key
+            "avatars": self.avatar_ids() or list(self._avatars),
+            "max_sessions": self.max_sessions,
+            "active_sessions": len(self.sessions),
+        }
+
+    # ---- HTTP -----------------------------------------------------------------------------------
+    def router(self) -> APIRouter:
+        r = APIRouter()
+
+        @r.get("/config")
+        async def config() -> dict[str, Any]:
+            return self.public_config()
+
+        @r.post("/offer")
+        async def offer(req: OfferRequest) -> dict[str, Any]:
+            return await self.open_session(req)
+
+        @r.post("/session/{sid}/text")
+        async def text(sid: str, req: TextRequest) -> dict[str, Any]:
+            await self.get(sid).send_text(req.text)
+            return {"ok": True}
+
+        @r.post("/session/{sid}/interrupt")
+        async def interrupt(sid: str) -> dict[str, Any]:
+            await self.get(sid).barge_in("button")
+            return {"ok": True}
+
+        @r.get("/session/{sid}/events")
+        async def events(sid: str, after: int = 0) -> list[dict[str, Any]]:
+            return self.get(sid).events_after(after)
+
+        @r.get("/session/{sid}/stats")
+        async def stats(sid: str) -> dict[str, Any]:
+            return self.get(sid).stats()
+
+        @r.post("/session/{sid}/latency")
+        async def latency(sid: str) -> dict[str, Any]:
+            path = await asyncio.to_thread(self.get(sid).write_latency_log)
+            return {"path": str(path) if path else None}
+
+        @r.delete("/session/{sid}")
+        async def close(sid: str) -> dict[str, Any]:
+            await self.get(sid).close()
+            return {"ok": True}
+
+        @r.get("/chat", response_class=HTMLResponse)
+        async def chat() -> FileResponse:
+            return FileResponse(STATIC_DIR / "chat.html", media_type="text/html")
+
+        return r
+
+
+def mount_realtime(app: FastAPI, engine: Any, settings: Settings | None = None, *, prefix: str = "/rtc",
+                   **manager_options: Any) -> RealtimeManager:
+    """Add the realtime routes and the chat page to `app`; returns the session manager.
+
+    Call it before mounting Gradio at "/", whose catch-all mount would otherwise shadow `prefix`.
+    Sessions are closed when the app shuts down.
+    """
+    manager = RealtimeManager(engine, settings, **manager_options)
+    app.include_router(manager.router(), prefix=prefix)
+    app.mount(f"{prefix}/static", StaticFiles(directory=STATIC_DIR), name="realtime-static")
+    previous = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any):
+        async with previous(a) as state:
+            try:
+                yield state
+            finally:
+                await manager.close_all()
+
+    app.router.lifespan_context = lifespan
+    app.state.realtime = manager
+    return manager
+
+
+def embed_html(prefix: str = "/rtc", avatar_id: str | None = None, height: int = 760) -> str:
+    """The iframe the Gradio tab shows (`gr.HTML(embed_html(...))`); microphone and autoplay allowed."""
+    from html import escape
+    from urllib.parse import quote
+
+    src = f"{prefix}/chat" + (f"?avatar={quote(avatar_id)}" if avatar_id else "")
+    return (f'<iframe src="{escape(src)}" title="Realtime chat" allow="microphone; autoplay" '
+            f'style="width:100%;height:{int(height)}px;border:0;border-radius:8px"></iframe>')

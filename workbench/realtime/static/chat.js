@@ -1,0 +1,226 @@
+// Realtime chat client: one RTCPeerConnection to the workbench server.
+// The server sends the avatar's audio and video tracks; the page sends its microphone and, over the
+// "chat" data channel, typed messages and the stop button. No API key is ever stored by the page:
+// it goes to the server once, in the offer, over the same origin.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const base = location.pathname.replace(/\/chat\/?$/, "");
+  const params = new URLSearchParams(location.search);
+  const state = { pc: null, dc: null, mic: null, sessionId: null, config: null, lastStats: null, fps: 0, assistant: null };
+
+  function log(text, cls = "") {
+    const div = document.createElement("div");
+    if (cls) div.className = cls;
+    div.textContent = text;
+    $("log").appendChild(div);
+    $("log").scrollTop = $("log").scrollHeight;
+    return div;
+  }
+
+  function setStatus(text) {
+    $("status").textContent = text;
+  }
+
+  function setConnected(on) {
+    $("connect").disabled = on;
+    $("hangup").disabled = !on;
+    for (const id of ["text", "send", "stop"]) $(id).disabled = !on;
+  }
+
+  async function loadConfig() {
+    const res = await fetch(`${base}/config`);
+    state.config = await res.json();
+    const cfg = state.config;
+    for (const id of cfg.avatars) $("avatarId").append(new Option(id, id));
+    if (params.get("avatar")) $("avatarId").value = params.get("avatar");
+    for (const v of cfg.voices) $("voice").append(new Option(v, v));
+    $("voice").value = cfg.defaults.voice;
+    $("model").value = cfg.defaults.model;
+    if (cfg.server_key) $("apiKey").placeholder = "optional: the server has a key";
+    if (params.get("mode")) $("mode").value = params.get("mode");
+    if (params.get("mic") === "0") $("useMic").checked = false;
+    $("openai").hidden = $("mode").value !== "openai";
+  }
+
+  function offerBody(sdp) {
+    const mode = $("mode").value;
+    const body = { sdp: sdp.sdp, type: sdp.type, mode, avatar_id: $("avatarId").value || null };
+    if (mode === "openai") {
+      const key = $("apiKey").value.trim();
+      if (key) body.api_key = key;
+      body.realtime = {
+        model: $("model").value.trim(),
+        voice: $("voice").value,
+        turn_detection: $("turn").value,
+        vad_threshold: Number($("threshold").value),
+        silence_duration_ms: Number($("silence").value),
+      };
+      if ($("instructions").value.trim()) body.realtime.instructions = $("instructions").value.trim();
+      if ($("baseUrl").value.trim()) body.realtime.base_url = $("baseUrl").value.trim();
+    }
+    return body;
+  }
+
+  function waitForIce(pc) {
+    // aiortc answers in one shot (no trickle), so send the offer with every candidate in it.
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => { if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", done); resolve(); } };
+      pc.addEventListener("icegatheringstatechange", done);
+      setTimeout(resolve, 3000);
+    });
+  }
+
+  async function connect() {
+    setConnected(true);
+    $("connect").disabled = true;
+    setStatus("connecting…");
+    const pc = new RTCPeerConnection({ iceServers: state.config.ice_servers });
+    state.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    if ($("useMic").checked) {
+      try {
+        state.mic = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true, channelCount: 1 } });
+        for (const t of state.mic.getAudioTracks()) pc.addTrack(t, state.mic);
+      } catch (err) {
+        log(`microphone unavailable (${err.name}); typing still works`, "note");
+        pc.addTransceiver("audio", { direction: "recvonly" });
+      }
+    } else {
+      pc.addTransceiver("audio", { direction: "recvonly" });
+    }
+    const remote = new MediaStream();
+    $("avatar").srcObject = remote;
+    pc.ontrack = (e) => {
+      remote.addTrack(e.track);
+      $("avatar").play().catch(() => log("click the video to start sound", "note"));
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") {
+        setStatus(`connection ${pc.connectionState}`);
+        setConnected(false);
+      }
+    };
+    const dc = pc.createDataChannel("chat");
+    state.dc = dc;
+    dc.onmessage = (e) => onServerMessage(JSON.parse(e.data));
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForIce(pc);
+    const res = await fetch(`${base}/offer`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(offerBody(pc.localDescription)),
+    });
+    $("apiKey").value = "";  // the server holds it now; the page keeps nothing
+    if (!res.ok) {
+      const err = await res.json().catch(() => ({ detail: res.statusText }));
+      const detail = typeof err.detail === "string" ? err.detail : JSON.stringify(err.detail);
+      log(detail, "error");
+      setStatus("could not connect");
+      hangup();
+      return;
+    }
+    const answer = await res.json();
+    state.sessionId = answer.session_id;
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+  }
+
+  function onServerMessage(m) {
+    switch (m.type) {
+      case "status":
+        setStatus(m.status === "connected" ? `connected: ${m.text || ""}` : `${m.status}${m.text ? ": " + m.text : ""}`);
+        break;
+      case "transcript":
+        if (!state.assistant || state.assistant.dataset.item !== m.item_id) {
+          state.assistant = log("", "assistant");
+          state.assistant.dataset.item = m.item_id;
+        }
+        state.assistant.textContent += m.text;
+        break;
+      case "user_transcript":
+        log(m.text, "user");
+        break;
+      case "user_text":
+        log(m.text, "user");
+        break;
+      case "barge_in":
+        log(`(interrupted after ${(m.audio_end_ms / 1000).toFixed(1)} s)`, "note");
+        break;
+      case "latency":
+        $("latency").textContent = `first frame ${m.first_frame_ms} ms after first audio`;
+        break;
+      case "error":
+        log(m.message, "error");
+        break;
+      case "rtc":
+        if (m.state === "connected") setStatus("connected");
+        break;
+      default:
+        break;
+    }
+  }
+
+  function send(text) {
+    if (state.dc && state.dc.readyState === "open") {
+      state.dc.send(JSON.stringify({ type: "text", text }));
+      return true;
+    }
+    return false;
+  }
+
+  function hangup() {
+    if (state.dc) state.dc.close();
+    if (state.pc) state.pc.close();
+    if (state.mic) state.mic.getTracks().forEach((t) => t.stop());
+    if (state.sessionId) fetch(`${base}/session/${state.sessionId}`, { method: "DELETE" }).catch(() => {});
+    Object.assign(state, { pc: null, dc: null, mic: null, sessionId: null });
+    setConnected(false);
+    setStatus("not connected");
+  }
+
+  // Received-media statistics, also read by the browser test.
+  async function stats() {
+    if (!state.pc) return null;
+    const out = { framesDecoded: 0, framesReceived: 0, audioBytes: 0, audioPackets: 0, totalAudioEnergy: 0, frameWidth: 0, frameHeight: 0, t: performance.now() };
+    (await state.pc.getStats()).forEach((r) => {
+      if (r.type !== "inbound-rtp") return;
+      if (r.kind === "video") {
+        out.framesDecoded = r.framesDecoded || 0;
+        out.framesReceived = r.framesReceived || 0;
+        out.frameWidth = r.frameWidth || 0;
+        out.frameHeight = r.frameHeight || 0;
+      } else if (r.kind === "audio") {
+        out.audioBytes = r.bytesReceived || 0;
+        out.audioPackets = r.packetsReceived || 0;
+        out.totalAudioEnergy = r.totalAudioEnergy || 0;
+      }
+    });
+    return out;
+  }
+
+  setInterval(async () => {
+    const s = await stats();
+    if (!s) return;
+    if (state.lastStats) {
+      const dt = (s.t - state.lastStats.t) / 1000;
+      state.fps = (s.framesDecoded - state.lastStats.framesDecoded) / dt;
+      $("fps").textContent = `${state.fps.toFixed(1)} fps, ${s.frameWidth}x${s.frameHeight}`;
+    }
+    state.lastStats = s;
+  }, 1000);
+
+  $("mode").addEventListener("change", () => { $("openai").hidden = $("mode").value !== "openai"; });
+  $("setup").addEventListener("submit", (e) => { e.preventDefault(); connect().catch((err) => { log(String(err), "error"); hangup(); }); });
+  $("hangup").addEventListener("click", hangup);
+  $("say").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("text").value.trim();
+    if (text && send(text)) $("text").value = "";
+  });
+  $("stop").addEventListener("click", () => state.dc && state.dc.readyState === "open" && state.dc.send(JSON.stringify({ type: "interrupt" })));
+  $("avatar").addEventListener("click", () => $("avatar").play());
+
+  window.rtcChat = { state, stats, send, connect, hangup };
+  loadConfig().then(() => { if (params.get("autostart") === "1") $("connect").click(); })
+    .catch((err) => log(`cannot load the realtime config: ${err}`, "error"));
+})();

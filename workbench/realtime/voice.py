@@ -1,0 +1,722 @@
+"""Voice sessions: where the avatar's reply audio comes from.
+
+Two implementations feed the same audio path (`VoiceEvent`s into a `LipSyncStream`):
+
+* `OpenAIRealtimeVoice` talks to the OpenAI Realtime API (or Azure, or any Realtime-compatible
+  server) through the official `openai` client, `AsyncOpenAI().realtime.connect`, with the GA event
+  names. It reconnects with exponential backoff when the connection drops, re-sends the session
+  configuration and replays the conversation as text so the model keeps its memory.
+* `LocalVoice` needs no key: it answers typed text with espeak-ng speech, either echoing it or from
+  a small FAQ, and runs an energy VAD on the microphone so barge-in works offline too.
+
+The API key lives in memory only (a `SecretStr`), is never logged (a redacting filter sits on the
+websocket loggers) and never leaves the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+import os
+import random
+import re
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from ..config import REALTIME_SAMPLE_RATE, get_settings
+from . import tts
+
+log = logging.getLogger(__name__)
+
+VoiceEventKind = Literal[
+    "status",  # connection state changed: status = connecting | connected | reconnecting | failed | closed
+    "audio",  # a chunk of reply audio (int16, 24 kHz)
+    "audio_done",  # the reply item's audio is complete
+    "transcript",  # a delta of the reply's transcript
+    "transcript_done",  # the reply's whole transcript
+    "user_transcript",  # what the user said, transcribed
+    "speech_started",  # the user started speaking (barge-in)
+    "speech_stopped",
+    "response_started",
+    "response_done",  # status = completed | cancelled | failed | incomplete
+    "truncated",  # the server confirmed a truncation
+    "error",  # text = message, code = error code
+]
+ConnectionStatus = Literal["idle", "connecting", "connected", "reconnecting", "failed", "closed"]
+
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly digital human on a video call. Speak naturally and briefly, one to three sentences "
+    "at a time, and let the user interrupt you."
+)
+_ids = itertools.count(1)
+
+
+class VoiceError(RuntimeError):
+    """A voice session cannot start or was used wrongly (no key, bad setting, closed session)."""
+
+
+class VoiceAuthError(VoiceError):
+    """The Realtime server refused the credentials."""
+
+
+@dataclass
+class VoiceEvent:
+    kind: VoiceEventKind
+    item_id: str | None = None
+    response_id: str | None = None
+    audio: np.ndarray | None = None  # int16 mono 24 kHz, for kind == "audio"
+    text: str | None = None  # transcript, status detail or error message
+    status: str | None = None  # connection status, or a response's final status
+    code: str | None = None  # error code
+    audio_end_ms: int | None = None  # for "truncated"
+
+    def public(self) -> dict[str, Any]:
+        """The JSON-safe part the browser may see (never audio, never credentials)."""
+        return {k: v for k, v in {
+            "kind": self.kind, "item_id": self.item_id, "response_id": self.response_id, "text": self.text,
+            "status": self.status, "code": self.code, "audio_end_ms": self.audio_end_ms,
+        }.items() if v is not None}
+
+
+# ---- secrets never reach a log ----------------------------------------------------------------
+_AUTH_PATTERNS = [
+    re.compile(r"(?i)(authorization|api-key|openai-api-key)(\s*[:=]\s*)(\S.*)"),
+    re.compile(r"(?i)(bearer\s+)(\S+)"),
+    re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,})"),
+]
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record so no credential appears: known secrets, Authorization headers, sk- keys."""
+
+    def __init__(self, secrets: list[str] | None = None):
+        super().__init__()
+        self.secrets = [s for s in (secrets or []) if s]
+
+    def redact(self, text: str) -> str:
+        for s in self.secrets:
+            text = text.replace(s, "[redacted]")
+        text = _AUTH_PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
+        text = _AUTH_PATTERNS[1].sub(lambda m: f"{m.group(1)}[redacted]", text)
+        return _AUTH_PATTERNS[2].sub("[redacted]", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: drop its arguments rather than risk leaking them
+            message = str(record.msg)
+        clean = self.redact(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def redacting_logger(name: str, secrets: list[str] | None = None) -> logging.Logger:
+    """A logger whose records are redacted before any handler (ours or a test's) sees them."""
+    logger = logging.getLogger(name)
+    for f in list(logger.filters):
+        if isinstance(f, RedactingFilter):
+            logger.removeFilter(f)
+    logger.addFilter(RedactingFilter(secrets))
+    return logger
+
+
+# ---- the interface -----------------------------------------------------------------------------
+class VoiceSession(ABC):
+    """One conversation's voice: user audio/text in, `VoiceEvent`s out (read with `iter_events`)."""
+
+    mode: str = "base"
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
+        self.status: ConnectionStatus = "idle"
+        self.response_active = False
+
+    def _emit(self, event: VoiceEvent) -> None:
+        if event.kind == "status" and event.status:
+            self.status = event.status  # type: ignore[assignment]
+        elif event.kind == "response_started":
+            self.response_active = True
+        elif event.kind == "response_done":
+            self.response_active = False
+        self.events.put_nowait(event)
+
+    async def iter_events(self) -> AsyncIterator[VoiceEvent]:
+        while True:
+            event = await self.events.get()
+            yield event
+            if event.kind == "status" and event.status == "closed":
+                return
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open the session; raises `VoiceError` when it cannot start at all."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def send_user_audio(self, pcm: np.ndarray) -> None:
+        """Microphone audio, int16 mono at 24 kHz."""
+
+    @abstractmethod
+    async def send_text(self, text: str) -> None:
+        """A typed user message; the voice replies to it."""
+
+    @abstractmethod
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        """The user heard only `audio_end_ms` of `item_id`: make the conversation match."""
+
+    @abstractmethod
+    async def cancel_response(self) -> None: ...
+
+    def describe(self) -> str:
+        return self.mode
+
+
+def _pcm_from_b64(data: str) -> np.ndarray:
+    raw = base64.b64decode(data)
+    return np.frombuffer(raw[: len(raw) - len(raw) % 2], dtype="<i2").astype(np.int16)
+
+
+def _pcm_to_b64(pcm: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(pcm, dtype="<i2").tobytes()).decode("ascii")
+
+
+# ---- OpenAI Realtime ----------------------------------------------------------------------------
+class RealtimeConfig(BaseModel):
+    """What a user may set for an OpenAI Realtime session (no secret in here)."""
+
+    model: str = Field(default_factory=lambda: get_settings().realtime_model)
+    voice: str = Field(default_factory=lambda: get_settings().realtime_voice)
+    instructions: str = DEFAULT_INSTRUCTIONS
+    turn_detection: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
+    vad_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    prefix_padding_ms: int = Field(300, ge=0, le=5000)
+    silence_duration_ms: int = Field(500, ge=0, le=10000)
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    interrupt_response: bool = True
+    transcription_model: str | None = None  # e.g. "gpt-4o-mini-transcribe" for user transcripts
+    base_url: str | None = Field(default_factory=lambda: get_settings().openai_base_url)
+    max_retries: int = Field(5, ge=0, le=50)
+    initial_backoff_s: float = Field(0.5, gt=0.0, le=60.0)
+    max_backoff_s: float = Field(8.0, gt=0.0, le=300.0)
+    connect_timeout_s: float = Field(15.0, gt=0.0, le=120.0)
+
+    @field_validator("model", "voice")
+    @classmethod
+    def _short_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,80}", v):
+            raise ValueError(f"invalid name {v!r}")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not re.match(r"^(https?|wss?)://[^\s]+$", v):
+            raise ValueError("base_url must start with http://, https://, ws:// or wss://")
+        return v.rstrip("/")
+
+    def session_payload(self) -> dict[str, Any]:
+        """The GA `session.update` body."""
+        if self.turn_detection == "server_vad":
+            td: dict[str, Any] | None = {
+                "type": "server_vad", "threshold": self.vad_threshold, "prefix_padding_ms": self.prefix_padding_ms,
+                "silence_duration_ms": self.silence_duration_ms, "create_response": True,
+                "interrupt_response": self.interrupt_response,
+            }
+        elif self.turn_detection == "semantic_vad":
+            td = {"type": "semantic_vad", "eagerness": self.eagerness, "create_response": True,
+                  "interrupt_response": self.interrupt_response}
+        else:
+            td = None
+        pcm = {"type": "audio/pcm", "rate": REALTIME_SAMPLE_RATE}
+        audio_in: dict[str, Any] = {"format": pcm, "turn_detection": td}
+        if self.transcription_model:
+            audio_in["transcription"] = {"model": self.transcription_model}
+        return {
+            "type": "realtime",
+            "instructions": self.instructions,
+            "output_modalities": ["audio"],
+            "audio": {"input": audio_in, "output": {"format": pcm, "voice": self.voice}},
+        }
+
+
+def _error_detail(exc: BaseException) -> tuple[str, bool]:
+    """A user-facing message for a failed connection and whether retrying can help."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+
+    if isinstance(exc, InvalidStatus):
+        code = exc.response.status_code
+        if code in (401, 403):
+            return f"the Realtime server refused the API key (HTTP {code})", False
+        if code == 404:
+            return "the Realtime endpoint or model was not found (HTTP 404)", False
+        return f"the Realtime server answered HTTP {code}", code in (408, 429) or code >= 500
+    if isinstance(exc, ConnectionClosed):
+        code = exc.rcvd.code if exc.rcvd is not None else 1006
+        return f"the connection closed (code {code})", True
+    if isinstance(exc, InvalidURI):
+        return f"invalid Realtime URL: {exc}", False
+    if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError):
+        return f"cannot reach the Realtime server: {exc.__class__.__name__}: {exc}", True
+    return f"{exc.__class__.__name__}: {exc}", True
+
+
+class OpenAIRealtimeVoice(VoiceSession):
+    """The OpenAI Realtime API through `AsyncOpenAI().realtime.connect`, with reconnects."""
+
+    mode = "openai"
+
+    def __init__(self, config: RealtimeConfig | None = None, api_key: str | SecretStr | None = None,
+                 *, history_items: int = 20, client: Any | None = None):
+        super().__init__()
+        self.config = config or RealtimeConfig()
+        if isinstance(api_key, str):
+            api_key = SecretStr(api_key) if api_key.strip() else None
+        if api_key is None:
+            env = get_settings().openai_api_key or (SecretStr(os.environ["OPENAI_API_KEY"])
+                                                    if os.environ.get("OPENAI_API_KEY") else None)
+            api_key = env
+        if api_key is None and client is None:
+            raise VoiceError("an OpenAI API key is needed: set OPENAI_API_KEY or enter one in the key field")
+        self._key = api_key
+        self._client = client
+        self._ws_logger = redacting_logger(f"{__name__}.ws.{next(_ids)}",
+                                           [api_key.get_secret_value()] if api_key else None)
+        self._conn: Any | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._first_outcome: asyncio.Future | None = None
+        self._pending_text: deque[str] = deque(maxlen=10)
+        self._history: deque[tuple[str, str]] = deque(maxlen=history_items)  # (role, text) replayed after a reconnect
+        self._history_item_ids: deque[str | None] = deque(maxlen=history_items)  # to shorten a turn cut off
+        self._ever_connected = False
+        self._item_audio_ms: dict[str, float] = {}
+        self._item_transcript: dict[str, str] = {}
+        self.reconnects = 0
+        self.attempt = 0
+
+    def describe(self) -> str:
+        where = self.config.base_url or "api.openai.com"
+        return f"openai {self.config.model} voice={self.config.voice} at {where}"
+
+    def _make_client(self) -> Any:
+        from openai import AsyncOpenAI
+
+        kwargs: dict[str, Any] = {"api_key": self._key.get_secret_value() if self._key else None}
+        base = self.config.base_url
+        if base and base.startswith(("ws://", "wss://")):
+            kwargs["websocket_base_url"] = base
+        elif base:
+            kwargs["base_url"] = base
+        return AsyncOpenAI(**kwargs)
+
+    async def connect(self) -> None:
+        if self._task is not None:
+            return
+        if self._client is None:
+            self._client = self._make_client()
+        loop = asyncio.get_running_loop()
+        self._first_outcome = loop.create_future()
+        self._task = asyncio.create_task(self._run(), name="openai-realtime")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._first_outcome), self.config.connect_timeout_s + 1)
+        except TimeoutError as exc:
+            raise VoiceError(f"no answer from the Realtime server within {self.config.connect_timeout_s:.0f} s") from exc
+
+    def _settle_first(self, exc: BaseException | None) -> None:
+        f = self._first_outcome
+        if f is not None and not f.done():
+            if exc is None:
+                f.set_result(True)
+            else:
+                f.set_exception(exc)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            if not self._ever_connected and self.attempt == 0:
+                self._emit(VoiceEvent("status", status="connecting", text=self.describe()))
+            error: BaseException | None = None
+            try:
+                manager = self._client.realtime.connect(
+                    model=self.config.model, websocket_connection_options={"logger": self._ws_logger},
+                )
+                conn = await asyncio.wait_for(manager.enter(), self.config.connect_timeout_s)
+                try:
+                    self._conn = conn
+                    await conn.session.update(session=self.config.session_payload())
+                    await self._replay(conn)
+                    async for event in conn:
+                        await self._handle(event)
+                finally:
+                    self._conn = None
+                    await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # classified below: retry, or fail with a message for the user
+                error = exc
+            if self._closing:
+                break
+            detail, retry = _error_detail(error) if error is not None else ("the server closed the session", True)
+            if self.response_active:
+                self._emit(VoiceEvent("response_done", status="failed"))
+            if not retry:
+                self._emit(VoiceEvent("status", status="failed", text=detail))
+                self._settle_first(VoiceAuthError(detail) if "API key" in detail else VoiceError(detail))
+                return
+            self.attempt += 1
+            if self.attempt > self.config.max_retries:
+                msg = f"{detail}; gave up after {self.config.max_retries} retries"
+                self._emit(VoiceEvent("status", status="failed", text=msg))
+                self._settle_first(VoiceError(msg))
+                return
+            delay = min(self.config.initial_backoff_s * 2 ** (self.attempt - 1), self.config.max_backoff_s)
+            delay *= 0.75 + 0.25 * random.random()
+            self._emit(VoiceEvent("status", status="reconnecting",
+                                  text=f"{detail}; retrying in {delay:.1f} s ({self.attempt}/{self.config.max_retries})"))
+            log.info("realtime connection lost (%s); retry %d in %.1f s", detail, self.attempt, delay)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+        self._emit(VoiceEvent("status", status="closed"))
+
+    async def _replay(self, conn: Any) -> None:
+        """After a reconnect the server has a fresh conversation: give it the old one as text."""
+        for role, text in list(self._history):
+            kind = "input_text" if role == "user" else "output_text"
+            await conn.conversation.item.create(item={
+                "type": "message", "role": role, "content": [{"type": kind, "text": text}],
+            })
+        while self._pending_text:
+            await self._send_text_now(conn, self._pending_text.popleft())
+
+    async def _handle(self, event: Any) -> None:
+        t = getattr(event, "type", None)
+        if t in ("session.created", "session.updated"):
+            if self.status != "connected":
+                if self._ever_connected:
+                    self.reconnects += 1
+                self._ever_connected = True
+                self.attempt = 0
+                self._emit(VoiceEvent("status", status="connected", text=self.describe()))
+                self._settle_first(None)
+        elif t in ("response.output_audio.delta", "response.audio.delta"):
+            pcm = _pcm_from_b64(event.delta)
+            self._item_audio_ms[event.item_id] = self._item_audio_ms.get(event.item_id, 0.0) + 1000 * len(pcm) / REALTIME_SAMPLE_RATE
+            self._emit(VoiceEvent("audio", item_id=event.item_id, response_id=event.response_id, audio=pcm))
+        elif t in ("response.output_audio.done", "response.audio.done"):
+            self._emit(VoiceEvent("audio_done", item_id=event.item_id, response_id=event.response_id))
+        elif t in ("response.output_audio_transcript.delta", "response.audio_transcript.delta",
+                   "response.output_text.delta", "response.text.delta"):
+            self._item_transcript[event.item_id] = self._item_transcript.get(event.item_id, "") + event.delta
+            self._emit(VoiceEvent("transcript", item_id=event.item_id, response_id=event.response_id, text=event.delta))
+        elif t in ("response.output_audio_transcript.done", "response.audio_transcript.done"):
+            text = getattr(event, "transcript", None) or self._item_transcript.get(event.item_id, "")
+            self._history.append(("assistant", text))
+            self._history_item_ids.append(event.item_id)
+            self._emit(VoiceEvent("transcript_done", item_id=event.item_id, text=text))
+        elif t == "conversation.item.input_audio_transcription.completed":
+            self._history.append(("user", event.transcript))
+            self._history_item_ids.append(event.item_id)
+            self._emit(VoiceEvent("user_transcript", item_id=event.item_id, text=event.transcript))
+        elif t == "input_audio_buffer.speech_started":
+            self._emit(VoiceEvent("speech_started", item_id=getattr(event, "item_id", None)))
+        elif t == "input_audio_buffer.speech_stopped":
+            self._emit(VoiceEvent("speech_stopped", item_id=getattr(event, "item_id", None)))
+        elif t == "response.created":
+            self._emit(VoiceEvent("response_started", response_id=getattr(event.response, "id", None)))
+        elif t == "response.done":
+            r = event.response
+            self._emit(VoiceEvent("response_done", response_id=getattr(r, "id", None), status=getattr(r, "status", None)))
+        elif t == "conversation.item.truncated":
+            self._emit(VoiceEvent("truncated", item_id=event.item_id, audio_end_ms=event.audio_end_ms))
+        elif t == "error":
+            err = event.error
+            if getattr(err, "code", None) == "response_cancel_not_active":
+                log.debug("ignored: %s", err.message)  # a cancel racing the server's own VAD cancel
+                return
+            log.warning("realtime error %s: %s", getattr(err, "code", None), err.message)
+            self._emit(VoiceEvent("error", text=err.message, code=getattr(err, "code", None) or getattr(err, "type", None)))
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception as exc:  # closing a broken socket may fail; nothing to recover
+                log.debug("close: %s", exc)
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+            except Exception as exc:
+                log.debug("realtime task ended with %s", exc)
+        else:
+            self._emit(VoiceEvent("status", status="closed"))
+        self._settle_first(VoiceError("closed"))
+
+    async def send_user_audio(self, pcm: np.ndarray) -> None:
+        conn = self._conn
+        if conn is None or self.status != "connected":
+            return  # stale microphone audio is worthless after a reconnect
+        await conn.input_audio_buffer.append(audio=_pcm_to_b64(pcm))
+
+    async def send_text(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        conn = self._conn
+        if conn is None or self.status != "connected":
+            self._pending_text.append(text)  # sent once the connection is back
+            return
+        await self._send_text_now(conn, text)
+
+    async def _send_text_now(self, conn: Any, text: str) -> None:
+        self._history.append(("user", text))
+        self._history_item_ids.append(None)
+        await conn.conversation.item.create(item={
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}],
+        })
+        await conn.response.create()
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        total = self._item_audio_ms.get(item_id)
+        if total:
+            audio_end_ms = int(min(audio_end_ms, total))
+            # The replayed history keeps only the share of the transcript the user heard.
+            for k, iid in enumerate(self._history_item_ids):
+                if iid == item_id and k < len(self._history):
+                    role, text = self._history[k]
+                    self._history[k] = (role, text[: int(len(text) * audio_end_ms / total)])
+        conn = self._conn
+        if conn is None:
+            return
+        await conn.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=int(audio_end_ms))
+
+    async def cancel_response(self) -> None:
+        conn = self._conn
+        if conn is not None and self.response_active:
+            await conn.response.cancel()
+
+    async def drop_connection_for_test(self) -> None:
+        """Close the socket from our side without closing the session (the reconnect path)."""
+        conn = self._conn
+        if conn is not None:
+            await conn._connection.close(code=1011)
+
+
+# ---- keyless local voice ------------------------------------------------------------------------
+DEFAULT_FAQ: dict[str, str] = {
+    "hello hi hey": "Hello! I am the local demo avatar. Type a question, or connect an OpenAI key to talk freely.",
+    "who what are you": "I am a talking head driven by the workbench's lip-sync renderer, speaking with a local voice.",
+    "how does lip sync work": "My voice is cut into forty millisecond frames, each frame becomes a mouth shape, "
+                              "and the renderer paints it onto my face in time with the sound.",
+    "what is musetalk": "MuseTalk is a real-time lip-sync model. It inpaints the lower half of the face in latent "
+                        "space, conditioned on Whisper audio features.",
+    "how use openai key real voice": "Choose the OpenAI mode and enter your key. The key stays on the server "
+                                     "for this session only.",
+    "what can you do help": "I can echo what you type, answer a few questions about this workbench, and stop "
+                            "talking as soon as you interrupt me.",
+    "bye goodbye thanks thank": "Thank you for talking with me. Goodbye!",
+}
+_STOP = {"a", "an", "the", "is", "are", "do", "does", "i", "you", "me", "my", "your", "to", "of", "can", "it", "in"}
+
+
+def load_faq(path: str | Path) -> dict[str, str]:
+    """A FAQ from YAML: a mapping question → answer, or a list of {q: …, a: …}."""
+    data = yaml.safe_load(Path(path).read_text())
+    if isinstance(data, dict):
+        faq = {str(k): str(v) for k, v in data.items()}
+    elif isinstance(data, list) and all(isinstance(x, dict) and "q" in x and "a" in x for x in data):
+        faq = {str(x["q"]): str(x["a"]) for x in data}
+    else:
+        raise VoiceError(f"{path}: a FAQ must be a mapping question -> answer or a list of {{q, a}}")
+    if not faq:
+        raise VoiceError(f"{path}: the FAQ is empty")
+    return faq
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _STOP}
+
+
+def faq_answer(faq: dict[str, str], question: str, fallback: str | None = None) -> str:
+    """The answer whose question shares the most words with `question` (a bag-of-words match)."""
+    asked = _words(question)
+    best, best_score = None, 0.0
+    for q, a in faq.items():
+        keys = _words(q)
+        if not keys or not asked:
+            continue
+        score = len(keys & asked) / min(len(keys), len(asked))
+        if score > best_score:
+            best, best_score = a, score
+    if best is not None and best_score >= 0.34:
+        return best
+    return fallback or "I only know a few answers in local mode. Ask me how lip sync works, or what MuseTalk is."
+
+
+class EnergyVAD:
+    """Speech start/stop on 24 kHz PCM16 from its loudness over 20 ms windows, with a noise floor."""
+
+    def __init__(self, threshold_db: float = -38.0, margin_db: float = 12.0, start_ms: int = 120,
+                 stop_ms: int = 500, rate: int = REALTIME_SAMPLE_RATE):
+        self.threshold_db, self.margin_db = threshold_db, margin_db
+        self.win = rate // 50
+        self.start_n, self.stop_n = max(1, start_ms // 20), max(1, stop_ms // 20)
+        self.floor_db = -70.0
+        self.speaking = False
+        self._loud = self._quiet = 0
+        self._buf = np.zeros(0, np.float32)
+        self.ms = 0
+
+    def process(self, pcm: np.ndarray) -> list[tuple[str, int]]:
+        """Events ("speech_started" | "speech_stopped", ms since the first sample) found in `pcm`."""
+        self._buf = np.concatenate([self._buf, np.asarray(pcm, np.float32) / 32768.0])
+        out = []
+        while len(self._buf) >= self.win:
+            w, self._buf = self._buf[: self.win], self._buf[self.win:]
+            self.ms += 20
+            db = 10 * np.log10(float(np.mean(w.astype(np.float64) ** 2)) + 1e-10)
+            loud = db > max(self.threshold_db, self.floor_db + self.margin_db)
+            if not loud:
+                self.floor_db = 0.95 * self.floor_db + 0.05 * db if db > self.floor_db else db
+            if loud:
+                self._loud, self._quiet = self._loud + 1, 0
+                if not self.speaking and self._loud >= self.start_n:
+                    self.speaking = True
+                    out.append(("speech_started", self.ms - 20 * self.start_n))
+            else:
+                self._quiet, self._loud = self._quiet + 1, 0
+                if self.speaking and self._quiet >= self.stop_n:
+                    self.speaking = False
+                    out.append(("speech_stopped", self.ms))
+        return out
+
+
+class LocalVoice(VoiceSession):
+    """Keyless voice: espeak-ng speaks an echo of the user's text or an FAQ answer; energy VAD on the mic."""
+
+    def __init__(self, mode: Literal["echo", "faq"] = "echo", *, faq: dict[str, str] | None = None,
+                 tts_voice: str = "en-us", words_per_minute: int = 165, chunk_ms: int = 100,
+                 speed_factor: float = 4.0, vad: EnergyVAD | None = None, barge_in_on_speech: bool = True):
+        super().__init__()
+        if mode not in ("echo", "faq"):
+            raise VoiceError(f"unknown local voice mode {mode!r}; use 'echo' or 'faq'")
+        self.mode = mode
+        self.faq = faq or DEFAULT_FAQ
+        self.tts_voice, self.wpm = tts_voice, words_per_minute
+        self.chunk = max(1, REALTIME_SAMPLE_RATE * chunk_ms // 1000)
+        self.speed_factor = max(0.1, speed_factor)  # audio arrives this many times faster than real time
+        self.vad = vad or EnergyVAD()
+        self.barge_in_on_speech = barge_in_on_speech
+        self._reply: asyncio.Task | None = None
+        self._items: dict[str, float] = {}  # item id → ms of audio sent
+        self.truncations: list[tuple[str, int]] = []
+
+    def describe(self) -> str:
+        return f"local {self.mode} (espeak-ng {self.tts_voice})"
+
+    async def connect(self) -> None:
+        if not tts.espeak_available():
+            self._emit(VoiceEvent("status", status="failed", text="espeak-ng is not installed"))
+            raise VoiceError("local voice needs espeak-ng: apt-get install espeak-ng")
+        self._emit(VoiceEvent("status", status="connected", text=self.describe()))
+
+    async def close(self) -> None:
+        await self.cancel_response()
+        self._emit(VoiceEvent("status", status="closed"))
+
+    async def send_user_audio(self, pcm: np.ndarray) -> None:
+        for kind, _ms in self.vad.process(pcm):
+            if kind == "speech_started" and not self.barge_in_on_speech:
+                continue
+            self._emit(VoiceEvent(kind))
+
+    def reply_for(self, text: str) -> str:
+        return text if self.mode == "echo" else faq_answer(self.faq, text)
+
+    async def send_text(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        await self.cancel_response()
+        self._reply = asyncio.create_task(self._speak(self.reply_for(text)), name="local-voice-reply")
+
+    async def _speak(self, reply: str) -> None:
+        n = next(_ids)
+        response_id, item_id = f"resp_local_{n}", f"item_local_{n}"
+        self._emit(VoiceEvent("response_started", response_id=response_id))
+        status = "completed"
+        sent = 0
+        try:
+            loop_t0 = asyncio.get_running_loop().time()
+            for sentence in tts.split_sentences(reply):
+                pcm = await asyncio.to_thread(tts.synthesize, sentence, self.tts_voice, self.wpm)
+                self._emit(VoiceEvent("transcript", item_id=item_id, response_id=response_id, text=sentence + " "))
+                for i in range(0, len(pcm), self.chunk):
+                    piece = pcm[i : i + self.chunk]
+                    self._emit(VoiceEvent("audio", item_id=item_id, response_id=response_id, audio=piece))
+                    sent += len(piece)
+                    self._items[item_id] = 1000 * sent / REALTIME_SAMPLE_RATE
+                    # Pace like a Realtime server: faster than real time, but not all at once.
+                    due = loop_t0 + sent / REALTIME_SAMPLE_RATE / self.speed_factor
+                    await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+            self._emit(VoiceEvent("audio_done", item_id=item_id, response_id=response_id))
+            self._emit(VoiceEvent("transcript_done", item_id=item_id, text=reply))
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        except tts.TTSError as exc:
+            status = "failed"
+            self._emit(VoiceEvent("error", text=str(exc), code="tts_failed"))
+        finally:
+            self._emit(VoiceEvent("response_done", response_id=response_id, status=status))
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        total = self._items.get(item_id)
+        if total is None:
+            self._emit(VoiceEvent("error", text=f"no such item {item_id}", code="item_not_found"))
+            return
+        end = int(min(audio_end_ms, total))
+        self.truncations.append((item_id, end))
+        self._emit(VoiceEvent("truncated", item_id=item_id, audio_end_ms=end))
+
+    async def cancel_response(self) -> None:
+        task, self._reply = self._reply, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+def make_voice(mode: str, *, api_key: str | SecretStr | None = None, config: RealtimeConfig | None = None,
+               faq: dict[str, str] | None = None) -> VoiceSession:
+    """The voice for a UI mode: "openai", "echo" or "faq"."""
+    if mode == "openai":
+        return OpenAIRealtimeVoice(config, api_key)
+    if mode in ("echo", "faq"):
+        return LocalVoice(mode, faq=faq)  # type: ignore[arg-type]
+    raise VoiceError(f"unknown voice mode {mode!r}; use 'openai', 'echo' or 'faq'")

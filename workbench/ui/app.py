@@ -1,0 +1,99 @@
+"""The workbench app: four tabs over one engine, served with the realtime routes on one FastAPI app."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gradio as gr
+from fastapi import FastAPI
+
+from ..config import Settings
+from . import header
+from .context import UIContext, dropdown_update, new_session
+from .library import Library, find_samples_dir
+from .prepare_tab import PrepareTab
+from .tuning_tab import TuningTab
+from .weights_panel import WeightsPanel
+
+log = logging.getLogger(__name__)
+
+TITLE = "Talking-head workbench"
+CSS = header.HEADER_CSS + """
+.gradio-container {max-width: 1320px !important}
+#tune-gallery .caption-label {font-variant-numeric: tabular-nums}
+footer {display: none !important}
+"""
+
+
+def openai_configured(settings: Settings) -> bool:
+    key = settings.openai_api_key
+    return key is not None and bool(key.get_secret_value().strip())
+
+
+def theme() -> gr.themes.Base:
+    # System fonts: the default theme would fetch Google Fonts, which an offline machine cannot reach.
+    return gr.themes.Soft(font=("ui-sans-serif", "system-ui", "sans-serif"), font_mono=("ui-monospace", "monospace"))
+
+
+class WorkbenchUI:
+    """Builds the Blocks; keeps the tab objects so tests can call their handlers."""
+
+    def __init__(self, engine, samples_dir: Path | None = None, show_all_avatars: bool = False):
+        self.engine = engine
+        self.settings: Settings = engine.settings
+        self.library = Library(engine, samples_dir if samples_dir is not None else find_samples_dir(),
+                               show_all=show_all_avatars)
+        self.ctx = UIContext(engine=engine, library=self.library, settings=self.settings)
+        self.prepare_tab = PrepareTab(self.ctx)
+        self.tuning_tab = TuningTab(self.ctx)
+        self.weights_panel = WeightsPanel(self.ctx, self.header_html)
+
+    def header_html(self) -> str:
+        return header.header_html(self.engine.resolved_renderer_name(), self.engine.weights_report(),
+                                  openai_configured(self.settings))
+
+    def refresh_all(self, session: dict | None):
+        session = session or new_session()
+        return tuple(dropdown_update(self.ctx, session) for _ in self.ctx.avatar_dropdowns)
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+            session = gr.State(new_session)  # a callable: a fresh state (and token) per page load
+            banner = gr.HTML(self.header_html(), elem_id="wb-header")
+            self.weights_panel.build(banner)
+            with gr.Tabs():
+                with gr.Tab("Avatar preparation", id="prepare"):
+                    self.ctx.avatar_dropdowns.append(self.prepare_tab.build(session))
+                with gr.Tab("bbox_shift tuning", id="tuning"):
+                    self.ctx.avatar_dropdowns.append(self.tuning_tab.build(session))
+            dropdowns = self.ctx.avatar_dropdowns
+            # Whenever the session's avatars change, every tab's avatar list follows.
+            for event in (self.prepare_tab.prepared, self.prepare_tab.used, self.prepare_tab.deleted,
+                          self.tuning_tab.saved):
+                event.then(self.refresh_all, [session], dropdowns, show_progress="hidden")
+            demo.load(self.refresh_all, [session], dropdowns, show_progress="hidden")
+            demo.load(self.prepare_tab.refresh, [session], [self.prepare_tab.table, self.prepare_tab.chosen],
+                      show_progress="hidden")
+            demo.load(self.header_html, None, banner, show_progress="hidden")
+        return demo
+
+
+def build_ui(engine, samples_dir: Path | None = None, show_all_avatars: bool = False) -> gr.Blocks:
+    return WorkbenchUI(engine, samples_dir, show_all_avatars).build()
+
+
+def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool = False) -> FastAPI:
+    """FastAPI with the realtime routes first, then the Gradio UI mounted at '/'."""
+    settings: Settings = engine.settings
+    ui = WorkbenchUI(engine, samples_dir, show_all_avatars)
+    blocks = ui.build()
+    app = FastAPI(title=TITLE)
+    app.state.workbench_ui = ui
+    gr.mount_gradio_app(
+        app, blocks, path="/", css=CSS, theme=theme(), footer_links=[],
+        run_history=False,  # the run history would keep inputs in the browser; nothing here should linger
+        max_file_size=f"{settings.max_upload_mb}mb", show_error=True, ssr_mode=False,
+        server_name=settings.host, server_port=settings.port,
+    )
+    return app

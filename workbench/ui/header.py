@@ -1,0 +1,71 @@
+"""The banner at the top of the app: what is running, what is missing, and how to turn the rest on."""
+
+from __future__ import annotations
+
+import html
+
+from .. import weights
+
+# Components shown in the banner, in the order a user would fetch them.
+SHOWN = ("musetalkV15", "sd-vae", "whisper", "dwpose", "face-parse-bisent", "syncnet_eval")
+
+
+def _badge(text: str, kind: str) -> str:
+    return f'<span class="wb-badge wb-{kind}">{html.escape(text)}</span>'
+
+
+def status_lines(renderer: str, report: weights.WeightsReport, openai_configured: bool) -> dict[str, str]:
+    """Plain-text status, one line per subject, shared by the banner and the tests."""
+    musetalk_ready = report.has_musetalk()
+    if renderer == "musetalk":
+        render_line = "MuseTalk v1.5 renderer active."
+    elif musetalk_ready:
+        render_line = "CPU renderer active (MuseTalk weights are present; set WORKBENCH_RENDERER=musetalk or auto to use them)."
+    else:
+        render_line = (f"CPU renderer active (weight-free). For MuseTalk lip-sync run `{weights.DOWNLOAD_COMMAND}` "
+                       "or press 'Fetch MuseTalk weights' below.")
+    if openai_configured:
+        voice_line = "OpenAI Realtime available (a key is configured on the server); local voice mode always available."
+    else:
+        voice_line = ("Local voice mode active (no OpenAI key configured). For OpenAI Realtime set OPENAI_API_KEY "
+                      "or paste a key in the Realtime chat tab (kept for that session only).")
+    present = [n for n in SHOWN if n in report.components and report.status(n) == "present"]
+    absent = [f"{n} ({report.status(n)})" for n in SHOWN if n in report.components and report.status(n) != "present"]
+    weights_line = (f"Weights in {report.models_dir}: present: {', '.join(present) or 'none'}; "
+                    f"not present: {', '.join(absent) or 'none'}.")
+    return {"renderer": render_line, "voice": voice_line, "weights": weights_line}
+
+
+def header_html(renderer: str, report: weights.WeightsReport, openai_configured: bool) -> str:
+    """The banner as HTML (escaped; no user input is ever placed in it)."""
+    lines = status_lines(renderer, report, openai_configured)
+    r_badge = _badge("MuseTalk v1.5" if renderer == "musetalk" else "CPU renderer", "on")
+    v_badge = _badge("OpenAI Realtime + local voice" if openai_configured else "local voice", "on")
+    chips = []
+    for name in SHOWN:
+        if name in report.components:
+            st = report.status(name)
+            chips.append(_badge(name, "ok" if st == "present" else "missing" if st == "missing" else "bad"))
+    return (
+        '<div class="wb-header">'
+        '<div class="wb-title">Talking-head workbench</div>'
+        f'<div class="wb-row"><b>Renderer</b> {r_badge} <span class="wb-note">{html.escape(lines["renderer"])}</span></div>'
+        f'<div class="wb-row"><b>Voice</b> {v_badge} <span class="wb-note">{html.escape(lines["voice"])}</span></div>'
+        f'<div class="wb-row"><b>Weights</b> {" ".join(chips)}</div>'
+        "</div>"
+    )
+
+
+HEADER_CSS = """
+.wb-header {padding: 10px 14px; border-radius: 10px; background: var(--block-background-fill);
+  border: 1px solid var(--border-color-primary); margin-bottom: 6px}
+.wb-title {font-size: 1.35em; font-weight: 700; margin-bottom: 4px}
+.wb-row {margin: 3px 0; line-height: 1.9}
+.wb-note {color: var(--body-text-color-subdued); font-size: 0.92em}
+.wb-badge {display: inline-block; padding: 0 8px; border-radius: 9px; font-size: 0.85em; margin-right: 4px;
+  border: 1px solid transparent}
+.wb-on {background: #dbeafe; color: #1e3a8a}
+.wb-ok {background: #dcfce7; color: #14532d}
+.wb-missing {background: #f1f5f9; color: #475569; border-color: #cbd5e1}
+.wb-bad {background: #fee2e2; color: #7f1d1d}
+"""

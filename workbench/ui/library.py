@@ -1,0 +1,174 @@
+"""Which avatars and media a browser session may see, and where each avatar's source lives on disk.
+
+The avatar cache on disk is shared by every session; what a session is shown is the bundled samples'
+avatars plus the ones that session prepared itself. Uploads are copied out of Gradio's temporary folder
+into `<cache_dir>/uploads/<content sha256>/` so an avatar can be prepared again with other parameters
+(the bbox_shift grid) after Gradio has cleaned its temporary files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from ..avatar import Avatar
+from ..cache import AvatarInfo, AvatarNotFoundError
+from ..media import IMAGE_EXTS, VIDEO_EXTS
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTS = frozenset({".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".webm"})
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class AccessError(PermissionError):
+    """The avatar exists but belongs to another session."""
+
+
+def find_samples_dir() -> Path | None:
+    """Sample media: $WORKBENCH_SAMPLES_DIR, else `samples/` in the repository, else `../shared/samples` beside it."""
+    env = os.environ.get("WORKBENCH_SAMPLES_DIR")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO_ROOT / "samples", REPO_ROOT.parent / "shared" / "samples"]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def safe_name(name: str) -> str:
+    """A file name with nothing but letters, digits, dot, dash and underscore (never a path)."""
+    base = _SAFE_NAME.sub("_", Path(name).name).strip("._") or "upload"
+    return base[:120]
+
+
+class Library:
+    """Avatar visibility and source lookup for the UI. Thread-safe; shared by every session."""
+
+    def __init__(self, engine, samples_dir: Path | None = None, show_all: bool = False, keep_loaded: int = 4):
+        self.engine = engine
+        self.samples_dir = samples_dir
+        self.show_all = show_all  # single-user local use: show every cached avatar
+        self.uploads_dir = Path(engine.settings.cache_dir) / "uploads"
+        self._lock = threading.Lock()
+        self._loaded: OrderedDict[str, Avatar] = OrderedDict()
+        self._keep = keep_loaded
+        self._sample_digests: dict[str, Path] | None = None
+
+    # --- media --------------------------------------------------------------------------------
+    def _samples(self, exts: frozenset[str]) -> list[Path]:
+        if self.samples_dir is None or not self.samples_dir.is_dir():
+            return []
+        return sorted(p for p in self.samples_dir.iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+    def sample_sources(self) -> list[Path]:
+        """Sample videos and photos an avatar can be prepared from."""
+        return self._samples(VIDEO_EXTS | IMAGE_EXTS)
+
+    def sample_audio(self) -> list[Path]:
+        """Sample speech clips to drive previews."""
+        return self._samples(AUDIO_EXTS)
+
+    def sample_path(self, name: str, audio: bool = False) -> Path:
+        for p in self.sample_audio() if audio else self.sample_sources():
+            if p.name == name:
+                return p
+        raise FileNotFoundError(f"no sample named {name!r}")
+
+    def sample_digests(self) -> dict[str, Path]:
+        if self._sample_digests is None:
+            digests = {}
+            for p in self.sample_sources():
+                try:
+                    digests[self.engine.cache.digest(p)] = p
+                except OSError as e:
+                    log.warning("cannot read sample %s: %s", p, e)
+            self._sample_digests = digests
+        return self._sample_digests
+
+    def store_upload(self, path: str | Path) -> Path:
+        """Copy an uploaded file to the uploads folder under its content hash; returns the kept copy."""
+        src = Path(path)
+        digest = self.engine.cache.digest(src)
+        dest = self.uploads_dir / digest / safe_name(src.name)
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        return dest
+
+    # --- avatars ------------------------------------------------------------------------------
+    def _meta(self, avatar_id: str) -> dict:
+        if not self.engine.cache.has(avatar_id):  # also refuses anything that is not an id (no paths)
+            raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r}")
+        path = self.engine.cache.avatars_dir / avatar_id / "meta.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r}") from e
+
+    def digest_of(self, avatar_id: str) -> str | None:
+        return self._meta(avatar_id).get("extras", {}).get("source_digest")
+
+    def is_sample(self, avatar_id: str) -> bool:
+        return self.digest_of(avatar_id) in self.sample_digests()
+
+    def visible(self, session_ids: list[str] | None) -> list[AvatarInfo]:
+        """The avatars this session may see: the samples' and its own (newest first)."""
+        own = set(session_ids or [])
+        out = []
+        for info in self.engine.list_avatars():
+            if self.show_all or info.avatar_id in own or self._is_sample_quiet(info.avatar_id):
+                out.append(info)
+        return list(reversed(out))
+
+    def _is_sample_quiet(self, avatar_id: str) -> bool:
+        try:
+            return self.is_sample(avatar_id)
+        except AvatarNotFoundError:
+            return False
+
+    def check_access(self, avatar_id: str, session_ids: list[str] | None) -> None:
+        if not avatar_id:
+            raise AvatarNotFoundError("choose an avatar first (prepare one in the Avatar preparation tab)")
+        if not self.engine.cache.has(avatar_id):
+            raise AvatarNotFoundError(f"avatar {avatar_id[:12]} is not in the cache (deleted?); prepare it again")
+        if not (self.show_all or avatar_id in (session_ids or []) or self.is_sample(avatar_id)):
+            raise AccessError("that avatar belongs to another session")
+
+    def load(self, avatar_id: str) -> Avatar:
+        """A cached avatar, kept in memory for the last few used (slider moves should not reload arrays)."""
+        with self._lock:
+            if avatar_id in self._loaded:
+                self._loaded.move_to_end(avatar_id)
+                return self._loaded[avatar_id]
+        avatar = self.engine.load_avatar(avatar_id)
+        with self._lock:
+            self._loaded[avatar_id] = avatar
+            while len(self._loaded) > self._keep:
+                self._loaded.popitem(last=False)
+        return avatar
+
+    def forget(self, avatar_id: str) -> None:
+        with self._lock:
+            self._loaded.pop(avatar_id, None)
+
+    def source_path(self, avatar_id: str) -> Path:
+        """The media file the avatar was prepared from (a sample or a kept upload)."""
+        digest = self.digest_of(avatar_id)
+        if digest is None:
+            raise FileNotFoundError(f"avatar {avatar_id[:12]} does not record its source; prepare it again")
+        sample = self.sample_digests().get(digest)
+        if sample is not None:
+            return sample
+        folder = self.uploads_dir / digest
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        files = [f for f in files if f.is_file() and not f.name.startswith(".")]
+        if not files:
+            raise FileNotFoundError(f"the source of avatar {avatar_id[:12]} is no longer kept; upload it again")
+        return files[0]

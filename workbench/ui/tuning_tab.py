@@ -1,0 +1,284 @@
+"""Tab 2, bbox_shift tuning: one frame (or a short span) rendered with several bbox_shift / v1.5 mask values.
+
+Every preview goes through the engine exactly as real-time output does: the avatar prepared with those
+parameters (detections come from the cache), the active renderer with the real audio conditions at the
+chosen moment, and the one compositor.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import gradio as gr
+import numpy as np
+
+from ..avatar import Avatar, PrepParams
+from ..config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from ..media import MediaError, check_upload, is_silent, load_audio, probe, write_video
+from . import overlays
+from .context import UIContext, dropdown_update, gr_progress, new_session, remember, short_id, user_errors
+from .library import AUDIO_EXTS
+
+MAX_VALUES = 8  # previews per grid: beyond this the faces get too small to judge
+CONTEXT_FRAMES = 2  # real audio rendered either side of a clip so its first and last frames have full windows
+TAIL_FRAMES = 10  # audio kept after the chosen moment for the renderer's look-ahead
+
+
+def parse_shifts(text: str) -> list[int]:
+    """'-6, 0, 4' → [-6, 0, 4] (unique, in the order given)."""
+    parts = [t for t in re.split(r"[,\s;]+", str(text or "").strip()) if t]
+    if not parts:
+        raise ValueError("give at least one bbox_shift value, e.g. -6, 0, 6")
+    values: list[int] = []
+    for t in parts:
+        try:
+            v = int(round(float(t)))
+        except ValueError:
+            raise ValueError(f"{t!r} is not a number; give bbox_shift values like -6, 0, 6") from None
+        if v not in values:
+            values.append(v)
+    if len(values) > MAX_VALUES:
+        raise ValueError(f"{len(values)} values given; at most {MAX_VALUES} fit in one grid")
+    return values
+
+
+def audio_at(audio16k: np.ndarray, frame_index: int, audio_frame: int) -> np.ndarray:
+    """Audio laid out so that output frame `frame_index` hears the audio of frame `audio_frame`.
+
+    The engine renders avatar frame i with the audio condition of frame i; to pair avatar frame f with the
+    speech at another moment t, the clip is shifted by t - f frames (cut in front, or preceded by silence).
+    The tail is cut a little after t: the renderer only looks a few frames ahead.
+    """
+    shift = (audio_frame - frame_index) * SAMPLES_PER_FRAME
+    end = (audio_frame + 1 + TAIL_FRAMES) * SAMPLES_PER_FRAME
+    clip = np.asarray(audio16k[:end], dtype=np.float32)
+    if shift >= 0:
+        return clip[shift:]
+    return np.concatenate([np.zeros(-shift, dtype=np.float32), clip])
+
+
+def loudest_moment(audio16k: np.ndarray, within_s: float = 10.0) -> float:
+    """Seconds at the loudest 40 ms frame of the first `within_s` seconds: a moment where the mouth is open."""
+    n = min(len(audio16k), int(within_s * SAMPLE_RATE)) // SAMPLES_PER_FRAME
+    if n == 0:
+        return 0.0
+    frames = np.asarray(audio16k[: n * SAMPLES_PER_FRAME], dtype=np.float32).reshape(n, SAMPLES_PER_FRAME)
+    return float(np.argmax(np.sqrt(np.mean(frames**2, axis=1)))) / FPS
+
+
+def focus_box(avatar: Avatar, i: int, margin: float = 0.3) -> tuple[int, int, int, int]:
+    """A square around the face box of frame i, `margin` larger, kept inside the frame: what every preview shows."""
+    x1, y1, x2, y2 = (int(v) for v in avatar.boxes[i])
+    h, w = avatar.frame_size
+    side = min(int(max(x2 - x1, y2 - y1) * (1 + 2 * margin)), h, w)
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    left = int(np.clip(cx - side // 2, 0, w - side))
+    top = int(np.clip(cy - side // 2, 0, h - side))
+    return left, top, left + side, top + side
+
+
+def zoom(frame_bgr: np.ndarray, box: tuple[int, int, int, int], height: int = 360) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    region = frame_bgr[y1:y2, x1:x2]
+    scale = height / max(1, region.shape[0])
+    size = (max(1, round(region.shape[1] * scale)), height)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return cv2.resize(region, size, interpolation=interp)
+
+
+def variants(base: PrepParams, shifts: list[int], extra_margin, parsing_mode, left_cheek, right_cheek) -> list[PrepParams]:
+    common = dict(extra_margin=int(extra_margin), parsing_mode=parsing_mode, left_cheek_width=int(left_cheek),
+                  right_cheek_width=int(right_cheek))
+    return [replace(base, bbox_shift=s, **common) for s in shifts]
+
+
+class TuningTab:
+    def __init__(self, ctx: UIContext):
+        self.ctx = ctx
+
+    # --- inputs -----------------------------------------------------------------------------
+    def _avatar(self, avatar_id: str | None, session: dict) -> Avatar:
+        self.ctx.library.check_access(avatar_id, session.get("avatars"))
+        return self.ctx.library.load(avatar_id)
+
+    def _audio(self, sample_audio: str | None, upload: str | None) -> np.ndarray:
+        s = self.ctx.settings
+        if upload:
+            p = Path(upload)
+            if p.suffix.lower() not in AUDIO_EXTS:
+                raise MediaError(f"{p.name}: {p.suffix or 'no extension'} is not a supported audio type "
+                                 f"({', '.join(sorted(AUDIO_EXTS))})")
+            check_upload(p, s.max_upload_mb, s.max_upload_seconds)
+            audio = load_audio(p)
+        elif sample_audio:
+            audio = load_audio(self.ctx.library.sample_path(sample_audio, audio=True))
+        else:
+            raise gr.Error("Pick a driving audio sample or upload a speech clip.")
+        return audio[: int(s.max_upload_seconds * SAMPLE_RATE)]
+
+    # --- handlers ---------------------------------------------------------------------------
+    @user_errors
+    def select(self, avatar_id: str | None, session: dict | None):
+        """A new avatar: default shift values spread over its measured range, and its frame count."""
+        session = session or new_session()
+        if not avatar_id:
+            return (gr.update(),) * 6 + ("Choose an avatar.",)
+        avatar = self._avatar(avatar_id, session)
+        shifts = self.ctx.engine.spread_shifts(avatar, 5)
+        lo, hi = avatar.bbox_range
+        p = avatar.params
+        info = (f"Measured bbox_shift range [{lo} ~ {hi}]; this avatar uses bbox_shift {p.bbox_shift}, "
+                f"extra_margin {p.extra_margin}, {p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}.")
+        n = len(avatar)
+        return (", ".join(str(v) for v in shifts),
+                gr.update(maximum=max(1, n - 1), value=min(n - 1, n // 2), interactive=n > 1),
+                p.extra_margin, p.parsing_mode, p.left_cheek_width, p.right_cheek_width, info)
+
+    def audio_length(self, sample_audio: str | None, upload: str | None):
+        """The moment slider spans the chosen clip and starts at its loudest moment."""
+        try:
+            path = upload or (self.ctx.library.sample_path(sample_audio, audio=True) if sample_audio else None)
+            if not path:
+                return gr.update()
+            duration = probe(path).duration
+            if not duration or duration > self.ctx.settings.max_upload_seconds * 4:
+                return gr.update()
+            audio = load_audio(path)
+        except (MediaError, FileNotFoundError):
+            return gr.update()
+        top = min(len(audio) / SAMPLE_RATE, self.ctx.settings.max_upload_seconds)
+        return gr.update(maximum=round(max(0.04, top - 0.04), 2), value=round(loudest_moment(audio), 2))
+
+    @user_errors
+    def grid(self, avatar_id, frame_index, sample_audio, upload, moment, shifts_text, extra_margin, parsing_mode,
+             left_cheek, right_cheek, make_clip, clip_seconds, session, progress=gr.Progress()):
+        session = session or new_session()
+        report = gr_progress(progress)
+        avatar = self._avatar(avatar_id, session)
+        shifts = parse_shifts(shifts_text)
+        audio = self._audio(sample_audio, upload)
+        if is_silent(audio):
+            gr.Warning("The driving audio is silent: every preview shows a closed mouth.")
+        f = int(np.clip(int(frame_index or 0), 0, len(avatar) - 1))
+        n_audio = max(1, len(audio) // SAMPLES_PER_FRAME)
+        t = int(np.clip(round(float(moment or 0) * FPS), 0, n_audio - 1))
+        params_list = variants(avatar.params, shifts, extra_margin, parsing_mode, left_cheek, right_cheek)
+        source = self.ctx.library.source_path(avatar.avatar_id)
+        span = 0.8 if make_clip else 1.0
+        step = (lambda fr, m: report(fr * span, m)) if report else None
+        frames = self.ctx.engine.preview(source, params_list, f, audio_at(audio, f, t), progress=step)
+        box = focus_box(avatar, f)
+        items = []
+        for s, frame in zip(shifts, frames, strict=True):
+            items.append((overlays.to_rgb(zoom(frame, box)), f"bbox_shift={s}"))
+        clip = None
+        if make_clip:
+            clip = self._clip(source, params_list, shifts, f, t, audio, float(clip_seconds), box, report)
+        status = (f"{len(items)} previews of avatar frame {f} with the audio at {t / FPS:.2f} s, rendered by "
+                  f"{self.ctx.engine.renderer.describe()} through the real-time path.")
+        return (gr.update(value=items, columns=len(items)), clip, status,
+                gr.update(choices=shifts, value=avatar.params.bbox_shift if avatar.params.bbox_shift in shifts
+                          else shifts[len(shifts) // 2]))
+
+    def _clip(self, source, params_list, shifts, f, t, audio, seconds, box, report) -> str:
+        """A looping side-by-side clip, one panel per value, with the driving audio muxed in."""
+        n = int(np.clip(round(seconds * FPS), 5, 3 * FPS))
+        c = min(CONTEXT_FRAMES, t)
+        a0 = (t - c) * SAMPLES_PER_FRAME
+        a1 = min(len(audio), (t + n + CONTEXT_FRAMES) * SAMPLES_PER_FRAME)
+        piece = audio[a0:a1]
+        panels = []
+        for k, params in enumerate(params_list):
+            if report:
+                report(0.8 + 0.18 * k / len(params_list), f"clip for bbox_shift={params.bbox_shift}")
+            av = self.ctx.engine.prepare(source, params)
+            rendered = self.ctx.engine.render_frames(av, piece, start=f - c)[c : c + n]
+            panels.append([overlays.label_image(overlays.to_rgb(zoom(fr, box, 300)), f"bbox_shift={s}")[..., ::-1]
+                           for fr, s in [(fr, shifts[k]) for fr in rendered]])
+        count = min(len(p) for p in panels)
+        if count == 0:
+            raise MediaError("the audio after the chosen moment is too short for a clip")
+        joined = (np.concatenate([p[i] for p in panels], axis=1) for i in range(count))
+        out = Path(tempfile.mkdtemp(prefix="wb-clip-")) / "bbox_shift_clips.mp4"
+        start = c * SAMPLES_PER_FRAME
+        write_video(out, joined, FPS, audio16k=piece[start : start + count * SAMPLES_PER_FRAME])
+        return str(out)
+
+    @user_errors
+    def save(self, avatar_id, chosen, extra_margin, parsing_mode, left_cheek, right_cheek, session,
+             progress=gr.Progress()):
+        """Prepare the avatar with the chosen values; chat and evaluation then use that avatar."""
+        session = session or new_session()
+        if chosen is None or chosen == "":
+            raise gr.Error("Render a grid and pick the bbox_shift to keep first.")
+        avatar = self._avatar(avatar_id, session)
+        params = variants(avatar.params, [int(chosen)], extra_margin, parsing_mode, left_cheek, right_cheek)[0]
+        source = self.ctx.library.source_path(avatar.avatar_id)
+        new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress))
+        session = remember(session, new.avatar_id)
+        gr.Info(f"Saved: avatar {short_id(new.avatar_id)} uses bbox_shift {params.bbox_shift}.")
+        msg = (f"Saved as avatar `{short_id(new.avatar_id)}` (bbox_shift {params.bbox_shift}, extra_margin "
+               f"{params.extra_margin}, {params.parsing_mode}, cheeks {params.left_cheek_width}/"
+               f"{params.right_cheek_width}); it is now the current avatar for chat and evaluation.")
+        return session, msg, dropdown_update(self.ctx, session, new.avatar_id)
+
+    def _initial_moment(self, sample_audio: str | None) -> tuple[float, float]:
+        update = self.audio_length(sample_audio, None)
+        return float(update.get("maximum", 30.0)), float(update.get("value", 1.0))
+
+    # --- layout -----------------------------------------------------------------------------
+    def build(self, session: gr.State) -> gr.Dropdown:
+        audio_samples = [p.name for p in self.ctx.library.sample_audio()]
+        first_audio = next((a for a in ("eng.wav", "syncnet_example_speech.wav") if a in audio_samples),
+                           audio_samples[0] if audio_samples else None)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=300):
+                avatar = gr.Dropdown([], label="avatar", elem_id="tune-avatar")
+                info = gr.Markdown("Choose an avatar.", elem_id="tune-info")
+                frame = gr.Slider(0, 1, value=0, step=1, label="avatar frame", elem_id="tune-frame")
+                with gr.Group():
+                    sample_audio = gr.Dropdown(audio_samples, value=first_audio, label="driving audio sample")
+                    upload = gr.File(label="…or upload a speech clip", file_types=sorted(AUDIO_EXTS),
+                                     type="filepath", height=90)
+                    top, loudest = self._initial_moment(first_audio)
+                    moment = gr.Slider(0, top, value=loudest, step=0.04, label="audio moment (s)",
+                                       info="the speech the mouth follows in every preview (starts at the loudest)", elem_id="tune-moment")
+                shifts = gr.Textbox(label="bbox_shift values", placeholder="-6, 0, 6",
+                                    info="default: spread over the measured range", elem_id="tune-shifts")
+                with gr.Accordion("v1.5 mask parameters", open=False):
+                    extra_margin = gr.Slider(0, 40, value=10, step=1, label="extra_margin")
+                    parsing_mode = gr.Radio(["jaw", "raw"], value="jaw", label="parsing mode")
+                    with gr.Row():
+                        left_cheek = gr.Slider(20, 160, value=90, step=1, label="left cheek width")
+                        right_cheek = gr.Slider(20, 160, value=90, step=1, label="right cheek width")
+                with gr.Row():
+                    make_clip = gr.Checkbox(False, label="also a looping clip")
+                    clip_seconds = gr.Slider(1, 2, value=1.0, step=0.2, label="clip length (s)")
+                run = gr.Button("Render grid", variant="primary", elem_id="tune-run")
+            with gr.Column(scale=3, min_width=360):
+                gallery = gr.Gallery(label="Previews (same frame, same audio, one per value)", columns=5,
+                                     height="auto", object_fit="contain", allow_preview=True, elem_id="tune-gallery")
+                status = gr.Markdown("", elem_id="tune-status")
+                clip = gr.Video(label="Side-by-side clip", autoplay=True, loop=True, interactive=False,
+                                elem_id="tune-clip")
+                with gr.Row():
+                    chosen = gr.Radio([], label="keep bbox_shift", elem_id="tune-chosen", scale=3)
+                    save = gr.Button("Save to avatar", scale=1, elem_id="tune-save")
+                saved = gr.Markdown("", elem_id="tune-saved")
+
+        avatar.change(self.select, [avatar, session],
+                      [shifts, frame, extra_margin, parsing_mode, left_cheek, right_cheek, info])
+        sample_audio.change(self.audio_length, [sample_audio, upload], [moment])
+        upload.change(self.audio_length, [sample_audio, upload], [moment])
+        run.click(self.grid, [avatar, frame, sample_audio, upload, moment, shifts, extra_margin, parsing_mode,
+                              left_cheek, right_cheek, make_clip, clip_seconds, session],
+                  [gallery, clip, status, chosen], concurrency_limit=1, concurrency_id="engine-heavy")
+        self.saved = save.click(self.save, [avatar, chosen, extra_margin, parsing_mode, left_cheek, right_cheek,
+                                            session], [session, saved, avatar],
+                                concurrency_limit=1, concurrency_id="engine-heavy")
+        self.avatar = avatar
+        return avatar
