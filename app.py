@@ -21,9 +21,11 @@ log = logging.getLogger("workbench.app")
 
 
 def _server_address(settings, host: str | None, port: int | None) -> tuple[str, int]:
-    """Flag, else WORKBENCH_HOST/PORT, else the platform's GRADIO_SERVER_NAME/PORT, else 127.0.0.1:7860."""
+    """Flag, else WORKBENCH_HOST/PORT, else the platform's GRADIO_SERVER_NAME/PORT, else 127.0.0.1:7860
+    (0.0.0.0 inside a Hugging Face Space, whose proxy must reach the app)."""
     if host is None:
-        host = settings.host if "host" in settings.model_fields_set else os.environ.get("GRADIO_SERVER_NAME", settings.host)
+        platform_default = "0.0.0.0" if os.environ.get("SPACE_ID") else settings.host
+        host = settings.host if "host" in settings.model_fields_set else os.environ.get("GRADIO_SERVER_NAME", platform_default)
     if port is None:
         port = settings.port if "port" in settings.model_fields_set else int(os.environ.get("GRADIO_SERVER_PORT", settings.port))
     return host, port

@@ -5,16 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .gate import GateResult, Tolerance, compare_summaries  # noqa: E402
-from .report import Run, load_run  # noqa: E402
+from .gate import GateResult, Tolerance, compare_summaries
+from .report import Run, _subplots, load_run
 
 CASE_METRICS = ("ls_offset", "ls_confidence", "syncnet_offset", "syncnet_lse_d", "syncnet_lse_c",
                 "latency_first_frame_ms", "latency_total_p95_ms", "latency_sustained_fps", "latency_rtf")
@@ -48,7 +44,7 @@ def case_diff(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
 def plot_sync_comparison(a: Run, b: Run) -> Figure:
     """The weight-free sync curve of each shared case, baseline dashed, candidate solid."""
     shared = [c for c in a.details if c in b.details and "landmark_sync" in a.details[c] and "landmark_sync" in b.details[c]]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     for cid in shared:
         la, lb = a.details[cid]["landmark_sync"], b.details[cid]["landmark_sync"]
         (line,) = ax.plot(lb["offsets"], lb["curve"], label=f"{cid} ({b.path.name})")
@@ -64,7 +60,7 @@ def plot_sync_comparison(a: Run, b: Run) -> Figure:
 
 def plot_latency_comparison(a: Run, b: Run) -> Figure:
     """Per-frame latency CDF of all cases of each run pooled."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     for run, style in ((a, "--"), (b, "-")):
         x = np.sort(np.concatenate([np.asarray(d["latency"]["total_ms"], float) for d in run.details.values()
                                     if d.get("latency", {}).get("total_ms")] or [np.array([])]))
@@ -81,7 +77,7 @@ def plot_latency_comparison(a: Run, b: Run) -> Figure:
 
 def plot_metric_bars(cases: pd.DataFrame, metric: str) -> Figure:
     sub = cases[cases.metric == metric]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _subplots(figsize=(7, 3.5))
     x = np.arange(len(sub))
     ax.bar(x - 0.2, sub["a"].astype(float), 0.4, label="A")
     ax.bar(x + 0.2, sub["b"].astype(float), 0.4, label="B")

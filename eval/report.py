@@ -19,17 +19,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # reports are written headless (CI, worker processes)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from workbench import atomic
 
-from workbench import atomic  # noqa: E402
-
-from .errors import EvalError  # noqa: E402
+from .errors import EvalError
 
 STAGE_ORDER = ("features", "render", "composite", "send")
 TABLE_COLUMNS = ("case", "kind", "status", "renderer", "n_frames", "expected_offset", "ls_offset", "ls_confidence",
@@ -63,6 +59,12 @@ class Run:
     details: dict
 
 
+def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.5, 4), squeeze: bool = True):
+    """A figure without pyplot: no global backend, safe in worker processes, servers and notebooks alike."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
 # --- summary ------------------------------------------------------------------------------------
 def _finite(v) -> bool:
     return v is not None and isinstance(v, int | float | np.integer | np.floating) and math.isfinite(float(v))
@@ -85,7 +87,7 @@ def plot_sync_curves(details: dict) -> Figure:
     over offsets; a dot marks each case's best offset."""
     cases = {k: v for k, v in details.items() if "landmark_sync" in v or "syncnet" in v}
     has_sn = any("syncnet" in v for v in cases.values())
-    fig, axes = plt.subplots(1, 2 if has_sn else 1, figsize=(11 if has_sn else 6.5, 4), squeeze=False)
+    fig, axes = _subplots(1, 2 if has_sn else 1, figsize=(11 if has_sn else 6.5, 4), squeeze=False)
     ax = axes[0, 0]
     for cid, d in cases.items():
         ls = d.get("landmark_sync")
@@ -116,7 +118,7 @@ def plot_sync_curves(details: dict) -> Figure:
 
 def plot_latency_cdf(details: dict) -> Figure:
     """Cumulative distribution of per-frame total latency (audio in to last stage), one line per case."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _subplots(figsize=(6.5, 4))
     for cid, d in details.items():
         lat = d.get("latency")
         if lat and lat.get("total_ms"):
@@ -133,7 +135,7 @@ def plot_latency_cdf(details: dict) -> Figure:
 
 def plot_stage_breakdown(details: dict) -> Figure:
     """Median time per stage per case, stacked."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _subplots(figsize=(6.5, 4))
     cases = [(cid, d["latency"]["stages"]) for cid, d in details.items() if d.get("latency", {}).get("stages")]
     bottom = np.zeros(len(cases))
     for stage in STAGE_ORDER:
@@ -157,7 +159,6 @@ PLOTS = {"sync_curves": plot_sync_curves, "latency_cdf": plot_latency_cdf, "stag
 def save_figure(fig: Figure, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     atomic.write_bytes(path, buf.getvalue())
 
 

@@ -140,9 +140,10 @@ def _run_reference(case: ReferenceCase, suite: Suite, scorers: Scorers, row: dic
     from .landmark_sync import shift_audio
 
     files = suite.files_of(case)
-    frames, _ = read_video(files["video"])
-    audio = load_audio(files.get("audio", files["video"]))
     first = int(round(case.start * FPS))
+    last = first + int(round(case.max_seconds * FPS)) if case.max_seconds else None
+    frames, _ = read_video(files["video"], max_frames=last)
+    audio = load_audio(files.get("audio", files["video"]))
     frames = frames[first:]
     if case.max_seconds:
         frames = frames[: int(round(case.max_seconds * FPS))]

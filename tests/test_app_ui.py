@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import gradio as gr
@@ -13,7 +14,7 @@ from workbench.config import SAMPLES_PER_FRAME, Settings
 from workbench.media import MediaError
 from workbench.ui import header
 from workbench.ui.context import new_session
-from workbench.ui.library import AccessError, safe_name
+from workbench.ui.library import AccessError, safe_name, short_id
 from workbench.ui.prepare_tab import validate_upload
 from workbench.ui.tuning_tab import audio_at, parse_shifts
 
@@ -141,7 +142,7 @@ def test_prepare_shows_overlays_range_and_renderer(ui, prepared):
     assert f"[{lo} ~ {hi}]" in summary
     assert overlay.ndim == 3 and overlay.shape[2] == 3 and crop.shape == (256, 768, 3)
     assert slider["maximum"] == FRAMES - 1
-    assert any(row[0] == avatar_id[:12] for row in table)
+    assert any(row[0] == short_id(avatar_id) for row in table)
     assert dropdown["value"] == avatar_id
     # The overlay really draws: it differs from the plain frame where the box and mask are.
     plain = np.ascontiguousarray(avatar.frames[0][..., ::-1])
@@ -190,7 +191,7 @@ def test_sessions_do_not_see_each_others_uploads(ui, samples_dir, tmp_path):
     # The owner can delete it; afterwards nobody sees it.
     session_a, rows, _ = ui.prepare_tab.delete(own_id, session_a)
     assert own_id not in session_a["avatars"] and not ui.engine.cache.has(own_id)
-    assert all(r[0] != own_id[:12] for r in rows)
+    assert all(r[0] != short_id(own_id) for r in rows)
 
 
 def test_sample_avatars_are_shared(ui, prepared):
@@ -288,3 +289,148 @@ def test_tuning_errors_are_clear(ui, prepared, tmp_path):
                            progress=None)
     with pytest.raises(gr.Error, match="Render a grid"):
         ui.tuning_tab.save(avatar_id, None, 10, "jaw", 90, 90, session, progress=None)
+
+
+# --- realtime chat tab -------------------------------------------------------------------------
+def test_chat_tab_embeds_the_page_for_own_avatars_only(ui, prepared):
+    session = prepared[0]
+    avatar_id = session["current"]
+    page = ui.chat_tab.frame(avatar_id, session)
+    assert "<iframe" in page and "/rtc/chat?avatar=" in page and avatar_id in page
+    assert 'allow="microphone; autoplay"' in page
+    assert "<iframe" not in ui.chat_tab.frame(None, session)
+    with pytest.raises(gr.Error):
+        ui.chat_tab.frame("0123456789abcdef-000000000000", new_session())
+
+
+def test_served_app_never_sends_the_key(app_dirs, samples_dir):
+    from fastapi.testclient import TestClient
+
+    from workbench.engine import Engine
+    from workbench.ui.app import create_app
+
+    secret = "sk-test-NEVER-IN-A-RESPONSE-42"
+    settings = Settings(cache_dir=app_dirs / "cache", models_dir=app_dirs / "models", runs_dir=app_dirs / "runs",
+                        openai_api_key=secret)
+    app = create_app(Engine(settings, renderer="cpu"), samples_dir=samples_dir)
+    with TestClient(app) as client:
+        rtc = client.get("/rtc/config")
+        assert rtc.status_code == 200 and rtc.json()["server_key"] is True
+        chat = client.get("/rtc/chat")
+        assert chat.status_code == 200 and 'type="password"' in chat.text
+        pages = [rtc.text, chat.text, client.get("/").text, client.get("/config").text]
+        assert all(secret not in p for p in pages)
+        assert "Talking-head workbench" in client.get("/config").text
+
+
+# --- evaluation tab -----------------------------------------------------------------------------
+def test_select_cases_and_quick_runs(ui):
+    from workbench.ui.eval_tab import select_cases
+
+    suite = ui.eval_tab.suite_for("example", None)
+    assert {"yongen_eng", "syncnet_example"} <= {c.id for c in suite.cases}
+    assert not suite.missing_files()
+    quick = select_cases(suite, ["yongen_eng", "syncnet_example"], 2)
+    assert [c.id for c in quick.cases] == ["yongen_eng", "syncnet_example"]
+    assert all(c.max_seconds == 2 for c in quick.cases)
+    with pytest.raises(Exception, match="at least one case"):
+        select_cases(suite, ["nope"], None)
+
+
+def test_uploaded_manifests_are_confined(ui, tmp_path, samples_dir):
+    import zipfile
+
+    from eval.errors import ManifestError
+    from workbench.ui.eval_tab import uploaded_suite
+
+    good = tmp_path / "mine.yaml"
+    good.write_text("name: mine\ncases:\n  - id: ref\n    kind: reference\n    video: syncnet_example.avi\n")
+    suite = uploaded_suite(good, tmp_path, samples_dir, 10_000_000)
+    assert suite.files_of(suite.cases[0])["video"] == (samples_dir / "syncnet_example.avi").resolve()
+    escape = tmp_path / "escape.yaml"
+    escape.write_text("name: bad\ncases:\n  - id: ref\n    kind: reference\n    video: /etc/hostname\n")
+    with pytest.raises(ManifestError, match="only name files inside"):
+        uploaded_suite(escape, tmp_path, samples_dir, 10_000_000)
+    slip = tmp_path / "slip.zip"
+    with zipfile.ZipFile(slip, "w") as zf:
+        zf.writestr("../evil.yaml", "name: x")
+    with pytest.raises(ManifestError, match="unsafe entry"):
+        uploaded_suite(slip, tmp_path, samples_dir, 10_000_000)
+    bundle = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        zf.writestr("suite/suite.yaml", "name: b\ncases:\n  - id: ref\n    kind: reference\n    video: clip.avi\n")
+        zf.write(samples_dir / "syncnet_example.avi", "suite/clip.avi")
+    suite = uploaded_suite(bundle, tmp_path, samples_dir, 10_000_000)
+    assert suite.files_of(suite.cases[0])["video"].is_file()
+    with pytest.raises(ManifestError, match="the limit is"):
+        uploaded_suite(bundle, tmp_path, samples_dir, 1000)
+    notyaml = tmp_path / "x.yaml"
+    notyaml.write_text("name: [unclosed")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        uploaded_suite(notyaml, tmp_path, samples_dir, 10_000_000)
+
+
+def test_evaluation_run_download_isolation_and_compare(ui, tmp_path):
+    import zipfile
+
+    import matplotlib.pyplot as plt
+
+    session = new_session()
+    out = ui.eval_tab.run("example", None, ["yongen_eng"], 2, session, progress=None)
+    session2, summary, table, p1, p2, p3, zip_path, candidate, baseline, past = out
+    assert "of suite *example*" in summary and "1 ok" in summary
+    assert list(table["case"]) == ["yongen_eng"] and table["status"].iloc[0] == "ok"
+    assert all(hasattr(p, "savefig") for p in (p1, p2, p3))
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert any(n.endswith("summary.json") for n in names) and any(n.endswith("plots/sync_curves.png") for n in names)
+    label = candidate["value"]
+    assert label.startswith("mine/") and label in past["choices"]
+    # Another session does not see this run, and cannot open it by name.
+    other = new_session()
+    assert label not in ui.eval_tab.runs(other)
+    with pytest.raises(gr.Error, match="choose a run"):
+        ui.eval_tab.open_run(label, other)
+    # A shared baseline (as `workbench eval` writes under runs_dir) is visible to every session.
+    run_dir = ui.eval_tab.runs(session2)[label]
+    shutil.copytree(run_dir, ui.ctx.runs_dir / "baseline-copy")
+    assert "shared/baseline-copy" in ui.eval_tab.runs(other)
+    head, gate, cases, sync_fig, lat_fig = ui.eval_tab.compare(label, "shared/baseline-copy", session2)
+    assert "No regression" in head and len(gate) > 0 and "ls_offset" in set(cases["metric"])
+    with pytest.raises(gr.Error, match="two different runs"):
+        ui.eval_tab.compare(label, label, session2)
+    for fig in (p1, p2, p3, sync_fig, lat_fig):
+        plt.close(fig)
+
+
+# --- app.py ------------------------------------------------------------------------------------
+def _app_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("workbench_app_entry", Path(__file__).parents[1] / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_server_address_precedence(monkeypatch):
+    entry = _app_module()
+    for name in ("WORKBENCH_HOST", "WORKBENCH_PORT", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "SPACE_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert entry._server_address(Settings(), None, None) == ("127.0.0.1", 7860)
+    monkeypatch.setenv("SPACE_ID", "someone/workbench")
+    assert entry._server_address(Settings(), None, None)[0] == "0.0.0.0"
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "10.0.0.5")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "9000")
+    assert entry._server_address(Settings(), None, None) == ("10.0.0.5", 9000)
+    monkeypatch.setenv("WORKBENCH_HOST", "127.0.0.2")
+    assert entry._server_address(Settings(), None, None)[0] == "127.0.0.2"
+    assert entry._server_address(Settings(), "127.0.0.3", 7999) == ("127.0.0.3", 7999)
+
+
+def test_cli_flags():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_app_module().cli, ["--help"])
+    assert result.exit_code == 0
+    for flag in ("--host", "--port", "--share", "--models-dir", "--cache-dir", "--runs-dir"):
+        assert flag in result.output

@@ -20,7 +20,7 @@ from workbench.config import AUDIO_TOKENS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FR
 from workbench.testing import make_tiny_models
 
 # few blocks keep the random-init Whisper-tiny encoder (~0.3 s per 30 s window on 2 cores) affordable
-FAST = BlockParams(hop_frames=6, left_frames=25, right_frames=3)
+FAST = BlockParams(hop_frames=8, left_frames=25, right_frames=3)
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +62,22 @@ def test_matches_musetalk_indexing_when_one_block_covers_the_clip(runner):
 
 
 def test_shapes_and_dtype(runner):
-    audio = speech_like(0.7)
+    audio = speech_like(0.5)
     conds = whisper_conditions(runner, audio, FAST)
     assert conds.shape == (audio.size // 640, 50, 384) and conds.dtype == np.float32
     assert whisper_conditions(runner, np.zeros(100, np.float32), FAST).shape == (0, 50, 384)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_streaming_equals_whole_file(runner, seed):
-    audio = speech_like(1.5, seed)
+def test_streaming_equals_whole_file(runner):
+    audio = speech_like(1.2, seed=1)
     whole = whisper_conditions(runner, audio, FAST)
-    rng = np.random.default_rng(seed)
     fe = WhisperFrontend(runner, FAST)
     out, pos = [], 0
-    while pos < audio.size:
-        n = int(rng.choice([0, 1, 17, 640, 1000, 5000]))
+    for n in [0, 1, 17, 640, 5000, 1000, 3, 9000] * 10:
         out += fe.push(audio[pos : pos + n])
         pos += n
-    out += fe.flush()
-    assert len(out) == len(whole)
+    out += fe.push(audio[pos:]) + fe.flush()
+    assert len(out) == len(whole) == audio.size // 640
     np.testing.assert_allclose(np.stack(out), whole, atol=1e-5, rtol=0)
 
 
@@ -88,23 +85,23 @@ def test_default_params_stream_equal_and_emit_on_time(runner):
     params = BlockParams()
     assert params.lookahead_frames == 6  # 2 frames of MuseTalk padding + up to 1 for the hop + 3 of context
     assert params.lookahead_ms == (200.0, 240.0)
-    audio = speech_like(0.5, seed=3)
+    audio = speech_like(0.32, seed=3)
     whole = whisper_conditions(runner, audio, params)
     fe = WhisperFrontend(runner, params)
     assert fe.lookahead_frames == 6
+    ready = [params.frame_ready_at(i) for i in range(len(whole))]
     got = []
-    for i in range(3):
-        need = params.frame_ready_at(i)
+    for need in sorted(set(r for r in ready if r <= audio.size)):
         got += fe.push(audio[fe.samples_received : need - 1])
-        assert len(got) == i  # one sample short: frame i must wait
+        assert len(got) == sum(r <= need - 1 for r in ready)  # one sample short: the frame waits
         got += fe.push(audio[need - 1 : need])
-        assert len(got) == i + 1
+        assert len(got) == sum(r <= need for r in ready)  # and comes out with the sample that completes it
     got += fe.push(audio[fe.samples_received :]) + fe.flush()
     np.testing.assert_allclose(np.stack(got), whole, atol=1e-5, rtol=0)
 
 
 def test_flush_resets_for_the_next_stream(runner):
-    audio = speech_like(0.6, seed=5)
+    audio = speech_like(0.3, seed=5)
     fe = WhisperFrontend(runner, FAST)
     a = fe.process(audio)
     b = fe.process(audio)
@@ -113,7 +110,7 @@ def test_flush_resets_for_the_next_stream(runner):
 
 
 def test_int16_push_equals_float(runner):
-    audio = speech_like(0.4, seed=7)
+    audio = speech_like(0.3, seed=7)
     pcm = np.clip(audio * 32768, -32768, 32767).astype(np.int16)
     a = whisper_conditions(runner, pcm.astype(np.float32) / 32768.0, FAST)
     b = np.stack(WhisperFrontend(runner, FAST).process(pcm))
@@ -123,7 +120,7 @@ def test_int16_push_equals_float(runner):
 def test_silence_condition(runner):
     s = silence_condition(runner, FAST)
     assert s.shape == (50, 384) and s.dtype == np.float32 and np.all(s != 0)  # no zero padding inside
-    ref = whisper_conditions(runner, np.zeros(SAMPLE_RATE, np.float32), FAST)
+    ref = whisper_conditions(runner, np.zeros(SAMPLE_RATE * 6 // 10, np.float32), FAST)  # frame i is whole
     i = 2 + FAST.hop_frames
     np.testing.assert_allclose(s, ref[i], atol=1e-5)
 
@@ -193,3 +190,36 @@ def test_unreadable_files(tmp_path):
     junk.write_bytes(b"RIFF not really a wav")
     with pytest.raises(AudioInputError, match="cannot read"):
         load_audio_16k(junk)
+
+
+def test_audio_track_of_a_video(tmp_path):
+    """Formats libsndfile cannot read (AAC in MP4) are decoded through FFmpeg's libraries."""
+    import av
+
+    sr = 44_100
+    t = np.arange(sr) / sr
+    tone = (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    path = tmp_path / "tone.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=sr, layout="mono")
+        frame = av.AudioFrame.from_ndarray(tone[None], format="fltp", layout="mono")
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    audio = load_audio_16k(path)
+    assert abs(audio.size - SAMPLE_RATE) < 0.1 * SAMPLE_RATE  # codec priming may add a few ms
+    spec = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spec) * SAMPLE_RATE / audio.size - 300) < 3
+    silent_video = tmp_path / "video_only.mp4"
+    with av.open(str(silent_video), "w") as out:
+        vs = out.add_stream("mpeg4", rate=25)
+        vs.width, vs.height = 32, 32
+        img = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        for packet in vs.encode(img):
+            out.mux(packet)
+        for packet in vs.encode(None):
+            out.mux(packet)
+    with pytest.raises(AudioInputError, match="no audio track"):
+        load_audio_16k(silent_video)

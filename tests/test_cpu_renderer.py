@@ -311,7 +311,7 @@ def test_render_contract_and_errors(yongen_avatar):
 def test_width_and_round_change_the_mouth_corners(yongen_avatar):
     r = CPURenderer()
     rig = r._rig(yongen_avatar)
-    fr = rig.frame(5)
+    fr = rig.frame(yongen_avatar, 5)
     base = r.render_face(yongen_avatar, 5, MouthState(0.4))
     wide = r.render_face(yongen_avatar, 5, MouthState(0.4, width=1.0))
     rnd = r.render_face(yongen_avatar, 5, MouthState(0.4, round=1.0))
@@ -330,7 +330,19 @@ def test_caches_are_bounded_by_avatar_length(yongen_avatar):
     r.render(yongen_avatar, [yongen_avatar.loop_index(k) for k in range(3 * n)], states)
     rig = r._rig(yongen_avatar)
     assert len(rig.frames) <= n
-    assert len(rig.compositor._alpha) <= n
+    assert len(rig.alpha) <= n
+
+
+def test_renderer_does_not_keep_avatars_alive(yongen_avatar):
+    import dataclasses
+    import gc
+
+    r = CPURenderer(max_avatars=3)
+    for _ in range(5):
+        r.render(dataclasses.replace(yongen_avatar), [0], [MouthState(0.5)])
+    assert len(r._rigs) <= 3
+    gc.collect()
+    assert len(r._rigs) == 0  # every avatar above is gone, and so are their rigs
 
 
 def test_mouth_bank_is_used_only_when_the_avatar_shows_open_shapes(yongen_avatar, sun_avatar):

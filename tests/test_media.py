@@ -44,6 +44,11 @@ def test_read_video_at_25fps(samples_dir):
     frames, fps = read_video(samples_dir / "yongen.mp4", max_frames=10)
     assert frames.shape == (10, 1216, 704, 3) and frames.dtype == np.uint8
     assert fps == FPS
+    cap = cv2.VideoCapture(str(samples_dir / "yongen.mp4"))
+    try:
+        assert all(np.array_equal(frames[i], cap.read()[1]) for i in range(10))
+    finally:
+        cap.release()
 
 
 def test_video_at_another_rate_is_resampled_to_25fps(tmp_path, ffmpeg):

@@ -420,17 +420,11 @@ def test_bbox_to_center_scale_pads_and_fixes_aspect() -> None:
     np.testing.assert_allclose(scale, [125 * 0.75, 125])
 
 
-def _mmpose_style_warp(center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """The three-point construction mmpose's get_warp_matrix uses (rotation 0), for cross-checking."""
-    src = np.float32([center, center + [-scale[0] / 2, 0], center + [0, -scale[0] / 2]])
-    dst = np.float32([[144, 192], [0, 192], [144, 192 - 144]])
-    return cv2.getAffineTransform(src, dst)
-
-
 def test_affine_round_trip_and_pixel_placement() -> None:
     center, scale = dwpose.bbox_to_center_scale((37.0, 52.0, 141.0, 190.0))
     m = dwpose.warp_matrix(center, scale)
-    np.testing.assert_allclose(m, _mmpose_style_warp(center, scale), rtol=1e-5, atol=1e-4)
+    s = dwpose.INPUT_W / scale[0]  # closed form: uniform scale, box centre to input centre
+    np.testing.assert_allclose(m, [[s, 0, 144 - s * center[0]], [0, s, 192 - s * center[1]]], rtol=1e-5, atol=1e-3)
     points = np.array([[60.0, 70.0], [140.0, 180.0], [center[0], center[1]]])
     in_crop = points @ m[:, :2].T + m[:, 2]
     np.testing.assert_allclose(in_crop[2], [144, 192], atol=1e-4)  # the centre lands in the middle of the input

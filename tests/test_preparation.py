@@ -250,3 +250,21 @@ def test_given_detections_skip_the_detector(samples_dir, dlib_detector):
     assert np.array_equal(avatar.landmarks, det.landmarks)
     with pytest.raises(PreparationError, match="detections for"):
         prepare_avatar(samples_dir / "sun.mp4", PrepParams(max_frames=4), Refuses(), detections=det)
+
+
+def test_model_identity_of_components():
+    from workbench.preparation import model_identity
+
+    class Renderer:
+        identity = "musetalk-v15-abc123"
+
+        def encode_crops(self, crops):
+            return crops
+
+    class Plain:
+        def encode(self, crops):
+            return crops
+
+    assert model_identity(Renderer().encode_crops) == "musetalk-v15-abc123.encode_crops"
+    assert model_identity(Plain().encode).endswith("Plain.encode")
+    assert model_identity(None) is None

@@ -155,3 +155,70 @@ def speech_like(seconds: float, rate: int = 24_000, seed: int = 1) -> np.ndarray
 def need_espeak() -> None:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+
+
+class SessionHarness:
+    """A `ChatSession` without a browser: tasks pull its tracks as aiortc's senders would and keep
+    every `StreamFrame` the clock handed out, so tests can see exactly what would have been sent."""
+
+    def __init__(self, session):
+        self.session = session
+        self.frames = []
+        self.video_frames = []
+        self.audio_frames = []
+        self._tasks = []
+        original = session.video.put
+
+        def put(frame):
+            self.frames.append(frame)
+            original(frame)
+
+        session.video.put = put
+
+    async def start(self):
+        import asyncio
+
+        await self.session.start()
+        self._tasks = [asyncio.create_task(self._pull(self.session.video, self.video_frames)),
+                       asyncio.create_task(self._pull(self.session.audio, self.audio_frames))]
+        return self
+
+    @staticmethod
+    async def _pull(track, out):
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                out.append(await track.recv())
+            except MediaStreamError:
+                return
+
+    async def wait_for(self, predicate, timeout=20.0, what="condition"):
+        import asyncio
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate():
+            if asyncio.get_running_loop().time() > deadline:
+                kinds = [e.get("type") for e in self.session.events]
+                raise AssertionError(f"timed out waiting for {what}; page events: {kinds}")
+            await asyncio.sleep(0.01)
+
+    def page_events(self, type_):
+        return [e for e in self.session.events if e.get("type") == type_]
+
+    def speech(self, item_id=None):
+        return [f for f in self.frames if f.kind == "speech" and (item_id is None or f.item_id == item_id)]
+
+    async def stop(self):
+        await self.session.close()
+        for t in self._tasks:
+            t.cancel()
+
+
+def make_session(voice, renderer=None, avatar=None, session_id="test"):
+    from workbench.realtime.session import ChatSession
+    from workbench.streaming import LipSyncStream
+
+    stream = LipSyncStream(renderer or LevelRenderer(), avatar or make_avatar(), name=session_id)
+    stream.warm_idle()
+    return ChatSession(session_id, stream, voice)

@@ -164,6 +164,7 @@ def test_barge_in_stops_at_once_and_reports_the_audio_played(avatar):
             elif f.kind == "hold":
                 time.sleep(0.002)
         cut = stream.interrupt()
+        stream.push_audio(audio[:4800], 24_000, item_id="item_A")  # a delta still in flight: ignored
         after = [stream.next_frame() for _ in range(10)]
     finally:
         stream.close()

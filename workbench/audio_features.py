@@ -103,7 +103,7 @@ def _int_scale(dtype: np.dtype) -> float:
 
 
 def load_audio_16k(path: Path | str) -> np.ndarray:
-    """Read any audio file (or the audio of a video) as float32 mono 16 kHz."""
+    """Read an audio file, or the audio track of a video, as float32 mono 16 kHz."""
     path = Path(path)
     if not path.is_file():
         raise AudioInputError(f"audio file not found: {path}")
@@ -111,17 +111,38 @@ def load_audio_16k(path: Path | str) -> np.ndarray:
         import soundfile as sf
 
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception:
-        try:
-            import librosa
-
-            data, sr = librosa.load(str(path), sr=None, mono=False)
-            data = np.atleast_2d(data).T
-        except Exception as e:
-            raise AudioInputError(f"cannot read audio from {path.name}: {type(e).__name__}: {e}") from e
+    except Exception:  # not a format libsndfile reads (mp4, m4a, ...): decode with FFmpeg's libraries
+        data, sr = _decode_with_av(path)
     if data.shape[0] == 0:
         raise AudioInputError(f"{path.name} has no audio samples")
     return to_mono_16k(data, int(sr))
+
+
+def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
+    """(samples, channels) float32 at the file's own rate, so resampling stays librosa's as in MuseTalk."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioInputError(f"{path.name} has no audio track")
+            stream = container.streams.audio[0]
+            parts = []
+            for frame in container.decode(stream):
+                a = frame.to_ndarray()
+                if not frame.format.is_planar:  # packed: (1, samples * channels)
+                    a = a.reshape(-1, len(frame.layout.channels)).T
+                if np.issubdtype(a.dtype, np.integer):
+                    a = a.astype(np.float32) / _int_scale(a.dtype)
+                parts.append(a.astype(np.float32, copy=False))
+            sr = stream.rate
+    except AudioInputError:
+        raise
+    except Exception as e:
+        raise AudioInputError(f"cannot read audio from {path.name}: {type(e).__name__}: {e}") from e
+    if not parts:
+        raise AudioInputError(f"{path.name} has no audio samples")
+    return np.concatenate(parts, axis=1).T, int(sr)
 
 
 def _as_stream_chunk(audio: np.ndarray) -> np.ndarray:

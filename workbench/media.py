@@ -201,33 +201,69 @@ def read_frames_folder(folder: str | Path, max_frames: int | None = None) -> np.
     return np.stack(frames)
 
 
-def _read_cv2(path: Path, max_frames: int | None) -> list[np.ndarray]:
+class _FrameStack:
+    """Frames gathered into one preallocated (N, H, W, 3) array, so a long clip is not held twice."""
+
+    def __init__(self, expected: int, shape: tuple[int, ...]):
+        self.data = np.empty((max(1, expected),) + tuple(shape), dtype=np.uint8)
+        self.n = 0
+
+    def slot(self) -> np.ndarray:
+        if self.n == len(self.data):  # the container under-reported its length: grow by half
+            grown = np.empty((len(self.data) + len(self.data) // 2 + 1,) + self.data.shape[1:], dtype=np.uint8)
+            grown[: self.n] = self.data[: self.n]
+            self.data = grown
+        self.n += 1
+        return self.data[self.n - 1]
+
+    def result(self) -> np.ndarray:
+        # A copy only when much was over-allocated; otherwise a view of the one buffer.
+        return self.data[: self.n].copy() if self.n < 0.9 * len(self.data) else self.data[: self.n]
+
+
+def _read_cv2(path: Path, first: np.ndarray, expected: int, max_frames: int | None) -> np.ndarray:
     cap = cv2.VideoCapture(str(path))
-    frames: list[np.ndarray] = []
+    stack = _FrameStack(expected, first.shape)
     try:
-        while max_frames is None or len(frames) < max_frames:
-            ok, frame = cap.read()
+        while max_frames is None or stack.n < max_frames:
+            ok = cap.grab()
             if not ok:
                 break
-            frames.append(frame)
+            out = stack.slot()
+            ok, _ = cap.retrieve(out)
+            if not ok or out.shape != first.shape:
+                stack.n -= 1
+                break
     finally:
         cap.release()
-    return frames
+    return stack.result()
 
 
-def _read_ffmpeg(path: Path, fps: float, width: int, height: int, max_frames: int | None) -> list[np.ndarray]:
+def _read_ffmpeg(path: Path, fps: float, first: np.ndarray, expected: int, max_frames: int | None) -> np.ndarray:
     """Decode through ffmpeg's fps filter; the size is forced to what OpenCV decoded so rotation agrees."""
+    height, width = first.shape[:2]
     cmd = [_ffmpeg(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0",
            "-vf", f"fps={fps},scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "bgr24"]
     if max_frames is not None:
         cmd += ["-frames:v", str(max_frames)]
     cmd.append("pipe:1")
-    res = subprocess.run(cmd, capture_output=True, timeout=600)
-    if res.returncode != 0:
-        raise MediaError(f"ffmpeg could not decode {path.name}: {res.stderr.decode(errors='replace').strip()[:300]}")
-    n = len(res.stdout) // (width * height * 3)
-    data = np.frombuffer(res.stdout, dtype=np.uint8, count=n * width * height * 3)
-    return list(data.reshape(n, height, width, 3))
+    stack = _FrameStack(expected, first.shape)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        try:
+            while True:
+                out = stack.slot()
+                got = proc.stdout.readinto(memoryview(out).cast("B"))
+                if got != out.nbytes:
+                    stack.n -= 1
+                    break
+        finally:
+            proc.stdout.close()
+            rc = proc.wait()
+        if rc != 0:
+            err.seek(0)
+            raise MediaError(f"ffmpeg could not decode {path.name}: {err.read().decode(errors='replace').strip()[:300]}")
+    return stack.result()
 
 
 def read_video(path: str | Path, max_frames: int | None = None, fps: float = FPS) -> tuple[np.ndarray, float]:
@@ -238,18 +274,23 @@ def read_video(path: str | Path, max_frames: int | None = None, fps: float = FPS
     cap = cv2.VideoCapture(str(p))
     opened = cap.isOpened()
     src_fps = cap.get(cv2.CAP_PROP_FPS) if opened else 0.0
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if opened else 0
     ok, first = cap.read() if opened else (False, None)
     cap.release()
     if not ok or first is None:
         raise MediaError(f"{p.name} is not a readable video (no frame could be decoded)")
-    if not src_fps or abs(src_fps - fps) > 0.01:
+    resample = not src_fps or abs(src_fps - fps) > 0.01
+    expected = int(count * fps / src_fps) + 2 if (count > 0 and src_fps) else 250
+    if max_frames is not None:
+        expected = min(expected, max_frames)
+    if resample:
         log.info("resampling %s from %.3f to %g fps", p.name, src_fps, fps)
-        frames = _read_ffmpeg(p, fps, first.shape[1], first.shape[0], max_frames)
+        frames = _read_ffmpeg(p, fps, first, expected, max_frames)
     else:
-        frames = _read_cv2(p, max_frames)
-    if not frames:
+        frames = _read_cv2(p, first, expected, max_frames)
+    if len(frames) == 0:
         raise MediaError(f"{p.name} has no decodable frames")
-    return np.stack(frames), float(fps)
+    return frames, float(fps)
 
 
 def read_frames(source: str | Path, max_frames: int | None = None) -> tuple[np.ndarray, float]:

@@ -104,6 +104,7 @@ def _smoothing_weights() -> np.ndarray:
 
 _WEIGHTS = _smoothing_weights()
 _WINDOW = signal.get_window("hann", WIN, fftbins=True).astype(np.float64)
+_POWER_SCALE = 2.0 / (N_FFT * float(np.sum(_WINDOW**2)))
 
 
 class StreamResampler:
@@ -201,7 +202,8 @@ class MouthFrontend(AudioFrontend):
             return
         starts = np.arange(h0, h1) * HOP - self._buf_start
         frames = self._buf[starts[:, None] + np.arange(WIN)[None, :]] * _WINDOW
-        spec = np.abs(np.fft.rfft(frames, n=N_FFT, axis=1)) ** 2 / (WIN * 0.375)  # Hann power normalisation
+        # Scaled so a band's sum is the mean-square of the signal in that band (Parseval, one-sided spectrum).
+        spec = np.abs(np.fft.rfft(frames, n=N_FFT, axis=1)) ** 2 * _POWER_SCALE
         powers = np.stack([spec[:, _SPEECH_BINS].sum(axis=1)] + [spec[:, b].sum(axis=1) for b in _BAND_BINS], axis=1)
         self._spectra.extend(powers)
         self._n_spectra = h1

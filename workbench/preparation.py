@@ -144,14 +144,21 @@ def params_digest(params: PrepParams, *identities: str | None) -> str:
 
 
 def model_identity(obj: object | None) -> str | None:
-    """A component's cache identity: its `identity`/`cache_key` attribute, else its class name."""
+    """A component's cache identity: its `identity`/`cache_key` attribute (for a bound method such as
+    `renderer.encode_crops`, its owner's, plus the method name), else its qualified name."""
     if obj is None:
         return None
+    owner = getattr(obj, "__self__", None)
+    if owner is not None and not isinstance(owner, type):
+        inner = model_identity(owner) if any(isinstance(getattr(owner, a, None), str) for a in ("identity", "cache_key")) else None
+        if inner is not None:
+            return f"{inner}.{getattr(obj, '__name__', 'call')}"
     for attr in ("identity", "cache_key"):
         v = getattr(obj, attr, None)
         if isinstance(v, str) and v:
             return v
-    return f"{type(obj).__module__}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    return f"{module}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
 
 def avatar_id_for(

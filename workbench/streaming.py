@@ -295,6 +295,7 @@ class LipSyncStream:
         self._closed = False
         self._error: BaseException | None = None
         self._resamplers_in: dict[tuple[str | None, int], soxr.ResampleStream] = {}
+        self._cut_items: deque[str] = deque(maxlen=64)  # interrupted items: their late deltas are ignored
         self._idle_wanted: list[int] = []  # avatar frames `warm_idle` asked for beyond the prefetch window
         self.max_lateness = 0.0  # worst delay of a tick behind its scheduled time, seconds
         self.timings: deque[FrameTiming] = deque(maxlen=max_log_frames)
@@ -306,15 +307,22 @@ class LipSyncStream:
     # ---- input side -------------------------------------------------------------------------
     @property
     def lead_frames(self) -> int:
-        """Frames of idle the body runs on before speech takes over, from the measured render latency."""
+        """Idle frames the body runs on before speech takes over, from the measured first-frame latency.
+
+        Rounded down rather than up: if the first frame is a little late the clock holds the idle
+        picture for a tick (a freeze nobody notices) instead of adding a frame of latency to every reply.
+        """
         if self._fixed_lead is not None:
-            return max(1, int(self._fixed_lead))
+            return max(0, int(self._fixed_lead))
         if self._lead_ema is None:
-            return 2
-        return int(min(12, max(1, math.ceil(self._lead_ema / FRAME_SECONDS))))
+            return 1
+        return int(min(12, max(0, round(self._lead_ema / FRAME_SECONDS))))
 
     def push_audio(self, pcm: np.ndarray | bytes, sample_rate: int = REALTIME_SAMPLE_RATE, item_id: str | None = None) -> None:
-        """Add reply audio. A new `item_id` ends the current utterance and starts the next one."""
+        """Add reply audio. A new `item_id` ends the current utterance and starts the next one.
+
+        Audio of an item cut by `interrupt` is ignored: the server may still have deltas in flight.
+        """
         if not (MIN_INPUT_RATE <= int(sample_rate) <= MAX_INPUT_RATE):
             raise StreamError(f"sample rate {sample_rate} Hz is outside {MIN_INPUT_RATE}..{MAX_INPUT_RATE} Hz")
         audio = _to_mono_float(pcm)
@@ -327,6 +335,8 @@ class LipSyncStream:
         now = self.clock()
         with self._cv:
             self._check_open()
+            if item_id is not None and item_id in self._cut_items:
+                return  # a delta still in flight for a reply the user already interrupted
             u = self._open_utterance()
             if u is None or u.item_id != item_id:
                 if u is not None:
@@ -360,6 +370,8 @@ class LipSyncStream:
                     end_ms = int(1000 * min(u.next_show * SAMPLES_24K_PER_FRAME, u.n24) / REALTIME_SAMPLE_RATE)
                 elif u.item_id is not None:
                     dropped_items.append(u.item_id)
+                if u.item_id is not None:
+                    self._cut_items.append(u.item_id)
             self._utterances.clear()
             self._resamplers_in.clear()
             if self._last_kind == "speech" and self._last_image is not None and self.crossfade_frames:
@@ -576,7 +588,7 @@ class LipSyncStream:
                 if flush:
                     u.flushed = True
                 return lambda u=u, chunks=chunks, flush=flush: self._features(u, chunks, flush)
-        upcoming = [self.avatar.loop_index(self._pos + k) for k in range(self.lead_frames + self.idle_prefetch)]
+        upcoming = [self.avatar.loop_index(self._pos + k) for k in range(self.lead_frames + 1 + self.idle_prefetch)]
         for u in self._utterances:  # crossfades need the idle render of the first and last speech frames
             upcoming += [self.avatar.loop_index(u.start_pos + k) for k in range(self.crossfade_frames)]
         # Small idle batches, so speech arriving meanwhile waits at most for two idle frames.

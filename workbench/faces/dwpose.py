@@ -267,10 +267,17 @@ def bbox_to_center_scale(box: Sequence[float], padding: float = BBOX_PADDING) ->
 
 
 def warp_matrix(center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """2x3 affine from the frame to the 288x384 input: the scale box maps onto the whole input, centre to centre."""
-    s = INPUT_W / float(scale[0])  # equals INPUT_H / scale[1] once the aspect ratio is fixed
-    return np.array([[s, 0.0, INPUT_W / 2 - s * center[0]],
-                     [0.0, s, INPUT_H / 2 - s * center[1]]], dtype=np.float64)
+    """2x3 affine from the frame to the 288x384 input: the scale box maps onto the whole input, centre to centre.
+
+    Built like mmpose's get_warp_matrix (three float32 point pairs through cv2.getAffineTransform) so the crop is
+    bit-identical to the reference; in closed form it is x' = s (x - cx) + 144, y' = s (y - cy) + 192, s = 288 / w.
+    """
+    center = np.asarray(center, dtype=np.float32)
+    half_w = np.float32(float(scale[0]) * 0.5)
+    src = np.stack([center, center + np.float32([-half_w, 0]), center + np.float32([0, -half_w])]).astype(np.float32)
+    mid = np.float32([INPUT_W * 0.5, INPUT_H * 0.5])
+    dst = np.stack([mid, mid + np.float32([-INPUT_W * 0.5, 0]), mid + np.float32([0, -INPUT_W * 0.5])])
+    return cv2.getAffineTransform(src, dst.astype(np.float32))
 
 
 def input_to_frame(points: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -323,18 +330,17 @@ class DWPoseDetector:
         center, scale = bbox_to_center_scale(box[:4])
         crop = cv2.warpAffine(frame_bgr, warp_matrix(center, scale), (INPUT_W, INPUT_H), flags=cv2.INTER_LINEAR)
         x = (crop[:, :, ::-1].astype(np.float32) - MEAN_RGB) / STD_RGB
-        return x.transpose(2, 0, 1), center, scale
+        # contiguous CHW as mmpose packs it: a strided input sends the convolutions down other kernels
+        return np.ascontiguousarray(x.transpose(2, 0, 1)), center, scale
 
     def simcc(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """SimCC logits for normalised crops (B, 3, 384, 288), averaged with the mirrored pass when flip_test."""
         with torch.inference_mode():
-            batch = torch.cat([inputs, inputs.flip(-1)]) if self.flip_test else inputs
-            sx, sy = self.model(batch)
-            if self.flip_test:
-                n = inputs.shape[0]
-                fx = sx[n:, self._flip].flip(-1)
-                fy = sy[n:, self._flip]
-                sx, sy = (sx[:n] + fx) * 0.5, (sy[:n] + fy) * 0.5
+            sx, sy = self.model(inputs)
+            if self.flip_test:  # two passes, as mmpose runs them: batching them together changes the last bits
+                fx, fy = self.model(inputs.flip(-1))
+                sx = (sx + fx[:, self._flip].flip(-1)) * 0.5
+                sy = (sy + fy[:, self._flip]) * 0.5
         return sx.float().cpu().numpy(), sy.float().cpu().numpy()
 
     def keypoints_batch(self, frames_bgr: Sequence[np.ndarray], boxes: Sequence[Sequence[float] | None]
@@ -345,7 +351,7 @@ class DWPoseDetector:
         if not frames_bgr:
             return np.zeros((0, NUM_KEYPOINTS, 2), np.float32), np.zeros((0, NUM_KEYPOINTS), np.float32)
         prepared = [self._prepare(f, b) for f, b in zip(frames_bgr, boxes, strict=True)]
-        inputs = torch.from_numpy(np.stack([p[0] for p in prepared])).to(self.device)
+        inputs = torch.from_numpy(np.ascontiguousarray(np.stack([p[0] for p in prepared]))).to(self.device)
         sx, sy = self.simcc(inputs)
         locs, scores = simcc_decode(sx, sy)
         points = np.stack([input_to_frame(loc, c, s) for loc, (_, c, s) in zip(locs, prepared, strict=True)])

@@ -1,0 +1,25 @@
+"""Realtime conversation: OpenAI Realtime (or keyless local) voice → streaming lip-sync → WebRTC.
+
+    from workbench.realtime import mount_realtime, embed_html
+    manager = mount_realtime(fastapi_app, engine)   # POST /rtc/offer, GET /rtc/chat, …
+    gr.HTML(embed_html(avatar_id=...))               # the chat page inside a Gradio tab
+
+Modules: `voice` (OpenAIRealtimeVoice, LocalVoice), `session` (ChatSession and its tracks),
+`server` (RealtimeManager, routes), `fake_server` (a local Realtime protocol server), `tts` (espeak-ng).
+The transport-free lip-sync stream is `workbench.streaming.LipSyncStream`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["RealtimeManager", "embed_html", "mount_realtime"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so importing the voice or TTS modules does not pull in aiortc and FastAPI.
+    if name in __all__:
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(name)

@@ -109,10 +109,12 @@ class FakeRealtimeServer:
         self.refused = 0
         self._refuse: list[int] = []  # HTTP statuses to answer the next handshakes with
         self.paths: list[str] = []
-        self._logger = redacting_logger(f"{__name__}.ws", [api_key] if api_key else None)
+        self._logger, self._redact = redacting_logger(f"{__name__}.ws")
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> FakeRealtimeServer:
+        if self.api_key:
+            self._redact.hold(self.api_key)  # websockets logs request headers at DEBUG
         self._server = await serve(self._handle, self.host, self.port, process_request=self._check,
                                    logger=self._logger, max_size=None, compression=None)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -123,6 +125,8 @@ class FakeRealtimeServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+            if self.api_key:
+                self._redact.release(self.api_key)
 
     async def __aenter__(self) -> FakeRealtimeServer:
         return await self.start()

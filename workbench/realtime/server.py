@@ -89,7 +89,7 @@ class RealtimeManager:
 
     def __init__(self, engine: Any, settings: Settings | None = None, *, max_sessions: int = 4,
                  max_video_height: int | None = 720, batch_size: int | None = None,
-                 latency_dir: Path | None = None):
+                 latency_dir: Path | None = None, serialize_renders: bool | None = None):
         self.engine = engine
         self.settings = settings or getattr(engine, "settings", None) or get_settings()
         self.max_sessions = max_sessions
@@ -97,6 +97,9 @@ class RealtimeManager:
         self.batch_size = batch_size or int(getattr(self.settings, "batch_size", 8))
         self.latency_dir = latency_dir or Path(self.settings.runs_dir) / "realtime"
         self.ice_servers = parse_ice_servers(self.settings.ice_servers_json)
+        # None: serialise renderer calls across sessions (the engine's lock) for a model on one device,
+        # render in parallel for the CPU renderer, which is thread-safe and mostly outside the GIL.
+        self.serialize_renders = serialize_renders
         self.sessions: dict[str, ChatSession] = {}
         self._avatars: dict[str, Avatar] = {}
         self._lock = asyncio.Lock()
@@ -144,8 +147,12 @@ class RealtimeManager:
             avatar = await self.avatar(req.avatar_id)
             voice = self.make_voice(req)
             sid = secrets.token_urlsafe(9)
-            stream = LipSyncStream(self.engine.renderer, avatar, batch_size=self.batch_size,
-                                   render_lock=getattr(self.engine, "render_lock", None), name=sid)
+            renderer = await asyncio.to_thread(lambda: self.engine.renderer)  # the first call may load a model
+            serialize = self.serialize_renders
+            if serialize is None:
+                serialize = getattr(renderer, "name", "") != "cpu"
+            lock = getattr(self.engine, "render_lock", None) if serialize else None
+            stream = LipSyncStream(renderer, avatar, batch_size=self.batch_size, render_lock=lock, name=sid)
             session = ChatSession(sid, stream, voice, max_video_height=self.max_video_height,
                                   latency_dir=self.latency_dir, on_closed=self._forget)
             self.sessions[sid] = session

@@ -92,7 +92,9 @@ class AvatarVideoTrack(MediaStreamTrack):
             scale = self.max_height / h
             # Even sizes: the encoder works in 4:2:0 chroma.
             size = (max(2, int(w * scale) // 2 * 2), max(2, int(self.max_height) // 2 * 2))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            # Bilinear is 6x cheaper than INTER_AREA and alias-free enough down to half size.
+            interp = cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA
+            image = cv2.resize(image, size, interpolation=interp)
         elif w % 2 or h % 2:
             image = image[: h // 2 * 2, : w // 2 * 2]
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
@@ -420,9 +422,9 @@ class ChatSession:
         if self.pc is not None:
             await self.pc.close()
         try:
-            self.write_latency_log()
+            await asyncio.to_thread(self.write_latency_log)
         except OSError as exc:
             log.warning("session %s: could not write the latency log: %s", self.id, exc)
-        self.stream.close()
+        await asyncio.to_thread(self.stream.close)  # joins the render worker: keep the loop free
         if self.on_closed is not None:
             self.on_closed(self)

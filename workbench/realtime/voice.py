@@ -23,7 +23,7 @@ import os
 import random
 import re
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +102,21 @@ class RedactingFilter(logging.Filter):
 
     def __init__(self, secrets: list[str] | None = None):
         super().__init__()
-        self.secrets = [s for s in (secrets or []) if s]
+        self._held: Counter[str] = Counter(s for s in (secrets or []) if s)
+
+    @property
+    def secrets(self) -> list[str]:
+        return list(self._held)
+
+    def hold(self, secret: str) -> None:
+        """Redact `secret` until as many `release` calls as `hold` calls were made for it."""
+        if secret:
+            self._held[secret] += 1
+
+    def release(self, secret: str) -> None:
+        self._held[secret] -= 1
+        if self._held[secret] <= 0:
+            del self._held[secret]
 
     def redact(self, text: str) -> str:
         for s in self.secrets:
@@ -122,14 +136,23 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def redacting_logger(name: str, secrets: list[str] | None = None) -> logging.Logger:
-    """A logger whose records are redacted before any handler (ours or a test's) sees them."""
+def redacting_logger(name: str) -> tuple[logging.Logger, RedactingFilter]:
+    """A logger whose records are redacted before any handler (ours or a test's) sees them.
+
+    `hold` the secrets in use on the returned filter (and `release` them when done); header and
+    `sk-…` patterns are redacted whatever is held.
+    """
     logger = logging.getLogger(name)
-    for f in list(logger.filters):
+    for f in logger.filters:
         if isinstance(f, RedactingFilter):
-            logger.removeFilter(f)
-    logger.addFilter(RedactingFilter(secrets))
-    return logger
+            return logger, f
+    f = RedactingFilter()
+    logger.addFilter(f)
+    return logger, f
+
+
+# websockets logs handshake headers at DEBUG: every Realtime connection logs through this one.
+_WS_LOGGER, _WS_REDACT = redacting_logger(f"{__name__}.ws")
 
 
 # ---- the interface -----------------------------------------------------------------------------
@@ -294,9 +317,10 @@ class OpenAIRealtimeVoice(VoiceSession):
         if api_key is None and client is None:
             raise VoiceError("an OpenAI API key is needed: set OPENAI_API_KEY or enter one in the key field")
         self._key = api_key
+        self._released = False
         self._client = client
-        self._ws_logger = redacting_logger(f"{__name__}.ws.{next(_ids)}",
-                                           [api_key.get_secret_value()] if api_key else None)
+        if api_key is not None:
+            _WS_REDACT.hold(api_key.get_secret_value())
         self._conn: Any | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -354,7 +378,7 @@ class OpenAIRealtimeVoice(VoiceSession):
             error: BaseException | None = None
             try:
                 manager = self._client.realtime.connect(
-                    model=self.config.model, websocket_connection_options={"logger": self._ws_logger},
+                    model=self.config.model, websocket_connection_options={"logger": _WS_LOGGER},
                 )
                 conn = await asyncio.wait_for(manager.enter(), self.config.connect_timeout_s)
                 try:
@@ -458,6 +482,9 @@ class OpenAIRealtimeVoice(VoiceSession):
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
+        if self._key is not None and not self._released:
+            self._released = True
+            _WS_REDACT.release(self._key.get_secret_value())
         conn = self._conn
         if conn is not None:
             try:
@@ -649,8 +676,10 @@ class LocalVoice(VoiceSession):
 
     async def send_user_audio(self, pcm: np.ndarray) -> None:
         for kind, _ms in self.vad.process(pcm):
-            if kind == "speech_started" and not self.barge_in_on_speech:
-                continue
+            if kind == "speech_started":
+                if not self.barge_in_on_speech:
+                    continue
+                await self.cancel_response()  # what a Realtime server does with interrupt_response
             self._emit(VoiceEvent(kind))
 
     def reply_for(self, text: str) -> str:

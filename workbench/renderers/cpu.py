@@ -11,8 +11,9 @@ mouth texture are combined:
   tongue where the source video already shows such shapes.
 
 Where the target opens the lips wider than the source texture was open, an inner mouth (a shaded dark
-cavity and a hint of upper teeth, coloured from the avatar's own lips and skin) is drawn inside the
-warped inner-lip polygon. The finished crop goes back through `Compositor.paste`, the same path as
+cavity, upper and lower teeth and a tongue, coloured from the avatar's own lips and skin) is drawn inside
+the warped inner lips; where it presses lips together that the source showed apart, the seam where they
+meet covers the squeezed teeth. The finished crop goes back through `Compositor.paste`, the same path as
 MuseTalk, so bbox_shift and mask parameters mean the same thing for both renderers.
 """
 
@@ -41,6 +42,8 @@ BANK_MIN_OPEN = 0.3  # the bank is used when the avatar shows at least a few fra
 BANK_MIN_FRAMES = 3  # … this many
 BANK_TOLERANCE = 0.12  # bank candidates lie within this openness of the target
 SYNTH_MIN_GAP_PX = 1.5  # below this target gap (crop pixels) no inner mouth is drawn
+SEAM_MIN_SQUEEZE_PX = 1.5  # closing a source's lips by more than this draws the seam where they meet …
+SEAM_MAX_GAP = 0.05  # … while the target gap is below this (in D)
 
 # Vertical motion of each landmark per pixel of lip-gap change (the jaw rows are scaled down when the
 # chin meets the crop's lower edge). Inner lower lip minus inner upper lip is exactly 1.
@@ -115,11 +118,13 @@ class _FrameRig:
     skin_bgr: np.ndarray  # mean colour of the skin above the upper lip
 
 
-def _crop_landmarks(avatar: Avatar, i: int) -> np.ndarray:
-    x1, y1, x2, y2 = (float(v) for v in avatar.boxes[i])
-    w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
-    lm = avatar.landmarks[i].astype(np.float64)
-    return (lm - [x1, y1]) * [CROP_SIZE / w, CROP_SIZE / h]
+def _crop_landmarks(avatar: Avatar, i: int | slice = slice(None)) -> np.ndarray:
+    """Landmarks of frame(s) i in the 256x256 crop's pixel coordinates."""
+    boxes = np.atleast_2d(avatar.boxes[i]).astype(np.float64)
+    lm = avatar.landmarks[i].astype(np.float64).reshape(len(boxes), N_LANDMARKS, 2)
+    size = np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0)
+    out = (lm - boxes[:, None, :2]) * (CROP_SIZE / size)[:, None, :]
+    return out[0] if isinstance(i, int | np.integer) else out
 
 
 def _face_axes(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -177,8 +182,18 @@ def _affines(dst: np.ndarray, src: np.ndarray, tris: np.ndarray) -> np.ndarray:
     return out
 
 
+class _SharedAlphaCompositor(Compositor):
+    """The shared compositor, with its per-frame masks kept by the rig rather than by one Compositor object,
+    so the renderer never holds an avatar alive after its owner lets it go."""
+
+    def __init__(self, avatar: Avatar, alpha_cache: dict[int, np.ndarray]):
+        super().__init__(avatar)
+        self._alpha = alpha_cache
+
+
 class _AvatarRig:
-    """Per-avatar state: the compositor, per-frame rigs (bounded by the avatar's length) and the mouth bank."""
+    """Per-avatar state, bounded by the avatar's length: per-frame rigs, paste-back masks and the mouth bank.
+    It keeps no reference to the avatar itself."""
 
     def __init__(self, avatar: Avatar):
         n = len(avatar)
@@ -186,12 +201,12 @@ class _AvatarRig:
             raise RenderInputError(f"avatar crops and masks must be {CROP_SIZE}x{CROP_SIZE}; got {avatar.crops.shape[1:3]}")
         if avatar.landmarks.shape[1:] != (N_LANDMARKS, 2) or len(avatar.landmarks) != n:
             raise RenderInputError(f"avatar landmarks must be ({n}, 68, 2); got {avatar.landmarks.shape}")
-        self.avatar = avatar
-        self.compositor = Compositor(avatar)
+        self.n = n
+        self.alpha: dict[int, np.ndarray] = {}  # the compositor's resized masks
         self.frames: dict[int, _FrameRig] = {}
         self.lock = threading.Lock()
         # The bank: every frame's own openness, and a pose descriptor to pick the frame most like this one.
-        crop_lms = np.stack([_crop_landmarks(avatar, i) for i in range(n)])
+        crop_lms = _crop_landmarks(avatar)
         self.openness = measure_openness(crop_lms)
         self.pose = self._pose_descriptors(crop_lms)
         self.bank_enabled = int(np.sum(self.openness >= BANK_MIN_OPEN)) >= BANK_MIN_FRAMES
@@ -210,18 +225,19 @@ class _AvatarRig:
         y = (-rel[..., 0] * s[:, None] + rel[..., 1] * c[:, None]) / iod[:, None]
         return np.concatenate([x, y], axis=1)
 
-    def frame(self, i: int) -> _FrameRig:
+    def frame(self, avatar: Avatar, i: int) -> _FrameRig:
         rig = self.frames.get(i)
         if rig is None:
             with self.lock:
                 rig = self.frames.get(i)
                 if rig is None:
-                    rig = self._build(i)
+                    rig = self._build(avatar, i)
                     self.frames[i] = rig
         return rig
 
-    def _build(self, i: int) -> _FrameRig:
-        p = _crop_landmarks(self.avatar, i)
+    @staticmethod
+    def _build(avatar: Avatar, i: int) -> _FrameRig:
+        p = _crop_landmarks(avatar, i)
         ex, ey, iod = _face_axes(p)
         gap = _lip_gap(p, ey)
         chin_depth = float(((CROP_SIZE - 1) - p[8, 1]) / max(ey[1], 0.5))
@@ -231,7 +247,7 @@ class _AvatarRig:
         pts = np.concatenate([p, _ANCHORS])
         tris = Delaunay(np.concatenate([opened, _ANCHORS])).simplices.astype(np.int32)
         moving = np.flatnonzero(_MOVES_ALL[tris].any(axis=1))
-        crop = self.avatar.crops[i]
+        crop = avatar.crops[i]
         lip_mask = np.zeros(crop.shape[:2], np.uint8)
         cv2.fillPoly(lip_mask, [np.round(p[_OUTER_LIP]).astype(np.int32)], 255)
         cv2.fillPoly(lip_mask, [np.round(p[_INNER_LIP]).astype(np.int32)], 0)
@@ -285,6 +301,7 @@ class CPURenderer(Renderer):
         self.use_bank = use_bank
         self.teeth = teeth
         self.max_avatars = max_avatars
+        # Keyed by id(avatar); a weak reference drops the entry when the avatar is garbage-collected.
         self._rigs: OrderedDict[int, tuple[weakref.ref, _AvatarRig]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -302,15 +319,16 @@ class CPURenderer(Renderer):
         if len(frame_indices) != len(conditions):
             raise RenderInputError(f"{len(frame_indices)} frame indices but {len(conditions)} conditions")
         rig = self._rig(avatar)
+        compositor = _SharedAlphaCompositor(avatar, rig.alpha)
         out = []
         for i, cond in zip(frame_indices, conditions, strict=True):
-            face = self._render_face(rig, int(i), cond)
-            out.append(rig.compositor.paste(int(i), face))
+            face = self._render_face(avatar, rig, int(i), cond)
+            out.append(compositor.paste(int(i), face))
         return out
 
     def render_face(self, avatar: Avatar, i: int, state: MouthState) -> np.ndarray:
         """The 256x256 crop of frame i with the mouth in `state`, before paste-back."""
-        return self._render_face(self._rig(avatar), int(i), state)
+        return self._render_face(avatar, self._rig(avatar), int(i), state)
 
     # --- internals --------------------------------------------------------------------------
     def _rig(self, avatar: Avatar) -> _AvatarRig:
@@ -321,19 +339,24 @@ class CPURenderer(Renderer):
                 self._rigs.move_to_end(key)
                 return entry[1]
             rig = _AvatarRig(avatar)
-            self._rigs[key] = (weakref.ref(avatar), rig)
+            self._rigs[key] = (weakref.ref(avatar, lambda _ref, k=key: self._forget(k, _ref)), rig)
             while len(self._rigs) > self.max_avatars:
                 self._rigs.popitem(last=False)
             return rig
 
-    def _render_face(self, rig: _AvatarRig, i: int, state: MouthState) -> np.ndarray:
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        with self._lock:
+            entry = self._rigs.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._rigs[key]
+
+    def _render_face(self, avatar: Avatar, rig: _AvatarRig, i: int, state: MouthState) -> np.ndarray:
         if not isinstance(state, MouthState):
             raise RenderInputError(f"the CPU renderer takes MouthState conditions, got {type(state).__name__}")
-        n = len(rig.avatar)
-        if not 0 <= i < n:
-            raise RenderInputError(f"frame index {i} outside the avatar's {n} frames")
-        fr = rig.frame(i)
-        crop = rig.avatar.crops[i]
+        if not 0 <= i < rig.n:
+            raise RenderInputError(f"frame index {i} outside the avatar's {rig.n} frames")
+        fr = rig.frame(avatar, i)
+        crop = avatar.crops[i]
         open_ = float(np.clip(state.open, 0.0, 1.0))
         width = float(np.clip(state.width, 0.0, 1.0))
         rnd = float(np.clip(state.round, 0.0, 1.0))
@@ -372,7 +395,7 @@ class CPURenderer(Renderer):
 
         j = rig.bank_frame(i, open_) if self.use_bank else i
         if j != i:
-            frj = rig.frame(j)
+            frj = rig.frame(avatar, j)
             # Lip region, grown around the mouth centre, feathered; the bank's colour is matched on its rim.
             centre = dst_lm[_OUTER_LIP].mean(axis=0)
             region_pts = centre + 1.45 * (dst_lm[_OUTER_LIP] - centre) + 0.05 * fr.iod * fr.ey
@@ -380,7 +403,7 @@ class CPURenderer(Renderer):
             box = _bbox(region_pts, 3.0 * sigma + 2.0, (x0, y0, x1, y1))
             bx0, by0, bx1, by1 = box
             if bx1 > bx0 and by1 > by0:
-                bank = warp(rig.avatar.crops[j], frj.pts, box).astype(np.float32)
+                bank = warp(avatar.crops[j], frj.pts, box).astype(np.float32)
                 base = face[by0:by1, bx0:bx1].astype(np.float32)
                 alpha = _feather(_fill(region_pts - [bx0, by0], by1 - by0, bx1 - bx0), sigma)
                 rim = (alpha > 0.05) & (alpha < 0.6)
@@ -396,7 +419,26 @@ class CPURenderer(Renderer):
             synth_w = float(np.clip(1.6 * (1.0 - src_gap / target_gap), 0.0, 1.0))
             if synth_w > 0.0:
                 self._inner_mouth(face, dst_lm, fr, target_gap, synth_w, lip_bgr, skin_bgr)
+        if src_gap - target_gap > SEAM_MIN_SQUEEZE_PX and target_gap < SEAM_MAX_GAP * fr.iod:
+            # Lips pressed together over an open source leave its teeth squeezed into a line: cover it with the seam.
+            seam_w = float(np.clip((src_gap - target_gap) / (3.0 * SEAM_MIN_SQUEEZE_PX), 0.0, 1.0))
+            seam_w *= float(np.clip(1.0 - target_gap / (SEAM_MAX_GAP * fr.iod), 0.0, 1.0))
+            self._lip_seam(face, dst_lm, fr, seam_w, lip_bgr)
         return face
+
+    @staticmethod
+    def _lip_seam(face: np.ndarray, lm: np.ndarray, fr: _FrameRig, weight: float, lip_bgr: np.ndarray) -> None:
+        lens = _MouthLens(lm, fr.ex, fr.ey)
+        bx0, by0, bx1, by1 = _bbox(lens.outline(), 4.0, (0, 0, CROP_SIZE, CROP_SIZE))
+        if bx1 <= bx0 or by1 <= by0:
+            return
+        h, w = by1 - by0, bx1 - bx0
+        local = _MouthLens(lm - [bx0, by0], fr.ex, fr.ey)
+        alpha = _feather(_fill(local.seam(thickness=1.2 + 0.01 * fr.iod), h, w), 0.6)[..., None] * weight
+        roi = face[by0:by1, bx0:bx1].astype(np.float32)
+        seam = (0.5 * lip_bgr)[None, None, :]
+        roi += alpha * (seam - roi)
+        face[by0:by1, bx0:bx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
 
     def _inner_mouth(self, face: np.ndarray, lm: np.ndarray, fr: _FrameRig, gap: float, weight: float,
                      lip_bgr: np.ndarray, skin_bgr: np.ndarray) -> None:
@@ -412,29 +454,32 @@ class CPURenderer(Renderer):
         alpha = _feather(mask, 0.7)
         # Deeper inside is darker: a blurred copy of the mask stands in for depth.
         depth = _feather(mask, max(0.8, 0.3 * gap))
-        dark = 0.16 * lip_bgr + np.array([2.0, 2.0, 10.0])
-        edge = 0.5 * lip_bgr
+        dark = 0.26 * lip_bgr + np.array([0.0, 0.0, 6.0])
+        edge = 0.55 * lip_bgr
         fill = edge[None, None, :] + np.clip(1.6 * depth[..., None], 0, 1) * (dark - edge)[None, None, :]
         if gap > 0.12 * fr.iod:
             # The tongue: a soft, dull-red mound rising from the lower lip in a wide-open mouth.
             tongue = _fill(lens.band(0.6, lower=True, height=0.3 * gap), h, w)
-            t_alpha = _feather(tongue, 0.12 * gap) * 0.7
-            tongue_bgr = 0.55 * lip_bgr + np.array([0.0, 0.0, 10.0])
+            t_alpha = _feather(tongue, 0.12 * gap) * 0.6
+            tongue_bgr = 0.6 * lip_bgr + np.array([0.0, 0.0, 12.0])
             fill = fill + t_alpha[..., None] * (tongue_bgr[None, None, :] - fill)
         if self.teeth:
-            # Upper teeth hang just below the upper inner lip: narrower than the mouth, at most ~0.055 D showing.
-            tooth_h = min(0.33 * gap, 0.055 * fr.iod)
-            tmask = _fill(lens.band(0.64, lower=False, height=tooth_h), h, w)
-            t_alpha = _feather(tmask, 0.5 + 0.08 * tooth_h) * alpha
             lum = float(np.dot(skin_bgr, [0.114, 0.587, 0.299]))
-            # Off-white in the mouth's shade: darker than the skin's brightness, keeping a trace of its warmth.
-            tooth = np.clip(0.97 * lum + 0.25 * (skin_bgr - lum), 0, 255)
-            # Side teeth recede into shadow; the lip shades the top.
+            # Off-white a little brighter than the skin, barely warm; the mouth's shade does the rest.
+            tooth = np.clip(1.06 * lum * np.array([0.84, 0.94, 1.0]), 0, 250)
             u, v = lens.coords(w, h)
-            shade = (1.0 - 0.5 * np.clip(np.abs(u) / lens.half_width, 0, 1) ** 2)
-            shade *= 0.8 + 0.2 * np.clip((v - lens.upper(u)) / max(tooth_h, 1e-3), 0, 1)
-            teeth = tooth[None, None, :] * shade[..., None]
-            fill = fill + (0.95 * t_alpha[..., None]) * (teeth - fill)
+            side = np.clip(np.abs(u) / lens.half_width, 0, 1) ** 2
+            # Upper teeth hang from under the upper lip, about half the opening, at most ~0.08 D showing.
+            upper_h = min(0.45 * gap, 0.08 * fr.iod)
+            t_alpha = _feather(_fill(lens.band(0.66, lower=False, height=upper_h), h, w), 0.5 + 0.06 * upper_h) * alpha
+            shade = (1.0 - 0.5 * side) * (0.82 + 0.18 * np.clip((v - lens.upper(u)) / max(upper_h, 1e-3), 0, 1))
+            fill = fill + (0.95 * t_alpha[..., None]) * (tooth[None, None, :] * shade[..., None] - fill)
+            if gap > 0.14 * fr.iod:
+                # Lower teeth: a dimmer, thinner row behind the lower lip of a wide-open mouth.
+                lower_h = min(0.15 * gap, 0.03 * fr.iod)
+                l_alpha = _feather(_fill(lens.band(0.5, lower=True, height=lower_h), h, w), 0.5 + 0.06 * lower_h) * alpha
+                l_shade = 0.62 * (1.0 - 0.5 * side)
+                fill = fill + (0.8 * l_alpha[..., None]) * (tooth[None, None, :] * l_shade[..., None] - fill)
         a = (weight * alpha)[..., None]
         roi += a * (fill - roi)
         face[by0:by1, bx0:bx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
@@ -482,6 +527,13 @@ class _MouthLens:
             return np.concatenate([self._to_image(u, edge + 2.0), self._to_image(u[::-1], (edge - height * taper)[::-1])])
         edge = self.upper(u)
         return np.concatenate([self._to_image(u, edge - 2.0), self._to_image(u[::-1], (edge + height * taper)[::-1])])
+
+    def seam(self, thickness: float, n: int = 24) -> np.ndarray:
+        """The line where closed lips meet, `thickness` px either side of the middle of the opening, tapering."""
+        u = np.linspace(-self.half_width, self.half_width, n)
+        mid = 0.5 * (self.upper(u) + self.lower(u))
+        half = 0.5 * (self.lower(u) - self.upper(u)) + thickness * (1.0 - 0.7 * (u / self.half_width) ** 2)
+        return np.concatenate([self._to_image(u, mid - half), self._to_image(u[::-1], (mid + half)[::-1])])
 
     def coords(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
         """(u, v) of every pixel of a w x h image, u measured from the opening's centre."""

@@ -9,8 +9,11 @@ import gradio as gr
 from fastapi import FastAPI
 
 from ..config import Settings
+from ..realtime.server import mount_realtime
 from . import header
+from .chat_tab import ChatTab
 from .context import UIContext, dropdown_update, new_session
+from .eval_tab import EvalTab
 from .library import Library, find_samples_dir
 from .prepare_tab import PrepareTab
 from .tuning_tab import TuningTab
@@ -23,6 +26,8 @@ CSS = header.HEADER_CSS + """
 .gradio-container {max-width: 1320px !important}
 #tune-gallery .caption-label {font-variant-numeric: tabular-nums}
 footer {display: none !important}
+.wb-chat-empty {padding: 48px; text-align: center; color: var(--body-text-color-subdued);
+  border: 1px dashed var(--border-color-primary); border-radius: 8px}
 """
 
 
@@ -47,6 +52,8 @@ class WorkbenchUI:
         self.ctx = UIContext(engine=engine, library=self.library, settings=self.settings)
         self.prepare_tab = PrepareTab(self.ctx)
         self.tuning_tab = TuningTab(self.ctx)
+        self.chat_tab = ChatTab(self.ctx)
+        self.eval_tab = EvalTab(self.ctx)
         self.weights_panel = WeightsPanel(self.ctx, self.header_html)
 
     def header_html(self) -> str:
@@ -67,6 +74,10 @@ class WorkbenchUI:
                     self.ctx.avatar_dropdowns.append(self.prepare_tab.build(session))
                 with gr.Tab("bbox_shift tuning", id="tuning"):
                     self.ctx.avatar_dropdowns.append(self.tuning_tab.build(session))
+                with gr.Tab("Realtime chat", id="chat"):
+                    self.ctx.avatar_dropdowns.append(self.chat_tab.build(session))
+                with gr.Tab("Evaluation", id="eval"):
+                    self.eval_tab.build(session)
             dropdowns = self.ctx.avatar_dropdowns
             # Whenever the session's avatars change, every tab's avatar list follows.
             for event in (self.prepare_tab.prepared, self.prepare_tab.used, self.prepare_tab.deleted,
@@ -76,6 +87,7 @@ class WorkbenchUI:
             demo.load(self.prepare_tab.refresh, [session], [self.prepare_tab.table, self.prepare_tab.chosen],
                       show_progress="hidden")
             demo.load(self.header_html, None, banner, show_progress="hidden")
+            demo.load(*self.eval_tab.load_runs, show_progress="hidden")
         return demo
 
 
@@ -84,12 +96,13 @@ def build_ui(engine, samples_dir: Path | None = None, show_all_avatars: bool = F
 
 
 def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool = False) -> FastAPI:
-    """FastAPI with the realtime routes first, then the Gradio UI mounted at '/'."""
+    """FastAPI with the realtime routes first (Gradio's mount at '/' would shadow them), then the Gradio UI."""
     settings: Settings = engine.settings
     ui = WorkbenchUI(engine, samples_dir, show_all_avatars)
     blocks = ui.build()
     app = FastAPI(title=TITLE)
     app.state.workbench_ui = ui
+    mount_realtime(app, engine, settings)
     gr.mount_gradio_app(
         app, blocks, path="/", css=CSS, theme=theme(), footer_links=[],
         run_history=False,  # the run history would keep inputs in the browser; nothing here should linger

@@ -22,7 +22,7 @@ from ..config import Settings
 from ..media import MediaError
 from ..preparation import NoFaceError, PreparationError
 from ..weights import WeightsError
-from .library import AccessError, Library
+from .library import AccessError, Library, short_id  # noqa: F401  (re-exported for the tabs)
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,6 @@ def user_errors(fn):
             raise gr.Error(html.escape(f"{type(e).__name__}: {e}"), print_exception=False) from e
 
     return wrapper
-
-
-def short_id(avatar_id: str) -> str:
-    return avatar_id[:12]
 
 
 def avatar_label(info) -> str:

@@ -32,6 +32,12 @@ class AccessError(PermissionError):
     """The avatar exists but belongs to another session."""
 
 
+def short_id(avatar_id: str) -> str:
+    """Ids are <content hash>-<parameters hash>; avatars of one clip share the first part, so show both ends."""
+    head, _, tail = avatar_id.partition("-")
+    return f"{head[:6]}-{tail[:6]}" if tail else avatar_id[:12]
+
+
 def find_samples_dir() -> Path | None:
     """Sample media: $WORKBENCH_SAMPLES_DIR, else `samples/` in the repository, else `../shared/samples` beside it."""
     env = os.environ.get("WORKBENCH_SAMPLES_DIR")
@@ -137,7 +143,7 @@ class Library:
         if not avatar_id:
             raise AvatarNotFoundError("choose an avatar first (prepare one in the Avatar preparation tab)")
         if not self.engine.cache.has(avatar_id):
-            raise AvatarNotFoundError(f"avatar {avatar_id[:12]} is not in the cache (deleted?); prepare it again")
+            raise AvatarNotFoundError(f"avatar {short_id(avatar_id)} is not in the cache (deleted?); prepare it again")
         if not (self.show_all or avatar_id in (session_ids or []) or self.is_sample(avatar_id)):
             raise AccessError("that avatar belongs to another session")
 
@@ -162,7 +168,7 @@ class Library:
         """The media file the avatar was prepared from (a sample or a kept upload)."""
         digest = self.digest_of(avatar_id)
         if digest is None:
-            raise FileNotFoundError(f"avatar {avatar_id[:12]} does not record its source; prepare it again")
+            raise FileNotFoundError(f"avatar {short_id(avatar_id)} does not record its source; prepare it again")
         sample = self.sample_digests().get(digest)
         if sample is not None:
             return sample
@@ -170,5 +176,5 @@ class Library:
         files = sorted(folder.iterdir()) if folder.is_dir() else []
         files = [f for f in files if f.is_file() and not f.name.startswith(".")]
         if not files:
-            raise FileNotFoundError(f"the source of avatar {avatar_id[:12]} is no longer kept; upload it again")
+            raise FileNotFoundError(f"the source of avatar {short_id(avatar_id)} is no longer kept; upload it again")
         return files[0]

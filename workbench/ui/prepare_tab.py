@@ -119,7 +119,7 @@ class PrepareTab:
         self.ctx.engine.delete_avatar(avatar_id)
         self.ctx.library.forget(avatar_id)
         session = forget(session, avatar_id)
-        gr.Info(f"Deleted avatar {short_id(avatar_id)}.")
+        gr.Info(f"Deleted avatar {short_id(avatar_id)}.", duration=4)
         return (session, avatars_table(self.ctx, session), dropdown_update(self.ctx, session))
 
     def refresh(self, session: dict | None):
@@ -186,7 +186,6 @@ class PrepareTab:
                     mask_source = gr.Radio(["auto", "landmarks", "bisenet"], value="auto", label="mask source",
                                            info="auto uses BiSeNet face parsing when its weights are present")
                 prepare_btn = gr.Button("Prepare avatar", variant="primary", elem_id="prep-button")
-                summary = gr.Markdown("Prepare an avatar to see what was found.", elem_id="prep-summary")
             with gr.Column(scale=3, min_width=360):
                 overlay = gr.Image(label="Frame with face box, landmarks and blending mask", type="numpy",
                                    interactive=False, height=460, elem_id="prep-overlay")
@@ -195,6 +194,7 @@ class PrepareTab:
                                           label="show", container=False)
                 crop = gr.Image(label="What the renderer sees: 256x256 crop | mask | masked crop", type="numpy",
                                 interactive=False, height=180, elem_id="prep-crop")
+                summary = gr.Markdown("Prepare an avatar to see what was found.", elem_id="prep-summary")
         with gr.Accordion("Cached avatars (yours and the samples')", open=True):
             with gr.Row():
                 chosen = gr.Dropdown([], label="avatar", scale=4, elem_id="prep-chosen")

@@ -220,7 +220,7 @@ class TuningTab:
         source = self.ctx.library.source_path(avatar.avatar_id)
         new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress))
         session = remember(session, new.avatar_id)
-        gr.Info(f"Saved: avatar {short_id(new.avatar_id)} uses bbox_shift {params.bbox_shift}.")
+        gr.Info(f"Saved: avatar {short_id(new.avatar_id)} uses bbox_shift {params.bbox_shift}.", duration=4)
         msg = (f"Saved as avatar `{short_id(new.avatar_id)}` (bbox_shift {params.bbox_shift}, extra_margin "
                f"{params.extra_margin}, {params.parsing_mode}, cheeks {params.left_cheek_width}/"
                f"{params.right_cheek_width}); it is now the current avatar for chat and evaluation.")
@@ -236,38 +236,40 @@ class TuningTab:
         first_audio = next((a for a in ("eng.wav", "syncnet_example_speech.wav") if a in audio_samples),
                            audio_samples[0] if audio_samples else None)
         with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=300):
+            with gr.Column(scale=1, min_width=300):
                 avatar = gr.Dropdown([], label="avatar", elem_id="tune-avatar")
                 info = gr.Markdown("Choose an avatar.", elem_id="tune-info")
                 frame = gr.Slider(0, 1, value=0, step=1, label="avatar frame", elem_id="tune-frame")
-                with gr.Group():
-                    sample_audio = gr.Dropdown(audio_samples, value=first_audio, label="driving audio sample")
-                    upload = gr.File(label="…or upload a speech clip", file_types=sorted(AUDIO_EXTS),
-                                     type="filepath", height=90)
-                    top, loudest = self._initial_moment(first_audio)
-                    moment = gr.Slider(0, top, value=loudest, step=0.04, label="audio moment (s)",
-                                       info="the speech the mouth follows in every preview (starts at the loudest)", elem_id="tune-moment")
                 shifts = gr.Textbox(label="bbox_shift values", placeholder="-6, 0, 6",
                                     info="default: spread over the measured range", elem_id="tune-shifts")
-                with gr.Accordion("v1.5 mask parameters", open=False):
+            with gr.Column(scale=1, min_width=300):
+                sample_audio = gr.Dropdown(audio_samples, value=first_audio, label="driving audio sample")
+                upload = gr.Audio(label="…or upload / record a speech clip", sources=["upload", "microphone"],
+                                  type="filepath", elem_id="tune-upload")
+                top, loudest = self._initial_moment(first_audio)
+                moment = gr.Slider(0, top, value=loudest, step=0.04, label="audio moment (s)",
+                                   info="the speech every preview's mouth follows (starts at the loudest moment)",
+                                   elem_id="tune-moment")
+            with gr.Column(scale=1, min_width=300):
+                with gr.Accordion("v1.5 mask parameters", open=True):
                     extra_margin = gr.Slider(0, 40, value=10, step=1, label="extra_margin")
                     parsing_mode = gr.Radio(["jaw", "raw"], value="jaw", label="parsing mode")
                     with gr.Row():
                         left_cheek = gr.Slider(20, 160, value=90, step=1, label="left cheek width")
                         right_cheek = gr.Slider(20, 160, value=90, step=1, label="right cheek width")
                 with gr.Row():
-                    make_clip = gr.Checkbox(False, label="also a looping clip")
+                    make_clip = gr.Checkbox(False, label="also a looping clip", min_width=120)
                     clip_seconds = gr.Slider(1, 2, value=1.0, step=0.2, label="clip length (s)")
                 run = gr.Button("Render grid", variant="primary", elem_id="tune-run")
-            with gr.Column(scale=3, min_width=360):
-                gallery = gr.Gallery(label="Previews (same frame, same audio, one per value)", columns=5,
-                                     height="auto", object_fit="contain", allow_preview=True, elem_id="tune-gallery")
-                status = gr.Markdown("", elem_id="tune-status")
-                clip = gr.Video(label="Side-by-side clip", autoplay=True, loop=True, interactive=False,
-                                elem_id="tune-clip")
-                with gr.Row():
-                    chosen = gr.Radio([], label="keep bbox_shift", elem_id="tune-chosen", scale=3)
-                    save = gr.Button("Save to avatar", scale=1, elem_id="tune-save")
+        gallery = gr.Gallery(label="Previews: the same frame and the same audio, one per bbox_shift value", columns=5,
+                             rows=1, height=320, object_fit="contain", allow_preview=True, elem_id="tune-gallery")
+        status = gr.Markdown("", elem_id="tune-status")
+        with gr.Row(equal_height=False):
+            clip = gr.Video(label="Side-by-side looping clip", autoplay=True, loop=True, interactive=False,
+                            scale=2, elem_id="tune-clip")
+            with gr.Column(scale=1, min_width=280):
+                chosen = gr.Radio([], label="keep bbox_shift", elem_id="tune-chosen")
+                save = gr.Button("Save to avatar", elem_id="tune-save")
                 saved = gr.Markdown("", elem_id="tune-saved")
 
         avatar.change(self.select, [avatar, session],

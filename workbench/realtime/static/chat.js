@@ -19,8 +19,11 @@
     return div;
   }
 
-  function setStatus(text) {
-    $("status").textContent = text;
+  const status = { rtc: "", voice: "" };
+  function setStatus(text, part = null) {
+    if (part === null) { status.rtc = text; status.voice = ""; } else status[part] = text;
+    $("status").textContent = [status.rtc && `video ${status.rtc}`, status.voice && `voice ${status.voice}`]
+      .filter(Boolean).join(" · ") || text;
   }
 
   function setConnected(on) {
@@ -128,7 +131,7 @@
   function onServerMessage(m) {
     switch (m.type) {
       case "status":
-        setStatus(m.status === "connected" ? `connected: ${m.text || ""}` : `${m.status}${m.text ? ": " + m.text : ""}`);
+        setStatus(`${m.status}${m.text ? " (" + m.text + ")" : ""}`, "voice");
         break;
       case "transcript":
         if (!state.assistant || state.assistant.dataset.item !== m.item_id) {
@@ -153,7 +156,7 @@
         log(m.message, "error");
         break;
       case "rtc":
-        if (m.state === "connected") setStatus("connected");
+        setStatus(m.state, "rtc");
         break;
       default:
         break;

@@ -1,0 +1,372 @@
+"""Benchmark of the weight-free CPU renderer on yongen.mp4 (704x1216): speed, first-frame latency, memory.
+
+    .venv/bin/python bench/bench_cpu.py [--frames 100] [--stream-minutes 10] [--quick]
+    .venv/bin/python bench/bench_cpu.py --figures docs      # the README's rendered examples
+
+* throughput: frames/s of one stream, audio frontend + lower-face render + paste-back into the full frame;
+* first-frame latency: audio arrives in real time in 20 ms or 40 ms packets; the time from the moment the
+  first 40 ms of audio is in until the first composited frame is out (cold: the avatar never rendered
+  before; warm: its per-frame rigs cached);
+* memory: RSS while one stream renders `--stream-minutes` of speech-like audio (25 frames per second of
+  audio, pushed in 40 ms packets as fast as it renders), sampled every 500 frames;
+* audio drive: dlib re-detects the mouth on frames rendered from 20 s of eng.wav; the correlation of the
+  measured opening with the audio envelope and its best lag (the same measurement as the tests).
+
+Prints a table and writes bench/results/cpu-renderer.json. The machine is shared, so next to wall-clock
+numbers it records process CPU time per frame and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workbench import atomic  # noqa: E402
+from workbench.avatar import Avatar, PrepParams  # noqa: E402
+from workbench.compositor import Compositor  # noqa: E402
+from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
+from workbench.renderers.cpu import CPURenderer, measure_openness  # noqa: E402
+
+SAMPLES = ROOT.parent / "shared" / "samples"
+RESULTS = ROOT / "bench" / "results" / "cpu-renderer.json"
+
+
+def rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """Syllables of formant-filtered pulse trains with pauses: speech-like loudness and spectra, no file needed."""
+    from scipy import signal
+
+    rng = np.random.default_rng(seed)
+    out, total = [], 0
+    n_total = int(seconds * SAMPLE_RATE)
+    while total < n_total:
+        n = int(rng.uniform(0.12, 0.35) * SAMPLE_RATE)
+        f1, f2 = [(700, 1200), (300, 2300), (350, 800), (500, 1700)][int(rng.integers(4))]
+        src = np.zeros(n)
+        src[:: int(SAMPLE_RATE / rng.uniform(100, 220))] = 1.0
+        y = src
+        for f, bw in ((f1, 80.0), (f2, 120.0)):
+            r = np.exp(-np.pi * bw / SAMPLE_RATE)
+            y = signal.lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / SAMPLE_RATE), r * r], y)
+        y = rng.uniform(0.03, 0.2) * y / (np.sqrt(np.mean(y**2)) + 1e-12) * np.sin(np.linspace(0, np.pi, n)) ** 0.5
+        gap = np.zeros(int(rng.uniform(0.02, 0.25) * SAMPLE_RATE))
+        out += [y, gap]
+        total += n + len(gap)
+    return np.concatenate(out)[:n_total].astype(np.float32)
+
+
+def load_avatar(frames: int) -> Avatar:
+    from workbench.faces.landmarks import get_detector
+    from workbench.preparation import prepare_avatar
+
+    return prepare_avatar(SAMPLES / "yongen.mp4", PrepParams(max_frames=frames), get_detector("dlib"))
+
+
+def bench_throughput(avatar: Avatar, audio: np.ndarray) -> dict:
+    r = CPURenderer()
+    n_avatar = len(avatar)
+    # Cold pass: every avatar frame rendered once (rigs and compositor masks built on the way).
+    states = r.new_frontend().process(audio)
+    cold_n = min(len(states), 2 * n_avatar - 2)
+    t0, c0 = time.perf_counter(), time.process_time()
+    r.render(avatar, [avatar.loop_index(k) for k in range(cold_n)], states[:cold_n])
+    cold_wall, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
+    # Steady state: a fresh frontend over the whole clip, rendered frame by frame as a stream would be.
+    t0, c0 = time.perf_counter(), time.process_time()
+    fe = r.new_frontend()
+    n = 0
+    per_frame = []
+    for k in range(0, len(audio), SAMPLES_PER_FRAME):
+        for st in fe.push(audio[k : k + SAMPLES_PER_FRAME]):
+            t = time.perf_counter()
+            r.render(avatar, [avatar.loop_index(n)], [st])
+            per_frame.append(time.perf_counter() - t)
+            n += 1
+    for st in fe.flush():
+        r.render(avatar, [avatar.loop_index(n)], [st])
+        n += 1
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # The share of a frame's time spent pasting back into the full frame (the compositor alone).
+    comp = Compositor(avatar)
+    face = avatar.crops[0]
+    t = time.perf_counter()
+    for k in range(200):
+        comp.paste(avatar.loop_index(k), face)
+    paste_ms = (time.perf_counter() - t) / 200 * 1e3
+    return {
+        "frames": n,
+        "fps_wall": n / wall,
+        "cpu_ms_per_frame": cpu / n * 1e3,
+        "fps_cpu_bound": n / cpu,
+        "render_ms_p50": float(np.percentile(per_frame, 50) * 1e3),
+        "render_ms_p95": float(np.percentile(per_frame, 95) * 1e3),
+        "paste_ms": paste_ms,
+        "cold_pass_frames": cold_n,
+        "cold_fps_wall": cold_n / cold_wall,
+        "cold_cpu_ms_per_frame": cold_cpu / cold_n * 1e3,
+    }
+
+
+def bench_latency(avatar: Avatar, audio: np.ndarray, packet_ms: int, warm_renderer: CPURenderer | None) -> dict:
+    """Real-time arrival of `packet_ms` packets; latency of the first frame from the moment 40 ms are in."""
+    r = warm_renderer or CPURenderer()
+    fe = r.new_frontend()
+    packet = SAMPLE_RATE * packet_ms // 1000
+    start = time.perf_counter()
+    t_40ms = None
+    first = None
+    lat = []
+    n = 0
+    for p, k in enumerate(range(0, min(len(audio), 3 * SAMPLE_RATE), packet)):
+        arrival = start + (p + 1) * packet_ms / 1000  # the packet is complete at the end of its span
+        now = time.perf_counter()
+        if arrival > now:
+            time.sleep(arrival - now)
+        t_in = time.perf_counter()
+        if t_40ms is None and k + packet >= SAMPLES_PER_FRAME:
+            t_40ms = t_in
+        for st in fe.push(audio[k : k + packet]):
+            r.render(avatar, [avatar.loop_index(n)], [st])
+            done = time.perf_counter()
+            lat.append(done - t_in)  # from the packet that completed this frame's look-ahead
+            if first is None:
+                first = done - t_40ms
+            n += 1
+    return {
+        "packet_ms": packet_ms,
+        "first_frame_ms": first * 1e3,
+        "per_frame_ms_p50": float(np.percentile(lat, 50) * 1e3),
+        "per_frame_ms_p95": float(np.percentile(lat, 95) * 1e3),
+        "frames": n,
+    }
+
+
+def bench_memory(avatar: Avatar, minutes: float) -> dict:
+    r = CPURenderer()
+    fe = r.new_frontend()
+    n_frames = int(minutes * 60 * 25)
+    chunk_s = 20.0  # synthesise audio in pieces so the benchmark itself does not hold 10 minutes of samples
+    samples = []
+    n = 0
+    t0 = time.perf_counter()
+    for piece in range(int(np.ceil(n_frames / (chunk_s * 25)))):
+        audio = speech_like(chunk_s, seed=piece)
+        for k in range(0, len(audio), SAMPLES_PER_FRAME):
+            for st in fe.push(audio[k : k + SAMPLES_PER_FRAME]):
+                if n >= n_frames:
+                    break
+                r.render(avatar, [avatar.loop_index(n)], [st])
+                n += 1
+                if n % 500 == 0:
+                    samples.append((n, rss_mb()))
+    warm_at = min(len(samples) - 1, max(1, int(np.ceil(2 * len(avatar) / 500))))  # after two ping-pong loops
+    rss_warm = samples[warm_at][1]
+    rss_end = samples[-1][1]
+    rss_after = [m for _, m in samples[warm_at:]]
+    return {
+        "frames": n,
+        "audio_minutes": n / 25 / 60,
+        "wall_s": time.perf_counter() - t0,
+        "rss_mb_after_warmup": rss_warm,
+        "rss_mb_end": rss_end,
+        "rss_mb_max_after_warmup": max(rss_after),
+        "growth_mb_after_warmup": rss_end - rss_warm,
+        "rss_samples": samples,
+    }
+
+
+def bench_audio_drive(avatar: Avatar, seconds: int = 20) -> dict:
+    import cv2
+    import dlib
+    import soundfile as sf
+
+    from workbench.faces.landmarks import dlib_model_dir, get_detector
+
+    det = get_detector("dlib")
+    predictor = dlib.shape_predictor(str(dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"))
+    rects = [det.detect(f).box for f in avatar.frames]
+    audio, sr = sf.read(SAMPLES / "eng.wav", dtype="float32")
+    audio = audio[: seconds * sr]
+
+    def measure(a: np.ndarray) -> np.ndarray:
+        r = CPURenderer()
+        states = r.new_frontend().process(a)
+        idx = [avatar.loop_index(k) for k in range(len(states))]
+        out = []
+        for frame, i in zip(r.render(avatar, idx, states), idx, strict=True):
+            x1, y1, x2, y2 = (int(round(v)) for v in rects[i])
+            s = predictor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), dlib.rectangle(x1, y1, x2, y2))
+            out.append([(p.x, p.y) for p in s.parts()])
+        return measure_openness(np.asarray(out, np.float64))
+
+    def xcorr(m: np.ndarray, e: np.ndarray, max_lag: int = 8) -> dict[int, float]:
+        n = min(len(m), len(e))
+        m, e = m[:n], e[:n]
+        return {lag: float(np.corrcoef(*((m[lag:], e[: n - lag]) if lag >= 0 else (m[:lag], e[-lag:])))[0, 1])
+                for lag in range(-max_lag, max_lag + 1)}
+
+    speech = measure(audio)
+    n = len(speech)
+    env = np.sqrt(np.mean(np.pad(audio, (0, n * SAMPLES_PER_FRAME - len(audio)))[: n * SAMPLES_PER_FRAME]
+                          .reshape(n, SAMPLES_PER_FRAME) ** 2, axis=1))
+    c = xcorr(speech, env)
+    delayed = measure(np.concatenate([np.zeros(5 * SAMPLES_PER_FRAME, np.float32), audio]))
+    cd = xcorr(delayed, env)
+    silent = measure(np.zeros(4 * SAMPLE_RATE, np.float32))
+    best, best_d = max(c, key=c.get), max(cd, key=cd.get)
+    return {
+        "seconds": seconds,
+        "corr_best": c[best], "best_lag": best, "corr_by_lag": c,
+        "delayed5_best_lag": best_d, "delayed5_corr_best": cd[best_d],
+        "speech_opening_mean": float(speech.mean()), "speech_opening_std": float(speech.std()),
+        "silent_opening_mean": float(silent.mean()), "silent_opening_std": float(silent.std()),
+        "silent_opening_max": float(silent.max()),
+    }
+
+
+def make_figures(out_dir: Path, frames: int) -> list[Path]:
+    """README strips: closed / open / rounded / spread mouths, chosen from the states eng.wav really produces."""
+    import cv2
+    import soundfile as sf
+
+    from workbench.faces.landmarks import get_detector
+    from workbench.preparation import prepare_avatar
+
+    audio, _ = sf.read(SAMPLES / "eng.wav", dtype="float32")
+    r = CPURenderer()
+    states = r.new_frontend().process(audio)
+    arr = np.array([s.as_tuple() for s in states])
+    o, wd, rd = arr[:, 0], arr[:, 1], arr[:, 2]
+    picks = {
+        "closed (silence)": r.silence_condition(),
+        "open": states[int(np.argmin(np.abs(o - 0.85) + wd + rd))],
+        "rounded": states[int(np.argmax(rd - np.abs(o - 0.45)))],
+        "spread": states[int(np.argmax(wd - np.abs(o - 0.55)))],
+    }
+    written = []
+    det = get_detector("dlib")
+    for name in ("yongen.mp4", "sun.mp4"):
+        avatar = prepare_avatar(SAMPLES / name, PrepParams(max_frames=frames), det)
+        i = min(10, len(avatar) - 1)
+        x1, y1, x2, y2 = (int(v) for v in avatar.boxes[i])
+        h, w = avatar.frame_size
+        m = (x2 - x1) // 6
+        # The lower two thirds of the face box, where the renderer works, with a margin.
+        cx0, cx1 = max(0, x1 - m), min(w, x2 + m)
+        cy0, cy1 = max(0, y1 + (y2 - y1) // 3), min(h, y2 + m)
+        tiles = []
+        for label, st in picks.items():
+            frame = r.render(avatar, [i], [st])[0][cy0:cy1, cx0:cx1]
+            tile = cv2.resize(frame, (320, round(320 * (cy1 - cy0) / (cx1 - cx0))), interpolation=cv2.INTER_AREA)
+            text = f"{label}: open {st.open:.2f} width {st.width:.2f} round {st.round:.2f}"
+            cv2.rectangle(tile, (0, 0), (320, 20), (0, 0, 0), -1)
+            cv2.putText(tile, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
+            tiles.append(tile)
+        path = out_dir / f"cpu-renderer-{Path(name).stem}.png"
+        ok, buf = cv2.imencode(".png", np.hstack(tiles))
+        if not ok:
+            raise RuntimeError(f"could not encode {path}")
+        atomic.write_bytes(path, buf.tobytes())
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=100, help="avatar frames taken from yongen.mp4")
+    ap.add_argument("--stream-minutes", type=float, default=10.0, help="length of the memory run")
+    ap.add_argument("--quick", action="store_true", help="1-minute memory run, no audio-drive measurement")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--figures", type=Path, default=None, help="only write the README figures into this folder")
+    args = ap.parse_args()
+    if not SAMPLES.is_dir():
+        raise SystemExit(f"sample media not found at {SAMPLES}")
+    if args.figures is not None:
+        for p in make_figures(args.figures, args.frames):
+            print(f"wrote {p}")
+        return
+    import soundfile as sf
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    load0 = os.getloadavg()
+    t = time.perf_counter()
+    avatar = load_avatar(args.frames)
+    prep_s = time.perf_counter() - t
+    console.print(f"avatar: {len(avatar)} frames of {avatar.frame_size[1]}x{avatar.frame_size[0]} prepared in {prep_s:.1f} s")
+    eng, sr = sf.read(SAMPLES / "eng.wav", dtype="float32")
+    assert sr == SAMPLE_RATE
+
+    cold_latency = {p: bench_latency(avatar, eng, p, None) for p in (20, 40)}
+    thr = bench_throughput(avatar, eng)
+    warm = CPURenderer()
+    warm.render(avatar, [avatar.loop_index(k) for k in range(len(avatar))], [warm.silence_condition()] * len(avatar))
+    warm_latency = {p: bench_latency(avatar, eng, p, warm) for p in (20, 40)}
+    minutes = 1.0 if args.quick else args.stream_minutes
+    mem = bench_memory(avatar, minutes)
+    drive = None if args.quick else bench_audio_drive(avatar)
+    load1 = os.getloadavg()
+
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg_start": load0, "loadavg_end": load1},
+        "avatar": {"source": "yongen.mp4", "frames": len(avatar), "frame_size": list(avatar.frame_size),
+                   "box": [int(v) for v in avatar.boxes[0]]},
+        "throughput": thr,
+        "latency_cold": cold_latency,
+        "latency_warm": warm_latency,
+        "memory": mem,
+        "audio_drive": drive,
+        "targets": {"fps": 50, "first_frame_ms": 80},
+    }
+    atomic.write_json(args.out, result)
+
+    tab = Table(title=f"CPU renderer on yongen.mp4 {avatar.frame_size[1]}x{avatar.frame_size[0]} "
+                      f"(load avg {load0[0]:.1f} → {load1[0]:.1f} on {os.cpu_count()} CPUs)")
+    tab.add_column("measure")
+    tab.add_column("value", justify="right")
+    tab.add_column("target", justify="right")
+    tab.add_row("frames/s per stream, wall clock (render + paste)", f"{thr['fps_wall']:.1f}", "≥ 50")
+    tab.add_row("CPU ms per frame (→ frames/s on one free core)", f"{thr['cpu_ms_per_frame']:.1f} (→ {thr['fps_cpu_bound']:.0f})", "")
+    tab.add_row("render p50 / p95 ms", f"{thr['render_ms_p50']:.1f} / {thr['render_ms_p95']:.1f}", "")
+    tab.add_row("of which paste-back into the full frame, ms", f"{thr['paste_ms']:.1f}", "")
+    tab.add_row("first pass over the avatar (cold caches), frames/s", f"{thr['cold_fps_wall']:.1f}", "")
+    for label, lat in (("cold", cold_latency), ("warm", warm_latency)):
+        for p, v in lat.items():
+            tab.add_row(f"first frame after the first 40 ms, {p} ms packets, {label}", f"{v['first_frame_ms']:.1f} ms", "≤ 80 ms")
+    tab.add_row("per-frame latency after its look-ahead arrived p50/p95 (20 ms packets, warm)",
+                f"{warm_latency[20]['per_frame_ms_p50']:.1f} / {warm_latency[20]['per_frame_ms_p95']:.1f} ms", "")
+    tab.add_row(f"RSS after warm-up → end of {mem['audio_minutes']:.1f} min stream",
+                f"{mem['rss_mb_after_warmup']:.0f} → {mem['rss_mb_end']:.0f} MB ({mem['growth_mb_after_warmup']:+.1f})", "flat")
+    if drive:
+        tab.add_row("opening vs audio envelope: best corr (lag)", f"{drive['corr_best']:.2f} ({drive['best_lag']:+d})", "> 0, lag ±1")
+        tab.add_row("audio delayed 5 frames: best lag", f"{drive['delayed5_best_lag']:+d}", "+5 ± 1")
+        tab.add_row("silent: opening mean / std (speech std)",
+                    f"{drive['silent_opening_mean']:.3f} / {drive['silent_opening_std']:.3f} ({drive['speech_opening_std']:.3f})", "≈ 0")
+    console.print(tab)
+    console.print(f"saved {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+
+
+if __name__ == "__main__":
+    main()

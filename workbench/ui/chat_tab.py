@@ -1,0 +1,51 @@
+"""Tab 3, realtime chat: the realtime stack's WebRTC page (voice + video) for the chosen avatar.
+
+The page itself (workbench/realtime/static) holds the controls: mode (local echo/FAQ or OpenAI Realtime),
+the API key (a password field sent once with the connection request, kept only in that realtime session's
+memory, never stored, logged or echoed), voice, instructions, VAD settings, the live transcript, the fps and
+latency readout, and the stop (barge-in) and hang-up buttons. This tab only chooses which avatar it shows.
+"""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from ..realtime.server import embed_html
+from .context import UIContext, new_session, user_errors
+
+CHAT_HEIGHT = 720
+HELP = (
+    "**Local** modes need no key: *echo* speaks back what you type, *FAQ* answers a few questions; the microphone "
+    "drives barge-in (start talking while the avatar speaks, or press **Stop**). **OpenAI Realtime** talks with "
+    "your voice: paste a key in the panel (sent once to this server for that call only, never stored or shown "
+    "again) or set OPENAI_API_KEY on the server."
+)
+
+
+def placeholder(text: str) -> str:
+    return f'<div class="wb-chat-empty">{html.escape(text)}</div>'
+
+
+class ChatTab:
+    def __init__(self, ctx: UIContext):
+        self.ctx = ctx
+
+    @user_errors
+    def frame(self, avatar_id: str | None, session: dict | None) -> str:
+        """The chat page for `avatar_id`, embedded; only an avatar this session may see."""
+        session = session or new_session()
+        if not avatar_id:
+            return placeholder("Prepare an avatar in the first tab, then choose it here.")
+        self.ctx.library.check_access(avatar_id, session.get("avatars"))
+        return embed_html(avatar_id=avatar_id, height=CHAT_HEIGHT)
+
+    def build(self, session: gr.State) -> gr.Dropdown:
+        with gr.Row():
+            avatar = gr.Dropdown([], label="avatar", scale=2, elem_id="chat-avatar")
+            gr.Markdown(HELP, elem_id="chat-help")
+        page = gr.HTML(placeholder("Prepare an avatar in the first tab, then choose it here."), elem_id="chat-frame",
+                       min_height=CHAT_HEIGHT)
+        avatar.change(self.frame, [avatar, session], [page], show_progress="hidden")
+        return avatar

@@ -1,0 +1,337 @@
+"""Tab 4, evaluation: run the example suite (or an uploaded manifest), see the table, summary and plots,
+download the report folder, and compare two runs (the regression view).
+
+A session's runs go to `<runs_dir>/sessions/<its random token>/`, so one user never sees another's
+renders; runs directly under `<runs_dir>` (made with `workbench eval`, baselines) are shared read-only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import gradio as gr
+import pandas as pd
+import yaml
+
+from eval.compare import compare_runs
+from eval.errors import EvalError, ManifestError
+from eval.manifest import GeneratedCase, ReferenceCase, Suite, load_suite, parse_suite
+from eval.report import PLOTS, TABLE_COLUMNS, Run, load_run
+from eval.runner import run_suite
+
+from .context import UIContext, gr_progress, new_session, user_errors
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_SUITE = Path(__file__).resolve().parents[2] / "eval" / "suites" / "example.yaml"
+MANIFEST_TYPES = [".yaml", ".yml", ".zip"]
+MAX_ZIP_FILES = 200
+SHOWN_PLOTS = ("sync_curves", "latency_cdf", "stage_breakdown")
+SESSIONS = "sessions"
+
+
+# --- suites ------------------------------------------------------------------------------------
+def _inside(path: Path, roots: list[Path]) -> bool:
+    p = path.resolve()
+    return any(p == r or r in p.parents for r in roots)
+
+
+def rebase_on_samples(suite: Suite, samples_dir: Path | None) -> Suite:
+    """Cases whose files are missing but exist by name in the samples folder point there instead
+    (the example suite names ../shared/samples; a deployment may keep the samples elsewhere)."""
+    if samples_dir is None:
+        return suite
+    cases = []
+    for case in suite.cases:
+        update = {}
+        for field, p in suite.files_of(case).items():
+            alt = samples_dir / p.name
+            if not p.exists() and alt.is_file():
+                update[field] = alt.resolve()
+        cases.append(case.model_copy(update=update) if update else case)
+    return suite.model_copy(update={"cases": cases})
+
+
+def confine(suite: Suite, roots: list[Path]) -> Suite:
+    """Refuse a manifest that names files outside its own upload or the samples (no reading server files)."""
+    bad = [f"{c.id}: {name}" for c in suite.cases for name, p in suite.files_of(c).items() if not _inside(p, roots)]
+    if bad:
+        raise ManifestError("an uploaded manifest may only name files inside its zip or the sample media; "
+                            f"outside: {', '.join(bad)}")
+    missing = suite.missing_files()
+    if missing:
+        raise ManifestError("files not found: " + "; ".join(missing))
+    return suite
+
+
+def safe_extract(archive: Path, dest: Path, max_bytes: int) -> None:
+    """Unzip refusing absolute paths, '..', links and archives that unpack beyond `max_bytes`."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as e:
+        raise ManifestError(f"{archive.name} is not a readable zip file") from e
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_ZIP_FILES:
+            raise ManifestError(f"{archive.name} holds {len(infos)} files; at most {MAX_ZIP_FILES}")
+        total = sum(i.file_size for i in infos)
+        if total > max_bytes:
+            raise ManifestError(f"{archive.name} unpacks to {total / 1e6:.0f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+        for info in infos:
+            name = PurePosixPath(info.filename)
+            if name.is_absolute() or ".." in name.parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise ManifestError(f"{archive.name} contains an unsafe entry {info.filename!r}")
+        zf.extractall(dest)
+
+
+def uploaded_suite(upload: str | Path, workdir: Path, samples_dir: Path | None, max_bytes: int) -> Suite:
+    """A manifest upload: a YAML file (relative paths resolve against the sample media) or a zip of a
+    manifest with its media (relative paths resolve against the manifest inside the zip)."""
+    p = Path(upload)
+    ext = p.suffix.lower()
+    roots = [samples_dir.resolve()] if samples_dir else []
+    if ext in (".yaml", ".yml"):
+        if p.stat().st_size > 1_000_000:
+            raise ManifestError(f"{p.name} is larger than 1 MB; a manifest is a short YAML file")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{p.name} is not valid YAML: {e}") from e
+        if samples_dir is None:
+            raise ManifestError("no sample media on this server: upload a zip with the manifest and its media")
+        return confine(parse_suite(data, samples_dir), roots)
+    if ext == ".zip":
+        dest = Path(tempfile.mkdtemp(prefix="suite-", dir=workdir))
+        safe_extract(p, dest, max_bytes)
+        manifests = sorted(dest.rglob("*.yaml")) + sorted(dest.rglob("*.yml"))
+        if not manifests:
+            raise ManifestError(f"{p.name} holds no .yaml manifest")
+        manifest = min(manifests, key=lambda m: len(m.parts))
+        return confine(load_suite(manifest, check_files=False), [dest.resolve(), *roots])
+    raise ManifestError(f"{p.name}: upload a .yaml manifest or a .zip of a manifest with its media")
+
+
+def select_cases(suite: Suite, case_ids: list[str] | None, seconds: float | None) -> Suite:
+    """The chosen cases, each cut to at most `seconds` of audio/video when given (a quick run)."""
+    chosen = [c for c in suite.cases if not case_ids or c.id in case_ids]
+    if not chosen:
+        raise ManifestError("choose at least one case")
+    if seconds:
+        cut = []
+        for c in chosen:
+            if isinstance(c, GeneratedCase | ReferenceCase):
+                limit = float(seconds) if c.max_seconds is None else min(c.max_seconds, float(seconds))
+                c = c.model_copy(update={"max_seconds": limit})
+            cut.append(c)
+        chosen = cut
+    return suite.model_copy(update={"cases": chosen})
+
+
+# --- presenting a run ----------------------------------------------------------------------------
+def table_for(run: Run) -> pd.DataFrame:
+    df = run.table
+    cols = [c for c in TABLE_COLUMNS if c in df.columns and (c != "error" or df["error"].fillna("").astype(str).str.len().any())]
+    out = df[cols].copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].round(3)
+    return blank_missing(out)
+
+
+def blank_missing(df: pd.DataFrame) -> pd.DataFrame:
+    """Missing values shown as empty cells rather than 'nan'."""
+    return df.astype(object).where(df.notna(), "")
+
+
+def _value(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def summary_markdown(run: Run) -> str:
+    s = run.summary
+    meta = run.metadata
+    metrics = dict(s.get("metrics", {}))
+    ok, failed = metrics.pop("cases_ok", "?"), metrics.pop("cases_failed", 0)
+    metrics.pop("cases_total", None)
+    lines = [f"**Run** `{run.path.name}` of suite *{meta.get('suite', '')}*: {ok} ok, {failed} failed; "
+             f"renderers: {', '.join(meta.get('renderers', [])) or '—'}; "
+             f"wall time {meta.get('timings', {}).get('total_seconds', '?')} s."]
+    for note in s.get("notes", []):
+        lines += ["", f"> {note}"]
+    if metrics:
+        # Two metric/value pairs per row keeps the summary short enough to sit beside the download.
+        items = list(metrics.items())
+        lines += ["", "| metric | value | metric | value |", "|---|---:|---|---:|"]
+        for k in range(0, len(items), 2):
+            left = items[k]
+            right = items[k + 1] if k + 1 < len(items) else ("", "")
+            lines.append(f"| {left[0]} | {_value(left[1])} | {right[0]} | {_value(right[1])} |")
+    for case, err in (s.get("failed") or {}).items():
+        lines.append(f"- **{case}** failed: {err}")
+    return "\n".join(lines)
+
+
+def plots_for(run: Run) -> list:
+    return [PLOTS[name](run.details) for name in SHOWN_PLOTS]
+
+
+def zip_run(run_dir: Path) -> str:
+    out = Path(tempfile.mkdtemp(prefix="wb-report-")) / run_dir.name
+    return shutil.make_archive(str(out), "zip", root_dir=run_dir.parent, base_dir=run_dir.name)
+
+
+class EvalTab:
+    def __init__(self, ctx: UIContext):
+        self.ctx = ctx
+        self.workdir = Path(tempfile.mkdtemp(prefix="wb-suites-"))
+
+    # --- where runs live ------------------------------------------------------------------------
+    def session_runs_dir(self, session: dict) -> Path:
+        return self.ctx.runs_dir / SESSIONS / session["token"]
+
+    def runs(self, session: dict) -> dict[str, Path]:
+        """Label → run folder for every run this session may open: its own, then the shared ones."""
+        found: list[tuple[float, str, Path]] = []
+        for prefix, folder in (("mine", self.session_runs_dir(session)), ("shared", self.ctx.runs_dir)):
+            if not folder.is_dir():
+                continue
+            for d in folder.iterdir():
+                if d.name.startswith(".") or not (d / "summary.json").is_file():
+                    continue
+                found.append(((d / "summary.json").stat().st_mtime, f"{prefix}/{d.name}", d))
+        return {label: d for _, label, d in sorted(found, reverse=True)}
+
+    def _run_dir(self, label: str | None, session: dict) -> Path:
+        runs = self.runs(session)
+        if not label or label not in runs:
+            raise EvalError("choose a run from the list (run an evaluation first)")
+        return runs[label]
+
+    def _runs_update(self, session: dict, value: str | None = None, second: bool = False):
+        labels = list(self.runs(session))
+        if value not in labels:
+            value = labels[1 if second and len(labels) > 1 else 0] if labels else None
+        return gr.update(choices=labels, value=value)
+
+    # --- suites ---------------------------------------------------------------------------------
+    def suite_for(self, which: str, upload: str | None) -> Suite:
+        samples = self.ctx.library.samples_dir
+        if which == "upload":
+            if not upload:
+                raise ManifestError("upload a manifest (.yaml) or a zip of a manifest with its media")
+            max_bytes = int(self.ctx.settings.max_upload_mb * 1024 * 1024)
+            return uploaded_suite(upload, self.workdir, samples, max_bytes)
+        if not EXAMPLE_SUITE.is_file():
+            raise ManifestError(f"the example suite is missing ({EXAMPLE_SUITE})")
+        suite = rebase_on_samples(load_suite(EXAMPLE_SUITE, check_files=False), samples)
+        missing = suite.missing_files()
+        if missing:
+            raise ManifestError("the example suite needs the sample media: " + "; ".join(missing))
+        return suite
+
+    def cases_update(self, which: str, upload: str | None):
+        """Case checkboxes for the chosen suite (all ticked)."""
+        try:
+            suite = self.suite_for(which, upload)
+        except (EvalError, OSError) as e:
+            if which == "upload" and upload:
+                gr.Warning(str(e))
+            return gr.update(choices=[], value=[])
+        ids = [c.id for c in suite.cases]
+        return gr.update(choices=ids, value=ids)
+
+    # --- handlers -------------------------------------------------------------------------------
+    @user_errors
+    def run(self, which: str, upload: str | None, case_ids: list[str] | None, seconds, session: dict | None,
+            progress=gr.Progress()):
+        session = session or new_session()
+        suite = select_cases(self.suite_for(which, upload), case_ids, float(seconds) if seconds else None)
+        out = run_suite(suite, runs_dir=self.session_runs_dir(session), settings=self.ctx.settings, jobs=1,
+                        progress=gr_progress(progress))
+        run = load_run(out.path)
+        label = f"mine/{out.path.name}"
+        return (session, summary_markdown(run), table_for(run), *plots_for(run), zip_run(out.path),
+                self._runs_update(session, label), self._runs_update(session, second=True),
+                self._runs_update(session, label))
+
+    @user_errors
+    def open_run(self, label: str | None, session: dict | None):
+        session = session or new_session()
+        run = load_run(self._run_dir(label, session))
+        return (summary_markdown(run), table_for(run), *plots_for(run), zip_run(run.path))
+
+    @user_errors
+    def compare(self, candidate: str | None, baseline: str | None, session: dict | None):
+        session = session or new_session()
+        if not candidate or not baseline or candidate == baseline:
+            raise EvalError("choose two different runs: a baseline and a candidate")
+        c = compare_runs(self._run_dir(baseline, session), self._run_dir(candidate, session))
+        worse = c.gate.worse
+        verdict = ("**No regression**: every tracked metric is within its tolerance." if c.gate.passed
+                   else f"**Regression** in: {', '.join(worse)}.")
+        head = f"Baseline `{c.a.path.name}` → candidate `{c.b.path.name}`. {verdict}"
+        figs = c.figures
+        shown = (figs.pop("sync"), figs.pop("latency"))
+        import matplotlib.pyplot as plt
+
+        for extra in figs.values():
+            plt.close(extra)
+        return head, blank_missing(c.summary.round(4)), blank_missing(c.cases.round(4)), *shown
+
+    def refresh_runs(self, session: dict | None):
+        session = session or new_session()
+        return self._runs_update(session), self._runs_update(session, second=True), self._runs_update(session)
+
+    # --- layout ---------------------------------------------------------------------------------
+    def build(self, session: gr.State) -> None:
+        try:
+            example_ids = [c.id for c in self.suite_for("example", None).cases]
+        except (EvalError, OSError) as e:
+            log.warning("example suite unavailable: %s", e)
+            example_ids = []
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=300):
+                which = gr.Radio([("Example suite", "example"), ("Uploaded manifest", "upload")], value="example",
+                                 label="suite", elem_id="eval-which")
+                upload = gr.File(label="manifest (.yaml over the sample media) or .zip (manifest + media)",
+                                 file_types=MANIFEST_TYPES, type="filepath", height=130, elem_id="eval-upload")
+                cases = gr.CheckboxGroup(example_ids, value=example_ids, label="cases", elem_id="eval-cases")
+                seconds = gr.Number(None, label="quick run: at most this many seconds per case (empty: as the manifest says)",
+                                    minimum=1, maximum=60, elem_id="eval-seconds")
+                run_btn = gr.Button("Run evaluation", variant="primary", elem_id="eval-run")
+                with gr.Row():
+                    past = gr.Dropdown([], label="open an earlier run", scale=3, elem_id="eval-past")
+                    open_btn = gr.Button("Open", scale=1)
+            with gr.Column(scale=3, min_width=360):
+                summary = gr.Markdown("Run an evaluation to see its summary.", elem_id="eval-summary")
+                report_zip = gr.File(label="report folder (zip)", interactive=False, elem_id="eval-zip")
+        table = gr.Dataframe(label="per-case results", interactive=False, elem_id="eval-table")
+        with gr.Row():
+            plots = [gr.Plot(label=name.replace("_", " "), show_label=False, elem_id=f"eval-plot-{name}")
+                     for name in SHOWN_PLOTS]
+        with gr.Accordion("Compare with an earlier run (regression view)", open=False, elem_id="eval-compare"):
+            with gr.Row():
+                baseline = gr.Dropdown([], label="baseline (A)", elem_id="eval-baseline")
+                candidate = gr.Dropdown([], label="candidate (B)", elem_id="eval-candidate")
+                compare_btn = gr.Button("Compare", elem_id="eval-compare-btn")
+            verdict = gr.Markdown("", elem_id="eval-verdict")
+            gate_table = gr.Dataframe(label="summary metrics: baseline vs candidate", interactive=False, wrap=True)
+            case_table = gr.Dataframe(label="per-case metrics", interactive=False, wrap=True)
+            with gr.Row():
+                sync_cmp = gr.Plot(label="sync curves (A dashed, B solid)", show_label=False, elem_id="eval-cmp-sync")
+                latency_cmp = gr.Plot(label="latency CDF", show_label=False, elem_id="eval-cmp-latency")
+
+        which.change(self.cases_update, [which, upload], [cases])
+        upload.change(lambda u: gr.update(value="upload") if u else gr.update(), [upload], [which])
+        run_btn.click(self.run, [which, upload, cases, seconds, session],
+                      [session, summary, table, *plots, report_zip, candidate, baseline, past],
+                      concurrency_limit=1, concurrency_id="evaluation")
+        open_btn.click(self.open_run, [past, session], [summary, table, *plots, report_zip])
+        compare_btn.click(self.compare, [candidate, baseline, session],
+                          [verdict, gate_table, case_table, sync_cmp, latency_cmp])
+        self.load_runs = (self.refresh_runs, [session], [candidate, baseline, past])
+
