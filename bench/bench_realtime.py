@@ -70,7 +70,7 @@ def make_engine(args: argparse.Namespace):
         from workbench.testing import make_tiny_models
 
         models = Path(tempfile.mkdtemp(prefix="bench-models-"))
-        make_tiny_models(models, size="full")
+        make_tiny_models(models, size=args.model_size)
         settings = Settings(models_dir=models, cache_dir=Path(tempfile.mkdtemp(prefix="bench-cache-")))
     return Engine(settings, renderer=args.renderer)
 
@@ -206,7 +206,9 @@ async def run_concurrent(engine, avatar, n: int, audio: np.ndarray, args: argpar
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--renderer", choices=["cpu", "musetalk"], default="cpu")
-    ap.add_argument("--random-weights", action="store_true", help="MuseTalk with random weights in the full published shapes")
+    ap.add_argument("--random-weights", action="store_true", help="MuseTalk with random weights in the published shapes")
+    ap.add_argument("--model-size", choices=["full", "tiny"], default="full",
+                    help="with --random-weights: the published sizes (timings) or tiny ones (a smoke test on CPU)")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--reply-seconds", type=float, default=8.0)
     ap.add_argument("--gap", type=float, default=1.0, help="idle seconds between the two replies")
@@ -249,6 +251,7 @@ def main() -> None:
     passing = [r["sessions"] for r in rows if r["meets_targets"]]
     summary = {
         "renderer": engine.renderer.describe(), "random_weights": args.random_weights,
+        "model_size": args.model_size if args.random_weights else None,
         "avatar": {"id": avatar.avatar_id, "frames": len(avatar), "size_hw": list(avatar.frame_size)},
         "reply_seconds": args.reply_seconds, "encode": not args.no_encode,
         "targets": {"first_frame_ms": TARGET_FIRST_MS, "fps": TARGET_FPS},

@@ -57,11 +57,15 @@ def _tolerances(specs: list[str] | None):
     return out
 
 
+def _num(v) -> str:
+    return "" if v is None else f"{v:.4g}"
+
+
 def print_gate(result, title: str = "regression gate") -> None:
     table = Table("metric", "baseline", "current", "delta", "allowed", "better", "status", title=title)
     colours = {"worse": "red", "better": "green", "ok": "white", "missing": "yellow", "untracked": "dim"}
+    f = _num
     for r in result.rows:
-        f = (lambda v: "" if v is None else f"{v:.4g}")
         c = colours.get(r.status, "white")
         table.add_row(r.metric, f(r.baseline), f(r.current), f(r.delta), f(r.allowed), r.better, f"[{c}]{r.status}[/{c}]")
     console.print(table)
@@ -72,16 +76,16 @@ def print_gate(result, title: str = "regression gate") -> None:
 
 
 def _print_cases(rows: list[dict]) -> None:
-    cols = ["case", "status", "renderer", "ls_offset", "ls_confidence", "syncnet_offset", "syncnet_lse_d",
-            "syncnet_lse_c", "latency_first_frame_ms", "latency_sustained_fps", "error"]
-    table = Table(*cols)
+    cols = {"case": "case", "status": "status", "expected_offset": "expect", "ls_offset": "ls off",
+            "ls_confidence": "ls conf", "syncnet_offset": "SN off", "syncnet_lse_d": "LSE-D", "syncnet_lse_c": "LSE-C",
+            "latency_first_frame_ms": "1st ms", "latency_sustained_fps": "fps"}
+    table = Table(*cols.values())
     for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append("" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))[:80])
-        table.add_row(*cells)
+        table.add_row(*(_num(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))
     console.print(table)
+    for r in rows:
+        if r.get("status") != "ok":
+            console.print(f"[red]{r['case']} failed:[/red] {r.get('error', '')}")
 
 
 @eval_app.command("run")
@@ -216,7 +220,7 @@ def robustness_cmd(
     gain = improvement(rates)
     text = (markdown_table(rates.round(2)) + "\n\nfused minus delta (baseline), all trials, percentage points:\n\n"
             + markdown_table(gain.round(3)) + "\n")
-    console.print(text)
+    console.print(text, soft_wrap=True, markup=False)
     if out is not None:
         atomic.write_text(out, text)
         atomic.write_text(out.with_suffix(".csv"), df.to_csv(index=False))

@@ -89,7 +89,7 @@ class S3FDBoxes:
 
 class DlibBoxes:
     """dlib HOG on a copy whose long side is `detect_side`, retried on rotated copies when it finds nothing
-    near the previous frame's face. Stateful across consecutive frames of one video: call `reset()` between videos."""
+    near the previous frame's face, and upsampled when it finds nothing at all. Stateful across consecutive frames of one video: call `reset()` between videos."""
 
     name = "dlib-hog"
 
@@ -104,14 +104,14 @@ class DlibBoxes:
     def reset(self) -> None:
         self._last = None
 
-    def _run(self, gray: np.ndarray, angle: float) -> np.ndarray:
+    def _run(self, gray: np.ndarray, angle: float, upsample: int = 0) -> np.ndarray:
         h, w = gray.shape
         if angle:
             m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
             img = cv2.warpAffine(gray, m, (w, h))
         else:
             img = gray
-        rects, scores, _ = self._hog.run(img, 1, 0.0)
+        rects, scores, _ = self._hog.run(img, upsample, 0.0)
         if not rects:
             return np.zeros((0, 5))
         out = []
@@ -136,6 +136,8 @@ class DlibBoxes:
                     dets = np.concatenate([dets, extra]) if len(dets) else extra
                     if self._near_last(extra / _scale_vec(scale)):
                         break
+        if not len(dets):  # a small face: HOG needs it upsampled (4x the pixels, so only as a last resort)
+            dets = self._run(small, 0.0, upsample=1)
         dets = dets / _scale_vec(scale) if len(dets) else np.zeros((0, 5))
         if len(dets):
             near = [d for d in dets if self._last is not None and iou(d[:4], self._last) > 0.3]

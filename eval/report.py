@@ -173,6 +173,8 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
     if isinstance(v, float | np.floating):
+        if float(v).is_integer() and abs(v) < 1e6:
+            return str(int(v))
         return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v).replace("|", "\\|").replace("\n", " ")
 

@@ -276,8 +276,7 @@ def renderer_weights(settings: Settings, rows: list[dict]) -> dict:
         from workbench import weights
 
         report = weights.check(settings.models_dir)
-        comps = getattr(report, "components", [])
-        return {"renderer_weights": {getattr(c, "name", str(c)): getattr(c, "status", "") for c in comps}}
+        return {"renderer_weights": {name: c.status for name, c in report.components.items()}}
     except Exception as e:  # the weights report is informative only
         return {"renderer_weights": f"unknown ({type(e).__name__}: {e})"}
 

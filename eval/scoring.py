@@ -12,7 +12,15 @@ import numpy as np
 from workbench.config import FPS
 
 from .errors import SyncNetWeightsMissing
-from .face_track import BoxDetector, LandmarkFitter, crop_track, get_box_detector, main_track, track_landmarks, track_video
+from .face_track import (
+    BoxDetector,
+    LandmarkFitter,
+    crop_track,
+    get_box_detector,
+    main_track,
+    track_landmarks,
+    track_video,
+)
 from .landmark_sync import LandmarkSyncResult, landmark_sync, track_audio
 from .syncnet import SyncNetScorer, SyncNetScores, file_sha256, syncnet_weights_path
 

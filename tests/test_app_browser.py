@@ -165,6 +165,7 @@ def test_prepare_avatar_from_a_sample(page):
     page.wait_for_function("s => { const i = document.querySelector('#prep-overlay img'); return i && i.src !== s; }",
                            arg=first, timeout=30_000)
     assert "yongen.mp4" in _text(page, "#prep-table")
+    page.get_by_text("Preparation parameters").click()  # folded again for the screenshot
     _shot(page, "app_prepare")
 
 

@@ -434,3 +434,24 @@ def test_cli_flags():
     assert result.exit_code == 0
     for flag in ("--host", "--port", "--share", "--models-dir", "--cache-dir", "--runs-dir"):
         assert flag in result.output
+
+
+def test_builds_without_sample_media(app_dirs, tmp_path, monkeypatch):
+    """A deployment without the samples (a bare Space): the app still builds and says what is missing."""
+    from workbench.engine import Engine
+    from workbench.ui.app import WorkbenchUI
+
+    settings = Settings(cache_dir=tmp_path / "cache", models_dir=app_dirs / "models", runs_dir=tmp_path / "runs")
+    bare = WorkbenchUI(Engine(settings, renderer="cpu"), samples_dir=tmp_path / "no-samples")
+    bare.build()
+    assert bare.library.sample_sources() == [] and bare.library.visible([]) == []
+    with pytest.raises(gr.Error, match="Pick a sample or upload"):
+        bare.prepare_tab.prepare(None, None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, new_session(),
+                                 progress=None)
+    # The example suite names the samples by relative path; here they resolve to nothing.
+    suite = tmp_path / "suites" / "example.yaml"
+    suite.parent.mkdir()
+    suite.write_text("name: example\ncases:\n  - id: ref\n    kind: reference\n    video: ../gone/clip.avi\n")
+    monkeypatch.setattr("workbench.ui.eval_tab.EXAMPLE_SUITE", suite)
+    with pytest.raises(gr.Error, match="needs the sample media"):
+        bare.eval_tab.run("example", None, None, None, new_session(), progress=None)

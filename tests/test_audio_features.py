@@ -223,3 +223,14 @@ def test_audio_track_of_a_video(tmp_path):
             out.mux(packet)
     with pytest.raises(AudioInputError, match="no audio track"):
         load_audio_16k(silent_video)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # librosa's audioread import, on the reference side
+def test_sample_48k_stereo_loads_like_musetalk(samples_dir):
+    """yongen.wav (48 kHz stereo) comes in as MuseTalk reads it: librosa.load(path, sr=16000)."""
+    import librosa
+
+    ours = load_audio_16k(samples_dir / "yongen.wav")
+    ref, sr = librosa.load(samples_dir / "yongen.wav", sr=SAMPLE_RATE)
+    assert sr == SAMPLE_RATE and ours.shape == ref.shape and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=1e-4)

@@ -8,8 +8,8 @@ import pytest
 
 from eval.errors import MediaTooShortError
 from eval.landmark_sync import (
-    landmark_sync,
     lagged_correlation,
+    landmark_sync,
     mouth_opening,
     shift_audio,
     speech_band_log_energy,
@@ -113,14 +113,11 @@ def test_too_short_clip_is_refused():
 
 # --- clips the engine renders ---------------------------------------------------------------------
 def _renderers():
+    """The CPU renderer always; MuseTalk too where its weights are installed (models/ or WORKBENCH_MODELS_DIR)."""
     from workbench import weights
+    from workbench.config import Settings
 
-    out = ["cpu"]
-    try:
-        ready = weights.check(weights.Path("models")).musetalk_ready
-    except Exception:
-        ready = False
-    return out + (["musetalk"] if ready else [])
+    return ["cpu"] + (["musetalk"] if weights.has_musetalk(Settings().models_dir) else [])
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +136,7 @@ def rendered(request, tmp_path_factory, samples_dir):
         key = (renderer, source, audio_name)
         if key not in cache:
             tmp = tmp_path_factory.mktemp(f"render-{renderer}")
-            engine = Engine(Settings(cache_dir=tmp / "cache"), renderer=renderer)
+            engine = Engine(Settings(cache_dir=tmp / "cache"), renderer=renderer)  # models_dir from the environment
             avatar = engine.prepare(samples_dir / source, PrepParams(max_frames=50))
             audio = load_audio(samples_dir / audio_name)[int(start * SAMPLE_RATE):][: 4 * SAMPLE_RATE]
             res = engine.render_file(avatar, audio, tmp / "out.mp4")

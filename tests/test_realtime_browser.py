@@ -62,7 +62,7 @@ def server(yongen_avatar, tmp_path):
         if time.time() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", manager
+    yield f"http://127.0.0.1:{port}", manager, yongen_avatar.avatar_id
     srv.should_exit = True
     thread.join(timeout=15)
 
@@ -80,7 +80,7 @@ def test_chromium_receives_25fps_video_and_audio_for_a_local_reply(server, tmp_p
         pytest.skip("chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    url, manager = server
+    url, manager, avatar_id = server
     wav = _quiet_wav(tmp_path / "mic.wav")
     ARTIFACTS.mkdir(exist_ok=True)
     args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -90,7 +90,7 @@ def test_chromium_receives_25fps_video_and_audio_for_a_local_reply(server, tmp_p
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.goto(f"{url}/rtc/chat?mode=echo&autostart=1&avatar=yongen")
+            page.goto(f"{url}/rtc/chat?mode=echo&autostart=1&avatar={avatar_id}")
             page.wait_for_function("window.rtcChat && window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
                                    timeout=30_000)
             page.wait_for_function("window.rtcChat.state.lastStats && window.rtcChat.state.lastStats.framesDecoded > 25",

@@ -220,6 +220,8 @@ def test_limits_and_bad_requests_are_refused_clearly(tmp_path, monkeypatch):
             out["busy"] = (r.status_code, r.json()["detail"])
             out["unknown"] = (await http.get("/rtc/session/nope/stats")).status_code
             out["too_long"] = (await http.post(f"/rtc/session/{first.session_id}/text", json={"text": "x" * 5000})).status_code
+            invalid = await http.post("/rtc/offer", json={"mode": "openai", "api_key": "sk-echo-me-not-12345"})
+            out["invalid"] = (invalid.status_code, invalid.text)
             await first.close()
             await second.close()
             await manager.close_all()
@@ -233,6 +235,7 @@ def test_limits_and_bad_requests_are_refused_clearly(tmp_path, monkeypatch):
     assert out["busy"][0] == 503 and "busy" in out["busy"][1]
     assert out["unknown"] == 404
     assert out["too_long"] == 422
+    assert out["invalid"][0] == 422 and "sdp" in out["invalid"][1] and "sk-echo-me-not" not in out["invalid"][1]
 
 
 def test_config_and_page_never_carry_the_server_key(tmp_path):
@@ -295,3 +298,28 @@ def test_tracks_carry_audio_and_video_on_one_timeline():
     assert checked >= 0.9 * len(h.speech())
     assert {f.time_base.denominator for f in h.video_frames} == {90_000}
     assert {f.sample_rate for f in h.audio_frames} == {24_000}
+
+
+def test_the_endpoint_lives_beside_a_gradio_app_and_closes_with_it(tmp_path):
+    import gradio as gr
+    from fastapi.testclient import TestClient
+
+    from workbench.realtime.server import embed_html
+
+    app, manager, _ = _app(tmp_path)
+    with gr.Blocks() as demo:
+        gr.HTML(embed_html(avatar_id="alice"))
+    app = gr.mount_gradio_app(app, demo, path="/")
+    closed = []
+    original = manager.close_all
+
+    async def close_all():
+        closed.append(True)
+        await original()
+
+    manager.close_all = close_all
+    with TestClient(app) as client:
+        assert client.get("/rtc/config").json()["avatars"] == ["alice"]
+        assert "<video" in client.get("/rtc/chat").text
+        assert client.get("/").status_code == 200
+    assert closed == [True]  # the app's shutdown closed the realtime sessions

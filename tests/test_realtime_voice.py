@@ -35,10 +35,13 @@ def _loud(seconds: float) -> np.ndarray:
     return (rng.standard_normal(int(24_000 * seconds)) * 0.3 * 32767).astype(np.int16)
 
 
-def test_a_turn_produces_audio_and_lip_synced_frames():
+def test_a_turn_produces_audio_and_lip_synced_frames(yongen_avatar):
+    from workbench.renderers.cpu import CPURenderer
+
     async def main():
         async with FakeRealtimeServer(api_key=KEY) as server:
-            h = await SessionHarness(make_session(_voice(server))).start()
+            session = make_session(_voice(server), renderer=CPURenderer(), avatar=yongen_avatar)
+            h = await SessionHarness(session).start()
             try:
                 await h.wait_for(lambda: h.session.voice.status == "connected", what="connected")
                 await h.session.send_text("Hello avatar")
@@ -100,6 +103,7 @@ def test_barge_in_truncates_at_the_audio_actually_played_and_the_next_turn_follo
     assert server.events_of("input_audio_buffer.append")
     assert [e["status"] for e in h.page_events("response_done")][0] == "cancelled"
     assert h.page_events("barge_in")[0]["reason"] == "speech"
+    assert "input_audio_buffer.speech_started" in server.sent_types and "input_audio_buffer.speech_stopped" in server.sent_types
     # Once cut, the first reply never shows again.
     last_cut = max(f.index for f in h.speech(first_item))
     assert all(f.item_id != first_item for f in h.frames if f.index > last_cut)
@@ -220,3 +224,33 @@ def test_the_key_never_reaches_a_log_or_the_page(caplog):
         assert not any(secret in m for m in messages)
         assert secret not in str(list(h.session.events))
     assert KEY not in repr(h.session.voice.config)
+
+
+def test_without_server_vad_the_client_finds_turns_and_asks_for_replies():
+    async def main():
+        async with FakeRealtimeServer(api_key=KEY) as server:
+            h = await SessionHarness(make_session(_voice(server, turn_detection="none"))).start()
+            voice = h.session.voice
+            try:
+                await h.wait_for(lambda: voice.status == "connected")
+                silence = np.zeros(2400, np.int16)
+                for _ in range(5):
+                    await voice.send_user_audio(silence)  # nothing goes up while nobody speaks
+                appends_before = len(server.events_of("input_audio_buffer.append"))
+                for chunk in np.array_split(_loud(0.6), 6):
+                    await voice.send_user_audio(chunk)
+                for _ in range(8):
+                    await voice.send_user_audio(silence)
+                await h.wait_for(lambda: h.speech(), what="the reply to the spoken turn")
+                return server, h, appends_before
+            finally:
+                await h.stop()
+
+    server, h, appends_before = asyncio.run(main())
+    assert server.events_of("session.update")[0]["session"]["audio"]["input"]["turn_detection"] is None
+    assert appends_before == 0
+    kinds = [e["type"] for e in server.received]
+    assert kinds.index("input_audio_buffer.append") < kinds.index("input_audio_buffer.commit") < kinds.index("response.create")
+    assert "input_audio_buffer.speech_started" not in server.sent_types  # the server did no turn detection
+    assert "input_audio_buffer.committed" in server.sent_types
+    assert h.page_events("speech_started") and h.page_events("speech_stopped")

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default=Path("models"), description="MuseTalk's models/ layout")
     cache_dir: Path = Field(default=Path("cache"), description="prepared avatars and detections")
     runs_dir: Path = Field(default=Path("runs"), description="evaluation run folders")
+    samples_dir: Path | None = Field(default=None, description="sample media; default: samples/ or ../shared/samples")
     renderer: RendererName = "auto"
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', …")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

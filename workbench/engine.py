@@ -64,6 +64,12 @@ class Engine:
                     self._renderer = self._load_renderer(self.resolved_renderer_name())
         return self._renderer
 
+    def reload_renderer(self) -> Renderer:
+        """Choose and load the renderer again (after weights were downloaded, say)."""
+        with self.render_lock:
+            self._renderer = None
+            return self.renderer
+
     def _load_renderer(self, name: str) -> Renderer:
         if name == "musetalk":
             from .renderers.musetalk import MuseTalkRenderer

@@ -27,6 +27,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -264,7 +265,7 @@ class LipSyncStream:
         tail_frames: int = 3,
         lead_frames: int | None = None,
         idle_prefetch: int = 8,
-        render_lock: threading.Lock | None = None,
+        render_lock: AbstractContextManager[Any] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         max_log_frames: int = 25 * 60 * 60,
         name: str = "stream",
@@ -309,8 +310,8 @@ class LipSyncStream:
     def lead_frames(self) -> int:
         """Idle frames the body runs on before speech takes over, from the measured first-frame latency.
 
-        Rounded down rather than up: if the first frame is a little late the clock holds the idle
-        picture for a tick (a freeze nobody notices) instead of adding a frame of latency to every reply.
+        Rounded to the nearest frame, not up: if the first frame is a little late the clock holds the
+        idle picture for a tick (a freeze nobody notices) instead of adding a frame of latency to every reply.
         """
         if self._fixed_lead is not None:
             return max(0, int(self._fixed_lead))
@@ -418,7 +419,7 @@ class LipSyncStream:
     def _next_locked(self) -> StreamFrame:
         while self._utterances:
             u = self._utterances[0]
-            if self._pos < u.start_pos + u.next_show and u.next_show == 0:
+            if u.next_show == 0 and self._pos < u.start_pos:
                 break  # the idle body runs on until the reserved start position
             j = u.next_show
             if u.ended and u.n_total is not None and j >= u.n_total:

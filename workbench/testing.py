@@ -9,7 +9,7 @@ architectures, save them exactly as the release ships them, and load them throug
     whisper/config.json + model.safetensors (or pytorch_model.bin) + preprocessor_config.json
 
 `size="full"` writes the published configurations (3.4 GB UNet) with random weights: benchmarks only.
-`size="tiny"` shrinks channel widths but keeps every block type, the 8-channel latent input, the
+`size="tiny"` shrinks channel widths and blocks to one layer each but keeps every block type, the 8-channel latent input, the
 384-d cross-attention, the VAE's four 2x stages (256x256 <-> 32x32) and Whisper's encoder as published
 (d_model 384, 4 layers, 1500 positions), because the audio feature shape and cost depend on it; only the
 unused text decoder is shrunk.
@@ -52,7 +52,7 @@ UNET_CONFIG_FULL: dict = {
     "sample_size": 64,
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
-UNET_CONFIG_TINY: dict = {**UNET_CONFIG_FULL, "block_out_channels": [32, 64, 64, 64]}
+UNET_CONFIG_TINY: dict = {**UNET_CONFIG_FULL, "block_out_channels": [32, 64, 64, 64], "layers_per_block": 1}
 
 # stabilityai/sd-vae-ft-mse config.json
 VAE_CONFIG_FULL: dict = {
@@ -67,7 +67,12 @@ VAE_CONFIG_FULL: dict = {
     "sample_size": 256,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
-VAE_CONFIG_TINY: dict = {**VAE_CONFIG_FULL, "block_out_channels": [32, 32, 64, 64]}
+VAE_CONFIG_TINY: dict = {
+    **VAE_CONFIG_FULL,
+    "block_out_channels": [16, 16, 32, 32],
+    "norm_num_groups": 16,
+    "layers_per_block": 1,
+}
 
 # openai/whisper-tiny's architecture (WhisperForConditionalGeneration)
 WHISPER_CONFIG_FULL: dict = {

@@ -471,7 +471,7 @@ def _tqdm_forwarding(progress: Progress, label: str, base: float, span: float):
         def __init__(self, *args, **kwargs):
             kwargs["disable"] = True  # the callback is the display
             super().__init__(*args, **kwargs)
-            self._done = 0
+            self._done = kwargs.get("initial") or 0  # a resumed download starts part-way
 
         def update(self, n=1):
             self._done += n or 0

@@ -13,8 +13,8 @@ first confidence head gives 3 background logits and 1 face logit ("max-out backg
 Processing follows each file's own pipeline, so its published numbers can be reproduced:
 - syncnet_python: the frame resized by `scale`, RGB order minus the per-colour VGG means (R 123, G 117, B 104); per
   scale faces above 0.05 → NMS at IoU 0.3 (top 5000 in, 750 out) → `conf_th`; all scales merged by NMS at IoU 0.1.
-- face-alignment: the full frame in BGR order minus the same means; faces above 0.05 → NMS at IoU 0.3 with inclusive
-  pixel areas (w = x2 - x1 + 1) → `conf_th` (0.5 in face-alignment). MuseTalk's batched copy of this path reverses
+- face-alignment: the full frame in BGR order minus the same means; faces above 0.05 (the best 5000, a bound the
+  original lacks) → NMS at IoU 0.3 with inclusive pixel areas (w = x2 - x1 + 1) → `conf_th` (0.5 in face-alignment). MuseTalk's batched copy of this path reverses
   the channels before subtracting the BGR means; we keep the Caffe convention the weights were trained with.
 """
 
@@ -125,7 +125,7 @@ def layout_of(state: Mapping[str, torch.Tensor]) -> Layout:
 
 
 class S3FDNet(nn.Module):
-    """The network; `forward` returns raw (loc, conf logits) per source map, `detect_tensors` decodes them."""
+    """The network; `forward` returns raw (loc offsets, conf logits) per source map, `S3FD` decodes them."""
 
     def __init__(self, layout: Layout = "syncnet") -> None:
         super().__init__()
@@ -279,6 +279,7 @@ class S3FD:
         if self.layout == "syncnet":
             keep = nms(dets[:, :4], dets[:, 4], MERGE_NMS_IOU)
         else:
-            keep = nms(dets[:, :4], dets[:, 4], PER_SCALE_NMS_IOU, inclusive=True)
+            # face-alignment has no cap; 5000 only binds on garbage input (trained weights leave a few hundred)
+            keep = nms(dets[:, :4], dets[:, 4], PER_SCALE_NMS_IOU, top_k=PRE_NMS_TOP_K, inclusive=True)
             keep = keep[dets[keep, 4] > conf_th]
         return dets[keep]

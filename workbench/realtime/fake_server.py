@@ -105,6 +105,7 @@ class FakeRealtimeServer:
         self._ids = itertools.count(1)
         self.received: list[dict[str, Any]] = []  # every client event (audio payloads replaced by their length)
         self.truncations: list[dict[str, Any]] = []
+        self.sent_types: list[str] = []  # the type of every server event sent
         self.handshakes = 0
         self.refused = 0
         self._refuse: list[int] = []  # HTTP statuses to answer the next handshakes with
@@ -191,6 +192,7 @@ class FakeRealtimeServer:
 
     async def _send(self, c: _Conn, event: dict[str, Any]) -> None:
         event = {"event_id": self._eid(), **event}
+        self.sent_types.append(event["type"])
         async with c.send_lock:
             try:
                 await c.ws.send(json.dumps(event))

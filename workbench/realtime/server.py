@@ -14,7 +14,17 @@ a video track, and it serves one session at a time by default. With aiortc the o
 shared A/V clock and the number of sessions are ours.
 
 Every session has its own avatar stream, voice session and key; all share the engine's renderer
-(calls serialised by the engine's render lock) and each avatar's idle-frame cache.
+(serialised by the engine's render lock for a model on one device; in parallel for the thread-safe
+CPU renderer, which measured better) and each avatar's idle-frame cache.
+
+ICE/TURN: on localhost no ICE server is needed (host candidates connect). Behind NAT, as on a
+Hugging Face Space where only the HTTPS port is exposed, media must be relayed: set
+`WORKBENCH_ICE_SERVERS_JSON` to a STUN + TURN list, e.g.
+`[{"urls": ["stun:stun.l.google.com:19302"]}, {"urls": ["turn:turn.example.org:3478?transport=udp",
+"turn:turn.example.org:3478?transport=tcp", "turns:turn.example.org:5349?transport=tcp"],
+"username": "…", "credential": "…"}]` (coturn, Cloudflare Calls TURN, Twilio NTS, metered.ca). The same
+list goes to aiortc and, through `GET /config`, to the browser; TURN over TCP/TLS on 443 gets through
+strict firewalls. aiortc does not trickle ICE, so a TURN allocation adds its round trip to the answer.
 """
 
 from __future__ import annotations
@@ -28,12 +38,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from ..avatar import Avatar
+from ..cache import CacheError
 from ..config import Settings, get_settings
 from ..streaming import LipSyncStream
 from .session import ChatSession
@@ -102,6 +113,7 @@ class RealtimeManager:
         self.serialize_renders = serialize_renders
         self.sessions: dict[str, ChatSession] = {}
         self._avatars: dict[str, Avatar] = {}
+        self._reapers: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
 
     # ---- avatars and voices ---------------------------------------------------------------------
@@ -120,8 +132,10 @@ class RealtimeManager:
         if avatar_id not in self._avatars:
             try:
                 self._avatars[avatar_id] = await asyncio.to_thread(self.engine.load_avatar, avatar_id)
-            except (KeyError, FileNotFoundError) as exc:
+            except (KeyError, FileNotFoundError, ValueError) as exc:
                 raise HTTPException(404, f"no avatar {avatar_id!r}") from exc
+            except CacheError as exc:
+                raise HTTPException(500, f"avatar {avatar_id!r} cannot be loaded: {exc}") from exc
         return self._avatars[avatar_id]
 
     def add_avatar(self, avatar: Avatar) -> None:
@@ -166,7 +180,9 @@ class RealtimeManager:
             await session.close()
             raise HTTPException(400, f"cannot answer this WebRTC offer: {exc}") from exc
         await session.start()
-        asyncio.create_task(self._reap_if_never_connected(session))
+        reaper = asyncio.create_task(self._reap_if_never_connected(session))
+        self._reapers.add(reaper)  # the loop keeps only weak references to tasks
+        reaper.add_done_callback(self._reapers.discard)
         log.info("realtime session %s opened (%s, avatar %s)", sid, voice.describe(), avatar.avatar_id)
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": sid}
 
@@ -189,6 +205,8 @@ class RealtimeManager:
     async def close_all(self) -> None:
         for s in list(self.sessions.values()):
             await s.close()
+        for t in list(self._reapers):
+            t.cancel()
 
     def public_config(self) -> dict[str, Any]:
         return {
@@ -212,7 +230,13 @@ class RealtimeManager:
             return self.public_config()
 
         @r.post("/offer")
-        async def offer(req: OfferRequest) -> dict[str, Any]:
+        async def offer(request: Request) -> dict[str, Any]:
+            # Validated here rather than by FastAPI, whose 422 answer would echo the body, key included.
+            try:
+                req = OfferRequest.model_validate(await request.json())
+            except ValueError as exc:
+                errors = exc.errors() if isinstance(exc, ValidationError) else [{"loc": ["body"], "msg": "not JSON"}]
+                raise HTTPException(422, [{"loc": list(e["loc"]), "msg": e["msg"]} for e in errors]) from None
             return await self.open_session(req)
 
         @r.post("/session/{sid}/text")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import logging
 import os
@@ -224,6 +225,7 @@ class RealtimeConfig(BaseModel):
     model: str = Field(default_factory=lambda: get_settings().realtime_model)
     voice: str = Field(default_factory=lambda: get_settings().realtime_voice)
     instructions: str = DEFAULT_INSTRUCTIONS
+    # "none": no server VAD; the client's energy VAD finds turns, commits them and asks for a response.
     turn_detection: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
     vad_threshold: float = Field(0.5, ge=0.0, le=1.0)
     prefix_padding_ms: int = Field(300, ge=0, le=5000)
@@ -278,25 +280,27 @@ class RealtimeConfig(BaseModel):
         }
 
 
-def _error_detail(exc: BaseException) -> tuple[str, bool]:
-    """A user-facing message for a failed connection and whether retrying can help."""
+def _error_detail(exc: BaseException | None) -> tuple[str, bool, bool]:
+    """A user-facing message for a failed connection, whether retrying can help, whether it is the key."""
     from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
+    if exc is None:
+        return "the server closed the session", True, False
     if isinstance(exc, InvalidStatus):
         code = exc.response.status_code
         if code in (401, 403):
-            return f"the Realtime server refused the API key (HTTP {code})", False
+            return f"the Realtime server refused the API key (HTTP {code})", False, True
         if code == 404:
-            return "the Realtime endpoint or model was not found (HTTP 404)", False
-        return f"the Realtime server answered HTTP {code}", code in (408, 429) or code >= 500
+            return "the Realtime endpoint or model was not found (HTTP 404)", False, False
+        return f"the Realtime server answered HTTP {code}", code in (408, 429) or code >= 500, False
     if isinstance(exc, ConnectionClosed):
         code = exc.rcvd.code if exc.rcvd is not None else 1006
-        return f"the connection closed (code {code})", True
+        return f"the connection closed (code {code})", True, False
     if isinstance(exc, InvalidURI):
-        return f"invalid Realtime URL: {exc}", False
+        return f"invalid Realtime URL: {exc}", False, False
     if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError):
-        return f"cannot reach the Realtime server: {exc.__class__.__name__}: {exc}", True
-    return f"{exc.__class__.__name__}: {exc}", True
+        return f"cannot reach the Realtime server: {exc.__class__.__name__}: {exc}", True, False
+    return f"{exc.__class__.__name__}: {exc}", True, False
 
 
 class OpenAIRealtimeVoice(VoiceSession):
@@ -334,6 +338,8 @@ class OpenAIRealtimeVoice(VoiceSession):
         self._item_transcript: dict[str, str] = {}
         self.reconnects = 0
         self.attempt = 0
+        self._client_vad = EnergyVAD()  # used when turn_detection is "none"
+        self._prefix: deque[np.ndarray] = deque()
 
     def describe(self) -> str:
         where = self.config.base_url or "api.openai.com"
@@ -389,19 +395,20 @@ class OpenAIRealtimeVoice(VoiceSession):
                         await self._handle(event)
                 finally:
                     self._conn = None
-                    await conn.close()
+                    with contextlib.suppress(Exception):  # the socket may already be gone
+                        await conn.close()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # classified below: retry, or fail with a message for the user
                 error = exc
             if self._closing:
                 break
-            detail, retry = _error_detail(error) if error is not None else ("the server closed the session", True)
+            detail, retry, bad_key = _error_detail(error)
             if self.response_active:
                 self._emit(VoiceEvent("response_done", status="failed"))
             if not retry:
                 self._emit(VoiceEvent("status", status="failed", text=detail))
-                self._settle_first(VoiceAuthError(detail) if "API key" in detail else VoiceError(detail))
+                self._settle_first(VoiceAuthError(detail) if bad_key else VoiceError(detail))
                 return
             self.attempt += 1
             if self.attempt > self.config.max_retries:
@@ -415,6 +422,8 @@ class OpenAIRealtimeVoice(VoiceSession):
                                   text=f"{detail}; retrying in {delay:.1f} s ({self.attempt}/{self.config.max_retries})"))
             log.info("realtime connection lost (%s); retry %d in %.1f s", detail, self.attempt, delay)
             self._wake.clear()
+            if self._closing:
+                break
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
@@ -506,7 +515,27 @@ class OpenAIRealtimeVoice(VoiceSession):
         conn = self._conn
         if conn is None or self.status != "connected":
             return  # stale microphone audio is worthless after a reconnect
-        await conn.input_audio_buffer.append(audio=_pcm_to_b64(pcm))
+        if self.config.turn_detection != "none":
+            await conn.input_audio_buffer.append(audio=_pcm_to_b64(pcm))
+            return
+        # No server VAD: the client finds the turns. Audio goes up only while the user speaks, with
+        # the last 300 ms before the detected start, and a finished turn is committed and answered.
+        events = self._client_vad.process(pcm)
+        self._prefix.append(pcm)
+        while sum(len(x) for x in self._prefix) > REALTIME_SAMPLE_RATE * 3 // 10 + len(pcm):
+            self._prefix.popleft()
+        for kind, _ms in events:
+            if kind == "speech_started":
+                self._emit(VoiceEvent("speech_started"))
+                await conn.input_audio_buffer.append(audio=_pcm_to_b64(np.concatenate(list(self._prefix))))
+                self._prefix.clear()
+            else:
+                self._emit(VoiceEvent("speech_stopped"))
+                await conn.input_audio_buffer.commit()
+                await conn.response.create()
+        if self._client_vad.speaking and not any(k == "speech_started" for k, _ in events):
+            await conn.input_audio_buffer.append(audio=_pcm_to_b64(pcm))
+            self._prefix.clear()
 
     async def send_text(self, text: str) -> None:
         text = text.strip()
@@ -544,12 +573,6 @@ class OpenAIRealtimeVoice(VoiceSession):
         conn = self._conn
         if conn is not None and self.response_active:
             await conn.response.cancel()
-
-    async def drop_connection_for_test(self) -> None:
-        """Close the socket from our side without closing the session (the reconnect path)."""
-        conn = self._conn
-        if conn is not None:
-            await conn._connection.close(code=1011)
 
 
 # ---- keyless local voice ------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from .base import Renderer
 GAP_MAX = 0.26  # inner-lip gap at open=1
 JAW_ROOM_USE = 0.6  # the chin may use this share of the room between it and the crop's lower edge
 BANK_MIN_OPEN = 0.3  # the bank is used when the avatar shows at least a few frames this open …
-BANK_MIN_FRAMES = 3  # … this many
+BANK_MIN_FRAMES = 3  # … this many …
+BANK_MIN_RANGE = 0.25  # … and its mouth really moves: 10th to 90th percentile of openness at least this far apart
 BANK_TOLERANCE = 0.12  # bank candidates lie within this openness of the target
 SYNTH_MIN_GAP_PX = 1.5  # below this target gap (crop pixels) no inner mouth is drawn
 SEAM_MIN_SQUEEZE_PX = 1.5  # closing a source's lips by more than this draws the seam where they meet …
@@ -209,12 +210,14 @@ class _AvatarRig:
         crop_lms = _crop_landmarks(avatar)
         self.openness = measure_openness(crop_lms)
         self.pose = self._pose_descriptors(crop_lms)
-        self.bank_enabled = int(np.sum(self.openness >= BANK_MIN_OPEN)) >= BANK_MIN_FRAMES
+        lo, hi = np.percentile(self.openness, [10, 90])
+        self.bank_enabled = bool(
+            int(np.sum(self.openness >= BANK_MIN_OPEN)) >= BANK_MIN_FRAMES and hi - lo >= BANK_MIN_RANGE)
 
     @staticmethod
     def _pose_descriptors(lms: np.ndarray) -> np.ndarray:
-        """Landmarks that do not move with the mouth, in eye-normalised coordinates."""
-        keep = np.r_[0:17, 27:36, 36:48]
+        """Landmarks that do not move with the mouth (jaw ends, brows, nose, eyes), in eye-normalised coordinates."""
+        keep = np.r_[0:2, 15:48]
         left, right = lms[:, 36:42].mean(axis=1), lms[:, 42:48].mean(axis=1)
         centre = (left + right) / 2
         v = right - left
@@ -261,15 +264,16 @@ class _AvatarRig:
 
     def bank_frame(self, i: int, target: float) -> int:
         """The avatar frame whose mouth texture best shows openness `target` at frame i's pose (i itself if none better)."""
-        if not self.bank_enabled or abs(self.openness[i] - target) <= BANK_TOLERANCE / 2:
-            return i
+        own_err = abs(self.openness[i] - target)
+        if not self.bank_enabled or own_err <= BANK_TOLERANCE:
+            return i  # the frame's own mouth, warped, is close enough: no texture swap, no flicker
         # Quantise so small changes of the target do not flip between bank frames every frame.
         t = round(target * 20) / 20
         err = np.abs(self.openness - t)
         cand = np.flatnonzero(err <= BANK_TOLERANCE)
         if cand.size == 0:
             j = int(np.argmin(err))
-            return j if err[j] < abs(self.openness[i] - target) else i
+            return j if err[j] < own_err - BANK_TOLERANCE else i
         pose = np.sqrt(np.mean((self.pose[cand] - self.pose[i]) ** 2, axis=1))
         score = pose / 0.02 + err[cand] / BANK_TOLERANCE
         return int(cand[np.argmin(score)])
@@ -326,6 +330,22 @@ class CPURenderer(Renderer):
             out.append(compositor.paste(int(i), face))
         return out
 
+    def target_landmarks(self, avatar: Avatar, i: int, state: MouthState) -> np.ndarray:
+        """(68, 2) full-frame landmarks of frame i with its mouth moved to `state`: the shape render draws."""
+        rig = self._rig(avatar)
+        fr = rig.frame(avatar, int(i))
+        crop_lm = self._mouth_shape(fr, state)
+        x1, y1, x2, y2 = (float(v) for v in avatar.boxes[int(i)])
+        return crop_lm / CROP_SIZE * [max(x2 - x1, 1.0), max(y2 - y1, 1.0)] + [x1, y1]
+
+    @staticmethod
+    def _mouth_shape(fr: _FrameRig, state: MouthState) -> np.ndarray:
+        open_ = float(np.clip(state.open, 0.0, 1.0))
+        width = float(np.clip(state.width, 0.0, 1.0))
+        rnd = float(np.clip(state.round, 0.0, 1.0))
+        target_gap = open_ * GAP_MAX * fr.iod
+        return _displace(fr.pts[:N_LANDMARKS], fr.ex, fr.ey, fr.iod, target_gap - fr.gap, fr.jaw_room, width, rnd)
+
     def render_face(self, avatar: Avatar, i: int, state: MouthState) -> np.ndarray:
         """The 256x256 crop of frame i with the mouth in `state`, before paste-back."""
         return self._render_face(avatar, self._rig(avatar), int(i), state)
@@ -358,11 +378,8 @@ class CPURenderer(Renderer):
         fr = rig.frame(avatar, i)
         crop = avatar.crops[i]
         open_ = float(np.clip(state.open, 0.0, 1.0))
-        width = float(np.clip(state.width, 0.0, 1.0))
-        rnd = float(np.clip(state.round, 0.0, 1.0))
         target_gap = open_ * GAP_MAX * fr.iod
-        p = fr.pts[:N_LANDMARKS]
-        dst_lm = _displace(p, fr.ex, fr.ey, fr.iod, target_gap - fr.gap, fr.jaw_room, width, rnd)
+        dst_lm = self._mouth_shape(fr, state)
         dst = np.concatenate([dst_lm, _ANCHORS])
 
         tris = fr.tris[fr.moving]

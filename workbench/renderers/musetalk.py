@@ -118,6 +118,30 @@ def load_vae(models_dir: Path, device, dtype):
     return vae.to(device).eval().requires_grad_(False)
 
 
+def vae_digest(models_dir: Path | None) -> str:
+    """sha256 of the VAE's config and weights: the verified download's recorded hash when there is one."""
+    import hashlib
+
+    from ..weights import MANIFEST_NAME, sha256_file
+
+    if models_dir is None:
+        return "unknown"
+    folder = Path(models_dir) / "sd-vae"
+    try:
+        manifest = json.loads((Path(models_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        p = folder / name
+        if p.is_file():
+            rec = manifest.get(f"sd-vae/{name}", {})
+            recorded = rec.get("sha256") if rec.get("size") == p.stat().st_size else None
+            h.update((recorded or sha256_file(p)).encode())
+            break
+    return h.hexdigest()
+
+
 class MuseTalkRenderer(Renderer):
     name = "musetalk"
 
@@ -131,6 +155,7 @@ class MuseTalkRenderer(Renderer):
         version: str = "v15",
         batch_size: int = 8,
         block_params: BlockParams | None = None,
+        models_dir: Path | str | None = None,
     ):
         import torch
 
@@ -140,6 +165,8 @@ class MuseTalkRenderer(Renderer):
         self.block_params = block_params or BlockParams()
         self._pe = torch.from_numpy(positional_encoding()).to(device)
         self._timestep = torch.tensor([0], device=device)
+        self.models_dir = Path(models_dir) if models_dir is not None else None
+        self._identity: str | None = None
         self._silence: np.ndarray | None = None
         self._compositor: Compositor | None = None
         # latents computed on demand for avatars prepared without them, per avatar object
@@ -167,7 +194,14 @@ class MuseTalkRenderer(Renderer):
         vae = load_vae(models_dir, dev, dt)
         whisper = WhisperEncoderRunner.from_dir(models_dir / "whisper", dev, dt)
         log.info("MuseTalk %s loaded from %s on %s (%s)", version, models_dir, dev, dt)
-        return cls(unet, vae, whisper, dev, dt, version, batch_size or settings.batch_size, block_params)
+        return cls(unet, vae, whisper, dev, dt, version, batch_size or settings.batch_size, block_params, models_dir)
+
+    @property
+    def identity(self) -> str:
+        """What avatar latents depend on (the VAE's weights and dtype), for preparation's cache key."""
+        if self._identity is None:
+            self._identity = f"sd-vae-{vae_digest(self.models_dir)[:12]}-{str(self.dtype).replace('torch.', '')}"
+        return self._identity
 
     def describe(self) -> str:
         return f"MuseTalk {self.version} on {self.device} ({str(self.dtype).replace('torch.', '')})"
@@ -213,11 +247,17 @@ class MuseTalkRenderer(Renderer):
         """One denoising step at timestep 0: (B, 8, 32, 32) latents + (B, 50, 384) conditions -> (B, 4, 32, 32)."""
         import torch
 
-        lat = torch.as_tensor(np.asarray(latents, np.float32)).to(self.device, self.dtype)
-        cond = torch.as_tensor(np.asarray(conditions, np.float32)).to(self.device)
-        audio = (cond + self._pe).to(self.dtype)
+        lat = self._tensor(latents).to(self.dtype)
+        audio = (self._tensor(conditions).float() + self._pe).to(self.dtype)
         with torch.inference_mode():
             return self.unet(lat, self._timestep, encoder_hidden_states=audio).sample
+
+    def _tensor(self, x):
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x.to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
 
     def decode_latents(self, pred, raw: bool = False):
         """(B, 4, 32, 32) UNet output -> (B, 256, 256, 3) uint8 BGR faces (or the float RGB image in [0, 1] if raw)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -22,6 +23,7 @@ from .weights_panel import WeightsPanel
 log = logging.getLogger(__name__)
 
 TITLE = "Talking-head workbench"
+HEADER_TTL_S = 60.0
 CSS = header.HEADER_CSS + """
 .gradio-container {max-width: 1320px !important}
 #tune-gallery .caption-label {font-variant-numeric: tabular-nums}
@@ -47,25 +49,32 @@ class WorkbenchUI:
     def __init__(self, engine, samples_dir: Path | None = None, show_all_avatars: bool = False):
         self.engine = engine
         self.settings: Settings = engine.settings
-        self.library = Library(engine, samples_dir if samples_dir is not None else find_samples_dir(),
+        self.library = Library(engine, samples_dir if samples_dir is not None else find_samples_dir(engine.settings.samples_dir),
                                show_all=show_all_avatars)
         self.ctx = UIContext(engine=engine, library=self.library, settings=self.settings)
         self.prepare_tab = PrepareTab(self.ctx)
         self.tuning_tab = TuningTab(self.ctx)
         self.chat_tab = ChatTab(self.ctx)
         self.eval_tab = EvalTab(self.ctx)
-        self.weights_panel = WeightsPanel(self.ctx, self.header_html)
+        self._header: tuple[float, str] | None = None
+        self.weights_panel = WeightsPanel(self.ctx, lambda: self.header_html(fresh=True))
 
-    def header_html(self) -> str:
-        return header.header_html(self.engine.resolved_renderer_name(), self.engine.weights_report(),
-                                  openai_configured(self.settings))
+    def header_html(self, fresh: bool = False) -> str:
+        """The banner; the weights check behind it (format probes, hashes) is reused for a minute per process."""
+        now = time.monotonic()
+        if fresh or self._header is None or now - self._header[0] > HEADER_TTL_S:
+            html = header.header_html(self.engine.resolved_renderer_name(), self.engine.weights_report(),
+                                      openai_configured(self.settings))
+            self._header = (now, html)
+        return self._header[1]
 
     def refresh_all(self, session: dict | None):
         session = session or new_session()
         return tuple(dropdown_update(self.ctx, session) for _ in self.ctx.avatar_dropdowns)
 
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        # Gradio's copies of served files (previews, clips, zips) are dropped after a day.
+        with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
             session = gr.State(new_session)  # a callable: a fresh state (and token) per page load
             banner = gr.HTML(self.header_html(), elem_id="wb-header")
             self.weights_panel.build(banner)
@@ -86,7 +95,7 @@ class WorkbenchUI:
             demo.load(self.refresh_all, [session], dropdowns, show_progress="hidden")
             demo.load(self.prepare_tab.refresh, [session], [self.prepare_tab.table, self.prepare_tab.chosen],
                       show_progress="hidden")
-            demo.load(self.header_html, None, banner, show_progress="hidden")
+            demo.load(lambda: self.header_html(), None, banner, show_progress="hidden")
             demo.load(*self.eval_tab.load_runs, show_progress="hidden")
         return demo
 

@@ -10,6 +10,7 @@ import functools
 import html
 import logging
 import secrets
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,13 @@ class UIContext:
     extra_user_errors: tuple[type[BaseException], ...] = ()
     # Components several tabs refresh when the session's avatar list changes (filled by build_ui).
     avatar_dropdowns: list = field(default_factory=list)
+    # Scratch space for clips, report zips and unpacked manifests; removed when the process ends.
+    scratch: tempfile.TemporaryDirectory = field(
+        default_factory=lambda: tempfile.TemporaryDirectory(prefix="workbench-ui-"))
+
+    def scratch_dir(self, prefix: str) -> Path:
+        """A new folder under the scratch space."""
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.scratch.name))
 
     @property
     def runs_dir(self) -> Path:

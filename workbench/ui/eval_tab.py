@@ -105,7 +105,7 @@ def uploaded_suite(upload: str | Path, workdir: Path, samples_dir: Path | None, 
             raise ManifestError("no sample media on this server: upload a zip with the manifest and its media")
         return confine(parse_suite(data, samples_dir), roots)
     if ext == ".zip":
-        dest = Path(tempfile.mkdtemp(prefix="suite-", dir=workdir))
+        dest = Path(tempfile.mkdtemp(prefix="unpacked-", dir=workdir))
         safe_extract(p, dest, max_bytes)
         manifests = sorted(dest.rglob("*.yaml")) + sorted(dest.rglob("*.yml"))
         if not manifests:
@@ -134,7 +134,8 @@ def select_cases(suite: Suite, case_ids: list[str] | None, seconds: float | None
 # --- presenting a run ----------------------------------------------------------------------------
 def table_for(run: Run) -> pd.DataFrame:
     df = run.table
-    cols = [c for c in TABLE_COLUMNS if c in df.columns and (c != "error" or df["error"].fillna("").astype(str).str.len().any())]
+    has_errors = "error" in df.columns and bool(blank_missing(df[["error"]])["error"].astype(str).str.len().any())
+    cols = [c for c in TABLE_COLUMNS if c in df.columns and (c != "error" or has_errors)]
     out = df[cols].copy()
     for c in out.columns:
         if pd.api.types.is_float_dtype(out[c]):
@@ -179,15 +180,14 @@ def plots_for(run: Run) -> list:
     return [PLOTS[name](run.details) for name in SHOWN_PLOTS]
 
 
-def zip_run(run_dir: Path) -> str:
-    out = Path(tempfile.mkdtemp(prefix="wb-report-")) / run_dir.name
+def zip_run(run_dir: Path, scratch: Path) -> str:
+    out = scratch / run_dir.name
     return shutil.make_archive(str(out), "zip", root_dir=run_dir.parent, base_dir=run_dir.name)
 
 
 class EvalTab:
     def __init__(self, ctx: UIContext):
         self.ctx = ctx
-        self.workdir = Path(tempfile.mkdtemp(prefix="wb-suites-"))
 
     # --- where runs live ------------------------------------------------------------------------
     def session_runs_dir(self, session: dict) -> Path:
@@ -224,7 +224,7 @@ class EvalTab:
             if not upload:
                 raise ManifestError("upload a manifest (.yaml) or a zip of a manifest with its media")
             max_bytes = int(self.ctx.settings.max_upload_mb * 1024 * 1024)
-            return uploaded_suite(upload, self.workdir, samples, max_bytes)
+            return uploaded_suite(upload, self.ctx.scratch_dir("suite-"), samples, max_bytes)
         if not EXAMPLE_SUITE.is_file():
             raise ManifestError(f"the example suite is missing ({EXAMPLE_SUITE})")
         suite = rebase_on_samples(load_suite(EXAMPLE_SUITE, check_files=False), samples)
@@ -254,7 +254,7 @@ class EvalTab:
                         progress=gr_progress(progress))
         run = load_run(out.path)
         label = f"mine/{out.path.name}"
-        return (session, summary_markdown(run), table_for(run), *plots_for(run), zip_run(out.path),
+        return (session, summary_markdown(run), table_for(run), *plots_for(run), zip_run(out.path, self.ctx.scratch_dir("report-")),
                 self._runs_update(session, label), self._runs_update(session, second=True),
                 self._runs_update(session, label))
 
@@ -262,7 +262,7 @@ class EvalTab:
     def open_run(self, label: str | None, session: dict | None):
         session = session or new_session()
         run = load_run(self._run_dir(label, session))
-        return (summary_markdown(run), table_for(run), *plots_for(run), zip_run(run.path))
+        return (summary_markdown(run), table_for(run), *plots_for(run), zip_run(run.path, self.ctx.scratch_dir("report-")))
 
     @user_errors
     def compare(self, candidate: str | None, baseline: str | None, session: dict | None):

@@ -38,10 +38,10 @@ def short_id(avatar_id: str) -> str:
     return f"{head[:6]}-{tail[:6]}" if tail else avatar_id[:12]
 
 
-def find_samples_dir() -> Path | None:
-    """Sample media: $WORKBENCH_SAMPLES_DIR, else `samples/` in the repository, else `../shared/samples` beside it."""
-    env = os.environ.get("WORKBENCH_SAMPLES_DIR")
-    candidates = [Path(env)] if env else []
+def find_samples_dir(configured: Path | None = None) -> Path | None:
+    """Sample media: the `samples_dir` setting (WORKBENCH_SAMPLES_DIR), else `samples/` in the repository,
+    else `../shared/samples` beside it."""
+    candidates = [Path(configured)] if configured else []
     candidates += [REPO_ROOT / "samples", REPO_ROOT.parent / "shared" / "samples"]
     return next((c for c in candidates if c.is_dir()), None)
 

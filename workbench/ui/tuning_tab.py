@@ -8,7 +8,6 @@ chosen moment, and the one compositor.
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -197,13 +196,14 @@ class TuningTab:
                 report(0.8 + 0.18 * k / len(params_list), f"clip for bbox_shift={params.bbox_shift}")
             av = self.ctx.engine.prepare(source, params)
             rendered = self.ctx.engine.render_frames(av, piece, start=f - c)[c : c + n]
-            panels.append([overlays.label_image(overlays.to_rgb(zoom(fr, box, 300)), f"bbox_shift={s}")[..., ::-1]
-                           for fr, s in [(fr, shifts[k]) for fr in rendered]])
+            label = f"bbox_shift={shifts[k]}"
+            panels.append([overlays.label_image(overlays.to_rgb(zoom(fr, box, 300)), label)[..., ::-1]
+                           for fr in rendered])
         count = min(len(p) for p in panels)
         if count == 0:
             raise MediaError("the audio after the chosen moment is too short for a clip")
         joined = (np.concatenate([p[i] for p in panels], axis=1) for i in range(count))
-        out = Path(tempfile.mkdtemp(prefix="wb-clip-")) / "bbox_shift_clips.mp4"
+        out = self.ctx.scratch_dir("clip-") / "bbox_shift_clips.mp4"
         start = c * SAMPLES_PER_FRAME
         write_video(out, joined, FPS, audio16k=piece[start : start + count * SAMPLES_PER_FRAME])
         return str(out)
@@ -211,7 +211,7 @@ class TuningTab:
     @user_errors
     def save(self, avatar_id, chosen, extra_margin, parsing_mode, left_cheek, right_cheek, session,
              progress=gr.Progress()):
-        """Prepare the avatar with the chosen values; chat and evaluation then use that avatar."""
+        """Prepare the avatar with the chosen values and make it the session's current avatar (the chat's)."""
         session = session or new_session()
         if chosen is None or chosen == "":
             raise gr.Error("Render a grid and pick the bbox_shift to keep first.")
@@ -223,7 +223,7 @@ class TuningTab:
         gr.Info(f"Saved: avatar {short_id(new.avatar_id)} uses bbox_shift {params.bbox_shift}.", duration=4)
         msg = (f"Saved as avatar `{short_id(new.avatar_id)}` (bbox_shift {params.bbox_shift}, extra_margin "
                f"{params.extra_margin}, {params.parsing_mode}, cheeks {params.left_cheek_width}/"
-               f"{params.right_cheek_width}); it is now the current avatar for chat and evaluation.")
+               f"{params.right_cheek_width}); it is now this session's current avatar, the one the chat uses.")
         return session, msg, dropdown_update(self.ctx, session, new.avatar_id)
 
     def _initial_moment(self, sample_audio: str | None) -> tuple[float, float]:
@@ -262,7 +262,7 @@ class TuningTab:
                     clip_seconds = gr.Slider(1, 2, value=1.0, step=0.2, label="clip length (s)")
                 run = gr.Button("Render grid", variant="primary", elem_id="tune-run")
         gallery = gr.Gallery(label="Previews: the same frame and the same audio, one per bbox_shift value", columns=5,
-                             rows=1, height=320, object_fit="contain", allow_preview=True, elem_id="tune-gallery")
+                             rows=1, height=260, object_fit="contain", allow_preview=True, elem_id="tune-gallery")
         status = gr.Markdown("", elem_id="tune-status")
         with gr.Row(equal_height=False):
             clip = gr.Video(label="Side-by-side looping clip", autoplay=True, loop=True, interactive=False,

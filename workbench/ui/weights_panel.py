@@ -16,17 +16,6 @@ def weights_rows(report: weights.WeightsReport) -> list[list[str]]:
     return [[c.name, c.status, c.description] for c in report.components.values()]
 
 
-def reload_renderer(engine) -> None:
-    """Make the engine pick its renderer again (after weights arrive)."""
-    reload = getattr(engine, "reload_renderer", None)
-    if callable(reload):
-        reload()
-        return
-    # Engine without a reload method: drop the cached renderer so the next use resolves it afresh.
-    with engine.render_lock:
-        engine._renderer = None
-
-
 class WeightsPanel:
     def __init__(self, ctx: UIContext, header_html):
         self.ctx = ctx
@@ -36,7 +25,7 @@ class WeightsPanel:
     def fetch(self, progress=gr.Progress()):
         models_dir = self.ctx.engine.models_dir
         report = weights.download(models_dir, weights.DEFAULT_DOWNLOAD, progress=gr_progress(progress))
-        reload_renderer(self.ctx.engine)
+        self.ctx.engine.reload_renderer()
         gr.Info(f"MuseTalk weights ready; renderer: {self.ctx.engine.resolved_renderer_name()}.")
         return weights_rows(report), self.header_html()
 
