@@ -219,6 +219,9 @@ def test_local_chat_streams_video_and_audio(page):
     chat.locator("#connect").wait_for(timeout=30_000)
     frame = next(f for f in page.frames if "/rtc/chat" in f.url)
     frame.wait_for_function("window.rtcChat && document.getElementById('mode').options.length > 0", timeout=30_000)
+    # The page holds a grant for this session's avatar and offers no choice of others.
+    assert "?grant=" in frame.url and "avatar=" not in frame.url
+    assert chat.locator("#avatarId").is_hidden() and chat.locator("#avatarId option").count() == 0
     chat.locator("#mode").select_option("echo")
     assert chat.locator("#useMic").is_checked()  # the fake microphone is sent
     chat.locator("#connect").click()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -29,11 +30,13 @@ def app_dirs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ui(app_dirs, samples_dir):
     from workbench.engine import Engine
+    from workbench.realtime.server import RealtimeManager
     from workbench.ui.app import WorkbenchUI
 
     settings = Settings(cache_dir=app_dirs / "cache", models_dir=app_dirs / "models", runs_dir=app_dirs / "runs",
                         max_upload_mb=5, max_upload_seconds=12, openai_api_key=None)
-    ui = WorkbenchUI(Engine(settings, renderer="cpu"), samples_dir=samples_dir)
+    engine = Engine(settings, renderer="cpu")
+    ui = WorkbenchUI(engine, samples_dir=samples_dir, realtime=RealtimeManager(engine, settings))
     ui.demo = ui.build()
     return ui
 
@@ -296,7 +299,9 @@ def test_chat_tab_embeds_the_page_for_own_avatars_only(ui, prepared):
     session = prepared[0]
     avatar_id = session["current"]
     page = ui.chat_tab.frame(avatar_id, session)
-    assert "<iframe" in page and "/rtc/chat?avatar=" in page and avatar_id in page
+    # The page gets a grant for this avatar, never the id itself (ids would let other sessions in).
+    token = re.search(r'src="/rtc/chat\?grant=([^"]+)"', page).group(1)
+    assert avatar_id not in page and ui.ctx.realtime.granted_avatar(token) == avatar_id
     assert 'allow="microphone; autoplay"' in page
     assert "<iframe" not in ui.chat_tab.frame(None, session)
     with pytest.raises(gr.Error):
@@ -316,6 +321,7 @@ def test_served_app_never_sends_the_key(app_dirs, samples_dir):
     with TestClient(app) as client:
         rtc = client.get("/rtc/config")
         assert rtc.status_code == 200 and rtc.json()["server_key"] is True
+        assert rtc.json()["avatars"] == []  # no session learns another's avatar ids
         chat = client.get("/rtc/chat")
         assert chat.status_code == 200 and 'type="password"' in chat.text
         pages = [rtc.text, chat.text, client.get("/").text, client.get("/config").text]

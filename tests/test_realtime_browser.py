@@ -51,7 +51,7 @@ def server(yongen_avatar, tmp_path):
     from workbench.realtime.server import mount_realtime
 
     app = FastAPI()
-    manager = mount_realtime(app, Engine(yongen_avatar), Settings(runs_dir=tmp_path / "runs"))
+    manager = mount_realtime(app, Engine(yongen_avatar), Settings(runs_dir=tmp_path / "runs"), open_avatars=True)
     manager.add_avatar(yongen_avatar)
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

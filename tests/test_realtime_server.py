@@ -44,6 +44,7 @@ def _app(tmp_path, avatars=None, **options):
     settings = Settings(runs_dir=tmp_path / "runs", openai_api_key=None, openai_base_url=None,
                         ice_servers_json=options.pop("ice", "[]"))
     app = FastAPI()
+    options.setdefault("open_avatars", True)  # the standalone page; the app's grants: test_realtime_isolation.py
     manager = mount_realtime(app, engine, settings, **options)
     return app, manager, engine
 
@@ -243,7 +244,7 @@ def test_config_and_page_never_carry_the_server_key(tmp_path):
     engine = FakeEngine([make_avatar(avatar_id="alice")])
     settings = Settings(runs_dir=tmp_path, openai_api_key="sk-server-secret-123456", ice_servers_json=ice)
     app = FastAPI()
-    mount_realtime(app, engine, settings)
+    mount_realtime(app, engine, settings, open_avatars=True)
 
     async def main():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
@@ -257,6 +258,8 @@ def test_config_and_page_never_carry_the_server_key(tmp_path):
         assert r.status_code == 200 and "sk-server-secret" not in r.text
     assert "<video" in page.text and "RTCPeerConnection" in script.text
     assert 'src="/rtc/chat?avatar=alice"' in embed_html(avatar_id="alice") and "microphone" in embed_html()
+    granted = embed_html(avatar_id="alice", token="tok-123")
+    assert 'src="/rtc/chat?grant=tok-123"' in granted and "alice" not in granted
 
 
 def test_ice_server_settings_are_validated():

@@ -13,11 +13,14 @@ from .avatar import Avatar
 
 
 class Compositor:
-    """Per-avatar paste-back with the box-sized masks computed once and reused."""
+    """Per-avatar paste-back with the box-sized masks computed once and reused.
 
-    def __init__(self, avatar: Avatar):
+    `alpha_cache` lets a caller keep those masks across Compositor objects without keeping the avatar alive.
+    """
+
+    def __init__(self, avatar: Avatar, alpha_cache: dict[int, np.ndarray] | None = None):
         self.avatar = avatar
-        self._alpha: dict[int, np.ndarray] = {}
+        self._alpha: dict[int, np.ndarray] = {} if alpha_cache is None else alpha_cache
 
     def alpha(self, i: int) -> np.ndarray:
         """The mask of frame i resized to its face box, float32 in [0, 1], shape (h, w, 1)."""

@@ -2,7 +2,13 @@
 
     app = FastAPI()
     manager = mount_realtime(app, engine)          # before gr.mount_gradio_app(app, demo, path="/")
-    # the Gradio tab embeds  embed_html()  (an iframe of /rtc/chat)
+    # the Gradio tab embeds  embed_html(token=manager.grant(avatar_id))  (an iframe of /rtc/chat)
+
+Avatars are reached by capability: the app, which knows which avatars a browser session may see, calls
+`manager.grant(avatar_id)` and embeds the page with that token; `POST /offer` resolves the token to its
+avatar and `GET /config` names no avatars, so one session cannot list or open another's. A manager made
+with `open_avatars=True` (a standalone page without the app: tests, benchmarks, single-user local use)
+lists every avatar and accepts raw ids instead.
 
 Routes (prefix `/rtc`): `GET /config`, `POST /offer`, `POST /session/{id}/text`,
 `POST /session/{id}/interrupt`, `GET /session/{id}/events`, `GET /session/{id}/stats`,
@@ -33,6 +39,9 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -53,16 +62,23 @@ from .voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 SESSION_CONNECT_TIMEOUT_S = 60.0
+GRANT_TTL_S = 12 * 3600.0  # a chat tab left open for a working day still connects
+MAX_GRANTS = 4096  # every avatar choice in the app makes one; the oldest go first
 
 
 class RealtimeSetupError(ValueError):
     """The realtime endpoint is misconfigured (bad ICE server JSON, no renderer, …)."""
 
 
+GRANT_REFUSED = ("this chat link is unknown or has expired: choose the avatar again in the workbench's "
+                 "Realtime chat tab")
+
+
 class OfferRequest(BaseModel):
     sdp: str = Field(max_length=200_000)
     type: Literal["offer"] = "offer"
-    avatar_id: str | None = Field(default=None, max_length=200)
+    avatar_id: str | None = Field(default=None, max_length=200)  # only with open_avatars
+    grant: str | None = Field(default=None, max_length=100)  # a token from RealtimeManager.grant
     mode: Literal["echo", "faq", "openai"] = "echo"
     api_key: SecretStr | None = None  # the user's own key; held by the session, never echoed
     realtime: RealtimeConfig | None = None
@@ -100,7 +116,8 @@ class RealtimeManager:
 
     def __init__(self, engine: Any, settings: Settings | None = None, *, max_sessions: int = 4,
                  max_video_height: int | None = 720, batch_size: int | None = None,
-                 latency_dir: Path | None = None, serialize_renders: bool | None = None):
+                 latency_dir: Path | None = None, serialize_renders: bool | None = None,
+                 open_avatars: bool = False, grant_ttl_s: float = GRANT_TTL_S, max_grants: int = MAX_GRANTS):
         self.engine = engine
         self.settings = settings or getattr(engine, "settings", None) or get_settings()
         self.max_sessions = max_sessions
@@ -111,6 +128,14 @@ class RealtimeManager:
         # None: serialise renderer calls across sessions (the engine's lock) for a model on one device,
         # render in parallel for the CPU renderer, which is thread-safe and mostly outside the GIL.
         self.serialize_renders = serialize_renders
+        # False: only granted avatars are reachable (see the module docstring).
+        self.open_avatars = open_avatars
+        self.grant_ttl_s = grant_ttl_s
+        self.max_grants = max_grants
+        # token -> (avatar id, expiry on the monotonic clock); oldest first. Granted from Gradio's worker
+        # threads, read on the event loop: hence a thread lock.
+        self._grants: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._grants_lock = threading.Lock()
         self.sessions: dict[str, ChatSession] = {}
         self._avatars: dict[str, Avatar] = {}
         self._reapers: set[asyncio.Task] = set()
@@ -142,6 +167,47 @@ class RealtimeManager:
         """Make an in-memory avatar available to sessions (tests, benchmarks, notebooks)."""
         self._avatars[avatar.avatar_id] = avatar
 
+    # ---- capability grants ----------------------------------------------------------------------
+    def grant(self, avatar_id: str) -> str:
+        """A token that lets the chat page open sessions on `avatar_id` (and no other) for `grant_ttl_s`.
+
+        The caller decides who may use the avatar (the app's per-session library); this only remembers it.
+        """
+        if not avatar_id:
+            raise ValueError("grant needs an avatar id")
+        token = secrets.token_urlsafe(24)
+        now = time.monotonic()
+        with self._grants_lock:
+            self._grants[token] = (avatar_id, now + self.grant_ttl_s)
+            # Insertion order is expiry order (one TTL), so the expired and the surplus are at the front.
+            while self._grants and (len(self._grants) > self.max_grants or next(iter(self._grants.values()))[1] <= now):
+                self._grants.popitem(last=False)
+        return token
+
+    def granted_avatar(self, token: str) -> str | None:
+        """The avatar id `token` grants, or None when it is unknown or expired."""
+        with self._grants_lock:
+            entry = self._grants.get(token)
+            if entry is None:
+                return None
+            if entry[1] <= time.monotonic():
+                del self._grants[token]
+                return None
+            return entry[0]
+
+    def requested_avatar(self, req: OfferRequest) -> str | None:
+        """The avatar an offer may open: its grant's, or with `open_avatars` any id (None: the first)."""
+        if req.grant is not None:
+            avatar_id = self.granted_avatar(req.grant)
+            if avatar_id is None:
+                raise HTTPException(403, GRANT_REFUSED)
+            if req.avatar_id is not None and req.avatar_id != avatar_id:
+                raise HTTPException(403, "this chat link is for another avatar")
+            return avatar_id
+        if not self.open_avatars:
+            raise HTTPException(403, "open the chat from the workbench's Realtime chat tab (this server needs a chat link)")
+        return req.avatar_id
+
     def make_voice(self, req: OfferRequest) -> VoiceSession:
         config = req.realtime or RealtimeConfig()
         key = req.api_key if req.api_key and req.api_key.get_secret_value().strip() else None
@@ -158,7 +224,7 @@ class RealtimeManager:
         async with self._lock:
             if len(self.sessions) >= self.max_sessions:
                 raise HTTPException(503, f"all {self.max_sessions} realtime sessions are busy; try again later")
-            avatar = await self.avatar(req.avatar_id)
+            avatar = await self.avatar(self.requested_avatar(req))
             voice = self.make_voice(req)
             sid = secrets.token_urlsafe(9)
             renderer = await asyncio.to_thread(lambda: self.engine.renderer)  # the first call may load a model
@@ -216,7 +282,9 @@ class RealtimeManager:
             "defaults": {"model": self.settings.realtime_model, "voice": self.settings.realtime_voice,
                          "turn_detection": "server_vad", "silence_duration_ms": 500, "vad_threshold": 0.5},
             "server_key": self.settings.openai_api_key is not None,  # whether one is set, never the key
-            "avatars": self.avatar_ids() or list(self._avatars),
+            # Without open_avatars the page gets its one avatar through a grant and learns no other ids.
+            "avatars": (self.avatar_ids() or list(self._avatars)) if self.open_avatars else [],
+            "open_avatars": self.open_avatars,
             "max_sessions": self.max_sessions,
             "active_sessions": len(self.sessions),
         }
@@ -299,11 +367,17 @@ def mount_realtime(app: FastAPI, engine: Any, settings: Settings | None = None, 
     return manager
 
 
-def embed_html(prefix: str = "/rtc", avatar_id: str | None = None, height: int = 760) -> str:
-    """The iframe the Gradio tab shows (`gr.HTML(embed_html(...))`); microphone and autoplay allowed."""
+def embed_html(prefix: str = "/rtc", avatar_id: str | None = None, height: int = 760, token: str | None = None) -> str:
+    """The iframe the Gradio tab shows (`gr.HTML(embed_html(token=manager.grant(avatar_id)))`); microphone and
+    autoplay allowed. With `token` the page carries the grant, never the avatar id; `avatar_id` preselects an
+    avatar on an `open_avatars` server."""
     from html import escape
     from urllib.parse import quote
 
-    src = f"{prefix}/chat" + (f"?avatar={quote(avatar_id)}" if avatar_id else "")
+    if token:
+        query = f"?grant={quote(token)}"
+    else:
+        query = f"?avatar={quote(avatar_id)}" if avatar_id else ""
+    src = f"{prefix}/chat{query}"
     return (f'<iframe src="{escape(src)}" title="Realtime chat" allow="microphone; autoplay" '
             f'style="width:100%;height:{int(height)}px;border:0;border-radius:8px"></iframe>')

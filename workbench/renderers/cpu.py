@@ -183,15 +183,6 @@ def _affines(dst: np.ndarray, src: np.ndarray, tris: np.ndarray) -> np.ndarray:
     return out
 
 
-class _SharedAlphaCompositor(Compositor):
-    """The shared compositor, with its per-frame masks kept by the rig rather than by one Compositor object,
-    so the renderer never holds an avatar alive after its owner lets it go."""
-
-    def __init__(self, avatar: Avatar, alpha_cache: dict[int, np.ndarray]):
-        super().__init__(avatar)
-        self._alpha = alpha_cache
-
-
 class _AvatarRig:
     """Per-avatar state, bounded by the avatar's length: per-frame rigs, paste-back masks and the mouth bank.
     It keeps no reference to the avatar itself."""
@@ -323,7 +314,7 @@ class CPURenderer(Renderer):
         if len(frame_indices) != len(conditions):
             raise RenderInputError(f"{len(frame_indices)} frame indices but {len(conditions)} conditions")
         rig = self._rig(avatar)
-        compositor = _SharedAlphaCompositor(avatar, rig.alpha)
+        compositor = Compositor(avatar, alpha_cache=rig.alpha)
         out = []
         for i, cond in zip(frame_indices, conditions, strict=True):
             face = self._render_face(avatar, rig, int(i), cond)

@@ -10,7 +10,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from ..config import Settings
-from ..realtime.server import mount_realtime
+from ..realtime.server import RealtimeManager, mount_realtime
 from . import header
 from .chat_tab import ChatTab
 from .context import UIContext, dropdown_update, new_session
@@ -46,12 +46,13 @@ def theme() -> gr.themes.Base:
 class WorkbenchUI:
     """Builds the Blocks; keeps the tab objects so tests can call their handlers."""
 
-    def __init__(self, engine, samples_dir: Path | None = None, show_all_avatars: bool = False):
+    def __init__(self, engine, samples_dir: Path | None = None, show_all_avatars: bool = False,
+                 realtime: RealtimeManager | None = None):
         self.engine = engine
         self.settings: Settings = engine.settings
         self.library = Library(engine, samples_dir if samples_dir is not None else find_samples_dir(engine.settings.samples_dir),
                                show_all=show_all_avatars)
-        self.ctx = UIContext(engine=engine, library=self.library, settings=self.settings)
+        self.ctx = UIContext(engine=engine, library=self.library, settings=self.settings, realtime=realtime)
         self.prepare_tab = PrepareTab(self.ctx)
         self.tuning_tab = TuningTab(self.ctx)
         self.chat_tab = ChatTab(self.ctx)
@@ -107,11 +108,13 @@ def build_ui(engine, samples_dir: Path | None = None, show_all_avatars: bool = F
 def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool = False) -> FastAPI:
     """FastAPI with the realtime routes first (Gradio's mount at '/' would shadow them), then the Gradio UI."""
     settings: Settings = engine.settings
-    ui = WorkbenchUI(engine, samples_dir, show_all_avatars)
-    blocks = ui.build()
     app = FastAPI(title=TITLE)
+    # The chat page reaches only the avatar the chat tab grants it; single-user use opens every avatar,
+    # as the library then shows them all.
+    realtime = mount_realtime(app, engine, settings, open_avatars=show_all_avatars)
+    ui = WorkbenchUI(engine, samples_dir, show_all_avatars, realtime=realtime)
+    blocks = ui.build()
     app.state.workbench_ui = ui
-    mount_realtime(app, engine, settings)
     gr.mount_gradio_app(
         app, blocks, path="/", css=CSS, theme=theme(), footer_links=[],
         run_history=False,  # the run history would keep inputs in the browser; nothing here should linger

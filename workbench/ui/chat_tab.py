@@ -3,7 +3,9 @@
 The page itself (workbench/realtime/static) holds the controls: mode (local echo/FAQ or OpenAI Realtime),
 the API key (a password field sent once with the connection request, kept only in that realtime session's
 memory, never stored, logged or echoed), voice, instructions, VAD settings, the live transcript, the fps and
-latency readout, and the stop (barge-in) and hang-up buttons. This tab only chooses which avatar it shows.
+latency readout, and the stop (barge-in) and hang-up buttons. This tab only chooses which avatar it shows:
+it checks that this browser session may see the avatar and embeds the page with a grant for it alone, so
+the page never lists or reaches other sessions' avatars.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ class ChatTab:
         if not avatar_id:
             return placeholder("Prepare an avatar in the first tab, then choose it here.")
         self.ctx.library.check_access(avatar_id, session.get("avatars"))
-        return embed_html(avatar_id=avatar_id, height=CHAT_HEIGHT)
+        if self.ctx.realtime is None:
+            return placeholder("The realtime endpoint is not served with this app (start it with app.py).")
+        return embed_html(token=self.ctx.realtime.grant(avatar_id), height=CHAT_HEIGHT)
 
     def build(self, session: gr.State) -> gr.Dropdown:
         with gr.Row():

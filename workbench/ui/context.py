@@ -40,6 +40,9 @@ class UIContext:
     library: Library
     settings: Settings
     extra_user_errors: tuple[type[BaseException], ...] = ()
+    # workbench.realtime.server.RealtimeManager serving /rtc, which grants the chat page its avatar;
+    # None when the Blocks are built without the realtime routes (build_ui alone).
+    realtime: Any = None
     # Components several tabs refresh when the session's avatar list changes (filled by build_ui).
     avatar_dropdowns: list = field(default_factory=list)
     # Scratch space for clips, report zips and unpacked manifests; removed when the process ends.

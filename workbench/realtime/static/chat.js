@@ -8,6 +8,8 @@
   const $ = (id) => document.getElementById(id);
   const base = location.pathname.replace(/\/chat\/?$/, "");
   const params = new URLSearchParams(location.search);
+  // A chat link from the workbench carries a grant for one avatar; the server names no other.
+  const grant = params.get("grant");
   const state = { pc: null, dc: null, mic: null, sessionId: null, config: null, lastStats: null, fps: 0, assistant: null };
 
   function log(text, cls = "") {
@@ -36,8 +38,14 @@
     const res = await fetch(`${base}/config`);
     state.config = await res.json();
     const cfg = state.config;
-    for (const id of cfg.avatars) $("avatarId").append(new Option(id, id));
-    if (params.get("avatar")) $("avatarId").value = params.get("avatar");
+    if (grant) {
+      $("avatarId").disabled = true;
+      $("avatarField").hidden = true;
+    } else {
+      for (const id of cfg.avatars) $("avatarId").append(new Option(id, id));
+      if (params.get("avatar")) $("avatarId").value = params.get("avatar");
+      if (!cfg.open_avatars) log("open this chat from the workbench's Realtime chat tab", "note");
+    }
     for (const v of cfg.voices) $("voice").append(new Option(v, v));
     $("voice").value = cfg.defaults.voice;
     $("model").value = cfg.defaults.model;
@@ -49,7 +57,9 @@
 
   function offerBody(sdp) {
     const mode = $("mode").value;
-    const body = { sdp: sdp.sdp, type: sdp.type, mode, avatar_id: $("avatarId").value || null };
+    const body = { sdp: sdp.sdp, type: sdp.type, mode };
+    if (grant) body.grant = grant;
+    else body.avatar_id = $("avatarId").value || null;
     if (mode === "openai") {
       const key = $("apiKey").value.trim();
       if (key) body.api_key = key;
