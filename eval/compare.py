@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .gate import GateResult, Tolerance, compare_summaries
-from .report import Run, _subplots, load_run
+from .report import Run, _subplots, latency_cdf_axes, load_run
 
 CASE_METRICS = ("ls_offset", "ls_confidence", "syncnet_offset", "syncnet_lse_d", "syncnet_lse_c",
                 "latency_first_frame_ms", "latency_total_p95_ms", "latency_sustained_fps", "latency_rtf")
@@ -61,16 +61,9 @@ def plot_sync_comparison(a: Run, b: Run) -> Figure:
 def plot_latency_comparison(a: Run, b: Run) -> Figure:
     """Per-frame latency CDF of all cases of each run pooled."""
     fig, ax = _subplots(figsize=(7, 4))
-    for run, style in ((a, "--"), (b, "-")):
-        x = np.sort(np.concatenate([np.asarray(d["latency"]["total_ms"], float) for d in run.details.values()
-                                    if d.get("latency", {}).get("total_ms")] or [np.array([])]))
-        if len(x):
-            ax.step(x, np.arange(1, len(x) + 1) / len(x), style, where="post", label=run.path.name)
-    ax.set(title="per-frame latency CDF (all cases)", xlabel="ms", ylabel="fraction of frames", ylim=(0, 1.02))
-    if ax.lines:
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no latency data", ha="center", va="center", transform=ax.transAxes)
+    series = [(run.path.name, [v for d in run.details.values() for v in (d.get("latency") or {}).get("total_ms") or []],
+               style) for run, style in ((a, "--"), (b, "-"))]
+    latency_cdf_axes(ax, series, "per-frame latency CDF (all cases)")
     fig.tight_layout()
     return fig
 

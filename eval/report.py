@@ -116,19 +116,24 @@ def plot_sync_curves(details: dict) -> Figure:
     return fig
 
 
-def plot_latency_cdf(details: dict) -> Figure:
-    """Cumulative distribution of per-frame total latency (audio in to last stage), one line per case."""
-    fig, ax = _subplots(figsize=(6.5, 4))
-    for cid, d in details.items():
-        lat = d.get("latency")
-        if lat and lat.get("total_ms"):
-            x = np.sort(np.asarray(lat["total_ms"], dtype=float))
-            ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=cid)
-    ax.set(title="per-frame latency CDF", xlabel="audio in → frame out (ms)", ylabel="fraction of frames", ylim=(0, 1.02))
+def latency_cdf_axes(ax, series: list[tuple[str, list[float], str]], title: str) -> None:
+    """Step CDFs of per-frame latencies, one line per (label, values, line style); says so when there are none."""
+    for label, values, style in series:
+        if values:
+            x = np.sort(np.asarray(values, dtype=float))
+            ax.step(x, np.arange(1, len(x) + 1) / len(x), style, where="post", label=label)
+    ax.set(title=title, xlabel="audio in → frame out (ms)", ylabel="fraction of frames", ylim=(0, 1.02))
     if ax.lines:
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no latency data", ha="center", va="center", transform=ax.transAxes)
+
+
+def plot_latency_cdf(details: dict) -> Figure:
+    """Cumulative distribution of per-frame total latency (audio in to last stage), one line per case."""
+    fig, ax = _subplots(figsize=(6.5, 4))
+    series = [(cid, (d.get("latency") or {}).get("total_ms") or [], "-") for cid, d in details.items()]
+    latency_cdf_axes(ax, series, "per-frame latency CDF")
     fig.tight_layout()
     return fig
 
