@@ -79,6 +79,9 @@ def test_streaming_equals_whole_file(runner):
     out += fe.push(audio[pos:]) + fe.flush()
     assert len(out) == len(whole) == audio.size // 640
     np.testing.assert_allclose(np.stack(out), whole, atol=1e-5, rtol=0)
+    # several blocks per encoder call: the same up to float rounding
+    batched = np.stack(WhisperFrontend(runner, FAST, max_batch=4).process(audio))
+    np.testing.assert_allclose(batched, whole, atol=1e-5, rtol=0)
 
 
 def test_default_params_stream_equal_and_emit_on_time(runner):

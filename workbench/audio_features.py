@@ -24,9 +24,9 @@ Trade-offs of (H, L, R):
   MuseTalk's own look-ahead, plus up to H - 1 frames waiting for the block to fill, plus R.
   The defaults (H = 2 frames = 80 ms, R = 3 frames = 120 ms) give 5-6 frames = 200-240 ms of look-ahead.
 - Cost: every block is one full 30 s encoder pass whatever H is, so cost per second of audio is
-  (encode time) / H: about 0.36 s per block on 2 CPU cores (4.5 s of compute per second of audio at the
-  defaults: far from real time on CPU, where the MuseTalk UNet+VAE is much slower still), a few ms per block on a
-  GPU. A bigger H is cheaper and later.
+  (encode time) / H: 0.27-0.37 s per block on 2 CPU cores (~10 ms of it the log-mel), so 4-5 s of compute
+  per second of audio at the defaults; far from real time on a CPU, where MuseTalk's UNet + VAE decode
+  (~6.5 s per frame) is slower still. On a GPU a block is a few ms. A bigger H is cheaper and later.
 - Quality: R is what a step sees of the future (Whisper's encoder is bidirectional; its convolutions alone
   reach 12.5 ms ahead), L what it sees of the past. L costs nothing (the window is 30 s anyway) and keeps
   the encoder in the regime it was trained in (speech with context, not a sliver of audio in silence), so
@@ -192,7 +192,7 @@ class WhisperEncoderRunner:
         """Hidden states of each window (<= 30 s of 16 kHz audio, zero-padded to 30 s by the extractor)."""
         import torch
 
-        # On a GPU the log-mel is computed there too: on a CPU it costs a third of an encoder pass.
+        # With a GPU the log-mel is computed there too, leaving the CPU to paste-back and encoding.
         fe_device = "cuda" if self.device.type == "cuda" else "cpu"
         mel = self.feature_extractor(
             list(windows), sampling_rate=SAMPLE_RATE, return_tensors="pt", device=fe_device
@@ -263,9 +263,11 @@ class WhisperFrontend(AudioFrontend):
 
     `push` any chunking of 16 kHz mono audio; every frame whose look-ahead is complete comes out at once.
     `flush` ends the stream (zero padding at the end, as MuseTalk) and resets the frontend for a new one.
+    Blocks are encoded one per encoder call by default: a GPU may round a batch differently from a single
+    window, and a stream sees single windows. `max_batch` > 1 trades that bit-exactness for throughput.
     """
 
-    def __init__(self, runner: WhisperEncoderRunner, params: BlockParams | None = None, max_batch: int = 4):
+    def __init__(self, runner: WhisperEncoderRunner, params: BlockParams | None = None, max_batch: int = 1):
         self.runner = runner
         self.params = params or BlockParams()
         self.max_batch = max(1, int(max_batch))
@@ -358,7 +360,7 @@ class WhisperFrontend(AudioFrontend):
 
 def whisper_conditions(runner: WhisperEncoderRunner, audio16k: np.ndarray, params: BlockParams | None = None) -> np.ndarray:
     """Whole-file conditions (T, 50, 384) float32, T = floor(len / 640): the streaming computation in one go."""
-    conds = WhisperFrontend(runner, params, max_batch=8).process(audio16k)
+    conds = WhisperFrontend(runner, params).process(audio16k)
     if not conds:
         return np.zeros((0, AUDIO_TOKENS_PER_FRAME, WHISPER_DIM), np.float32)
     return np.stack(conds)

@@ -316,17 +316,43 @@ def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
     return h.hexdigest()
 
 
+_sha_cache: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256_cached(path: Path) -> str:
+    """sha256 remembered per file version (path, size, mtime), so repeated checks hash once."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _sha_cache:
+        _sha_cache[key] = sha256_file(path)
+    return _sha_cache[key]
+
+
 def git_blob_sha1(path: Path) -> str:
     """The git object id of a file: what the Hub reports as ETag for small (non-LFS) files."""
     data = Path(path).read_bytes()
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+_probe_cache: dict[tuple[str, str, int, int], str | None] = {}
+
+
 def probe_format(path: Path, fmt: FileFormat) -> str | None:
-    """None when `path` reads as `fmt`, else why not. Cheap for big files: reads headers and indexes only."""
+    """None when `path` reads as `fmt`, else why not. Cheap for big files: reads headers and indexes only
+    (legacy torch pickles have no index and are loaded; results are remembered per file version)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
+    except OSError as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+    key = (str(path.resolve()), fmt, st.st_size, st.st_mtime_ns)
+    if key not in _probe_cache:
+        _probe_cache[key] = _probe(path, fmt, st.st_size)
+    return _probe_cache[key]
+
+
+def _probe(path: Path, fmt: FileFormat, size: int) -> str | None:
+    try:
         if size == 0:
             return "empty file"
         if fmt == "json":
@@ -406,7 +432,8 @@ def _verify(path: Path, spec: FileSpec, expected: dict | None, deep: bool) -> tu
         return "corrupt", why
     exp_sha = spec.sha256 or (expected or {}).get("sha256")
     if spec.sha256_prefix or (deep and exp_sha):
-        digest = sha256_file(path)
+        # the prefix check is cheap enough to run every time once cached; a deep check always re-reads
+        digest = sha256_file(path) if deep else _sha256_cached(path)
         if spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
             return "corrupt", f"sha256 {digest[:12]}… does not start with the published {spec.sha256_prefix}"
         if deep and exp_sha and digest != exp_sha:

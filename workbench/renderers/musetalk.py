@@ -41,28 +41,27 @@ log = logging.getLogger(__name__)
 UNET_FILES = {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch_model.bin")}
 
 
-def resolve_device(device: str | None = None, dtype: str | None = None, settings: Settings | None = None):
-    """(torch.device, torch.dtype) from explicit values or Settings; "auto" = cuda + float16, else cpu + float32."""
+def resolve_device(device: str | None = None, dtype=None, settings: Settings | None = None):
+    """(torch.device, torch.dtype) from explicit values, else Settings; "auto" = cuda + float16, else cpu + float32."""
     import torch
 
     settings = settings or get_settings()
-    device = device or settings.device
-    dtype_name = dtype if isinstance(dtype, str) or dtype is None else None
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    name = device or settings.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-    if dtype_name is None and dtype is not None:
-        return dev, dtype  # already a torch.dtype
-    dtype_name = dtype_name or settings.dtype
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    if isinstance(dtype, torch.dtype):
+        return dev, dtype
+    dtype_name = dtype or settings.dtype
     if dtype_name == "auto":
-        dtype_name = "float16" if dev.type == "cuda" else "float32"
+        dtype_name = "float16" if dev.type == "cuda" else "float32"  # MuseTalk runs half precision on GPUs
     dt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype_name)
     if dt is None:
-        raise ValueError(f"unknown dtype {dtype_name!r}")
+        raise ValueError(f"unknown dtype {dtype_name!r}; expected auto, float32, float16 or bfloat16")
     if dev.type == "cpu" and dt != torch.float32:
-        log.warning("%s on CPU is much slower than float32 on most CPUs", dtype_name)
+        log.warning("%s on CPU is far slower than float32 on CPUs without native half-precision units", dtype_name)
     return dev, dt
 
 
@@ -213,13 +212,13 @@ class MuseTalkRenderer(Renderer):
 
     def audio_conditions(self, audio16k: np.ndarray) -> np.ndarray:
         """Whole-file conditions (T, 50, 384), the same computation the streaming frontend does."""
-        conds = WhisperFrontend(self.whisper, self.block_params, max_batch=8).process(audio16k)
+        conds = WhisperFrontend(self.whisper, self.block_params).process(audio16k)
         return np.stack(conds) if conds else np.zeros((0, AUDIO_TOKENS_PER_FRAME, WHISPER_DIM), np.float32)
 
     def silence_condition(self) -> np.ndarray:
         if self._silence is None:
             self._silence = silence_condition(self.whisper, self.block_params)
-        return self._silence
+        return self._silence.copy()
 
     # --- the VAE and UNet -----------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ HELP = (
 )
 
 
-def placeholder(text: str) -> str:
+def notice(text: str) -> str:
     return f'<div class="wb-chat-empty">{html.escape(text)}</div>'
 
 
@@ -39,17 +39,17 @@ class ChatTab:
         """The chat page for `avatar_id`, embedded; only an avatar this session may see."""
         session = session or new_session()
         if not avatar_id:
-            return placeholder("Prepare an avatar in the first tab, then choose it here.")
+            return notice("Prepare an avatar in the first tab, then choose it here.")
         self.ctx.library.check_access(avatar_id, session.get("avatars"))
         if self.ctx.realtime is None:
-            return placeholder("The realtime endpoint is not served with this app (start it with app.py).")
+            return notice("The realtime endpoint is not served with this app (start it with app.py).")
         return embed_html(token=self.ctx.realtime.grant(avatar_id), height=CHAT_HEIGHT)
 
     def build(self, session: gr.State) -> gr.Dropdown:
         with gr.Row():
             avatar = gr.Dropdown([], label="avatar", scale=2, elem_id="chat-avatar")
             gr.Markdown(HELP, elem_id="chat-help")
-        page = gr.HTML(placeholder("Prepare an avatar in the first tab, then choose it here."), elem_id="chat-frame",
+        page = gr.HTML(notice("Prepare an avatar in the first tab, then choose it here."), elem_id="chat-frame",
                        min_height=CHAT_HEIGHT)
         avatar.change(self.frame, [avatar, session], [page], show_progress="hidden")
         return avatar
