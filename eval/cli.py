@@ -103,7 +103,7 @@ def run_cmd(
     """Run a suite into a new run folder; with --baseline, exit 1 when a metric regressed."""
     from workbench.config import Settings
 
-    from .gate import compare_summaries, load_summary
+    from .gate import load_summary
     from .manifest import load_suite
     from .runner import run_suite
 
@@ -128,10 +128,7 @@ def run_cmd(
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(f"run folder: [bold]{out.path}[/bold]  (report.md, summary.json, plots/)")
     if base is not None:
-        result = compare_summaries(out.summary["metrics"], base, tols)
-        print_gate(result)
-        if not result.passed:
-            raise typer.Exit(code=1)
+        _gate_or_exit(out.summary["metrics"], base, tols)
 
 
 @eval_app.command("gate")
@@ -141,14 +138,21 @@ def gate_cmd(
     tolerance: Annotated[list[str] | None, typer.Option(help="override a tolerance: metric=0.5 or metric=10%")] = None,
 ) -> None:
     """Compare an existing run with a baseline; exit 1 when a metric is worse than its tolerance."""
-    from .gate import compare_summaries, load_summary
+    from .gate import load_summary
 
     tols = _tolerances(tolerance)
     try:
         cur, base = load_summary(current), load_summary(baseline)
     except EvalError as e:
         raise _fail(e) from e
-    result = compare_summaries(cur, base, tols)
+    _gate_or_exit(cur, base, tols)
+
+
+def _gate_or_exit(current: dict, baseline: dict, tols) -> None:
+    """Print the side-by-side diff; exit 1 when a metric is worse than its tolerance."""
+    from .gate import compare_summaries
+
+    result = compare_summaries(current, baseline, tols)
     print_gate(result)
     if not result.passed:
         raise typer.Exit(code=1)

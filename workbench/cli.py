@@ -202,11 +202,8 @@ def _choice(value: str, literal) -> str:
 
 def _mount_eval() -> None:
     """`workbench eval …` comes from the eval package; mounted here so there is one command."""
-    try:
-        from eval.cli import eval_app
-    except ImportError as e:  # the eval package is part of this project; a broken install should say so
-        logging.getLogger(__name__).debug("eval CLI unavailable: %s", e)
-        return
+    from eval.cli import eval_app
+
     app.add_typer(eval_app, name="eval")
 
 

@@ -1,0 +1,92 @@
+"""The `workbench` command line, end to end on a real sample: prepare → render → list → delete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from workbench.cli import app
+
+runner = CliRunner()
+
+
+def _text(res) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(res.output.split())
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    return ["--cache-dir", str(tmp_path / "cache"), "--models-dir", str(tmp_path / "models")]
+
+
+def _avatar_id(output: str) -> str:
+    line = next(ln for ln in output.splitlines() if ln.startswith("avatar "))
+    return line.split()[1].rstrip(":")
+
+
+def test_prepare_render_list_delete(samples_dir, ffmpeg, dirs, tmp_path):
+    res = runner.invoke(app, ["prepare", str(samples_dir / "yongen.mp4"), "--max-frames", "8", *dirs])
+    assert res.exit_code == 0, res.output
+    assert "recommended bbox_shift range: [-" in _text(res)
+    avatar_id = _avatar_id(res.output)
+
+    # A second prepare with the same parameters reuses the cache: same id.
+    again = runner.invoke(app, ["prepare", str(samples_dir / "yongen.mp4"), "--max-frames", "8", *dirs])
+    assert again.exit_code == 0 and _avatar_id(again.output) == avatar_id
+
+    audio = tmp_path / "speech.wav"
+    speech, sr = sf.read(samples_dir / "yongen.wav", frames=48_000)  # 1 s of 48 kHz stereo
+    sf.write(audio, speech, sr)
+    out = tmp_path / "out.mp4"
+    res = runner.invoke(app, ["render", "--avatar", avatar_id, "--audio", str(audio), "-o", str(out),
+                              "--renderer", "cpu", *dirs])
+    assert res.exit_code == 0, res.output
+    assert "25 frames" in _text(res)
+    probe = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,r_frame_rate,nb_frames", "-of", "json", str(out)],
+        capture_output=True, text=True, check=True).stdout)
+    kinds = {s["codec_type"]: s for s in probe["streams"]}
+    assert set(kinds) == {"video", "audio"}
+    assert kinds["video"]["r_frame_rate"] == "25/1"
+
+    listed = runner.invoke(app, ["avatars", "list", "--cache-dir", dirs[1]])
+    assert listed.exit_code == 0 and avatar_id[:8] in listed.output
+    deleted = runner.invoke(app, ["avatars", "delete", avatar_id, "--cache-dir", dirs[1]])
+    assert deleted.exit_code == 0
+    assert runner.invoke(app, ["avatars", "delete", avatar_id, "--cache-dir", dirs[1]]).exit_code == 2
+
+
+def test_render_needs_exactly_one_avatar_source(dirs, tmp_path):
+    audio = tmp_path / "a.wav"
+    sf.write(audio, np.zeros(1600, np.float32), 16_000)
+    res = runner.invoke(app, ["render", "--audio", str(audio), "-o", str(tmp_path / "o.mp4"), *dirs])
+    assert res.exit_code == 2
+    assert "exactly one of --avatar" in _text(res)
+
+
+def test_no_face_is_a_clear_error(ffmpeg, dirs, tmp_path):
+    gray = tmp_path / "gray.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=gray:s=160x120:d=0.4:r=25", str(gray)], check=True)
+    res = runner.invoke(app, ["prepare", str(gray), *dirs])
+    assert res.exit_code == 2
+    assert "face" in res.output.lower()
+    assert not list((tmp_path / "cache" / "avatars").glob("*/meta.json"))  # no avatar, not even half of one
+
+
+def test_weights_check_without_weights_says_how_to_get_them(dirs):
+    res = runner.invoke(app, ["weights", "check", dirs[2], dirs[3]])
+    assert res.exit_code == 1
+    assert "missing" in res.output
+    assert "workbench weights download" in _text(res)
+
+
+def test_bad_choice_is_rejected(dirs, tmp_path):
+    res = runner.invoke(app, ["prepare", str(tmp_path / "x.mp4"), "--parsing-mode", "chin", *dirs])
+    assert res.exit_code != 0
+    assert "chin" in _text(res)
