@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +210,3 @@ class Engine:
         lo, hi = avatar.bbox_range
         values = sorted({int(round(v)) for v in np.linspace(lo, hi, n)} | {0})
         return values
-
-    def with_params(self, avatar: Avatar, **changes) -> PrepParams:
-        return replace(avatar.params, **changes)
