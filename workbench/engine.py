@@ -132,25 +132,51 @@ class Engine:
     def iter_frames(
         self, avatar: Avatar, audio16k: np.ndarray, start: int = 0, timings: list[FrameTiming] | None = None,
     ) -> Iterator[np.ndarray]:
-        """Lip-synced full frames for a whole clip, one per 40 ms of audio, in batches."""
-        t_audio = time.perf_counter()
+        """Lip-synced full frames for a whole clip, one per 40 ms of audio, in batches.
+
+        The audio goes through the renderer's frontend one batch of frames at a time, as a stream would, so
+        each frame's timestamps measure what it took from its audio being in to its pixels being out (the
+        frames are the same as from the whole file at once: frontends guarantee it).
+        """
+        audio16k = np.asarray(audio16k, dtype=np.float32)
         renderer = self.renderer
-        with self.render_lock:
-            conditions = renderer.new_frontend().process(np.asarray(audio16k, dtype=np.float32))
-        t_features = time.perf_counter()
-        n = len(conditions)
+        frontend = renderer.new_frontend()
         bs = self.settings.batch_size
-        for b in range(0, n, bs):
-            idx = [avatar.loop_index(start + k) for k in range(b, min(n, b + bs))]
+        step = bs * SAMPLES_PER_FRAME
+        pending: list[tuple[object, float, float]] = []  # (condition, audio in, features ready)
+        produced = 0
+
+        def feed(chunk: np.ndarray | None) -> None:
+            t_in = time.perf_counter()
             with self.render_lock:
-                frames = renderer.render(avatar, idx, conditions[b : b + len(idx)])
+                conds = frontend.flush() if chunk is None else frontend.push(chunk)
+            t_feat = time.perf_counter()
+            pending.extend((c, t_in, t_feat) for c in conds)
+
+        def render(batch: list[tuple[object, float, float]]) -> list[np.ndarray]:
+            nonlocal produced
+            idx = [avatar.loop_index(start + produced + k) for k in range(len(batch))]
+            with self.render_lock:
+                frames = renderer.render(avatar, idx, [c for c, _, _ in batch])
             t_done = time.perf_counter()
             if timings is not None:
                 timings.extend(
-                    FrameTiming(frame=b + k, audio_in=t_audio, features_ready=t_features, rendered=t_done, composited=t_done)
-                    for k in range(len(idx))
+                    FrameTiming(frame=produced + k, audio_in=t_in, features_ready=t_feat, rendered=t_done,
+                                composited=t_done)
+                    for k, (_, t_in, t_feat) in enumerate(batch)
                 )
-            yield from frames
+            produced += len(batch)
+            return frames
+
+        for off in range(0, len(audio16k), step):
+            feed(audio16k[off : off + step])
+            while len(pending) >= bs:
+                batch, pending[:] = pending[:bs], pending[bs:]
+                yield from render(batch)
+        feed(None)
+        while pending:
+            batch, pending[:] = pending[:bs], pending[bs:]
+            yield from render(batch)
 
     def render_frames(
         self, avatar: Avatar, audio16k: np.ndarray, start: int = 0, timings: list[FrameTiming] | None = None,

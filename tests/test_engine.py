@@ -1,0 +1,60 @@
+"""The engine facade: renderer choice, streamed file rendering, the tuning preview."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.avatar import PrepParams
+from workbench.config import SAMPLES_PER_FRAME, Settings
+from workbench.engine import Engine
+from workbench.media import load_audio
+from workbench.testing import make_tiny_models
+
+
+@pytest.fixture
+def engine(tmp_path):
+    return Engine(Settings(cache_dir=tmp_path / "cache", models_dir=tmp_path / "models", batch_size=4), renderer="cpu")
+
+
+def test_auto_picks_cpu_without_weights_and_musetalk_with_them(tmp_path):
+    settings = Settings(cache_dir=tmp_path / "cache", models_dir=tmp_path / "models")
+    assert Engine(settings).resolved_renderer_name() == "cpu"
+    make_tiny_models(tmp_path / "models")
+    engine = Engine(settings)
+    assert engine.resolved_renderer_name() == "musetalk"
+    assert engine.renderer.name == "musetalk"
+
+
+def test_streamed_render_equals_whole_file_and_stamps_each_batch(engine, yongen_avatar, samples_dir):
+    audio = load_audio(samples_dir / "eng.wav")[3 * 16_000 : 3 * 16_000 + 30 * SAMPLES_PER_FRAME]
+    timings: list = []
+    frames = engine.render_frames(yongen_avatar, audio, timings=timings)
+
+    conds = engine.renderer.new_frontend().process(audio)
+    whole = engine.renderer.render(yongen_avatar, [yongen_avatar.loop_index(k) for k in range(len(conds))], conds)
+    assert len(frames) == len(whole) == 30
+    assert all(np.array_equal(a, b) for a, b in zip(frames, whole, strict=True))
+
+    assert [t.frame for t in timings] == list(range(30))
+    audio_in = [t.audio_in for t in timings]
+    assert audio_in == sorted(audio_in)
+    assert audio_in[-1] > audio_in[0]  # fed batch by batch, not all at time zero
+    assert all(t.audio_in <= t.features_ready <= t.rendered for t in timings)
+
+
+def test_preview_renders_one_frame_per_parameter_set(engine, samples_dir):
+    audio = load_audio(samples_dir / "eng.wav")[4 * 16_000 : 5 * 16_000]
+    source = samples_dir / "yongen.mp4"
+    base = engine.prepare(source, PrepParams(max_frames=5))
+    shifts = engine.spread_shifts(base, 3)
+    assert 0 in shifts and min(shifts) == base.bbox_range[0] and max(shifts) == base.bbox_range[1]
+    previews = engine.preview(source, [PrepParams(max_frames=5, bbox_shift=s) for s in shifts], 2, audio)
+    assert len(previews) == len(shifts)
+    assert all(p.shape == base.frames[0].shape for p in previews)
+    assert len({p.tobytes() for p in previews}) == len(shifts)  # each shift changes what is rendered
+
+
+def test_preview_rejects_empty_audio(engine, samples_dir):
+    with pytest.raises(ValueError, match="empty"):
+        engine.preview(samples_dir / "yongen.mp4", [PrepParams(max_frames=5)], 0, np.zeros(0, np.float32))
