@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the workbench needs into .venv. Safe to run again: what is there is kept.
-#   TORCH='torch'          a CUDA build for a GPU machine (default: the CPU build torch==2.13.0)
+#   TORCH='torch==2.13.0'  the torch requirement installed first (default); set another for your GPU/CUDA
 #   SKIP_APT=1             do not apt-get (you installed ffmpeg, espeak-ng, chromium yourself)
 set -euo pipefail
 cd "$(dirname "$0")/.."
