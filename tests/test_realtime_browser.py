@@ -97,6 +97,8 @@ def test_chromium_receives_25fps_video_and_audio_for_a_local_reply(server, tmp_p
                                    timeout=30_000)
             stats = lambda: page.evaluate("window.rtcChat.stats()")  # noqa: E731
             idle = stats()
+            time.sleep(1.5)
+            idle_end = stats()  # 1.5 s of the idle loop, before any reply exists
             page.fill("#text", "Hello! I am speaking to you from a headless browser. This reply is long enough "
                                 "to measure the frame rate while my mouth moves.")
             page.click("#send")
@@ -114,7 +116,9 @@ def test_chromium_receives_25fps_video_and_audio_for_a_local_reply(server, tmp_p
     fps = (b["framesDecoded"] - a["framesDecoded"]) / ((b["t"] - a["t"]) / 1000)
     assert fps >= 24, (fps, session_stats)
     assert b["audioPackets"] - a["audioPackets"] >= 120  # 50 Opus packets a second
-    speech_energy = b["totalAudioEnergy"] - a["totalAudioEnergy"]
-    assert speech_energy > 0 and speech_energy > 10 * (a["totalAudioEnergy"] - idle["totalAudioEnergy"])
+    # Energy per second while the reply plays against the idle loop's (silence): the reply's audio arrived.
+    speech_rate = (b["totalAudioEnergy"] - a["totalAudioEnergy"]) / ((b["t"] - a["t"]) / 1000)
+    idle_rate = (idle_end["totalAudioEnergy"] - idle["totalAudioEnergy"]) / ((idle_end["t"] - idle["t"]) / 1000)
+    assert speech_rate > 0 and speech_rate > 10 * idle_rate, (speech_rate, idle_rate)
     assert b["frameHeight"] == 720 and b["frameWidth"] == 416  # 704x1216 scaled to the 720-line cap
     assert session_stats["mic_seconds"] > 1.0  # the fake microphone reached the server
