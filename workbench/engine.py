@@ -70,13 +70,17 @@ class Engine:
             self._renderer = None
             return self.renderer
 
+    @property
+    def device(self) -> str | None:
+        """The configured torch device, or None to let each model pick (CUDA when available)."""
+        return None if self.settings.device == "auto" else self.settings.device
+
     def _load_renderer(self, name: str) -> Renderer:
         if name == "musetalk":
             from .renderers.musetalk import MuseTalkRenderer
 
-            device = None if self.settings.device == "auto" else self.settings.device
             dtype = None if self.settings.dtype == "auto" else self.settings.dtype
-            return MuseTalkRenderer.from_models_dir(self.models_dir, device=device, dtype=dtype)
+            return MuseTalkRenderer.from_models_dir(self.models_dir, device=self.device, dtype=dtype)
         from .renderers.cpu import CPURenderer
 
         return CPURenderer()
@@ -89,7 +93,7 @@ class Engine:
         if name not in self._detectors:
             from .faces.landmarks import get_detector
 
-            self._detectors[name] = get_detector(name, self.models_dir)
+            self._detectors[name] = get_detector(name, self.models_dir, device=self.device)
         return self._detectors[name]
 
     def face_parser(self, params: PrepParams):
@@ -104,8 +108,8 @@ class Engine:
             from .faces.bisenet import FaceParser
 
             folder = self.models_dir / "face-parse-bisent"
-            device = None if self.settings.device == "auto" else self.settings.device
-            self._face_parser = FaceParser.from_files(folder / "79999_iter.pth", folder / "resnet18-5c106cde.pth", device)
+            self._face_parser = FaceParser.from_files(folder / "79999_iter.pth", folder / "resnet18-5c106cde.pth",
+                                                      self.device)
         return self._face_parser
 
     def _vae_encoder(self):
