@@ -25,9 +25,17 @@ def _server_address(settings, host: str | None, port: int | None) -> tuple[str, 
     (0.0.0.0 inside a Hugging Face Space, whose proxy must reach the app)."""
     if host is None:
         platform_default = "0.0.0.0" if os.environ.get("SPACE_ID") else settings.host
-        host = settings.host if "host" in settings.model_fields_set else os.environ.get("GRADIO_SERVER_NAME", platform_default)
+        host = (
+            settings.host
+            if "host" in settings.model_fields_set
+            else os.environ.get("GRADIO_SERVER_NAME", platform_default)
+        )
     if port is None:
-        port = settings.port if "port" in settings.model_fields_set else int(os.environ.get("GRADIO_SERVER_PORT", settings.port))
+        port = (
+            settings.port
+            if "port" in settings.model_fields_set
+            else int(os.environ.get("GRADIO_SERVER_PORT", settings.port))
+        )
     return host, port
 
 
@@ -52,16 +60,25 @@ def main(
     show_all_avatars: Annotated[bool, typer.Option(help="single-user use: list every cached avatar")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     import uvicorn
 
     from workbench.config import Settings
     from workbench.engine import Engine
     from workbench.ui.app import create_app
 
-    overrides = {k: v for k, v in {"models_dir": models_dir, "cache_dir": cache_dir, "runs_dir": runs_dir,
-                                   "renderer": renderer}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "models_dir": models_dir,
+            "cache_dir": cache_dir,
+            "runs_dir": runs_dir,
+            "renderer": renderer,
+        }.items()
+        if v is not None
+    }
     settings = Settings(**overrides)
     bind_host, bind_port = _server_address(settings, host, port)
     settings = settings.model_copy(update={"host": bind_host, "port": bind_port, "share": share or settings.share})
@@ -69,6 +86,7 @@ def main(
     app = create_app(engine, samples_dir=samples_dir, show_all_avatars=show_all_avatars)
     server = uvicorn.Server(uvicorn.Config(app, host=bind_host, port=bind_port, log_level="warning"))
     if settings.share:
+
         def tunnel() -> None:
             while not server.started:
                 time.sleep(0.1)

@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workbench import atomic  # noqa: E402
-from workbench.avatar import Avatar, PrepParams  # noqa: E402
-from workbench.compositor import Compositor  # noqa: E402
+from workbench.avatars.model import Avatar, PrepParams  # noqa: E402
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
-from workbench.renderers.cpu import CPURenderer, measure_openness  # noqa: E402
+from workbench.lipsync.compositor import Compositor  # noqa: E402
+from workbench.lipsync.cpu import CPURenderer, measure_openness  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 RESULTS = ROOT / "bench" / "results" / "cpu-renderer.json"
@@ -77,8 +77,8 @@ def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def load_avatar(frames: int) -> Avatar:
+    from workbench.avatars.pipeline import prepare_avatar
     from workbench.faces.landmarks import get_detector
-    from workbench.preparation import prepare_avatar
 
     return prepare_avatar(SAMPLES / "yongen.mp4", PrepParams(max_frames=frames), get_detector("dlib"))
 
@@ -229,13 +229,22 @@ def bench_audio_drive(avatar: Avatar, seconds: int = 20) -> dict:
     def xcorr(m: np.ndarray, e: np.ndarray, max_lag: int = 8) -> dict[int, float]:
         n = min(len(m), len(e))
         m, e = m[:n], e[:n]
-        return {lag: float(np.corrcoef(*((m[lag:], e[: n - lag]) if lag >= 0 else (m[:lag], e[-lag:])))[0, 1])
-                for lag in range(-max_lag, max_lag + 1)}
+        return {
+            lag: float(np.corrcoef(*((m[lag:], e[: n - lag]) if lag >= 0 else (m[:lag], e[-lag:])))[0, 1])
+            for lag in range(-max_lag, max_lag + 1)
+        }
 
     speech = measure(audio)
     n = len(speech)
-    env = np.sqrt(np.mean(np.pad(audio, (0, n * SAMPLES_PER_FRAME - len(audio)))[: n * SAMPLES_PER_FRAME]
-                          .reshape(n, SAMPLES_PER_FRAME) ** 2, axis=1))
+    env = np.sqrt(
+        np.mean(
+            np.pad(audio, (0, n * SAMPLES_PER_FRAME - len(audio)))[: n * SAMPLES_PER_FRAME].reshape(
+                n, SAMPLES_PER_FRAME
+            )
+            ** 2,
+            axis=1,
+        )
+    )
     c = xcorr(speech, env)
     delayed = measure(np.concatenate([np.zeros(5 * SAMPLES_PER_FRAME, np.float32), audio]))
     cd = xcorr(delayed, env)
@@ -243,10 +252,15 @@ def bench_audio_drive(avatar: Avatar, seconds: int = 20) -> dict:
     best, best_d = max(c, key=c.get), max(cd, key=cd.get)
     return {
         "seconds": seconds,
-        "corr_best": c[best], "best_lag": best, "corr_by_lag": c,
-        "delayed5_best_lag": best_d, "delayed5_corr_best": cd[best_d],
-        "speech_opening_mean": float(speech.mean()), "speech_opening_std": float(speech.std()),
-        "silent_opening_mean": float(silent.mean()), "silent_opening_std": float(silent.std()),
+        "corr_best": c[best],
+        "best_lag": best,
+        "corr_by_lag": c,
+        "delayed5_best_lag": best_d,
+        "delayed5_corr_best": cd[best_d],
+        "speech_opening_mean": float(speech.mean()),
+        "speech_opening_std": float(speech.std()),
+        "silent_opening_mean": float(silent.mean()),
+        "silent_opening_std": float(silent.std()),
         "silent_opening_max": float(silent.max()),
     }
 
@@ -256,8 +270,8 @@ def make_figures(out_dir: Path, frames: int) -> list[Path]:
     import cv2
     import soundfile as sf
 
+    from workbench.avatars.pipeline import prepare_avatar
     from workbench.faces.landmarks import get_detector
-    from workbench.preparation import prepare_avatar
 
     audio, _ = sf.read(SAMPLES / "eng.wav", dtype="float32")
     r = CPURenderer()
@@ -321,7 +335,9 @@ def main() -> None:
     t = time.perf_counter()
     avatar = load_avatar(args.frames)
     prep_s = time.perf_counter() - t
-    console.print(f"avatar: {len(avatar)} frames of {avatar.frame_size[1]}x{avatar.frame_size[0]} prepared in {prep_s:.1f} s")
+    console.print(
+        f"avatar: {len(avatar)} frames of {avatar.frame_size[1]}x{avatar.frame_size[0]} prepared in {prep_s:.1f} s"
+    )
     eng, sr = sf.read(SAMPLES / "eng.wav", dtype="float32")
     assert sr == SAMPLE_RATE
 
@@ -337,10 +353,20 @@ def main() -> None:
     load1 = os.getloadavg()
 
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_start": load0, "loadavg_end": load1, "nice": os.nice(0)},
-        "avatar": {"source": "yongen.mp4", "frames": len(avatar), "frame_size": list(avatar.frame_size),
-                   "box": [int(v) for v in avatar.boxes[0]]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_start": load0,
+            "loadavg_end": load1,
+            "nice": os.nice(0),
+        },
+        "avatar": {
+            "source": "yongen.mp4",
+            "frames": len(avatar),
+            "frame_size": list(avatar.frame_size),
+            "box": [int(v) for v in avatar.boxes[0]],
+        },
         "throughput": thr,
         "latency_cold": cold_latency,
         "latency_warm": warm_latency,
@@ -350,28 +376,51 @@ def main() -> None:
     }
     atomic.write_json(args.out, result)
 
-    tab = Table(title=f"CPU renderer on yongen.mp4 {avatar.frame_size[1]}x{avatar.frame_size[0]} "
-                      f"(load avg {load0[0]:.1f} → {load1[0]:.1f} on {os.cpu_count()} CPUs, nice {os.nice(0)})")
+    tab = Table(
+        title=f"CPU renderer on yongen.mp4 {avatar.frame_size[1]}x{avatar.frame_size[0]} "
+        f"(load avg {load0[0]:.1f} → {load1[0]:.1f} on {os.cpu_count()} CPUs, nice {os.nice(0)})"
+    )
     tab.add_column("measure")
     tab.add_column("value", justify="right")
     tab.add_column("target", justify="right")
     tab.add_row("frames/s per stream, wall clock (render + paste)", f"{thr['fps_wall']:.1f}", "≥ 50")
-    tab.add_row("CPU ms per frame (→ frames/s on one free core)", f"{thr['cpu_ms_per_frame']:.1f} (→ {thr['fps_cpu_bound']:.0f})", "")
+    tab.add_row(
+        "CPU ms per frame (→ frames/s on one free core)",
+        f"{thr['cpu_ms_per_frame']:.1f} (→ {thr['fps_cpu_bound']:.0f})",
+        "",
+    )
     tab.add_row("render p50 / p95 ms", f"{thr['render_ms_p50']:.1f} / {thr['render_ms_p95']:.1f}", "")
     tab.add_row("of which paste-back into the full frame, ms", f"{thr['paste_ms']:.1f}", "")
     tab.add_row("first pass over the avatar (cold caches), frames/s", f"{thr['cold_fps_wall']:.1f}", "")
     for label, lat in (("cold", cold_latency), ("warm", warm_latency)):
         for p, v in lat.items():
-            tab.add_row(f"first frame after the first 40 ms, {p} ms packets, {label}", f"{v['first_frame_ms']:.1f} ms", "≤ 80 ms")
-    tab.add_row("per-frame latency after its look-ahead arrived p50/p95 (20 ms packets, warm)",
-                f"{warm_latency[20]['per_frame_ms_p50']:.1f} / {warm_latency[20]['per_frame_ms_p95']:.1f} ms", "")
-    tab.add_row(f"RSS after warm-up → end of {mem['audio_minutes']:.1f} min stream",
-                f"{mem['rss_mb_after_warmup']:.0f} → {mem['rss_mb_end']:.0f} MB ({mem['growth_mb_after_warmup']:+.1f})", "flat")
+            tab.add_row(
+                f"first frame after the first 40 ms, {p} ms packets, {label}",
+                f"{v['first_frame_ms']:.1f} ms",
+                "≤ 80 ms",
+            )
+    tab.add_row(
+        "per-frame latency after its look-ahead arrived p50/p95 (20 ms packets, warm)",
+        f"{warm_latency[20]['per_frame_ms_p50']:.1f} / {warm_latency[20]['per_frame_ms_p95']:.1f} ms",
+        "",
+    )
+    tab.add_row(
+        f"RSS after warm-up → end of {mem['audio_minutes']:.1f} min stream",
+        f"{mem['rss_mb_after_warmup']:.0f} → {mem['rss_mb_end']:.0f} MB ({mem['growth_mb_after_warmup']:+.1f})",
+        "flat",
+    )
     if drive:
-        tab.add_row("opening vs audio envelope: best corr (lag)", f"{drive['corr_best']:.2f} ({drive['best_lag']:+d})", "> 0, lag ±1")
+        tab.add_row(
+            "opening vs audio envelope: best corr (lag)",
+            f"{drive['corr_best']:.2f} ({drive['best_lag']:+d})",
+            "> 0, lag ±1",
+        )
         tab.add_row("audio delayed 5 frames: best lag", f"{drive['delayed5_best_lag']:+d}", "+5 ± 1")
-        tab.add_row("silent: opening mean / std (speech std)",
-                    f"{drive['silent_opening_mean']:.3f} / {drive['silent_opening_std']:.3f} ({drive['speech_opening_std']:.3f})", "≈ 0")
+        tab.add_row(
+            "silent: opening mean / std (speech std)",
+            f"{drive['silent_opening_mean']:.3f} / {drive['silent_opening_std']:.3f} ({drive['speech_opening_std']:.3f})",
+            "≈ 0",
+        )
     console.print(tab)
     console.print(f"saved {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 

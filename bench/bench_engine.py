@@ -25,12 +25,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from testkit.models import make_synthetic_avatar, make_tiny_models  # noqa: E402
 from workbench.atomic import write_json  # noqa: E402
-from workbench.audio_features import BlockParams, WhisperFrontend  # noqa: E402
-from workbench.compositor import Compositor  # noqa: E402
 from workbench.config import SAMPLE_RATE  # noqa: E402
-from workbench.renderers.musetalk import MuseTalkRenderer  # noqa: E402
-from workbench.testing import make_synthetic_avatar, make_tiny_models  # noqa: E402
+from workbench.lipsync.compositor import Compositor  # noqa: E402
+from workbench.lipsync.musetalk import MuseTalkRenderer  # noqa: E402
+from workbench.lipsync.whisper_features import BlockParams, WhisperFrontend  # noqa: E402
 from workbench.weights import has_musetalk  # noqa: E402
 
 
@@ -81,8 +81,11 @@ def bench_config(models_dir: Path, label: str, args, sync) -> dict:
     params = BlockParams()
     ts = timed(lambda: WhisperFrontend(r.whisper, params).process(audio), 1, sync)
     res["features_s_per_audio_s"] = ts[0] / seconds
-    res["block_params"] = {"hop_frames": params.hop_frames, "left_frames": params.left_frames,
-                           "right_frames": params.right_frames}
+    res["block_params"] = {
+        "hop_frames": params.hop_frames,
+        "left_frames": params.left_frames,
+        "right_frames": params.right_frames,
+    }
     res["lookahead_ms_best_worst"] = list(params.lookahead_ms)
 
     # UNet and VAE decode per frame at each batch size
@@ -125,11 +128,17 @@ def print_table(results: list[dict], device_name: str) -> None:
         ("  of which log-mel ms", "logmel_block_ms", 1),
         ("features s per s of audio", "features_s_per_audio_s", 3),
     ]
-    keys = sorted({k for r in results for k in r if k.startswith(("unet_ms", "decode_ms"))},
-                  key=lambda k: (k.split("_")[0], int(k.rsplit("b", 1)[1])))
+    keys = sorted(
+        {k for r in results for k in r if k.startswith(("unet_ms", "decode_ms"))},
+        key=lambda k: (k.split("_")[0], int(k.rsplit("b", 1)[1])),
+    )
     rows += [(k.replace("_ms_per_frame_b", " ms/frame batch "), k, 1) for k in keys]
-    rows += [("paste-back ms/frame", "composite_ms_per_frame", 2), ("paste-back first (mask resize) ms", "composite_first_ms", 2),
-             ("best batch", "best_batch", 0), ("render fps (UNet+decode+paste)", "render_fps_estimate", 3)]
+    rows += [
+        ("paste-back ms/frame", "composite_ms_per_frame", 2),
+        ("paste-back first (mask resize) ms", "composite_first_ms", 2),
+        ("best batch", "best_batch", 0),
+        ("render fps (UNet+decode+paste)", "render_fps_estimate", 3),
+    ]
     table = Table(title=f"MuseTalk engine on {device_name}")
     table.add_column("stage")
     for r in results:
@@ -150,16 +159,27 @@ def main() -> None:
     g.add_argument("--full", action="store_true", help="full-size models only")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--iters", type=int, default=3, help="timed iterations per measurement, the fastest is kept (full size on CPU: 1)")
+    ap.add_argument(
+        "--iters",
+        type=int,
+        default=3,
+        help="timed iterations per measurement, the fastest is kept (full size on CPU: 1)",
+    )
     ap.add_argument("--batches", default="1,4,16")
     ap.add_argument("--models-dir", type=Path, help="benchmark these weights (e.g. real ones) instead of random ones")
     ap.add_argument("--work-dir", type=Path, help="keep the random models here and reuse them (default: a temp folder)")
     ap.add_argument("--out", type=Path, help="JSON path (default bench/results/engine-<device>.json)")
     args = ap.parse_args()
 
-    dev_type = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device).type
+    dev_type = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device).type
+    )
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
-    device_name = torch.cuda.get_device_name(0) if dev_type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device_name = (
+        torch.cuda.get_device_name(0)
+        if dev_type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     configs = ["tiny"] if args.quick else ["full"] if args.full else ["tiny", "full"]
 
     results = []
@@ -182,15 +202,18 @@ def main() -> None:
 
     print_table(results, device_name)
     out = args.out or ROOT / "bench" / "results" / f"engine-{dev_type}.json"
-    write_json(out, {
-        "device": device_name,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "note": "random-init weights of the published architectures; timings are real",
-        "results": results,
-    })
+    write_json(
+        out,
+        {
+            "device": device_name,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "note": "random-init weights of the published architectures; timings are real",
+            "results": results,
+        },
+    )
     print(f"saved {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 

@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workbench import atomic  # noqa: E402
-from workbench.avatar import PrepParams  # noqa: E402
+from workbench.avatars.model import PrepParams  # noqa: E402
 from workbench.config import FPS, REALTIME_SAMPLE_RATE, Settings  # noqa: E402
-from workbench.streaming import LipSyncStream  # noqa: E402
+from workbench.lipsync.stream import LipSyncStream  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 TARGET_FIRST_MS = 150.0
@@ -67,7 +67,7 @@ def make_engine(args: argparse.Namespace):
 
     settings = Settings()
     if args.random_weights:
-        from workbench.testing import make_tiny_models
+        from testkit.models import make_tiny_models
 
         models = Path(tempfile.mkdtemp(prefix="bench-models-"))
         make_tiny_models(models, size=args.model_size)
@@ -116,8 +116,9 @@ class Encoder:
             self.encoded += 1
 
 
-async def run_session(stream: LipSyncStream, audio: np.ndarray, start_delay: float, seconds: float,
-                      encode: bool, gap: float) -> dict:
+async def run_session(
+    stream: LipSyncStream, audio: np.ndarray, start_delay: float, seconds: float, encode: bool, gap: float
+) -> dict:
     from workbench.realtime.session import SessionClock
 
     clock = SessionClock()
@@ -156,14 +157,19 @@ async def run_session(stream: LipSyncStream, audio: np.ndarray, start_delay: flo
     s = stream.stats()
     firsts = [u.first_frame_ms for u in stream.utterance_stats if u.first_frame_ms is not None]
     return {
-        "ticks": k, "seconds": round(elapsed, 2), "clock_fps": round(k / elapsed, 2),
-        "speech_frames": s["speech"], "stalls": s["stall"], "holds": s["hold"],
+        "ticks": k,
+        "seconds": round(elapsed, 2),
+        "clock_fps": round(k / elapsed, 2),
+        "speech_frames": s["speech"],
+        "stalls": s["stall"],
+        "holds": s["hold"],
         "speech_fps": round(FPS * s["speech"] / max(1, s["speech"] + s["stall"]), 2),
         "first_frame_ms": [round(x, 1) for x in firsts],
         "first_render_ms": [round(u.first_render_ms, 1) for u in stream.utterance_stats if u.first_render_ms],
         "encoded_fps": round(encoder.encoded / elapsed, 2) if encoder else None,
         "encoder_dropped": encoder.dropped if encoder else None,
-        "max_lateness_ms": s["max_lateness_ms"], "clock_rebases": clock.rebases,
+        "max_lateness_ms": s["max_lateness_ms"],
+        "clock_rebases": clock.rebases,
         "replies_done": sum(1 for u in stream.utterance_stats if u.frames),
     }
 
@@ -172,50 +178,69 @@ async def run_concurrent(engine, avatar, n: int, audio: np.ndarray, args: argpar
     import threading
 
     lock = threading.RLock() if serialize else None
-    streams = [LipSyncStream(engine.renderer, avatar, batch_size=args.batch_size, render_lock=lock, name=f"s{i}")
-               for i in range(n)]
+    streams = [
+        LipSyncStream(engine.renderer, avatar, batch_size=args.batch_size, render_lock=lock, name=f"s{i}")
+        for i in range(n)
+    ]
     for s in streams:
         s.warm_idle(n=len(avatar), timeout=300)
     reply_s = len(audio) / REALTIME_SAMPLE_RATE
     seconds = 1.0 + 0.37 * n + 2 * (reply_s + args.gap) + 2.0
     cpu0, t0 = time.process_time(), time.perf_counter()
-    results = await asyncio.gather(*[
-        run_session(s, audio, 0.5 + 0.37 * i, seconds, not args.no_encode, args.gap) for i, s in enumerate(streams)])
+    results = await asyncio.gather(
+        *[run_session(s, audio, 0.5 + 0.37 * i, seconds, not args.no_encode, args.gap) for i, s in enumerate(streams)]
+    )
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
     for s in streams:
         s.close()
     firsts = [x for r in results for x in r["first_frame_ms"]]
     frames = sum(r["ticks"] for r in results)
     row = {
-        "sessions": n, "serialize_renders": serialize, "per_session": results,
+        "sessions": n,
+        "serialize_renders": serialize,
+        "per_session": results,
         "first_frame_ms_median": round(float(np.median(firsts)), 1) if firsts else None,
         "first_frame_ms_max": round(max(firsts), 1) if firsts else None,
         "speech_fps_min": min(r["speech_fps"] for r in results),
         "encoded_fps_min": min(r["encoded_fps"] for r in results) if not args.no_encode else None,
         "stalls": sum(r["stalls"] for r in results),
-        "cpu_percent": round(100 * cpu / wall, 1), "cpu_ms_per_frame": round(1000 * cpu / max(1, frames), 2),
+        "cpu_percent": round(100 * cpu / wall, 1),
+        "cpu_ms_per_frame": round(1000 * cpu / max(1, frames), 2),
         "load_avg": os.getloadavg()[0],
     }
     row["meets_targets"] = bool(
-        firsts and row["first_frame_ms_max"] <= TARGET_FIRST_MS and row["speech_fps_min"] >= TARGET_FPS
+        firsts
+        and row["first_frame_ms_max"] <= TARGET_FIRST_MS
+        and row["speech_fps_min"] >= TARGET_FPS
         and (args.no_encode or row["encoded_fps_min"] >= TARGET_FPS)
-        and all(r["replies_done"] == 2 for r in results))
+        and all(r["replies_done"] == 2 for r in results)
+    )
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--renderer", choices=["cpu", "musetalk"], default="cpu")
-    ap.add_argument("--random-weights", action="store_true", help="MuseTalk with random weights in the published shapes")
-    ap.add_argument("--model-size", choices=["full", "tiny"], default="full",
-                    help="with --random-weights: the published sizes (timings) or tiny ones (a smoke test on CPU)")
+    ap.add_argument(
+        "--random-weights", action="store_true", help="MuseTalk with random weights in the published shapes"
+    )
+    ap.add_argument(
+        "--model-size",
+        choices=["full", "tiny"],
+        default="full",
+        help="with --random-weights: the published sizes (timings) or tiny ones (a smoke test on CPU)",
+    )
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--reply-seconds", type=float, default=8.0)
     ap.add_argument("--gap", type=float, default=1.0, help="idle seconds between the two replies")
     ap.add_argument("--frames", type=int, default=50, help="avatar frames taken from yongen.mp4")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--serialize", choices=["auto", "on", "off", "both"], default="auto",
-                    help="one render lock for all sessions (auto: on for musetalk, off for cpu)")
+    ap.add_argument(
+        "--serialize",
+        choices=["auto", "on", "off", "both"],
+        default="auto",
+        help="one render lock for all sessions (auto: on for musetalk, off for cpu)",
+    )
     ap.add_argument("--no-encode", action="store_true", help="leave out the VP8 encoding of the WebRTC path")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -227,8 +252,10 @@ def main() -> None:
     engine = make_engine(args)
     t = time.perf_counter()
     avatar = engine.prepare(SAMPLES / "yongen.mp4", PrepParams(max_frames=args.frames))
-    console.print(f"avatar {avatar.avatar_id}: {len(avatar)} frames {avatar.frame_size}, ready in {time.perf_counter() - t:.1f} s; "
-                  f"renderer {engine.renderer.describe()}")
+    console.print(
+        f"avatar {avatar.avatar_id}: {len(avatar)} frames {avatar.frame_size}, ready in {time.perf_counter() - t:.1f} s; "
+        f"renderer {engine.renderer.describe()}"
+    )
     audio = reply_audio(args.reply_seconds)
     modes = {"auto": [args.renderer != "cpu"], "on": [True], "off": [False], "both": [False, True]}[args.serialize]
     rows = []
@@ -237,31 +264,55 @@ def main() -> None:
             console.print(f"running {n} session(s), serialize_renders={serialize} …")
             rows.append(asyncio.run(run_concurrent(engine, avatar, n, audio, args, serialize)))
 
-    table = Table(title=f"Realtime lip-sync, {args.renderer} renderer, yongen {avatar.frame_size[1]}x{avatar.frame_size[0]}")
-    for col in ("sessions", "lock", "first frame ms (median / max)", "speech fps (min)", "encoded fps (min)",
-                "stalls", "CPU %", "CPU ms/frame", "load", "targets"):
+    table = Table(
+        title=f"Realtime lip-sync, {args.renderer} renderer, yongen {avatar.frame_size[1]}x{avatar.frame_size[0]}"
+    )
+    for col in (
+        "sessions",
+        "lock",
+        "first frame ms (median / max)",
+        "speech fps (min)",
+        "encoded fps (min)",
+        "stalls",
+        "CPU %",
+        "CPU ms/frame",
+        "load",
+        "targets",
+    ):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["sessions"]), "shared" if r["serialize_renders"] else "per session",
-                      f"{r['first_frame_ms_median']} / {r['first_frame_ms_max']}", f"{r['speech_fps_min']:.2f}",
-                      "-" if r["encoded_fps_min"] is None else f"{r['encoded_fps_min']:.2f}", str(r["stalls"]),
-                      f"{r['cpu_percent']:.0f}", f"{r['cpu_ms_per_frame']:.1f}", f"{r['load_avg']:.1f}",
-                      "yes" if r["meets_targets"] else "no")
+        table.add_row(
+            str(r["sessions"]),
+            "shared" if r["serialize_renders"] else "per session",
+            f"{r['first_frame_ms_median']} / {r['first_frame_ms_max']}",
+            f"{r['speech_fps_min']:.2f}",
+            "-" if r["encoded_fps_min"] is None else f"{r['encoded_fps_min']:.2f}",
+            str(r["stalls"]),
+            f"{r['cpu_percent']:.0f}",
+            f"{r['cpu_ms_per_frame']:.1f}",
+            f"{r['load_avg']:.1f}",
+            "yes" if r["meets_targets"] else "no",
+        )
     console.print(table)
     passing = [r["sessions"] for r in rows if r["meets_targets"]]
     summary = {
-        "renderer": engine.renderer.describe(), "random_weights": args.random_weights,
+        "renderer": engine.renderer.describe(),
+        "random_weights": args.random_weights,
         "model_size": args.model_size if args.random_weights else None,
         "avatar": {"id": avatar.avatar_id, "frames": len(avatar), "size_hw": list(avatar.frame_size)},
-        "reply_seconds": args.reply_seconds, "encode": not args.no_encode,
+        "reply_seconds": args.reply_seconds,
+        "encode": not args.no_encode,
         "targets": {"first_frame_ms": TARGET_FIRST_MS, "fps": TARGET_FPS},
         "max_sessions_meeting_targets": max(passing) if passing else 0,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "gpu": _gpu_name(), "rows": rows,
+        "gpu": _gpu_name(),
+        "rows": rows,
     }
     out = args.out or ROOT / "bench" / "results" / f"realtime-{args.renderer}.json"
     atomic.write_json(out, summary)
-    console.print(f"max concurrent sessions meeting the targets: {summary['max_sessions_meeting_targets']}; wrote {out}")
+    console.print(
+        f"max concurrent sessions meeting the targets: {summary['max_sessions_meeting_targets']}; wrote {out}"
+    )
 
 
 def _gpu_name() -> str | None:

@@ -34,7 +34,7 @@ def ffmpeg() -> str:
 @pytest.fixture
 def tmp_cache(tmp_path):
     """An empty AvatarCache in a temporary folder."""
-    from workbench.cache import AvatarCache
+    from workbench.avatars.store import AvatarCache
 
     return AvatarCache(tmp_path / "cache")
 
@@ -48,8 +48,8 @@ def dlib_detector():
 
 
 def _prepare(samples_dir: Path, name: str, detector):
-    from workbench.avatar import PrepParams
-    from workbench.preparation import prepare_avatar
+    from workbench.avatars.model import PrepParams
+    from workbench.avatars.pipeline import prepare_avatar
 
     avatar = prepare_avatar(samples_dir / name, PrepParams(max_frames=AVATAR_FRAMES), detector)
     # Shared across tests: make accidental writes fail loudly instead of leaking between tests.

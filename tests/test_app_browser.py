@@ -26,10 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
     "--no-first-run",
     # A fake microphone (and the permission prompt answered yes) for the realtime chat.
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
 ]
 SERVER_START_S = 240
 PREP_FRAMES = 25
@@ -66,14 +71,24 @@ def server(tmp_path_factory, samples_dir):
     tmp = tmp_path_factory.mktemp("app-server")
     port = _free_port()
     env = dict(os.environ)
-    env.update(WORKBENCH_CACHE_DIR=str(tmp / "cache"), WORKBENCH_RUNS_DIR=str(tmp / "runs"),
-               WORKBENCH_MODELS_DIR=str(tmp / "models"), WORKBENCH_SAMPLES_DIR=str(samples_dir),
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), GRADIO_ANALYTICS_ENABLED="False")
+    env.update(
+        WORKBENCH_CACHE_DIR=str(tmp / "cache"),
+        WORKBENCH_RUNS_DIR=str(tmp / "runs"),
+        WORKBENCH_MODELS_DIR=str(tmp / "models"),
+        WORKBENCH_SAMPLES_DIR=str(samples_dir),
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        GRADIO_ANALYTICS_ENABLED="False",
+    )
     env.pop("OPENAI_API_KEY", None)
     log = tmp / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_http(url, proc, log, SERVER_START_S)
@@ -103,8 +118,9 @@ def page(server, tmp_path_factory):
     sf.write(mic, (rng.standard_normal(48_000 * 2) * 5e-4).astype(np.float32), 48_000, subtype="PCM_16")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={mic}"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={mic}"]
+        )
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         pg = context.new_page()
         errors: list[str] = []
@@ -128,7 +144,9 @@ def _text(page, selector: str) -> str:
 def _wait_text(page, selector: str, needle: str, timeout_ms: int) -> None:
     page.wait_for_function(
         "([sel, needle]) => { const el = document.querySelector(sel); return el && el.innerText.includes(needle); }",
-        arg=[selector, needle], timeout=timeout_ms)
+        arg=[selector, needle],
+        timeout=timeout_ms,
+    )
 
 
 def _image_hashes(page, selector: str) -> list[str]:
@@ -162,8 +180,11 @@ def test_prepare_avatar_from_a_sample(page):
     number = page.locator("#prep-frame input[type=number]")
     number.fill(str(PREP_FRAMES - 1))
     number.press("Enter")
-    page.wait_for_function("s => { const i = document.querySelector('#prep-overlay img'); return i && i.src !== s; }",
-                           arg=first, timeout=30_000)
+    page.wait_for_function(
+        "s => { const i = document.querySelector('#prep-overlay img'); return i && i.src !== s; }",
+        arg=first,
+        timeout=30_000,
+    )
     assert "yongen.mp4" in _text(page, "#prep-table")
     page.get_by_text("Preparation parameters").click()  # folded again for the screenshot
     _shot(page, "app_prepare")
@@ -177,8 +198,9 @@ def test_bbox_shift_grid_shows_distinct_previews(page):
     assert len(values) >= 3, values
     page.click("#tune-run")
     _wait_text(page, "#tune-status", "previews", 180_000)
-    page.wait_for_function("n => document.querySelectorAll('#tune-gallery img').length >= n", arg=len(values),
-                           timeout=30_000)
+    page.wait_for_function(
+        "n => document.querySelectorAll('#tune-gallery img').length >= n", arg=len(values), timeout=30_000
+    )
     hashes = _image_hashes(page, "#tune-gallery img")
     assert len(hashes) == len(values)
     assert len(set(hashes)) == len(values), "bbox_shift previews should all differ"
@@ -225,12 +247,13 @@ def test_local_chat_streams_video_and_audio(page):
     chat.locator("#mode").select_option("echo")
     assert chat.locator("#useMic").is_checked()  # the fake microphone is sent
     chat.locator("#connect").click()
-    frame.wait_for_function("window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
-                            timeout=60_000)
+    frame.wait_for_function("window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'", timeout=60_000)
     frame.wait_for_function("document.getElementById('avatar').videoWidth > 0", timeout=60_000)
     before = frame.evaluate("window.rtcChat.stats()")
-    chat.locator("#text").fill("Hello! I am the talking head of this workbench. "
-                               "I can speak for a while, so that you can interrupt me with the stop button.")
+    chat.locator("#text").fill(
+        "Hello! I am the talking head of this workbench. "
+        "I can speak for a while, so that you can interrupt me with the stop button."
+    )
     chat.locator("#send").click()
     _poll(lambda: frame.evaluate("window.rtcChat.stats()")["totalAudioEnergy"] > 1e-3, 60, "reply audio")
     samples = set()

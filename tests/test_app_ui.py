@@ -33,8 +33,14 @@ def ui(app_dirs, samples_dir):
     from workbench.realtime.server import RealtimeManager
     from workbench.ui.app import WorkbenchUI
 
-    settings = Settings(cache_dir=app_dirs / "cache", models_dir=app_dirs / "models", runs_dir=app_dirs / "runs",
-                        max_upload_mb=5, max_upload_seconds=12, openai_api_key=None)
+    settings = Settings(
+        cache_dir=app_dirs / "cache",
+        models_dir=app_dirs / "models",
+        runs_dir=app_dirs / "runs",
+        max_upload_mb=5,
+        max_upload_seconds=12,
+        openai_api_key=None,
+    )
     engine = Engine(settings, renderer="cpu")
     ui = WorkbenchUI(engine, samples_dir=samples_dir, realtime=RealtimeManager(engine, settings))
     ui.demo = ui.build()
@@ -44,8 +50,9 @@ def ui(app_dirs, samples_dir):
 @pytest.fixture(scope="module")
 def prepared(ui):
     """Session A prepared yongen.mp4 (a sample) with FRAMES frames."""
-    out = ui.prepare_tab.prepare("yongen.mp4", None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(),
-                                 progress=None)
+    out = ui.prepare_tab.prepare(
+        "yongen.mp4", None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(), progress=None
+    )
     return out
 
 
@@ -112,20 +119,23 @@ def test_bad_upload_through_the_handler_is_a_gr_error(ui, tmp_path):
     bad = tmp_path / "clip.mov"
     bad.write_bytes(b"garbage" * 10)
     with pytest.raises(gr.Error) as e:
-        ui.prepare_tab.prepare(None, str(bad), 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(),
-                               progress=None)
+        ui.prepare_tab.prepare(
+            None, str(bad), 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(), progress=None
+        )
     assert "clip.mov" in e.value.message
     with pytest.raises(gr.Error, match="Pick a sample"):
-        ui.prepare_tab.prepare(None, None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(),
-                               progress=None)
+        ui.prepare_tab.prepare(
+            None, None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(), progress=None
+        )
 
 
 def test_error_messages_are_escaped(ui, tmp_path):
     bad = tmp_path / "<img src=x onerror=alert(1)>.mp4"
     bad.write_bytes(b"garbage")
     with pytest.raises(gr.Error) as e:
-        ui.prepare_tab.prepare(None, str(bad), 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(),
-                               progress=None)
+        ui.prepare_tab.prepare(
+            None, str(bad), 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, new_session(), progress=None
+        )
     assert "<img" not in e.value.message and "&lt;img" in e.value.message
 
 
@@ -174,8 +184,9 @@ def test_sessions_do_not_see_each_others_uploads(ui, samples_dir, tmp_path):
     cap.release()
     assert ok
     cv2.imwrite(str(upload), frame)
-    a = ui.prepare_tab.prepare(None, str(upload), 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, new_session(),
-                               progress=None)
+    a = ui.prepare_tab.prepare(
+        None, str(upload), 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, new_session(), progress=None
+    )
     session_a = a[0]
     own_id = session_a["current"]
     session_b = new_session()
@@ -251,14 +262,16 @@ def test_tuning_grid_gives_distinct_previews_and_saves(ui, prepared):
     assert (em, pm, lc, rc) == (10, "jaw", 90, 90) and "Measured bbox_shift range" in info
     three = f"{lo}, 0, {hi}"
     gallery, clip, status, chosen = ui.tuning_tab.grid(
-        avatar_id, 2, "eng.wav", None, 3.6, three, 10, "jaw", 90, 90, False, 1.0, session, progress=None)
+        avatar_id, 2, "eng.wav", None, 3.6, three, 10, "jaw", 90, 90, False, 1.0, session, progress=None
+    )
     items = gallery["value"]
     assert [c for _, c in items] == [f"bbox_shift={lo}", "bbox_shift=0", f"bbox_shift={hi}"]
     assert len({_image_digest(img) for img, _ in items}) == 3
     assert clip is None and "3 previews" in status and chosen["choices"] == [lo, 0, hi]
     # The previews follow the real audio: eng.wav is silent for its first 3 s and loud at 3.6 s.
-    silent, _, _, _ = ui.tuning_tab.grid(avatar_id, 2, "eng.wav", None, 1.0, "0", 10, "jaw", 90, 90, False, 1.0,
-                                         session, progress=None)
+    silent, _, _, _ = ui.tuning_tab.grid(
+        avatar_id, 2, "eng.wav", None, 1.0, "0", 10, "jaw", 90, 90, False, 1.0, session, progress=None
+    )
     assert _image_digest(silent["value"][0][0]) != _image_digest(items[1][0])
     session2, msg, dd = ui.tuning_tab.save(avatar_id, hi, 10, "jaw", 90, 90, session, progress=None)
     new_id = session2["current"]
@@ -271,8 +284,9 @@ def test_tuning_clip_is_a_playable_side_by_side_video(ui, prepared):
 
     session = prepared[0]
     avatar_id = session["current"]
-    _, clip, _, _ = ui.tuning_tab.grid(avatar_id, 0, "eng.wav", None, 3.4, "-4, 4", 10, "jaw", 90, 90, True, 1.0,
-                                       session, progress=None)
+    _, clip, _, _ = ui.tuning_tab.grid(
+        avatar_id, 0, "eng.wav", None, 3.4, "-4, 4", 10, "jaw", 90, 90, True, 1.0, session, progress=None
+    )
     info = probe(clip)
     assert info.has_video and info.has_audio
     assert info.width >= 2 * 300 - 2  # two panels side by side
@@ -283,13 +297,15 @@ def test_tuning_errors_are_clear(ui, prepared, tmp_path):
     session = prepared[0]
     avatar_id = session["current"]
     with pytest.raises(gr.Error, match="not a number"):
-        ui.tuning_tab.grid(avatar_id, 0, "eng.wav", None, 1.0, "x", 10, "jaw", 90, 90, False, 1.0, session,
-                           progress=None)
+        ui.tuning_tab.grid(
+            avatar_id, 0, "eng.wav", None, 1.0, "x", 10, "jaw", 90, 90, False, 1.0, session, progress=None
+        )
     bad = tmp_path / "speech.txt"
     bad.write_text("no")
     with pytest.raises(gr.Error, match="not a supported audio type"):
-        ui.tuning_tab.grid(avatar_id, 0, None, str(bad), 1.0, "0", 10, "jaw", 90, 90, False, 1.0, session,
-                           progress=None)
+        ui.tuning_tab.grid(
+            avatar_id, 0, None, str(bad), 1.0, "0", 10, "jaw", 90, 90, False, 1.0, session, progress=None
+        )
     with pytest.raises(gr.Error, match="Render a grid"):
         ui.tuning_tab.save(avatar_id, None, 10, "jaw", 90, 90, session, progress=None)
 
@@ -315,8 +331,9 @@ def test_served_app_never_sends_the_key(app_dirs, samples_dir):
     from workbench.ui.app import create_app
 
     secret = "sk-test-NEVER-IN-A-RESPONSE-42"
-    settings = Settings(cache_dir=app_dirs / "cache", models_dir=app_dirs / "models", runs_dir=app_dirs / "runs",
-                        openai_api_key=secret)
+    settings = Settings(
+        cache_dir=app_dirs / "cache", models_dir=app_dirs / "models", runs_dir=app_dirs / "runs", openai_api_key=secret
+    )
     app = create_app(Engine(settings, renderer="cpu"), samples_dir=samples_dir)
     with TestClient(app) as client:
         rtc = client.get("/rtc/config")
@@ -346,7 +363,7 @@ def test_select_cases_and_quick_runs(ui):
 def test_uploaded_manifests_are_confined(ui, tmp_path, samples_dir):
     import zipfile
 
-    from eval.errors import ManifestError
+    from workbench.evaluation.errors import ManifestError
     from workbench.ui.eval_tab import uploaded_suite
 
     good = tmp_path / "mine.yaml"
@@ -452,8 +469,7 @@ def test_builds_without_sample_media(app_dirs, tmp_path, monkeypatch):
     bare.build()
     assert bare.library.sample_sources() == [] and bare.library.visible([]) == []
     with pytest.raises(gr.Error, match="Pick a sample or upload"):
-        bare.prepare_tab.prepare(None, None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, new_session(),
-                                 progress=None)
+        bare.prepare_tab.prepare(None, None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, new_session(), progress=None)
     # The example suite names the samples by relative path; here they resolve to nothing.
     suite = tmp_path / "suites" / "example.yaml"
     suite.parent.mkdir()

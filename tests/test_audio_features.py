@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workbench.audio_features import (
+from testkit.models import make_tiny_models
+from workbench.config import AUDIO_TOKENS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME, WHISPER_DIM
+from workbench.lipsync.whisper_features import (
     AudioInputError,
     BlockParams,
     WhisperEncoderRunner,
@@ -16,8 +18,6 @@ from workbench.audio_features import (
     to_mono_16k,
     whisper_conditions,
 )
-from workbench.config import AUDIO_TOKENS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME, WHISPER_DIM
-from workbench.testing import make_tiny_models
 
 # few blocks keep the random-init Whisper-tiny encoder (~0.3 s per 30 s window on 2 cores) affordable
 FAST = BlockParams(hop_frames=8, left_frames=25, right_frames=3)

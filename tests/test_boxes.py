@@ -8,8 +8,9 @@ import pytest
 from workbench.faces.boxes import bbox_range, face_box, format_bbox_range, landmark_box
 
 
-def hand_landmarks(x0: float = 100, x1: float = 200, y28: float = 180, y29: float = 200, y30: float = 215,
-                   lowest: float = 300) -> np.ndarray:
+def hand_landmarks(
+    x0: float = 100, x1: float = 200, y28: float = 180, y29: float = 200, y30: float = 215, lowest: float = 300
+) -> np.ndarray:
     """68 points spanning x0..x1, lowest y at `lowest` (the chin, point 8), nose bridge at 28/29/30."""
     lm = np.zeros((68, 2), dtype=np.float32)
     lm[:, 0] = np.linspace(x0, x1, 68)

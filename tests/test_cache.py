@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import workbench.cache as cache_mod
-from workbench.avatar import PrepParams
-from workbench.cache import AvatarCache, AvatarNotFoundError
+import workbench.avatars.store as cache_mod
+from workbench.avatars.model import PrepParams
+from workbench.avatars.store import AvatarCache, AvatarNotFoundError
 from workbench.faces.landmarks import LandmarkDetector
 
 N = 6
@@ -77,8 +77,11 @@ def test_key_covers_models_and_content(tmp_cache, samples_dir, counting, tmp_pat
             return np.zeros((len(crops), 8, 32, 32), np.float32)
 
     p = PrepParams(max_frames=N)
-    ids = {tmp_cache.avatar_id(src, p, counting), tmp_cache.avatar_id(src, p, counting, Enc("vae-a")),
-           tmp_cache.avatar_id(src, p, counting, Enc("vae-b"))}
+    ids = {
+        tmp_cache.avatar_id(src, p, counting),
+        tmp_cache.avatar_id(src, p, counting, Enc("vae-a")),
+        tmp_cache.avatar_id(src, p, counting, Enc("vae-b")),
+    }
     assert len(ids) == 3
     copy = tmp_path / "renamed.mp4"
     copy.write_bytes(src.read_bytes())
@@ -148,7 +151,7 @@ def test_loaded_frames_are_read_only(tmp_cache, samples_dir, counting):
 
 def test_no_face_is_not_cached(tmp_cache, counting):
     frames = np.full((3, 64, 64, 3), 90, np.uint8)
-    from workbench.preparation import NoFaceError
+    from workbench.avatars.pipeline import NoFaceError
 
     with pytest.raises(NoFaceError):
         tmp_cache.get_or_prepare(frames, PrepParams(), counting)

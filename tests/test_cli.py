@@ -44,13 +44,28 @@ def test_prepare_render_list_delete(samples_dir, ffmpeg, dirs, tmp_path):
     speech, sr = sf.read(samples_dir / "yongen.wav", frames=48_000)  # 1 s of 48 kHz stereo
     sf.write(audio, speech, sr)
     out = tmp_path / "out.mp4"
-    res = runner.invoke(app, ["render", "--avatar", avatar_id, "--audio", str(audio), "-o", str(out),
-                              "--renderer", "cpu", *dirs])
+    res = runner.invoke(
+        app, ["render", "--avatar", avatar_id, "--audio", str(audio), "-o", str(out), "--renderer", "cpu", *dirs]
+    )
     assert res.exit_code == 0, res.output
     assert "25 frames" in _text(res)
-    probe = json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,r_frame_rate,nb_frames", "-of", "json", str(out)],
-        capture_output=True, text=True, check=True).stdout)
+    probe = json.loads(
+        subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_type,r_frame_rate,nb_frames",
+                "-of",
+                "json",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     kinds = {s["codec_type"]: s for s in probe["streams"]}
     assert set(kinds) == {"video", "audio"}
     assert kinds["video"]["r_frame_rate"] == "25/1"
@@ -72,7 +87,9 @@ def test_render_needs_exactly_one_avatar_source(dirs, tmp_path):
 
 def test_no_face_is_a_clear_error(ffmpeg, dirs, tmp_path):
     gray = tmp_path / "gray.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=gray:s=160x120:d=0.4:r=25", str(gray)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=gray:s=160x120:d=0.4:r=25", str(gray)], check=True
+    )
     res = runner.invoke(app, ["prepare", str(gray), *dirs])
     assert res.exit_code == 2
     assert "face" in res.output.lower()

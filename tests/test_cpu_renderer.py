@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME
-from workbench.mouth import LOOKAHEAD_SAMPLES, AudioFormatError, MouthFrontend, MouthState
-from workbench.renderers.cpu import CPURenderer, RenderInputError, measure_openness
+from workbench.lipsync.cpu import CPURenderer, RenderInputError, measure_openness
+from workbench.lipsync.mouth import LOOKAHEAD_SAMPLES, AudioFormatError, MouthFrontend, MouthState
 
 SPEECH_SECONDS = 20  # of eng.wav: 500 frames, enough for a stable correlation, quick on 2 cores
 MAX_LAG = 5
@@ -367,7 +367,7 @@ def test_mouth_bank_takes_open_shapes_from_the_frame_with_the_same_pose(yongen_a
     renderer, with their true landmarks). An open target at closed frame i is textured from its open twin."""
     import dataclasses
 
-    from workbench.preparation import crop_faces
+    from workbench.avatars.pipeline import crop_faces
 
     r = CPURenderer(use_bank=False)
     n = 10
@@ -377,9 +377,12 @@ def test_mouth_bank_takes_open_shapes_from_the_frame_with_the_same_pose(yongen_a
     frames = np.concatenate([yongen_avatar.frames[:n], np.stack(opened)])
     boxes = np.concatenate([yongen_avatar.boxes[:n]] * 2)
     talking = dataclasses.replace(
-        yongen_avatar, frames=frames, boxes=boxes,
+        yongen_avatar,
+        frames=frames,
+        boxes=boxes,
         landmarks=np.concatenate([yongen_avatar.landmarks[:n], lms.astype(np.float32)]),
-        has_face=np.ones(2 * n, bool), crops=crop_faces(frames, boxes),
+        has_face=np.ones(2 * n, bool),
+        crops=crop_faces(frames, boxes),
         masks=np.concatenate([yongen_avatar.masks[:n]] * 2),
     )
     banked = CPURenderer()

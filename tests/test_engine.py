@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.avatar import PrepParams
+from testkit.models import make_tiny_models
+from workbench.avatars.model import PrepParams
 from workbench.config import SAMPLES_PER_FRAME, Settings
 from workbench.engine import Engine
 from workbench.media import load_audio
-from workbench.testing import make_tiny_models
 
 
 @pytest.fixture

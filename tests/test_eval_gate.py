@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from eval.cli import eval_app
-from eval.errors import BaselineError
-from eval.gate import Tolerance, compare_summaries, load_summary, parse_tolerance
+from workbench.evaluation.cli import eval_app
+from workbench.evaluation.errors import BaselineError
+from workbench.evaluation.gate import Tolerance, compare_summaries, load_summary, parse_tolerance
 from workbench.timing import FrameTiming, write_latency_log
 
 runner = CliRunner()
@@ -35,7 +35,9 @@ def test_compare_directions_and_tolerances():
     # a metric present in only one summary is reported, not failed
     missing = compare_summaries({"ls_confidence_mean": 0.3}, base)
     assert missing.passed and {r.metric for r in missing.rows if r.status == "missing"} == {
-        "syncnet_lse_d_mean", "latency_first_frame_ms_mean"}
+        "syncnet_lse_d_mean",
+        "latency_first_frame_ms_mean",
+    }
 
 
 def test_parse_tolerance():
@@ -73,11 +75,21 @@ def test_gate_cli_exit_codes(tmp_path):
 
 def _latency_suite(tmp_path, render_ms: float):
     """A suite of one streaming-session latency log: runs in a second, no video needed."""
-    timings = [FrameTiming(frame=k, audio_in=k / 25, features_ready=k / 25 + 0.01,
-                           rendered=k / 25 + 0.01 + render_ms / 1000, composited=k / 25 + 0.012 + render_ms / 1000,
-                           sent=k / 25 + 0.013 + render_ms / 1000) for k in range(50)]
+    timings = [
+        FrameTiming(
+            frame=k,
+            audio_in=k / 25,
+            features_ready=k / 25 + 0.01,
+            rendered=k / 25 + 0.01 + render_ms / 1000,
+            composited=k / 25 + 0.012 + render_ms / 1000,
+            sent=k / 25 + 0.013 + render_ms / 1000,
+        )
+        for k in range(50)
+    ]
     write_latency_log(tmp_path / "session.jsonl", timings, meta={"renderer": "cpu"})
-    (tmp_path / "suite.yaml").write_text("name: lat\ncases:\n  - id: session\n    kind: latency_log\n    log: session.jsonl\n")
+    (tmp_path / "suite.yaml").write_text(
+        "name: lat\ncases:\n  - id: session\n    kind: latency_log\n    log: session.jsonl\n"
+    )
     return tmp_path / "suite.yaml"
 
 
@@ -90,14 +102,17 @@ def test_suite_run_with_baseline_exits_nonzero_on_regression(tmp_path):
     assert json.loads(baseline.read_text())["metrics"]["latency_first_frame_ms_mean"] == pytest.approx(33.0)
 
     # the same suite against its own numbers passes
-    r = runner.invoke(eval_app, [str(fast / "suite.yaml"), "--runs-dir", str(tmp_path / "runs"), "--baseline", str(baseline)])
+    r = runner.invoke(
+        eval_app, [str(fast / "suite.yaml"), "--runs-dir", str(tmp_path / "runs"), "--baseline", str(baseline)]
+    )
     assert r.exit_code == 0, r.output
 
     # rendering got 80 ms slower: the baseline is better, the gate fails and names the metrics
     slow = tmp_path / "slow"
     slow.mkdir()
-    r = runner.invoke(eval_app, [str(_latency_suite(slow, 100)), "--runs-dir", str(tmp_path / "runs"),
-                                 "--baseline", str(baseline)])
+    r = runner.invoke(
+        eval_app, [str(_latency_suite(slow, 100)), "--runs-dir", str(tmp_path / "runs"), "--baseline", str(baseline)]
+    )
     assert r.exit_code == 1
     failed = r.output.split("gate failed")[1]
     assert "latency_first_frame_ms_mean" in failed and "latency_total_p95_ms_mean" in failed

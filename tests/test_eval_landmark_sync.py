@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.errors import MediaTooShortError
-from eval.landmark_sync import (
+from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME
+from workbench.evaluation.errors import MediaTooShortError
+from workbench.evaluation.landmark_sync import (
     lagged_correlation,
     landmark_sync,
     mouth_opening,
     shift_audio,
     speech_band_log_energy,
 )
-from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 TOL = 1  # frames
 
@@ -37,7 +37,7 @@ def _synthetic(n_frames: int = 150, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     k = 0
     while k < n_frames:
         length = int(min(rng.integers(3, 9), n_frames - k))
-        env[k:k + length] = rng.uniform(0.3, 1.0) * np.hanning(length + 2)[1:-1]
+        env[k : k + length] = rng.uniform(0.3, 1.0) * np.hanning(length + 2)[1:-1]
         k += length + rng.integers(1, 6)
     t = np.arange(n_frames * SAMPLES_PER_FRAME)
     carrier = np.sin(2 * np.pi * 600 * t / SAMPLE_RATE) + 0.5 * np.sin(2 * np.pi * 1400 * t / SAMPLE_RATE)
@@ -69,7 +69,11 @@ def test_shift_audio_moves_earlier_for_positive_frames():
     s = shift_audio(a, 2)
     assert s[0] == 2 * SAMPLES_PER_FRAME and s[-1] == 0 and len(s) == len(a)
     s = shift_audio(a, -3)
-    assert s[3 * SAMPLES_PER_FRAME] == 0 and s[:3 * SAMPLES_PER_FRAME].max() == 0 and s[-1] == a[-1 - 3 * SAMPLES_PER_FRAME]
+    assert (
+        s[3 * SAMPLES_PER_FRAME] == 0
+        and s[: 3 * SAMPLES_PER_FRAME].max() == 0
+        and s[-1] == a[-1 - 3 * SAMPLES_PER_FRAME]
+    )
 
 
 def test_opening_is_inner_lip_gap_over_face_size():
@@ -123,11 +127,11 @@ def _renderers():
 @pytest.fixture(scope="module")
 def rendered(request, tmp_path_factory, samples_dir):
     """Per renderer: (landmarks of the rendered clip's face track, the driving audio under that track)."""
-    from eval.face_track import DlibBoxes, main_track, track_landmarks, track_video
-    from eval.landmark_sync import track_audio
-    from workbench.avatar import PrepParams
+    from workbench.avatars.model import PrepParams
     from workbench.config import Settings
     from workbench.engine import Engine
+    from workbench.evaluation.face_track import DlibBoxes, main_track, track_landmarks, track_video
+    from workbench.evaluation.landmark_sync import track_audio
     from workbench.media import load_audio, read_video
 
     cache: dict = {}
@@ -138,7 +142,7 @@ def rendered(request, tmp_path_factory, samples_dir):
             tmp = tmp_path_factory.mktemp(f"render-{renderer}")
             engine = Engine(Settings(cache_dir=tmp / "cache"), renderer=renderer)  # models_dir from the environment
             avatar = engine.prepare(samples_dir / source, PrepParams(max_frames=50))
-            audio = load_audio(samples_dir / audio_name)[int(start * SAMPLE_RATE):][: 4 * SAMPLE_RATE]
+            audio = load_audio(samples_dir / audio_name)[int(start * SAMPLE_RATE) :][: 4 * SAMPLE_RATE]
             res = engine.render_file(avatar, audio, tmp / "out.mp4")
             frames, _ = read_video(res.path)
             track = main_track(track_video(frames, DlibBoxes()))
@@ -164,7 +168,7 @@ def test_rendered_clip_offset_and_injected_shifts(rendered, renderer, source, au
 # --- the real talking clip ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_clip(samples_dir):
-    from eval.robustness import clip_landmarks
+    from workbench.evaluation.robustness import clip_landmarks
 
     return clip_landmarks(samples_dir / "syncnet_example.avi")
 
@@ -183,7 +187,7 @@ def test_real_clip_in_sync_and_shifts(real_clip):
 
 @pytest.mark.slow
 def test_fused_beats_delta_baseline_on_real_windows(real_clip):
-    from eval.robustness import hit_rates, trials
+    from workbench.evaluation.robustness import hit_rates, trials
 
     df = trials(real_clip, windows=(50,), shifts=(-5, 0, 5), methods=("fused", "delta"))
     rates = hit_rates(df).set_index("method")["all"]

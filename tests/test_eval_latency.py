@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.latency import latency_from_log, latency_stats
+from workbench.evaluation.latency import latency_from_log, latency_stats
 from workbench.timing import FrameTiming, write_latency_log
 
 
@@ -61,8 +61,12 @@ def test_percentiles_of_spread_stage():
 def test_file_render_timings_without_send():
     # the engine's file render: one audio_in / features time for all, a batch of 4 shares one render time
     t0 = 10.0
-    timings = [FrameTiming(frame=k, audio_in=t0, features_ready=t0 + 0.5, rendered=t0 + 1 + (k // 4),
-                           composited=t0 + 1 + (k // 4)) for k in range(8)]
+    timings = [
+        FrameTiming(
+            frame=k, audio_in=t0, features_ready=t0 + 0.5, rendered=t0 + 1 + (k // 4), composited=t0 + 1 + (k // 4)
+        )
+        for k in range(8)
+    ]
     st = latency_stats(timings)
     assert "send" not in st.stages
     assert st.first_frame_ms == pytest.approx(1000.0)

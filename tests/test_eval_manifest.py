@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from eval.errors import ManifestError
-from eval.manifest import GeneratedCase, LatencyLogCase, ReferenceCase, load_suite, parse_suite
+from workbench.evaluation.errors import ManifestError
+from workbench.evaluation.manifest import GeneratedCase, LatencyLogCase, ReferenceCase, load_suite, parse_suite
 
-EXAMPLE = Path(__file__).parents[1] / "eval" / "suites" / "example.yaml"
+EXAMPLE = Path(__file__).parents[1] / "suites" / "example.yaml"
 
 
 def test_example_suite_resolves_against_its_folder(samples_dir):
@@ -26,12 +26,25 @@ def test_example_suite_resolves_against_its_folder(samples_dir):
 
 
 def test_case_kinds_and_defaults(tmp_path):
-    suite = parse_suite({"name": "s", "cases": [
-        {"id": "g", "kind": "generated", "source": "a.mp4", "audio": "a.wav", "renderer": "cpu", "bbox_shift": -3,
-         "batch_size": 4},
-        {"id": "r", "kind": "reference", "video": "/abs/v.mp4", "audio_shift_frames": -5},
-        {"id": "l", "kind": "latency_log", "log": "logs/s.jsonl"},
-    ]}, tmp_path)
+    suite = parse_suite(
+        {
+            "name": "s",
+            "cases": [
+                {
+                    "id": "g",
+                    "kind": "generated",
+                    "source": "a.mp4",
+                    "audio": "a.wav",
+                    "renderer": "cpu",
+                    "bbox_shift": -3,
+                    "batch_size": 4,
+                },
+                {"id": "r", "kind": "reference", "video": "/abs/v.mp4", "audio_shift_frames": -5},
+                {"id": "l", "kind": "latency_log", "log": "logs/s.jsonl"},
+            ],
+        },
+        tmp_path,
+    )
     g, r, lg = suite.cases
     assert isinstance(g, GeneratedCase) and g.bbox_shift == -3 and g.extra_margin == 10 and g.metrics[-1] == "latency"
     assert isinstance(r, ReferenceCase) and r.audio_shift_frames == -5
@@ -48,17 +61,26 @@ def test_missing_file_is_named(tmp_path):
     assert load_suite(tmp_path / "s.yaml", check_files=False).cases[0].id == "c1"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name: s\ncases: []\n", "cases"),
-    ("name: s\ncases:\n  - {id: a, kind: latency_log, log: x}\n  - {id: a, kind: latency_log, log: y}\n", "duplicate case ids: a"),
-    ("name: s\ncases:\n  - {id: a, kind: reference, video: v.mp4, colour: red}\n", "colour"),
-    ("name: s\ncases:\n  - {id: a, kind: teleport, video: v.mp4}\n", "kind"),
-    ("name: s\ncases:\n  - {id: 'bad id!', kind: latency_log, log: x}\n", "case id"),
-    ("name: s\ncases:\n  - {id: a, kind: reference, video: v.mp4, metrics: [latency]}\n", "no frame timings"),
-    ("name: s\ncases:\n  - {id: a, kind: generated, source: s.mp4, audio: a.wav, audio_shift_frames: 40}\n", "audio_shift_frames"),
-    ("- just\n- a list\n", "YAML mapping"),
-    ("name: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: s\ncases: []\n", "cases"),
+        (
+            "name: s\ncases:\n  - {id: a, kind: latency_log, log: x}\n  - {id: a, kind: latency_log, log: y}\n",
+            "duplicate case ids: a",
+        ),
+        ("name: s\ncases:\n  - {id: a, kind: reference, video: v.mp4, colour: red}\n", "colour"),
+        ("name: s\ncases:\n  - {id: a, kind: teleport, video: v.mp4}\n", "kind"),
+        ("name: s\ncases:\n  - {id: 'bad id!', kind: latency_log, log: x}\n", "case id"),
+        ("name: s\ncases:\n  - {id: a, kind: reference, video: v.mp4, metrics: [latency]}\n", "no frame timings"),
+        (
+            "name: s\ncases:\n  - {id: a, kind: generated, source: s.mp4, audio: a.wav, audio_shift_frames: 40}\n",
+            "audio_shift_frames",
+        ),
+        ("- just\n- a list\n", "YAML mapping"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_bad_manifests(tmp_path, text, message):
     (tmp_path / "s.yaml").write_text(text)
     with pytest.raises(ManifestError, match=message):

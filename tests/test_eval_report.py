@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from eval.compare import compare_runs
-from eval.manifest import load_suite
-from eval.report import load_run
-from eval.runner import run_suite
 from workbench.config import Settings
+from workbench.evaluation.compare import compare_runs
+from workbench.evaluation.manifest import load_suite
+from workbench.evaluation.report import load_run
+from workbench.evaluation.runner import run_suite
 from workbench.timing import FrameTiming, write_latency_log
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "eval_report.ipynb"
@@ -27,8 +27,17 @@ def _suite(folder: Path, samples_dir: Path) -> Path:
     """Five cases: a live-session latency log, a clip the engine renders, a real face with speech (2 s),
     a corrupt video, a faceless video."""
     folder.mkdir(parents=True, exist_ok=True)
-    timings = [FrameTiming(frame=k, audio_in=k / 25, features_ready=k / 25 + 0.005, rendered=k / 25 + 0.035,
-                           composited=k / 25 + 0.037, sent=k / 25 + 0.038) for k in range(40)]
+    timings = [
+        FrameTiming(
+            frame=k,
+            audio_in=k / 25,
+            features_ready=k / 25 + 0.005,
+            rendered=k / 25 + 0.035,
+            composited=k / 25 + 0.037,
+            sent=k / 25 + 0.038,
+        )
+        for k in range(40)
+    ]
     write_latency_log(folder / "session.jsonl", timings, meta={"renderer": "cpu"})
     (folder / "corrupt.mp4").write_bytes(b"this is not a video")
     vw = cv2.VideoWriter(str(folder / "noface.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (160, 120))
@@ -81,8 +90,18 @@ def runs(tmp_path_factory, samples_dir):
 def test_run_folder_contents(runs):
     out = runs[0]
     p = out.path
-    for name in ("cases.csv", "cases.json", "summary.json", "summary.csv", "metadata.json", "details.json", "report.md",
-                 "plots/sync_curves.png", "plots/latency_cdf.png", "plots/stage_breakdown.png"):
+    for name in (
+        "cases.csv",
+        "cases.json",
+        "summary.json",
+        "summary.csv",
+        "metadata.json",
+        "details.json",
+        "report.md",
+        "plots/sync_curves.png",
+        "plots/latency_cdf.png",
+        "plots/stage_breakdown.png",
+    ):
         assert (p / name).is_file(), name
     for png in (p / "plots").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -153,8 +172,9 @@ def test_notebook_reproduces_run_plots(runs):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     os.environ["EVAL_RUN"] = str(runs[0].path)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+        ).execute()
     finally:
         del os.environ["EVAL_RUN"]
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.errors import SyncNetWeightsMissing
-from eval.syncnet import (
+from workbench.evaluation.errors import SyncNetWeightsMissing
+from workbench.evaluation.syncnet import (
     SyncNetS,
     SyncNetScorer,
     load_syncnet,

@@ -6,8 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from workbench.compositor import Compositor
-from workbench.masks import (
+from workbench.avatars.masks import (
     MOUTH,
     NOSE,
     SKIN,
@@ -20,6 +19,7 @@ from workbench.masks import (
     resolve_mask_kind,
     zero_rows,
 )
+from workbench.lipsync.compositor import Compositor
 
 
 def face_labels() -> np.ndarray:
@@ -74,9 +74,16 @@ def test_landmark_label_map_has_the_face_parts(sun_avatar):
     scale = 512 / (region[2] - region[0])
     at = lambda i: lab[int((lm[i, 1] - region[1]) * scale), int((lm[i, 0] - region[0]) * scale)]  # noqa: E731
     assert at(30) == NOSE  # nose tip
-    assert at(3) in (SKIN, 0) and lab[int((lm[2, 1] - region[1]) * scale), int((lm[2, 0] + 15 - region[0]) * scale)] == SKIN
+    assert (
+        at(3) in (SKIN, 0)
+        and lab[int((lm[2, 1] - region[1]) * scale), int((lm[2, 0] + 15 - region[0]) * scale)] == SKIN
+    )
     mouth_centre = lm[[62, 66]].mean(axis=0)
-    assert lab[int((mouth_centre[1] - region[1]) * scale), int((mouth_centre[0] - region[0]) * scale)] in (MOUTH, U_LIP, 13)
+    assert lab[int((mouth_centre[1] - region[1]) * scale), int((mouth_centre[0] - region[0]) * scale)] in (
+        MOUTH,
+        U_LIP,
+        13,
+    )
 
 
 @pytest.mark.parametrize("avatar_name", ["yongen_avatar", "sun_avatar"])

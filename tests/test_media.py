@@ -28,9 +28,21 @@ from workbench.media import (
 
 
 def ffprobe_streams(path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
-                          "stream=codec_name,codec_type,width,height,pix_fmt,avg_frame_rate:format=duration",
-                          "-of", "json", str(path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,codec_type,width,height,pix_fmt,avg_frame_rate:format=duration",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 

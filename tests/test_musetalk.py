@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.audio_features import BlockParams
-from workbench.compositor import Compositor
+from testkit.models import UNET_CONFIG_TINY, make_synthetic_avatar, make_tiny_models
 from workbench.config import Settings
-from workbench.renderers.base import Renderer
-from workbench.renderers.musetalk import MuseTalkRenderer, positional_encoding, resolve_device
-from workbench.testing import UNET_CONFIG_TINY, make_synthetic_avatar, make_tiny_models
+from workbench.lipsync.base import Renderer
+from workbench.lipsync.compositor import Compositor
+from workbench.lipsync.musetalk import MuseTalkRenderer, positional_encoding, resolve_device
+from workbench.lipsync.whisper_features import BlockParams
 from workbench.weights import MissingWeightsError, WeightsError
 
 FAST = BlockParams(hop_frames=8, left_frames=25, right_frames=3)
@@ -102,7 +102,9 @@ def test_positional_encoding_is_musetalks():
 def test_encode_crops(renderer, avatar):
     lat = avatar.latents
     assert lat.shape == (5, 8, 32, 32) and lat.dtype == np.float32
-    np.testing.assert_array_equal(renderer.encode_crops(avatar.crops[:2]), renderer.encode_crops(avatar.crops[:2]))  # mode, not a sample
+    np.testing.assert_array_equal(
+        renderer.encode_crops(avatar.crops[:2]), renderer.encode_crops(avatar.crops[:2])
+    )  # mode, not a sample
     one = np.concatenate([renderer.encode_crops(avatar.crops[i : i + 1]) for i in range(3)])
     np.testing.assert_allclose(one, lat[:3], atol=1e-4)
     # the first four channels see only the upper half of the crop
@@ -148,8 +150,12 @@ def test_batch_equals_one_at_a_time(renderer, avatar):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding may flip a byte
     # before quantisation the batch and the single runs agree closely
     raw_b = renderer.decode_latents(renderer.unet_step(avatar.latents[idx[:3]], conds[:3]), raw=True)
-    raw_s = torch.cat([renderer.decode_latents(renderer.unet_step(avatar.latents[[i]], conds[[k]]), raw=True)
-                       for k, i in enumerate(idx[:3])])
+    raw_s = torch.cat(
+        [
+            renderer.decode_latents(renderer.unet_step(avatar.latents[[i]], conds[[k]]), raw=True)
+            for k, i in enumerate(idx[:3])
+        ]
+    )
     torch.testing.assert_close(raw_b, raw_s, atol=1e-4, rtol=0)
 
 

@@ -91,8 +91,10 @@ def dwpose_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dwpose.
         ckpt = {
             "meta": {
                 "mmengine_version": "0.7.4",
-                "dataset_meta": {"flip_indices": dwpose.wholebody_flip_indices(),
-                                 "sigmas": np.linspace(0.01, 0.1, 133).astype(np.float32)},
+                "dataset_meta": {
+                    "flip_indices": dwpose.wholebody_flip_indices(),
+                    "sigmas": np.linspace(0.01, 0.1, 133).astype(np.float32),
+                },
                 "epoch": 270,
             },
             "state_dict": model.state_dict(),
@@ -161,22 +163,49 @@ def test_bisenet_parameter_count_and_resnet18_backbone() -> None:
 
 def test_official_key_names_are_used() -> None:
     sfd_keys = set(s3fd.S3FDNet().state_dict())
-    assert {"vgg.0.weight", "vgg.33.bias", "L2Norm3_3.weight", "extras.3.weight", "loc.5.bias",
-            "conf.0.weight"} <= sfd_keys
+    assert {
+        "vgg.0.weight",
+        "vgg.33.bias",
+        "L2Norm3_3.weight",
+        "extras.3.weight",
+        "loc.5.bias",
+        "conf.0.weight",
+    } <= sfd_keys
     assert s3fd.S3FDNet().conf[0].out_channels == 4  # max-out background: 3 background logits + 1 face
 
     pose_keys = set(dwpose.RTMPoseWholeBody().state_dict())
-    assert {"backbone.stem.0.conv.weight", "backbone.stem.2.bn.running_var", "backbone.stage1.1.blocks.0.conv2."
-            "depthwise_conv.conv.weight", "backbone.stage4.1.conv2.bn.weight", "backbone.stage4.2.attention.fc.bias",
-            "head.final_layer.weight", "head.mlp.0.g", "head.mlp.1.weight", "head.gau.uv.weight", "head.gau.gamma",
-            "head.gau.res_scale.scale", "head.gau.ln.g", "head.cls_x.weight", "head.cls_y.weight"} <= pose_keys
+    assert {
+        "backbone.stem.0.conv.weight",
+        "backbone.stem.2.bn.running_var",
+        "backbone.stage1.1.blocks.0.conv2.depthwise_conv.conv.weight",
+        "backbone.stage4.1.conv2.bn.weight",
+        "backbone.stage4.2.attention.fc.bias",
+        "head.final_layer.weight",
+        "head.mlp.0.g",
+        "head.mlp.1.weight",
+        "head.gau.uv.weight",
+        "head.gau.gamma",
+        "head.gau.res_scale.scale",
+        "head.gau.ln.g",
+        "head.cls_x.weight",
+        "head.cls_y.weight",
+    } <= pose_keys
     head = dwpose.RTMPoseWholeBody().head
     assert head.cls_x.out_features == 576 and head.cls_y.out_features == 768
 
     parse_keys = set(bisenet.BiSeNet().state_dict())
-    assert {"cp.resnet.conv1.weight", "cp.resnet.layer4.1.bn2.running_mean", "cp.resnet.layer2.0.downsample.0.weight",
-            "cp.arm16.conv_atten.weight", "cp.conv_avg.bn.weight", "ffm.convblk.conv.weight", "ffm.conv2.weight",
-            "conv_out.conv_out.weight", "conv_out16.conv.bn.bias", "conv_out32.conv_out.weight"} <= parse_keys
+    assert {
+        "cp.resnet.conv1.weight",
+        "cp.resnet.layer4.1.bn2.running_mean",
+        "cp.resnet.layer2.0.downsample.0.weight",
+        "cp.arm16.conv_atten.weight",
+        "cp.conv_avg.bn.weight",
+        "ffm.convblk.conv.weight",
+        "ffm.conv2.weight",
+        "conv_out.conv_out.weight",
+        "conv_out16.conv.bn.bias",
+        "conv_out32.conv_out.weight",
+    } <= parse_keys
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -263,12 +292,15 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
 
 
 def test_nms_on_constructed_boxes() -> None:
-    boxes = np.array([
-        [0, 0, 10, 10],  # A
-        [1, 0, 11, 10],  # B: IoU with A = 90/110 = 0.818
-        [20, 20, 30, 30],  # C: disjoint
-        [5, 0, 15, 10],  # D: IoU with A = 50/150 = 0.333, with B = 60/140 = 0.43
-    ], dtype=np.float32)
+    boxes = np.array(
+        [
+            [0, 0, 10, 10],  # A
+            [1, 0, 11, 10],  # B: IoU with A = 90/110 = 0.818
+            [20, 20, 30, 30],  # C: disjoint
+            [5, 0, 15, 10],  # D: IoU with A = 50/150 = 0.333, with B = 60/140 = 0.43
+        ],
+        dtype=np.float32,
+    )
     scores = np.array([0.9, 0.95, 0.5, 0.8])
     assert s3fd.nms(boxes, scores, 0.3).tolist() == [1, 2]  # B wins over A and D; C survives
     assert s3fd.nms(boxes, scores, 0.45).tolist() == [1, 3, 2]  # D's IoU with B (0.43) is under the threshold
@@ -337,8 +369,14 @@ def test_face_alignment_file_loads_with_its_own_names_and_pipeline(tmp_path: Pat
     net = s3fd.S3FDNet("face_alignment")
     ours_to_theirs = {v: k for k, v in s3fd.face_alignment_key_map().items()}
     state = {ours_to_theirs[k]: v for k, v in net.state_dict().items()}
-    assert {"conv1_1.weight", "fc6.bias", "conv3_3_norm.weight", "conv3_3_norm_mbox_conf.weight",
-            "fc7_mbox_loc.bias", "conv7_2_mbox_conf.weight"} <= set(state)
+    assert {
+        "conv1_1.weight",
+        "fc6.bias",
+        "conv3_3_norm.weight",
+        "conv3_3_norm_mbox_conf.weight",
+        "fc7_mbox_loc.bias",
+        "conv7_2_mbox_conf.weight",
+    } <= set(state)
     path = tmp_path / "s3fd-619a316812.pth"
     torch.save(state, path)
     det = s3fd.S3FD.from_file(path, device="cpu")
@@ -475,8 +513,9 @@ def test_keypoints_land_in_frame_coordinates() -> None:
     np.testing.assert_allclose(scores, 1.0)
     det.model = _PlantedPose(bx=0, by=0)  # top-left of the input → top-left of the padded, aspect-fixed box
     _, scale = dwpose.bbox_to_center_scale(box)
-    np.testing.assert_allclose(det.landmarks68(frame, box), np.tile([70 - scale[0] / 2, 100 - scale[1] / 2], (68, 1)),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        det.landmarks68(frame, box), np.tile([70 - scale[0] / 2, 100 - scale[1] / 2], (68, 1)), atol=1e-3
+    )
     whole, _ = det.keypoints(frame, None)  # MuseTalk's call: the whole frame is the box
     # 160x200 padded to 200x250, widened to the 3:4 input: 200 x 266.7 around (80, 100)
     np.testing.assert_allclose(whole[0], [80 - 100, 100 - 200 / 0.75 / 2], atol=1e-3)
@@ -569,8 +608,12 @@ def test_device_argument(sfd_file) -> None:
     else:
         gpu = s3fd.S3FD.from_file(sfd_file[0])
         assert gpu.device.type == "cuda"
-        np.testing.assert_allclose(gpu.detect(_random_frame(48, 64), 0.0, (1.0,)),
-                                   det.detect(_random_frame(48, 64), 0.0, (1.0,)), rtol=1e-3, atol=1e-2)
+        np.testing.assert_allclose(
+            gpu.detect(_random_frame(48, 64), 0.0, (1.0,)),
+            det.detect(_random_frame(48, 64), 0.0, (1.0,)),
+            rtol=1e-3,
+            atol=1e-2,
+        )
 
 
 def test_pickle_allow_list_does_not_import(tmp_path: Path) -> None:

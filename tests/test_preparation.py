@@ -6,11 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from workbench.avatar import PrepParams
-from workbench.faces.boxes import face_box
-from workbench.faces.landmarks import Detection, LandmarkDetector
-from workbench.media import MediaError, read_video, write_video
-from workbench.preparation import (
+from workbench.avatars.model import PrepParams
+from workbench.avatars.pipeline import (
     Detections,
     NoFaceError,
     PreparationError,
@@ -19,6 +16,9 @@ from workbench.preparation import (
     fill_missing,
     prepare_avatar,
 )
+from workbench.faces.boxes import face_box
+from workbench.faces.landmarks import Detection, LandmarkDetector
+from workbench.media import MediaError, read_video, write_video
 
 
 def check_consistent(avatar, n: int) -> None:
@@ -90,8 +90,14 @@ class CountingEncoder:
 def test_vae_encoder_is_called_in_batches(samples_dir, dlib_detector):
     enc = CountingEncoder()
     seen = []
-    avatar = prepare_avatar(samples_dir / "sun.mp4", PrepParams(max_frames=11), dlib_detector, vae_encoder=enc,
-                            progress=lambda f, m: seen.append(f), vae_batch_size=4)
+    avatar = prepare_avatar(
+        samples_dir / "sun.mp4",
+        PrepParams(max_frames=11),
+        dlib_detector,
+        vae_encoder=enc,
+        progress=lambda f, m: seen.append(f),
+        vae_batch_size=4,
+    )
     assert enc.batches == [4, 4, 3]
     assert avatar.latents.shape == (11, 8, 32, 32) and avatar.latents.dtype == np.float32
     assert np.allclose(avatar.latents[7, 0], avatar.crops[7, ..., 0].reshape(32, 8, 32, 8).mean(axis=(1, 3)) / 255)
@@ -100,8 +106,12 @@ def test_vae_encoder_is_called_in_batches(samples_dir, dlib_detector):
 
 def test_bad_encoder_output_is_refused(samples_dir, dlib_detector):
     with pytest.raises(PreparationError, match="expected"):
-        prepare_avatar(samples_dir / "sun.mp4", PrepParams(max_frames=2), dlib_detector,
-                       vae_encoder=lambda crops: np.zeros((len(crops), 4, 32, 32), np.float32))
+        prepare_avatar(
+            samples_dir / "sun.mp4",
+            PrepParams(max_frames=2),
+            dlib_detector,
+            vae_encoder=lambda crops: np.zeros((len(crops), 4, 32, 32), np.float32),
+        )
 
 
 def test_photo_input(tmp_path, samples_dir, dlib_detector):
@@ -214,7 +224,8 @@ def test_dwpose_adapter_takes_the_best_s3fd_box_and_whole_frame_landmarks():
 
     pose = FakePose()
     det = DWPoseDetector68(FakeS3FD([[5, 5, 20, 20, 0.6], [-4, 10, 60, 80, 0.9]]), pose, "fake").detect(
-        np.zeros((100, 100, 3), np.uint8))
+        np.zeros((100, 100, 3), np.uint8)
+    )
     assert det.box.tolist() == [0, 10, 60, 80] and det.score == pytest.approx(0.9)
     assert det.landmarks.shape == (68, 2) and det.landmarks[67, 0] == 67
     assert pose.boxes == [None], "MuseTalk runs DWPose on the whole frame"
@@ -235,7 +246,6 @@ def test_dwpose_without_weights_says_what_is_missing(tmp_path):
         get_detector("mediapipe")
 
 
-
 def test_given_detections_skip_the_detector(samples_dir, dlib_detector):
     frames, _ = read_video(samples_dir / "sun.mp4", max_frames=3)
     det = detect_faces(frames, dlib_detector)
@@ -253,7 +263,7 @@ def test_given_detections_skip_the_detector(samples_dir, dlib_detector):
 
 
 def test_model_identity_of_components():
-    from workbench.preparation import model_identity
+    from workbench.avatars.pipeline import model_identity
 
     class Renderer:
         identity = "musetalk-v15-abc123"

@@ -24,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 class Engine:
     def __init__(self, avatar):
-        from workbench.renderers.cpu import CPURenderer
+        from workbench.lipsync.cpu import CPURenderer
 
         self.renderer = CPURenderer()
         self.avatar = avatar
@@ -83,24 +83,38 @@ def test_chromium_receives_25fps_video_and_audio_for_a_local_reply(server, tmp_p
     url, manager, avatar_id = server
     wav = _quiet_wav(tmp_path / "mic.wav")
     ARTIFACTS.mkdir(exist_ok=True)
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required"]
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(f"{url}/rtc/chat?mode=echo&autostart=1&avatar={avatar_id}")
-            page.wait_for_function("window.rtcChat && window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
-                                   timeout=30_000)
-            page.wait_for_function("window.rtcChat.state.lastStats && window.rtcChat.state.lastStats.framesDecoded > 25",
-                                   timeout=30_000)
+            page.wait_for_function(
+                "window.rtcChat && window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
+                timeout=30_000,
+            )
+            page.wait_for_function(
+                "window.rtcChat.state.lastStats && window.rtcChat.state.lastStats.framesDecoded > 25", timeout=30_000
+            )
             stats = lambda: page.evaluate("window.rtcChat.stats()")  # noqa: E731
             idle = stats()
             time.sleep(1.5)
             idle_end = stats()  # 1.5 s of the idle loop, before any reply exists
-            page.fill("#text", "Hello! I am speaking to you from a headless browser. This reply is long enough "
-                                "to measure the frame rate while my mouth moves.")
+            page.fill(
+                "#text",
+                "Hello! I am speaking to you from a headless browser. This reply is long enough "
+                "to measure the frame rate while my mouth moves.",
+            )
             page.click("#send")
             page.wait_for_function("document.querySelector('#log .assistant') !== null", timeout=20_000)
             time.sleep(0.5)

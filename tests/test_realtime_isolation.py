@@ -48,12 +48,15 @@ def test_offers_without_a_valid_grant_are_refused(tmp_path):
     async def main():
         async with _client(app) as http:
             body = {"sdp": "v=0", "type": "offer", "mode": "echo"}
-            return [await http.post("/rtc/offer", json={**body, **extra}) for extra in (
-                {"grant": "forged-token-0123456789"},
-                {"grant": "forged-token-0123456789", "avatar_id": "bob"},
-                {"avatar_id": "bob"},  # a raw id, as the standalone page would send
-                {},  # no avatar at all: no falling back to the first cached one
-            )]
+            return [
+                await http.post("/rtc/offer", json={**body, **extra})
+                for extra in (
+                    {"grant": "forged-token-0123456789"},
+                    {"grant": "forged-token-0123456789", "avatar_id": "bob"},
+                    {"avatar_id": "bob"},  # a raw id, as the standalone page would send
+                    {},  # no avatar at all: no falling back to the first cached one
+                )
+            ]
 
     responses = asyncio.run(main())
     assert [r.status_code for r in responses] == [403, 403, 403, 403]
@@ -70,8 +73,9 @@ def test_a_grant_opens_its_avatar_and_no_other(tmp_path):
 
     async def main():
         async with _client(app) as http:
-            other = await http.post("/rtc/offer", json={"sdp": "v=0", "type": "offer", "mode": "echo",
-                                                        "grant": token, "avatar_id": "bob"})
+            other = await http.post(
+                "/rtc/offer", json={"sdp": "v=0", "type": "offer", "mode": "echo", "grant": token, "avatar_id": "bob"}
+            )
             peer = Peer(http)
             ok = await peer.connect(mode="echo", grant=token)
             again = Peer(http)  # hanging up and connecting again reuses the link

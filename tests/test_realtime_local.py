@@ -40,7 +40,12 @@ def test_echo_speaks_the_typed_text():
     events = asyncio.run(main())
     kinds = [e.kind for e in events]
     assert kinds[0] == "status" and events[0].status == "connected"
-    assert kinds.index("response_started") < kinds.index("audio") < kinds.index("audio_done") < kinds.index("response_done")
+    assert (
+        kinds.index("response_started")
+        < kinds.index("audio")
+        < kinds.index("audio_done")
+        < kinds.index("response_done")
+    )
     audio = np.concatenate([e.audio for e in events if e.kind == "audio"])
     assert np.array_equal(audio, tts.synthesize("Testing one two three."))
     assert 0.8 < len(audio) / 24_000 < 4.0
@@ -119,7 +124,7 @@ def test_microphone_speech_interrupts_the_avatar_offline():
             await h.stop()
 
     h, later = asyncio.run(main())
-    (item_id, end_ms), = h.session.voice.truncations
+    ((item_id, end_ms),) = h.session.voice.truncations
     assert end_ms == 40 * len(h.speech(item_id))
     assert 25 * 40 <= end_ms < 40 * len(h.speech()) + 1
     assert h.page_events("response_done")[-1]["status"] == "cancelled"  # the local reply stopped too
@@ -136,8 +141,10 @@ def test_typing_while_the_avatar_speaks_interrupts_and_answers():
             await h.session.send_text("This first answer is going to be interrupted by the next message.")
             await h.wait_for(lambda: len(h.speech()) >= 10)
             await h.session.send_text("Second.")
-            await h.wait_for(lambda: len({f.item_id for f in h.speech()}) == 2 and not h.session.stream.speaking,
-                             what="the second reply")
+            await h.wait_for(
+                lambda: len({f.item_id for f in h.speech()}) == 2 and not h.session.stream.speaking,
+                what="the second reply",
+            )
             return h
         finally:
             await h.stop()

@@ -41,8 +41,9 @@ class FakeEngine:
 
 def _app(tmp_path, avatars=None, **options):
     engine = FakeEngine(avatars or [make_avatar(avatar_id="alice")])
-    settings = Settings(runs_dir=tmp_path / "runs", openai_api_key=None, openai_base_url=None,
-                        ice_servers_json=options.pop("ice", "[]"))
+    settings = Settings(
+        runs_dir=tmp_path / "runs", openai_api_key=None, openai_base_url=None, ice_servers_json=options.pop("ice", "[]")
+    )
     app = FastAPI()
     options.setdefault("open_avatars", True)  # the standalone page; the app's grants: test_realtime_isolation.py
     manager = mount_realtime(app, engine, settings, **options)
@@ -220,7 +221,9 @@ def test_limits_and_bad_requests_are_refused_clearly(tmp_path, monkeypatch):
             r = await second.connect(mode="echo")
             out["busy"] = (r.status_code, r.json()["detail"])
             out["unknown"] = (await http.get("/rtc/session/nope/stats")).status_code
-            out["too_long"] = (await http.post(f"/rtc/session/{first.session_id}/text", json={"text": "x" * 5000})).status_code
+            out["too_long"] = (
+                await http.post(f"/rtc/session/{first.session_id}/text", json={"text": "x" * 5000})
+            ).status_code
             invalid = await http.post("/rtc/offer", json={"mode": "openai", "api_key": "sk-echo-me-not-12345"})
             out["invalid"] = (invalid.status_code, invalid.text)
             await first.close()
@@ -264,9 +267,15 @@ def test_config_and_page_never_carry_the_server_key(tmp_path):
 
 def test_ice_server_settings_are_validated():
     assert parse_ice_servers("[]") == []
-    assert parse_ice_servers('[{"urls": "stun:stun.l.google.com:19302"}]') == [{"urls": ["stun:stun.l.google.com:19302"]}]
-    for bad, msg in [("{", "valid JSON"), ('{"urls": "stun:x"}', "list"), ('[{"url": "stun:x"}]', "urls"),
-                     ('[{"urls": "http://x"}]', "stun:")]:
+    assert parse_ice_servers('[{"urls": "stun:stun.l.google.com:19302"}]') == [
+        {"urls": ["stun:stun.l.google.com:19302"]}
+    ]
+    for bad, msg in [
+        ("{", "valid JSON"),
+        ('{"urls": "stun:x"}', "list"),
+        ('[{"url": "stun:x"}]', "urls"),
+        ('[{"urls": "http://x"}]', "stun:"),
+    ]:
         with pytest.raises(RealtimeSetupError, match=msg):
             parse_ice_servers(bad)
 
@@ -280,8 +289,9 @@ def test_tracks_carry_audio_and_video_on_one_timeline():
         try:
             await h.wait_for(lambda: h.session.voice.status == "connected")
             await h.session.send_text("Timestamps must agree.")
-            await h.wait_for(lambda: h.page_events("response_done") and not h.session.stream.speaking
-                             and len(h.speech()) > 20)
+            await h.wait_for(
+                lambda: h.page_events("response_done") and not h.session.stream.speaking and len(h.speech()) > 20
+            )
             await asyncio.sleep(0.2)
             return h
         finally:

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from workbench.avatar import Avatar, PrepParams
-from workbench.compositor import Compositor
+from workbench.avatars.model import Avatar, PrepParams
 from workbench.config import CROP_SIZE, SAMPLES_PER_FRAME
-from workbench.renderers.base import AudioFrontend, Renderer
+from workbench.lipsync.base import AudioFrontend, Renderer
+from workbench.lipsync.compositor import Compositor
 
 LEVEL_GAIN = 4.0  # grey level = 255 * min(1, LEVEL_GAIN * rms)
 BLOCK = (slice(150, 230), slice(64, 192))  # rows, cols of the level block inside the 256x256 crop
@@ -179,8 +179,10 @@ class SessionHarness:
         import asyncio
 
         await self.session.start()
-        self._tasks = [asyncio.create_task(self._pull(self.session.video, self.video_frames)),
-                       asyncio.create_task(self._pull(self.session.audio, self.audio_frames))]
+        self._tasks = [
+            asyncio.create_task(self._pull(self.session.video, self.video_frames)),
+            asyncio.create_task(self._pull(self.session.audio, self.audio_frames)),
+        ]
         return self
 
     @staticmethod
@@ -216,8 +218,8 @@ class SessionHarness:
 
 
 def make_session(voice, renderer=None, avatar=None, session_id="test"):
+    from workbench.lipsync.stream import LipSyncStream
     from workbench.realtime.session import ChatSession
-    from workbench.streaming import LipSyncStream
 
     stream = LipSyncStream(renderer or LevelRenderer(), avatar or make_avatar(), name=session_id)
     stream.warm_idle()

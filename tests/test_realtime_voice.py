@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from test_realtime_support import SessionHarness, make_session, need_espeak
 
+from testkit.fake_realtime import FakeRealtimeServer
 from workbench.realtime import tts
-from workbench.realtime.fake_server import FakeRealtimeServer
 from workbench.realtime.voice import OpenAIRealtimeVoice, RealtimeConfig, VoiceAuthError
 
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -36,7 +36,7 @@ def _loud(seconds: float) -> np.ndarray:
 
 
 def test_a_turn_produces_audio_and_lip_synced_frames(yongen_avatar):
-    from workbench.renderers.cpu import CPURenderer
+    from workbench.lipsync.cpu import CPURenderer
 
     async def main():
         async with FakeRealtimeServer(api_key=KEY) as server:
@@ -45,8 +45,10 @@ def test_a_turn_produces_audio_and_lip_synced_frames(yongen_avatar):
             try:
                 await h.wait_for(lambda: h.session.voice.status == "connected", what="connected")
                 await h.session.send_text("Hello avatar")
-                await h.wait_for(lambda: h.page_events("response_done") and not h.session.stream.speaking
-                                 and h.speech(), what="the reply to finish playing")
+                await h.wait_for(
+                    lambda: h.page_events("response_done") and not h.session.stream.speaking and h.speech(),
+                    what="the reply to finish playing",
+                )
                 return server, h
             finally:
                 await h.stop()
@@ -66,7 +68,7 @@ def test_a_turn_produces_audio_and_lip_synced_frames(yongen_avatar):
     expected = _expected_audio("You said: Hello avatar")
     played = np.concatenate([f.audio for f in speech])
     assert np.array_equal(played[: len(expected)], expected)
-    assert not played[len(expected):].any()  # the tail that closes the mouth is silent
+    assert not played[len(expected) :].any()  # the tail that closes the mouth is silent
     assert "".join(e["text"] for e in h.page_events("transcript")).strip() == "You said: Hello avatar"
     assert h.page_events("latency")[0]["first_frame_ms"] > 0
     assert len(h.video_frames) > len(speech) and len(h.audio_frames) >= 2 * len(speech) - 4
@@ -103,7 +105,10 @@ def test_barge_in_truncates_at_the_audio_actually_played_and_the_next_turn_follo
     assert server.events_of("input_audio_buffer.append")
     assert [e["status"] for e in h.page_events("response_done")][0] == "cancelled"
     assert h.page_events("barge_in")[0]["reason"] == "speech"
-    assert "input_audio_buffer.speech_started" in server.sent_types and "input_audio_buffer.speech_stopped" in server.sent_types
+    assert (
+        "input_audio_buffer.speech_started" in server.sent_types
+        and "input_audio_buffer.speech_stopped" in server.sent_types
+    )
     # Once cut, the first reply never shows again.
     last_cut = max(f.index for f in h.speech(first_item))
     assert all(f.item_id != first_item for f in h.frames if f.index > last_cut)
@@ -127,8 +132,10 @@ def test_a_dropped_connection_recovers_with_the_conversation():
                 await h.wait_for(lambda: voice.status == "connected" and voice.reconnects == 1, what="reconnected")
                 gap = h.frames[idle_from:]
                 await voice.send_text("second message")
-                await h.wait_for(lambda: len(server.events_of("response.create")) == 2
-                                 and len({f.item_id for f in h.speech()}) == 2, what="a reply after reconnecting")
+                await h.wait_for(
+                    lambda: len(server.events_of("response.create")) == 2 and len({f.item_id for f in h.speech()}) == 2,
+                    what="a reply after reconnecting",
+                )
                 return server, h, gap, speaking_during_gap
             finally:
                 await h.stop()
@@ -250,7 +257,11 @@ def test_without_server_vad_the_client_finds_turns_and_asks_for_replies():
     assert server.events_of("session.update")[0]["session"]["audio"]["input"]["turn_detection"] is None
     assert appends_before == 0
     kinds = [e["type"] for e in server.received]
-    assert kinds.index("input_audio_buffer.append") < kinds.index("input_audio_buffer.commit") < kinds.index("response.create")
+    assert (
+        kinds.index("input_audio_buffer.append")
+        < kinds.index("input_audio_buffer.commit")
+        < kinds.index("response.create")
+    )
     assert "input_audio_buffer.speech_started" not in server.sent_types  # the server did no turn detection
     assert "input_audio_buffer.committed" in server.sent_types
     assert h.page_events("speech_started") and h.page_events("speech_stopped")

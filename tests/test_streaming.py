@@ -16,7 +16,7 @@ from test_realtime_support import (
 )
 
 from workbench.config import FPS
-from workbench.streaming import LipSyncStream, StreamError
+from workbench.lipsync.stream import LipSyncStream, StreamError
 from workbench.timing import read_latency_log
 
 CHUNK = 960  # 24 kHz samples per frame

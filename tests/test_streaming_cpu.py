@@ -9,12 +9,12 @@ import pytest
 import soundfile as sf
 import soxr
 
-from workbench.streaming import LipSyncStream
+from workbench.lipsync.stream import LipSyncStream
 
 
 @pytest.fixture(scope="module")
 def renderer():
-    from workbench.renderers.cpu import CPURenderer
+    from workbench.lipsync.cpu import CPURenderer
 
     return CPURenderer()
 

@@ -13,8 +13,8 @@ import huggingface_hub
 import pytest
 import torch
 
+from testkit.models import make_tiny_models
 from workbench import weights
-from workbench.testing import make_tiny_models
 from workbench.weights import (
     COMPONENTS,
     MANIFEST_NAME,
@@ -53,16 +53,28 @@ def test_missing_message_names_files_and_command(tmp_path):
         require_musetalk(tmp_path)
     msg = str(ei.value)
     assert "workbench weights download" in msg
-    for rel in ("musetalkV15/unet.pth", "musetalkV15/musetalk.json", "sd-vae/config.json", "whisper/preprocessor_config.json"):
+    for rel in (
+        "musetalkV15/unet.pth",
+        "musetalkV15/musetalk.json",
+        "sd-vae/config.json",
+        "whisper/preprocessor_config.json",
+    ):
         assert rel in msg
     assert isinstance(ei.value, RuntimeError)
     assert set(ei.value.components) == {"musetalkV15", "sd-vae", "whisper"}
 
 
 def test_tiny_models_are_present_in_official_layout(tiny_models):
-    for rel in ("musetalkV15/musetalk.json", "musetalkV15/unet.pth", "musetalk/pytorch_model.bin", "sd-vae/config.json",
-                "sd-vae/diffusion_pytorch_model.safetensors", "whisper/config.json", "whisper/model.safetensors",
-                "whisper/preprocessor_config.json"):
+    for rel in (
+        "musetalkV15/musetalk.json",
+        "musetalkV15/unet.pth",
+        "musetalk/pytorch_model.bin",
+        "sd-vae/config.json",
+        "sd-vae/diffusion_pytorch_model.safetensors",
+        "whisper/config.json",
+        "whisper/model.safetensors",
+        "whisper/preprocessor_config.json",
+    ):
         assert (tiny_models / rel).is_file(), rel
     report = check(tiny_models)
     assert report.has_musetalk("v15") and report.has_musetalk("v1")
@@ -168,8 +180,9 @@ class FakeHub:
         sha = hashlib.sha256(p.read_bytes()).hexdigest()
         if repo_file in self.wrong_sha:
             sha = "0" * 64
-        return huggingface_hub.HfFileMetadata(commit_hash="c0ffee", etag=f'"{sha}"', location=url, size=p.stat().st_size,
-                                              xet_file_data=None)
+        return huggingface_hub.HfFileMetadata(
+            commit_hash="c0ffee", etag=f'"{sha}"', location=url, size=p.stat().st_size, xet_file_data=None
+        )
 
     def download(self, repo_id, filename, *, local_dir, revision=None, tqdm_class=None, **kw):
         if self.offline:
@@ -240,8 +253,13 @@ def test_download_offline_names_every_file(fake_hub, tmp_path):
     with pytest.raises(WeightsDownloadError) as ei:
         download(tmp_path / "dl", ["musetalkV15", "whisper"])
     paths = [Path(p).relative_to(tmp_path / "dl").as_posix() for p, _, _ in ei.value.failures]
-    assert paths == ["musetalkV15/musetalk.json", "musetalkV15/unet.pth", "whisper/config.json",
-                     "whisper/model.safetensors", "whisper/preprocessor_config.json"]
+    assert paths == [
+        "musetalkV15/musetalk.json",
+        "musetalkV15/unet.pth",
+        "whisper/config.json",
+        "whisper/model.safetensors",
+        "whisper/preprocessor_config.json",
+    ]
     assert "offline" in str(ei.value)
 
 

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .avatar import PrepParams
-from .config import DetectorName, MaskSource, ParsingMode, RendererName, Settings
+from workbench.avatars.model import PrepParams
+from workbench.config import DetectorName, MaskSource, ParsingMode, RendererName, Settings
 
 app = typer.Typer(help="Real-time talking digital human workbench.", no_args_is_help=True, add_completion=False)
 weights_app = typer.Typer(help="MuseTalk, VAE, Whisper, detector and SyncNet weights.", no_args_is_help=True)
@@ -31,7 +31,7 @@ def _settings(models_dir: Path | None = None, cache_dir: Path | None = None, **e
 
 
 def _engine(settings: Settings, renderer: RendererName | None = None):
-    from .engine import Engine  # heavy imports only when a command needs them
+    from workbench.engine import Engine  # heavy imports only when a command needs them
 
     return Engine(settings, renderer=renderer)
 
@@ -41,8 +41,12 @@ class _Bar:
 
     def __init__(self, title: str):
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), console=console,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[msg]}"),
+            TimeElapsedColumn(),
+            console=console,
         )
         self.task = self.progress.add_task(title, total=1.0, msg="")
 
@@ -64,7 +68,9 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
@@ -75,7 +81,9 @@ def prepare(
     parsing_mode: Annotated[str, typer.Option(help="jaw or raw")] = "jaw",
     left_cheek_width: int = 90,
     right_cheek_width: int = 90,
-    detector: Annotated[str, typer.Option(help="dlib (offline default) or dwpose (MuseTalk's, needs weights)")] = "dlib",
+    detector: Annotated[
+        str, typer.Option(help="dlib (offline default) or dwpose (MuseTalk's, needs weights)")
+    ] = "dlib",
     mask_source: Annotated[str, typer.Option(help="auto, landmarks or bisenet")] = "auto",
     max_frames: Annotated[int | None, typer.Option(help="take at most this many frames")] = None,
     renderer: Annotated[str, typer.Option(help="auto, cpu or musetalk")] = "auto",
@@ -84,9 +92,14 @@ def prepare(
 ) -> None:
     """Prepare (or reuse) a cached avatar and print its id and the measured bbox_shift range."""
     params = PrepParams(
-        bbox_shift=bbox_shift, extra_margin=extra_margin, parsing_mode=_choice(parsing_mode, ParsingMode),
-        left_cheek_width=left_cheek_width, right_cheek_width=right_cheek_width,
-        detector=_choice(detector, DetectorName), mask_source=_choice(mask_source, MaskSource), max_frames=max_frames,
+        bbox_shift=bbox_shift,
+        extra_margin=extra_margin,
+        parsing_mode=_choice(parsing_mode, ParsingMode),
+        left_cheek_width=left_cheek_width,
+        right_cheek_width=right_cheek_width,
+        detector=_choice(detector, DetectorName),
+        mask_source=_choice(mask_source, MaskSource),
+        max_frames=max_frames,
     )
     engine = _engine(_settings(models_dir, cache_dir), _choice(renderer, RendererName))
     try:
@@ -96,9 +109,11 @@ def prepare(
         raise _fail(e) from e
     lo, hi = avatar.bbox_range
     n_face = int(avatar.has_face.sum())
-    console.print(f"avatar [bold]{avatar.avatar_id}[/bold]: {len(avatar)} frames ({n_face} with a face), "
-                  f"{avatar.frame_size[1]}x{avatar.frame_size[0]}, mask: {avatar.mask_kind}, "
-                  f"latents: {'yes' if avatar.latents is not None else 'no'}")
+    console.print(
+        f"avatar [bold]{avatar.avatar_id}[/bold]: {len(avatar)} frames ({n_face} with a face), "
+        f"{avatar.frame_size[1]}x{avatar.frame_size[0]}, mask: {avatar.mask_kind}, "
+        f"latents: {'yes' if avatar.latents is not None else 'no'}"
+    )
     console.print(f"recommended bbox_shift range: [{lo} ~ {hi}]  (current bbox_shift {bbox_shift})")
 
 
@@ -130,19 +145,25 @@ def render(
 @avatars_app.command("list")
 def avatars_list(cache_dir: CacheDir = None) -> None:
     """List cached avatars."""
-    from .cache import AvatarCache
+    from workbench.avatars.store import AvatarCache
 
     table = Table("id", "source", "frames", "bbox range", "params", "MB")
     for info in AvatarCache(_settings(cache_dir=cache_dir).cache_dir).list():
-        table.add_row(info.avatar_id, info.source, str(info.n_frames), f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
-                      _short_params(info.params), f"{info.size_bytes / 1e6:.1f}")
+        table.add_row(
+            info.avatar_id,
+            info.source,
+            str(info.n_frames),
+            f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
+            _short_params(info.params),
+            f"{info.size_bytes / 1e6:.1f}",
+        )
     console.print(table)
 
 
 @avatars_app.command("delete")
 def avatars_delete(avatar_id: str, cache_dir: CacheDir = None) -> None:
     """Delete a cached avatar."""
-    from .cache import AvatarCache
+    from workbench.avatars.store import AvatarCache
 
     try:
         AvatarCache(_settings(cache_dir=cache_dir).cache_dir).delete(avatar_id)
@@ -154,7 +175,7 @@ def avatars_delete(avatar_id: str, cache_dir: CacheDir = None) -> None:
 @weights_app.command("check")
 def weights_check(models_dir: ModelsDir = None) -> None:
     """Show which weight files are present, missing or corrupt. Exits 1 if MuseTalk's are incomplete."""
-    from . import weights
+    from workbench import weights
 
     report = weights.check(_settings(models_dir).models_dir)
     table = Table("component", "status", "files", "purpose")
@@ -164,19 +185,23 @@ def weights_check(models_dir: ModelsDir = None) -> None:
         table.add_row(comp.name, f"[{colour}]{comp.status}[/{colour}]", files, comp.description)
     console.print(table)
     if not report.has_musetalk():
-        console.print("MuseTalk is not ready; the CPU renderer is used. Get the weights with: workbench weights download")
+        console.print(
+            "MuseTalk is not ready; the CPU renderer is used. Get the weights with: workbench weights download"
+        )
         raise typer.Exit(code=1)
 
 
 @weights_app.command("download")
 def weights_download(
-    components: Annotated[list[str] | None, typer.Argument(help="components to fetch (default: MuseTalk v1.5's)")] = None,
+    components: Annotated[
+        list[str] | None, typer.Argument(help="components to fetch (default: MuseTalk v1.5's)")
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="every component: detectors, face parsing, SyncNet too")] = False,
     force: Annotated[bool, typer.Option(help="fetch again even if present")] = False,
     models_dir: ModelsDir = None,
 ) -> None:
     """Download weights from their Hugging Face repos and official URLs (resumable, verified)."""
-    from . import weights
+    from workbench import weights
 
     names = list(weights.COMPONENTS) if all_ else (components or list(weights.DEFAULT_DOWNLOAD))
     try:
@@ -202,7 +227,7 @@ def _choice(value: str, literal) -> str:
 
 def _mount_eval() -> None:
     """`workbench eval …` comes from the eval package; mounted here so there is one command."""
-    from eval.cli import eval_app
+    from workbench.evaluation.cli import eval_app
 
     app.add_typer(eval_app, name="eval")
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import weights
-from .avatar import Avatar, PrepParams
-from .cache import AvatarCache, AvatarInfo
-from .config import FPS, SAMPLES_PER_FRAME, RendererName, Settings, get_settings
-from .media import load_audio, write_video
-from .renderers.base import Renderer
-from .timing import FrameTiming
+from workbench import weights
+from workbench.avatars.model import Avatar, PrepParams
+from workbench.avatars.store import AvatarCache, AvatarInfo
+from workbench.config import FPS, SAMPLES_PER_FRAME, RendererName, Settings, get_settings
+from workbench.lipsync.base import Renderer
+from workbench.media import load_audio, write_video
+from workbench.timing import FrameTiming
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -77,11 +77,11 @@ class Engine:
 
     def _load_renderer(self, name: str) -> Renderer:
         if name == "musetalk":
-            from .renderers.musetalk import MuseTalkRenderer
+            from workbench.lipsync.musetalk import MuseTalkRenderer
 
             dtype = None if self.settings.dtype == "auto" else self.settings.dtype
             return MuseTalkRenderer.from_models_dir(self.models_dir, device=self.device, dtype=dtype)
-        from .renderers.cpu import CPURenderer
+        from workbench.lipsync.cpu import CPURenderer
 
         return CPURenderer()
 
@@ -91,7 +91,7 @@ class Engine:
     # --- avatars ----------------------------------------------------------------------------
     def detector(self, name: str):
         if name not in self._detectors:
-            from .faces.landmarks import get_detector
+            from workbench.faces.landmarks import get_detector
 
             self._detectors[name] = get_detector(name, self.models_dir, device=self.device)
         return self._detectors[name]
@@ -105,11 +105,12 @@ class Engine:
             return None
         report.require(["face-parse-bisent"])  # asked for bisenet explicitly: say what is missing
         if self._face_parser is None:
-            from .faces.bisenet import FaceParser
+            from workbench.faces.bisenet import FaceParser
 
             folder = self.models_dir / "face-parse-bisent"
-            self._face_parser = FaceParser.from_files(folder / "79999_iter.pth", folder / "resnet18-5c106cde.pth",
-                                                      self.device)
+            self._face_parser = FaceParser.from_files(
+                folder / "79999_iter.pth", folder / "resnet18-5c106cde.pth", self.device
+            )
         return self._face_parser
 
     def _vae_encoder(self):
@@ -119,8 +120,12 @@ class Engine:
         """Prepare an avatar from a video, photo or frames folder, or reuse its cached copy."""
         params = params or PrepParams()
         return self.cache.get_or_prepare(
-            Path(source), params, detector=self.detector(params.detector), vae_encoder=self._vae_encoder(),
-            face_parser=self.face_parser(params), progress=progress,
+            Path(source),
+            params,
+            detector=self.detector(params.detector),
+            vae_encoder=self._vae_encoder(),
+            face_parser=self.face_parser(params),
+            progress=progress,
         )
 
     def load_avatar(self, avatar_id: str) -> Avatar:
@@ -134,7 +139,11 @@ class Engine:
 
     # --- rendering --------------------------------------------------------------------------
     def iter_frames(
-        self, avatar: Avatar, audio16k: np.ndarray, start: int = 0, timings: list[FrameTiming] | None = None,
+        self,
+        avatar: Avatar,
+        audio16k: np.ndarray,
+        start: int = 0,
+        timings: list[FrameTiming] | None = None,
     ) -> Iterator[np.ndarray]:
         """Lip-synced full frames for a whole clip, one per 40 ms of audio, in batches.
 
@@ -165,8 +174,9 @@ class Engine:
             t_done = time.perf_counter()
             if timings is not None:
                 timings.extend(
-                    FrameTiming(frame=produced + k, audio_in=t_in, features_ready=t_feat, rendered=t_done,
-                                composited=t_done)
+                    FrameTiming(
+                        frame=produced + k, audio_in=t_in, features_ready=t_feat, rendered=t_done, composited=t_done
+                    )
                     for k, (_, t_in, t_feat) in enumerate(batch)
                 )
             produced += len(batch)
@@ -183,12 +193,20 @@ class Engine:
             yield from render(batch)
 
     def render_frames(
-        self, avatar: Avatar, audio16k: np.ndarray, start: int = 0, timings: list[FrameTiming] | None = None,
+        self,
+        avatar: Avatar,
+        audio16k: np.ndarray,
+        start: int = 0,
+        timings: list[FrameTiming] | None = None,
     ) -> list[np.ndarray]:
         return list(self.iter_frames(avatar, audio16k, start, timings))
 
     def render_file(
-        self, avatar: Avatar, audio: str | Path | np.ndarray, out_path: str | Path, progress: Progress | None = None,
+        self,
+        avatar: Avatar,
+        audio: str | Path | np.ndarray,
+        out_path: str | Path,
+        progress: Progress | None = None,
     ) -> RenderResult:
         """Render a 25 fps mp4 with the driving audio muxed in. `audio` is a file or 16 kHz mono samples."""
         t0 = time.perf_counter()
@@ -209,7 +227,11 @@ class Engine:
         return RenderResult(path=out, n_frames=len(timings), timings=timings, seconds=time.perf_counter() - t0)
 
     def preview(
-        self, source: str | Path, params_list: Sequence[PrepParams], frame_index: int, audio16k: np.ndarray,
+        self,
+        source: str | Path,
+        params_list: Sequence[PrepParams],
+        frame_index: int,
+        audio16k: np.ndarray,
         progress: Progress | None = None,
     ) -> list[np.ndarray]:
         """One rendered frame per parameter set: the bbox_shift tuning grid.

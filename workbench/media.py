@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import FPS, SAMPLE_RATE
+from workbench.config import FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,10 @@ def kind_of(path: str | Path) -> str:
         return "image"
     if ext in VIDEO_EXTS:
         return "video"
-    raise MediaError(f"unsupported file type {ext!r} for {p.name}: use a video ({', '.join(sorted(VIDEO_EXTS))}), "
-                     f"a photo ({', '.join(sorted(IMAGE_EXTS))}) or a folder of frames")
+    raise MediaError(
+        f"unsupported file type {ext!r} for {p.name}: use a video ({', '.join(sorted(VIDEO_EXTS))}), "
+        f"a photo ({', '.join(sorted(IMAGE_EXTS))}) or a folder of frames"
+    )
 
 
 def frame_files(folder: str | Path) -> list[Path]:
@@ -132,8 +134,16 @@ def probe(path: str | Path) -> MediaInfo:
     exe = shutil.which("ffprobe")
     if exe is None:
         raise MediaError("ffprobe is not installed (apt-get install ffmpeg)")
-    cmd = [exe, "-v", "error", "-show_entries", "format=duration:stream=codec_type,width,height,avg_frame_rate,r_frame_rate,duration",
-           "-of", "json", str(p)]
+    cmd = [
+        exe,
+        "-v",
+        "error",
+        "-show_entries",
+        "format=duration:stream=codec_type,width,height,avg_frame_rate,r_frame_rate,duration",
+        "-of",
+        "json",
+        str(p),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if res.returncode != 0:
         raise MediaError(f"{p.name} is not a readable media file: {res.stderr.strip()[:300]}")
@@ -151,10 +161,14 @@ def probe(path: str | Path) -> MediaInfo:
     if video is not None:
         fps = _fraction(video.get("avg_frame_rate")) or _fraction(video.get("r_frame_rate"))
     return MediaInfo(
-        p, size, duration, fps,
+        p,
+        size,
+        duration,
+        fps,
         int(video["width"]) if video and "width" in video else None,
         int(video["height"]) if video and "height" in video else None,
-        video is not None, has_audio,
+        video is not None,
+        has_audio,
     )
 
 
@@ -195,8 +209,10 @@ def read_frames_folder(folder: str | Path, max_frames: int | None = None) -> np.
         if img is None:
             raise MediaError(f"{f.name} in {folder} is not a readable image")
         if frames and img.shape != frames[0].shape:
-            raise MediaError(f"{f.name} is {img.shape[1]}x{img.shape[0]} but the first frame is "
-                             f"{frames[0].shape[1]}x{frames[0].shape[0]}; every frame must have the same size")
+            raise MediaError(
+                f"{f.name} is {img.shape[1]}x{img.shape[0]} but the first frame is "
+                f"{frames[0].shape[1]}x{frames[0].shape[0]}; every frame must have the same size"
+            )
         frames.append(img)
     return np.stack(frames)
 
@@ -242,8 +258,22 @@ def _read_cv2(path: Path, first: np.ndarray, expected: int, max_frames: int | No
 def _read_ffmpeg(path: Path, fps: float, first: np.ndarray, expected: int, max_frames: int | None) -> np.ndarray:
     """Decode through ffmpeg's fps filter; the size is forced to what OpenCV decoded so rotation agrees."""
     height, width = first.shape[:2]
-    cmd = [_ffmpeg(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0",
-           "-vf", f"fps={fps},scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "bgr24"]
+    cmd = [
+        _ffmpeg(),
+        "-v",
+        "error",
+        "-nostdin",
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0",
+        "-vf",
+        f"fps={fps},scale={width}:{height}",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+    ]
     if max_frames is not None:
         cmd += ["-frames:v", str(max_frames)]
     cmd.append("pipe:1")
@@ -262,7 +292,9 @@ def _read_ffmpeg(path: Path, fps: float, first: np.ndarray, expected: int, max_f
             rc = proc.wait()
         if rc != 0:
             err.seek(0)
-            raise MediaError(f"ffmpeg could not decode {path.name}: {err.read().decode(errors='replace').strip()[:300]}")
+            raise MediaError(
+                f"ffmpeg could not decode {path.name}: {err.read().decode(errors='replace').strip()[:300]}"
+            )
     return stack.result()
 
 
@@ -320,8 +352,23 @@ def _to_mono_float(audio: np.ndarray) -> np.ndarray:
 
 
 def _decode_ffmpeg(path: Path, sr: int) -> np.ndarray:
-    cmd = [_ffmpeg(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(sr),
-           "-f", "f32le", "pipe:1"]
+    cmd = [
+        _ffmpeg(),
+        "-v",
+        "error",
+        "-nostdin",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-ac",
+        "1",
+        "-ar",
+        str(sr),
+        "-f",
+        "f32le",
+        "pipe:1",
+    ]
     res = subprocess.run(cmd, capture_output=True, timeout=600)
     if res.returncode != 0:
         msg = res.stderr.decode(errors="replace").strip()
@@ -391,7 +438,10 @@ def _run(cmd: list[str], what: str) -> None:
 
 
 def write_video(
-    path: str | Path, frames: Iterable[np.ndarray], fps: float = FPS, audio16k: np.ndarray | None = None,
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = FPS,
+    audio16k: np.ndarray | None = None,
     crf: int = 18,
 ) -> Path:
     """Write BGR frames as a playable H.264 mp4 (yuv420p, even size) with the 16 kHz audio muxed as AAC.
@@ -419,10 +469,36 @@ def write_video(
             if proc is None:
                 size = (frame.shape[1], frame.shape[0])
                 # yuv420p needs even sides; pad the odd edge by one replicated pixel rather than rescale.
-                cmd = [exe, "-y", "-v", "error", "-nostdin", "-f", "rawvideo", "-pix_fmt", "bgr24",
-                       "-s", f"{size[0]}x{size[1]}", "-r", f"{fps}", "-i", "pipe:0",
-                       "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
-                       "-crf", str(crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(video_tmp)]
+                cmd = [
+                    exe,
+                    "-y",
+                    "-v",
+                    "error",
+                    "-nostdin",
+                    "-f",
+                    "rawvideo",
+                    "-pix_fmt",
+                    "bgr24",
+                    "-s",
+                    f"{size[0]}x{size[1]}",
+                    "-r",
+                    f"{fps}",
+                    "-i",
+                    "pipe:0",
+                    "-vf",
+                    "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "veryfast",
+                    "-crf",
+                    str(crf),
+                    "-pix_fmt",
+                    "yuv420p",
+                    "-movflags",
+                    "+faststart",
+                    str(video_tmp),
+                ]
                 proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=stderr_file)
             elif (frame.shape[1], frame.shape[0]) != size:
                 raise MediaError(f"frame {n} is {frame.shape[1]}x{frame.shape[0]}, the first was {size[0]}x{size[1]}")
@@ -430,7 +506,9 @@ def write_video(
                 proc.stdin.write(np.ascontiguousarray(frame).tobytes())
             except BrokenPipeError as e:
                 stderr_file.seek(0)
-                raise MediaError(f"ffmpeg stopped while encoding: {stderr_file.read().decode(errors='replace')[-500:]}") from e
+                raise MediaError(
+                    f"ffmpeg stopped while encoding: {stderr_file.read().decode(errors='replace')[-500:]}"
+                ) from e
             n += 1
         if proc is None:
             raise MediaError("no frames to write")
@@ -447,9 +525,33 @@ def write_video(
             wav_tmp = _tmp_beside(out, ".wav")
             try:
                 sf.write(str(wav_tmp), a, SAMPLE_RATE, subtype="PCM_16")
-                _run([exe, "-y", "-v", "error", "-nostdin", "-i", str(video_tmp), "-i", str(wav_tmp),
-                      "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k",
-                      "-movflags", "+faststart", str(final_tmp)], "mux the audio")
+                _run(
+                    [
+                        exe,
+                        "-y",
+                        "-v",
+                        "error",
+                        "-nostdin",
+                        "-i",
+                        str(video_tmp),
+                        "-i",
+                        str(wav_tmp),
+                        "-map",
+                        "0:v:0",
+                        "-map",
+                        "1:a:0",
+                        "-c:v",
+                        "copy",
+                        "-c:a",
+                        "aac",
+                        "-b:a",
+                        "128k",
+                        "-movflags",
+                        "+faststart",
+                        str(final_tmp),
+                    ],
+                    "mux the audio",
+                )
             finally:
                 wav_tmp.unlink(missing_ok=True)
             os.replace(final_tmp, out)

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from . import atomic
+from workbench import atomic
 
 STAGES = ("audio_in", "features_ready", "rendered", "composited", "sent")
 

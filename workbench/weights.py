@@ -40,7 +40,7 @@ from typing import Literal
 
 import huggingface_hub as hub
 
-from .atomic import write_json
+from workbench.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,9 @@ def musetalk_components(version: str = "v15") -> tuple[str, ...]:
     try:
         return MUSETALK_COMPONENTS[version]
     except KeyError:
-        raise ValueError(f"unknown MuseTalk version {version!r}; expected one of {sorted(MUSETALK_COMPONENTS)}") from None
+        raise ValueError(
+            f"unknown MuseTalk version {version!r}; expected one of {sorted(MUSETALK_COMPONENTS)}"
+        ) from None
 
 
 def _components(names: Iterable[str] | None) -> list[Component]:
@@ -533,15 +535,26 @@ def _download_hf(models_dir: Path, spec: FileSpec, progress: Progress | None, ba
     kwargs = {}
     if progress is not None:
         kwargs["tqdm_class"] = _tqdm_forwarding(progress, spec.path, base, span)
-    got = Path(hub.hf_hub_download(spec.repo_id, spec.repo_filename, local_dir=local_dir, revision=exp.get("commit"), **kwargs))
+    got = Path(
+        hub.hf_hub_download(spec.repo_id, spec.repo_filename, local_dir=local_dir, revision=exp.get("commit"), **kwargs)
+    )
     if got.resolve() != dest.resolve():
         os.replace(got, dest)
     problem = _check_expectation(dest, spec, exp)
     if problem:
         dest.unlink(missing_ok=True)
         raise WeightsError(problem)
-    _record(models_dir, spec.path, {"size": dest.stat().st_size, "sha256": exp.get("sha256") or sha256_file(dest),
-                                     "source": spec.source, "commit": exp.get("commit"), "time": time.time()})
+    _record(
+        models_dir,
+        spec.path,
+        {
+            "size": dest.stat().st_size,
+            "sha256": exp.get("sha256") or sha256_file(dest),
+            "source": spec.source,
+            "commit": exp.get("commit"),
+            "time": time.time(),
+        },
+    )
     return dest
 
 
@@ -592,8 +605,11 @@ def _download_url(models_dir: Path, spec: FileSpec, progress: Progress | None, b
         raise WeightsError(detail)
     digest = sha256_file(part)
     os.replace(part, dest)
-    _record(models_dir, spec.path, {"size": dest.stat().st_size, "sha256": digest, "source": spec.source,
-                                     "time": time.time()})
+    _record(
+        models_dir,
+        spec.path,
+        {"size": dest.stat().st_size, "sha256": digest, "source": spec.source, "time": time.time()},
+    )
     return dest
 
 

@@ -51,8 +51,27 @@ NECK_L = 15  # necklace
 CLOTH = 16
 HAIR = 17
 HAT = 18
-LABEL_NAMES = ("background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
-               "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat")
+LABEL_NAMES = (
+    "background",
+    "skin",
+    "l_brow",
+    "r_brow",
+    "l_eye",
+    "r_eye",
+    "eye_g",
+    "l_ear",
+    "r_ear",
+    "ear_r",
+    "nose",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "neck",
+    "neck_l",
+    "cloth",
+    "hair",
+    "hat",
+)
 N_CLASSES = len(LABEL_NAMES)
 
 PARSE_SIZE = 512
@@ -91,8 +110,10 @@ class ResNet18(nn.Module):
         widths = (64, 64, 128, 256, 512)
         for i in range(1, 5):
             stride = 1 if i == 1 else 2
-            self.add_module(f"layer{i}", nn.Sequential(BasicBlock(widths[i - 1], widths[i], stride),
-                                                       BasicBlock(widths[i], widths[i])))
+            self.add_module(
+                f"layer{i}",
+                nn.Sequential(BasicBlock(widths[i - 1], widths[i], stride), BasicBlock(widths[i], widths[i])),
+            )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.layer1(self.maxpool(F.relu(self.bn1(self.conv1(x)))))
@@ -209,8 +230,9 @@ class FaceParser:
         self.size = size
 
     @classmethod
-    def from_files(cls, model_path: str | Path, resnet_path: str | Path | None = None,
-                   device: str | torch.device | None = None) -> FaceParser:
+    def from_files(
+        cls, model_path: str | Path, resnet_path: str | Path | None = None, device: str | torch.device | None = None
+    ) -> FaceParser:
         """Load `79999_iter.pth`; `resnet18-5c106cde.pth`, when given, is checked and loaded first, as MuseTalk does.
 
         The full checkpoint holds the backbone too, so the ImageNet file changes nothing once it has loaded.
@@ -225,8 +247,9 @@ class FaceParser:
     def _tensor(self, img_bgr: np.ndarray) -> torch.Tensor:
         check_bgr_image(img_bgr, "image")
         # PIL's bilinear resize filters over the whole footprint when shrinking, unlike cv2's; MuseTalk uses PIL
-        rgb = Image.fromarray(np.ascontiguousarray(img_bgr[:, :, ::-1])).resize((self.size, self.size),
-                                                                                Image.Resampling.BILINEAR)
+        rgb = Image.fromarray(np.ascontiguousarray(img_bgr[:, :, ::-1])).resize(
+            (self.size, self.size), Image.Resampling.BILINEAR
+        )
         x = (np.asarray(rgb, dtype=np.float32) / 255.0 - MEAN_RGB) / STD_RGB
         return torch.from_numpy(x.transpose(2, 0, 1).copy())
 
@@ -240,8 +263,10 @@ class FaceParser:
 
     def parse_batch(self, images_bgr: Sequence[np.ndarray]) -> list[np.ndarray]:
         labels = self.logits(images_bgr).argmax(dim=1).to(torch.uint8).cpu().numpy()
-        return [cv2.resize(lab, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-                for lab, img in zip(labels, images_bgr, strict=True)]
+        return [
+            cv2.resize(lab, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+            for lab, img in zip(labels, images_bgr, strict=True)
+        ]
 
     def parse(self, img_bgr: np.ndarray) -> np.ndarray:
         """(H, W) uint8 CelebAMask-HQ labels for one BGR image, at its own size."""

@@ -35,7 +35,10 @@ def _degenerate(box: tuple[int, int, int, int]) -> bool:
 
 
 def face_box(
-    landmarks: np.ndarray, frame_shape: tuple[int, ...], bbox_shift: int = 0, extra_margin: int = 0,
+    landmarks: np.ndarray,
+    frame_shape: tuple[int, ...],
+    bbox_shift: int = 0,
+    extra_margin: int = 0,
     detector_box: np.ndarray | None = None,
 ) -> np.ndarray:
     """The crop box (4,) int32 x1, y1, x2, y2 inside a frame of `frame_shape` (H, W, ...).

@@ -23,8 +23,17 @@ from torch import nn
 # the project's weight errors, so callers catch one family; a missing file is reported like any other missing weight
 from workbench.weights import MissingWeightsError, WeightsError
 
-__all__ = ["CheckpointError", "FaceModelInputError", "MissingWeightsError", "OpaqueObject", "check_bgr_image",
-           "extract_state_dict", "load_strict", "read_checkpoint", "resolve_device"]
+__all__ = [
+    "CheckpointError",
+    "FaceModelInputError",
+    "MissingWeightsError",
+    "OpaqueObject",
+    "check_bgr_image",
+    "extract_state_dict",
+    "load_strict",
+    "read_checkpoint",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +70,21 @@ class OpaqueObject:
 
 _ALLOWED = {
     "collections": {"OrderedDict", "defaultdict"},
-    "builtins": {"set", "frozenset", "slice", "complex", "tuple", "list", "dict", "int", "float", "bool", "str",
-                 "bytes", "bytearray"},
+    "builtins": {
+        "set",
+        "frozenset",
+        "slice",
+        "complex",
+        "tuple",
+        "list",
+        "dict",
+        "int",
+        "float",
+        "bool",
+        "str",
+        "bytes",
+        "bytearray",
+    },
     "_codecs": {"encode"},
     "codecs": {"encode"},
     "numpy": {"ndarray", "dtype"},
@@ -71,8 +93,14 @@ _ALLOWED = {
     "torch": {"Size", "device", "Tensor"},
     "torch.nn.parameter": {"Parameter"},
     "torch._tensor": {"_rebuild_from_type_v2"},
-    "torch._utils": {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
-                     "_rebuild_parameter_with_state", "_rebuild_device_tensor_from_numpy"},
+    "torch._utils": {
+        "_rebuild_tensor",
+        "_rebuild_tensor_v2",
+        "_rebuild_tensor_v3",
+        "_rebuild_parameter",
+        "_rebuild_parameter_with_state",
+        "_rebuild_device_tensor_from_numpy",
+    },
 }
 
 
@@ -152,8 +180,11 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
             sd[key] = own[key]
     missing = sorted(k for k in own if k not in sd)
     unexpected = sorted(k for k in sd if k not in own)
-    mismatched = sorted(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape))
+    mismatched = sorted(
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    )
     if missing or unexpected or mismatched:
         parts = []
         if missing:

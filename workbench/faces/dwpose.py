@@ -153,8 +153,12 @@ class CSPNeXt(nn.Module):
     """CSPNeXt-P5 at widen/deepen 1.0 (the "l" size); returns the stride-32 stage-4 map only (out_indices=(4,))."""
 
     # in, out, blocks, identity shortcut, SPP
-    ARCH_P5 = ((64, 128, 3, True, False), (128, 256, 6, True, False), (256, 512, 6, True, False),
-               (512, 1024, 3, False, True))
+    ARCH_P5 = (
+        (64, 128, 3, True, False),
+        (128, 256, 6, True, False),
+        (256, 512, 6, True, False),
+        (512, 1024, 3, False, True),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -223,8 +227,13 @@ class RTMCCBlock(nn.Module):
 
 
 class RTMCCHead(nn.Module):
-    def __init__(self, in_channels: int = 1024, num_keypoints: int = NUM_KEYPOINTS,
-                 featuremap_wh: tuple[int, int] = (INPUT_W // 32, INPUT_H // 32), hidden: int = 256) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1024,
+        num_keypoints: int = NUM_KEYPOINTS,
+        featuremap_wh: tuple[int, int] = (INPUT_W // 32, INPUT_H // 32),
+        hidden: int = 256,
+    ) -> None:
         super().__init__()
         flat = featuremap_wh[0] * featuremap_wh[1]
         self.final_layer = nn.Conv2d(in_channels, num_keypoints, 7, 1, 3)
@@ -286,8 +295,9 @@ def input_to_frame(points: np.ndarray, center: np.ndarray, scale: np.ndarray) ->
     return points / size * scale + center - 0.5 * scale
 
 
-def simcc_decode(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float = SIMCC_SPLIT_RATIO
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def simcc_decode(
+    simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float = SIMCC_SPLIT_RATIO
+) -> tuple[np.ndarray, np.ndarray]:
     """SimCC argmax decode (mmpose get_simcc_maximum): (…, K, Wx), (…, K, Wy) → input-pixel (…, K, 2), scores (…, K).
 
     The score is the smaller of the two maxima; keypoints scoring <= 0 are placed at bin -1, as mmpose does.
@@ -311,8 +321,9 @@ class DWPoseDetector:
         self._flip = torch.tensor(wholebody_flip_indices(), dtype=torch.long, device=device)
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str | torch.device | None = None,
-                  flip_test: bool = True) -> DWPoseDetector:
+    def from_file(
+        cls, path: str | Path, device: str | torch.device | None = None, flip_test: bool = True
+    ) -> DWPoseDetector:
         """Load `dw-ll_ucoco_384.pth` (an mmpose checkpoint: {"state_dict": …, "meta": …}, or a bare state dict)."""
         state = extract_state_dict(read_checkpoint(path), path)
         model = RTMPoseWholeBody()
@@ -343,8 +354,9 @@ class DWPoseDetector:
                 sy = (sy + fy[:, self._flip]) * 0.5
         return sx.float().cpu().numpy(), sy.float().cpu().numpy()
 
-    def keypoints_batch(self, frames_bgr: Sequence[np.ndarray], boxes: Sequence[Sequence[float] | None]
-                        ) -> tuple[np.ndarray, np.ndarray]:
+    def keypoints_batch(
+        self, frames_bgr: Sequence[np.ndarray], boxes: Sequence[Sequence[float] | None]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 133, 2) float32 frame coordinates and (N, 133) float32 scores for one box per frame."""
         if len(frames_bgr) != len(boxes):
             raise FaceModelInputError(f"{len(frames_bgr)} frames but {len(boxes)} boxes")

@@ -21,14 +21,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..config import N_LANDMARKS, DetectorName
+from workbench.config import N_LANDMARKS, DetectorName
 
 log = logging.getLogger(__name__)
 
 # Where the official files live under models/ (MuseTalk's download layout, and syncnet_python's S3FD).
 DWPOSE_FILE = Path("dwpose") / "dw-ll_ucoco_384.pth"
-S3FD_FILES = (Path("s3fd") / "s3fd-619a316812.pth", Path("face_detection") / "s3fd.pth",
-              Path("syncnet_eval") / "sfd_face.pth")
+S3FD_FILES = (
+    Path("s3fd") / "s3fd-619a316812.pth",
+    Path("face_detection") / "s3fd.pth",
+    Path("syncnet_eval") / "sfd_face.pth",
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,9 @@ class LandmarkDetector(ABC):
         return self.name
 
     def detect_many(
-        self, frames: Sequence[np.ndarray], progress: Callable[[float, str], None] | None = None,
+        self,
+        frames: Sequence[np.ndarray],
+        progress: Callable[[float, str], None] | None = None,
     ) -> list[Detection | None]:
         out: list[Detection | None] = []
         n = len(frames)
@@ -71,14 +76,14 @@ class LandmarkDetector(ABC):
 
 def missing_weights(paths: Sequence[Path | str], component: str, models_dir: Path | None = None) -> Exception:
     """The project's MissingWeightsError (workbench/weights.py) for official files that are absent."""
-    from ..weights import MissingWeightsError
+    from workbench.weights import MissingWeightsError
 
     return MissingWeightsError(list(paths), [component], models_dir)
 
 
 def _dlib_files_missing(message: str) -> Exception:
     # dlib's files come with a PyPI package, not with `workbench weights download`.
-    from .checkpoints import MissingWeightsError
+    from workbench.faces.checkpoints import MissingWeightsError
 
     return MissingWeightsError(message)
 
@@ -90,7 +95,8 @@ def dlib_model_dir() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise _dlib_files_missing(
-            "dlib's face models are missing: pip install face-recognition-models (it ships the 68-point predictor)")
+            "dlib's face models are missing: pip install face-recognition-models (it ships the 68-point predictor)"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
@@ -142,14 +148,18 @@ class DlibDetector(LandmarkDetector):
             rects, scores, _ = self._hog.run(gray, upsample, 0.0)
             return [(r.left(), r.top(), r.right(), r.bottom(), float(s)) for r, s in zip(rects, scores, strict=True)]
         rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-        return [(m.rect.left(), m.rect.top(), m.rect.right(), m.rect.bottom(), float(m.confidence))
-                for m in self._cnn(rgb, upsample)]
+        return [
+            (m.rect.left(), m.rect.top(), m.rect.right(), m.rect.bottom(), float(m.confidence))
+            for m in self._cnn(rgb, upsample)
+        ]
 
     def detect(self, frame_bgr: np.ndarray) -> Detection | None:
         gray = cv2.cvtColor(np.ascontiguousarray(frame_bgr), cv2.COLOR_BGR2GRAY)
         h, w = gray.shape
         scale = min(1.0, self.detect_side / max(h, w))
-        small = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else gray
+        small = (
+            cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else gray
+        )
         faces = self._faces(small, 0) or self._faces(small, 1)
         if not faces:
             return None
@@ -183,8 +193,8 @@ class DWPoseDetector68(LandmarkDetector):
             raise missing_weights([dw], "dwpose", models_dir)
         if s3 is None:
             raise missing_weights([models_dir / S3FD_FILES[-1]], "syncnet_eval", models_dir)
-        from .dwpose import DWPoseDetector
-        from .s3fd import S3FD
+        from workbench.faces.dwpose import DWPoseDetector
+        from workbench.faces.s3fd import S3FD
 
         ident = f"dwpose-{_file_sha(dw)}-s3fd-{_file_sha(s3)}"
         return cls(S3FD.from_file(s3, device), DWPoseDetector.from_file(dw, device), ident)
@@ -205,7 +215,9 @@ class DWPoseDetector68(LandmarkDetector):
         return Detection(box=box, landmarks=lm, score=float(best[4]))
 
 
-def get_detector(name: DetectorName = "dlib", models_dir: str | Path | None = None, device: str | None = None) -> LandmarkDetector:
+def get_detector(
+    name: DetectorName = "dlib", models_dir: str | Path | None = None, device: str | None = None
+) -> LandmarkDetector:
     """The detector called `name`; "dwpose" needs MuseTalk's official weights under `models_dir`."""
     if name == "dlib":
         return DlibDetector()

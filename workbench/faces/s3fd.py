@@ -58,8 +58,23 @@ MERGE_NMS_IOU = 0.1
 
 # VGG16 conv channels; "M" max-pool, "C" pool3 (ceil mode in the syncnet file, keeps odd sizes)
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512, "M")
-_VGG16_CONV_NAMES = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2",
-                     "conv4_3", "conv5_1", "conv5_2", "conv5_3", "fc6", "fc7")
+_VGG16_CONV_NAMES = (
+    "conv1_1",
+    "conv1_2",
+    "conv2_1",
+    "conv2_2",
+    "conv3_1",
+    "conv3_2",
+    "conv3_3",
+    "conv4_1",
+    "conv4_2",
+    "conv4_3",
+    "conv5_1",
+    "conv5_2",
+    "conv5_3",
+    "fc6",
+    "fc7",
+)
 _SOURCE_NAMES = ("conv3_3_norm", "conv4_3_norm", "conv5_3_norm", "fc7", "conv6_2", "conv7_2")
 
 
@@ -92,8 +107,11 @@ def _vgg_trunk(layout: Layout) -> tuple[nn.ModuleList, dict[int, str], list[int]
             in_ch = int(item)
             if len(conv_indices) in (7, 10, 13):  # conv3_3, conv4_3, conv5_3
                 taps[len(layers) - 1] = {7: "L2Norm3_3", 10: "L2Norm4_3", 13: "L2Norm5_3"}[len(conv_indices)]
-    fc6 = (nn.Conv2d(512, 1024, 3, 1, padding=6, dilation=6) if layout == "syncnet"
-           else nn.Conv2d(512, 1024, 3, 1, padding=3))
+    fc6 = (
+        nn.Conv2d(512, 1024, 3, 1, padding=6, dilation=6)
+        if layout == "syncnet"
+        else nn.Conv2d(512, 1024, 3, 1, padding=3)
+    )
     conv_indices += [len(layers), len(layers) + 2]
     layers += [fc6, nn.ReLU(inplace=True), nn.Conv2d(1024, 1024, 1, 1), nn.ReLU(inplace=True)]  # fc6, fc7
     return nn.ModuleList(layers), taps, conv_indices
@@ -136,16 +154,19 @@ class S3FDNet(nn.Module):
         self.L2Norm3_3 = L2Norm(256, 10)
         self.L2Norm4_3 = L2Norm(512, 8)
         self.L2Norm5_3 = L2Norm(512, 5)
-        self.extras = nn.ModuleList([
-            nn.Conv2d(1024, 256, 1, 1),
-            nn.Conv2d(256, 512, 3, 2, padding=1),
-            nn.Conv2d(512, 128, 1, 1),
-            nn.Conv2d(128, 256, 3, 2, padding=1),
-        ])
+        self.extras = nn.ModuleList(
+            [
+                nn.Conv2d(1024, 256, 1, 1),
+                nn.Conv2d(256, 512, 3, 2, padding=1),
+                nn.Conv2d(512, 128, 1, 1),
+                nn.Conv2d(128, 256, 3, 2, padding=1),
+            ]
+        )
         source_channels = (256, 512, 512, 1024, 512, 256)
         self.loc = nn.ModuleList([nn.Conv2d(c, 4, 3, 1, padding=1) for c in source_channels])
-        self.conf = nn.ModuleList([nn.Conv2d(c, 4 if i == 0 else 2, 3, 1, padding=1)
-                                   for i, c in enumerate(source_channels)])
+        self.conf = nn.ModuleList(
+            [nn.Conv2d(c, 4 if i == 0 else 2, 3, 1, padding=1) for i, c in enumerate(source_channels)]
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         sources: list[torch.Tensor] = []
@@ -187,8 +208,9 @@ def decode_boxes(loc: np.ndarray, priors: np.ndarray, variances: tuple[float, fl
     return np.concatenate([centers - sizes / 2, centers + sizes / 2], axis=1)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, top_k: int | None = None,
-        inclusive: bool = False) -> np.ndarray:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, top_k: int | None = None, inclusive: bool = False
+) -> np.ndarray:
     """Greedy non-maximum suppression; indices of kept boxes, best first. Keeps boxes with IoU <= threshold.
 
     `inclusive` counts both edge pixels (w = x2 - x1 + 1), the py-faster-rcnn convention face-alignment uses.
@@ -240,8 +262,11 @@ class S3FD:
     def _candidates(self, frame_bgr: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (pixels of the frame) and face scores of every prior scoring above 0.05 at one scale."""
         h, w = frame_bgr.shape[:2]
-        img = frame_bgr if scale == 1 else cv2.resize(frame_bgr, dsize=(0, 0), fx=scale, fy=scale,
-                                                       interpolation=cv2.INTER_LINEAR)
+        img = (
+            frame_bgr
+            if scale == 1
+            else cv2.resize(frame_bgr, dsize=(0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        )
         if img.shape[0] < 1 or img.shape[1] < 1:
             raise FaceModelInputError(f"scale {scale} leaves nothing of a {w}x{h} frame")
         x = img.astype(np.float32) - MEAN_BGR
@@ -258,8 +283,7 @@ class S3FD:
         boxes = decode_boxes(loc[keep], prior_boxes(sizes, img.shape[:2])[keep])
         return boxes * np.array([w, h, w, h], dtype=np.float32), score[keep]
 
-    def detect(self, frame_bgr: np.ndarray, conf_th: float = 0.5, scales: Sequence[float] | None = None
-               ) -> np.ndarray:
+    def detect(self, frame_bgr: np.ndarray, conf_th: float = 0.5, scales: Sequence[float] | None = None) -> np.ndarray:
         """Faces in one BGR frame, best first; `scales` defaults to the file's own pipeline (0.25 syncnet, 1.0
         face-alignment). For syncnet_python's protocol pass `SYNCNET_CONF_TH`."""
         check_bgr_image(frame_bgr, "frame")

@@ -5,8 +5,8 @@
     gr.HTML(embed_html(avatar_id=...))               # the chat page inside a Gradio tab
 
 Modules: `voice` (OpenAIRealtimeVoice, LocalVoice), `session` (ChatSession and its tracks),
-`server` (RealtimeManager, routes), `fake_server` (a local Realtime protocol server), `tts` (espeak-ng).
-The transport-free lip-sync stream is `workbench.streaming.LipSyncStream`.
+`server` (RealtimeManager, routes), `tts` (espeak-ng). The local Realtime protocol server for tests and demos is `testkit.fake_realtime`.
+The transport-free lip-sync stream is `workbench.lipsync.stream.LipSyncStream`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ __all__ = ["RealtimeManager", "embed_html", "mount_realtime"]
 def __getattr__(name: str) -> Any:
     # Lazy, so importing the voice or TTS modules does not pull in aiortc and FastAPI.
     if name in __all__:
-        from . import server
+        from workbench.realtime import server
 
         return getattr(server, name)
     raise AttributeError(name)

@@ -52,12 +52,12 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from ..avatar import Avatar
-from ..cache import CacheError
-from ..config import Settings, get_settings
-from ..streaming import LipSyncStream
-from .session import ChatSession
-from .voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
+from workbench.avatars.model import Avatar
+from workbench.avatars.store import CacheError
+from workbench.config import Settings, get_settings
+from workbench.lipsync.stream import LipSyncStream
+from workbench.realtime.session import ChatSession
+from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -70,8 +70,7 @@ class RealtimeSetupError(ValueError):
     """The realtime endpoint is misconfigured (bad ICE server JSON, no renderer, …)."""
 
 
-GRANT_REFUSED = ("this chat link is unknown or has expired: choose the avatar again in the workbench's "
-                 "Realtime chat tab")
+GRANT_REFUSED = "this chat link is unknown or has expired: choose the avatar again in the workbench's Realtime chat tab"
 
 
 class OfferRequest(BaseModel):
@@ -114,10 +113,20 @@ def parse_ice_servers(raw: str) -> list[dict[str, Any]]:
 class RealtimeManager:
     """Creates, tracks and closes `ChatSession`s; shares one engine among them."""
 
-    def __init__(self, engine: Any, settings: Settings | None = None, *, max_sessions: int = 4,
-                 max_video_height: int | None = 720, batch_size: int | None = None,
-                 latency_dir: Path | None = None, serialize_renders: bool | None = None,
-                 open_avatars: bool = False, grant_ttl_s: float = GRANT_TTL_S, max_grants: int = MAX_GRANTS):
+    def __init__(
+        self,
+        engine: Any,
+        settings: Settings | None = None,
+        *,
+        max_sessions: int = 4,
+        max_video_height: int | None = 720,
+        batch_size: int | None = None,
+        latency_dir: Path | None = None,
+        serialize_renders: bool | None = None,
+        open_avatars: bool = False,
+        grant_ttl_s: float = GRANT_TTL_S,
+        max_grants: int = MAX_GRANTS,
+    ):
         self.engine = engine
         self.settings = settings or getattr(engine, "settings", None) or get_settings()
         self.max_sessions = max_sessions
@@ -205,13 +214,20 @@ class RealtimeManager:
                 raise HTTPException(403, "this chat link is for another avatar")
             return avatar_id
         if not self.open_avatars:
-            raise HTTPException(403, "open the chat from the workbench's Realtime chat tab (this server needs a chat link)")
+            raise HTTPException(
+                403, "open the chat from the workbench's Realtime chat tab (this server needs a chat link)"
+            )
         return req.avatar_id
 
     def make_voice(self, req: OfferRequest) -> VoiceSession:
         config = req.realtime or RealtimeConfig()
         key = req.api_key if req.api_key and req.api_key.get_secret_value().strip() else None
-        if req.mode == "openai" and config.base_url and config.base_url != self.settings.openai_base_url and key is None:
+        if (
+            req.mode == "openai"
+            and config.base_url
+            and config.base_url != self.settings.openai_base_url
+            and key is None
+        ):
             # The server's own key only ever goes to the server's configured endpoint.
             raise HTTPException(400, "a custom Realtime base URL needs your own API key")
         try:
@@ -233,8 +249,14 @@ class RealtimeManager:
                 serialize = getattr(renderer, "name", "") != "cpu"
             lock = getattr(self.engine, "render_lock", None) if serialize else None
             stream = LipSyncStream(renderer, avatar, batch_size=self.batch_size, render_lock=lock, name=sid)
-            session = ChatSession(sid, stream, voice, max_video_height=self.max_video_height,
-                                  latency_dir=self.latency_dir, on_closed=self._forget)
+            session = ChatSession(
+                sid,
+                stream,
+                voice,
+                max_video_height=self.max_video_height,
+                latency_dir=self.latency_dir,
+                on_closed=self._forget,
+            )
             self.sessions[sid] = session
         config = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.ice_servers])
         pc = RTCPeerConnection(configuration=config)
@@ -279,8 +301,13 @@ class RealtimeManager:
             "ice_servers": self.ice_servers,
             "modes": ["echo", "faq", "openai"],
             "voices": list(OPENAI_VOICES),
-            "defaults": {"model": self.settings.realtime_model, "voice": self.settings.realtime_voice,
-                         "turn_detection": "server_vad", "silence_duration_ms": 500, "vad_threshold": 0.5},
+            "defaults": {
+                "model": self.settings.realtime_model,
+                "voice": self.settings.realtime_voice,
+                "turn_detection": "server_vad",
+                "silence_duration_ms": 500,
+                "vad_threshold": 0.5,
+            },
             "server_key": self.settings.openai_api_key is not None,  # whether one is set, never the key
             # Without open_avatars the page gets its one avatar through a grant and learns no other ids.
             "avatars": (self.avatar_ids() or list(self._avatars)) if self.open_avatars else [],
@@ -342,8 +369,9 @@ class RealtimeManager:
         return r
 
 
-def mount_realtime(app: FastAPI, engine: Any, settings: Settings | None = None, *, prefix: str = "/rtc",
-                   **manager_options: Any) -> RealtimeManager:
+def mount_realtime(
+    app: FastAPI, engine: Any, settings: Settings | None = None, *, prefix: str = "/rtc", **manager_options: Any
+) -> RealtimeManager:
     """Add the realtime routes and the chat page to `app`; returns the session manager.
 
     Call it before mounting Gradio at "/", whose catch-all mount would otherwise shadow `prefix`.
@@ -379,5 +407,7 @@ def embed_html(prefix: str = "/rtc", avatar_id: str | None = None, height: int =
     else:
         query = f"?avatar={quote(avatar_id)}" if avatar_id else ""
     src = f"{prefix}/chat{query}"
-    return (f'<iframe src="{escape(src)}" title="Realtime chat" allow="microphone; autoplay" '
-            f'style="width:100%;height:{int(height)}px;border:0;border-radius:8px"></iframe>')
+    return (
+        f'<iframe src="{escape(src)}" title="Realtime chat" allow="microphone; autoplay" '
+        f'style="width:100%;height:{int(height)}px;border:0;border-radius:8px"></iframe>'
+    )

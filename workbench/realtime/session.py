@@ -25,9 +25,9 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from ..config import FPS, REALTIME_SAMPLE_RATE
-from ..streaming import SAMPLES_24K_PER_FRAME, LipSyncStream, StreamError, StreamFrame
-from .voice import VoiceError, VoiceEvent, VoiceSession
+from workbench.config import FPS, REALTIME_SAMPLE_RATE
+from workbench.lipsync.stream import SAMPLES_24K_PER_FRAME, LipSyncStream, StreamError, StreamFrame
+from workbench.realtime.voice import VoiceError, VoiceEvent, VoiceSession
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,16 @@ class SessionClock:
 class ChatSession:
     """A conversation: its own avatar stream, voice session and tracks; the renderer is shared."""
 
-    def __init__(self, session_id: str, stream: LipSyncStream, voice: VoiceSession, *,
-                 max_video_height: int | None = 720, latency_dir: Path | None = None,
-                 on_closed: Callable[[ChatSession], Any] | None = None):
+    def __init__(
+        self,
+        session_id: str,
+        stream: LipSyncStream,
+        voice: VoiceSession,
+        *,
+        max_video_height: int | None = 720,
+        latency_dir: Path | None = None,
+        on_closed: Callable[[ChatSession], Any] | None = None,
+    ):
         self.id = session_id
         self.stream = stream
         self.voice = voice
@@ -262,8 +269,13 @@ class ChatSession:
                 if frame.kind == "speech" and frame.utterance_frame == 0:
                     stats = self.stream.utterance_stats[-1] if self.stream.utterance_stats else None
                     if stats is not None and stats.first_frame_ms is not None:
-                        self.notify({"type": "latency", "item_id": frame.item_id,
-                                     "first_frame_ms": round(stats.first_frame_ms, 1)})
+                        self.notify(
+                            {
+                                "type": "latency",
+                                "item_id": frame.item_id,
+                                "first_frame_ms": round(stats.first_frame_ms, 1),
+                            }
+                        )
                 k += 1
                 self.ticks = k
                 if time.perf_counter() - last_stats > 1.0:
@@ -315,8 +327,15 @@ class ChatSession:
         if cut.item_id is not None:
             self.truncations.append((cut.item_id, cut.audio_end_ms))
             await self.voice.truncate(cut.item_id, cut.audio_end_ms)
-        self.notify({"type": "barge_in", "reason": reason, "item_id": cut.item_id, "audio_end_ms": cut.audio_end_ms,
-                     "dropped_frames": cut.dropped_frames})
+        self.notify(
+            {
+                "type": "barge_in",
+                "reason": reason,
+                "item_id": cut.item_id,
+                "audio_end_ms": cut.audio_end_ms,
+                "dropped_frames": cut.dropped_frames,
+            }
+        )
 
     # ---- page → session -------------------------------------------------------------------------
     async def handle_client_message(self, message: str | bytes) -> None:
@@ -340,8 +359,13 @@ class ChatSession:
         if not text:
             return
         if len(text) > MAX_TEXT_CHARS:
-            self.notify({"type": "error", "message": f"message too long (limit {MAX_TEXT_CHARS} characters)",
-                         "code": "text_too_long"})
+            self.notify(
+                {
+                    "type": "error",
+                    "message": f"message too long (limit {MAX_TEXT_CHARS} characters)",
+                    "code": "text_too_long",
+                }
+            )
             return
         await self.barge_in("text")
         self.notify({"type": "user_text", "text": text})
@@ -390,12 +414,21 @@ class ChatSession:
         s = self.stream.stats()
         elapsed = max(1e-6, time.perf_counter() - (self.clock.t0 or time.perf_counter()))
         return {
-            "session": self.id, "voice": self.voice.describe(), "voice_status": self.voice.status,
-            "speaking": self.stream.speaking, "ticks": self.ticks, "clock_fps": round(self.ticks / elapsed, 2),
-            "video_sent": self.video.sent, "video_dropped": self.video.queue.dropped,
-            "audio_sent": self.audio.sent, "audio_dropped": self.audio.queue.dropped,
-            "clock_rebases": self.clock.rebases, "mic_seconds": round(self.mic_samples / REALTIME_SAMPLE_RATE, 2),
-            "barge_ins": self.barge_ins, "holds": s["hold"], "stalls": s["stall"],
+            "session": self.id,
+            "voice": self.voice.describe(),
+            "voice_status": self.voice.status,
+            "speaking": self.stream.speaking,
+            "ticks": self.ticks,
+            "clock_fps": round(self.ticks / elapsed, 2),
+            "video_sent": self.video.sent,
+            "video_dropped": self.video.queue.dropped,
+            "audio_sent": self.audio.sent,
+            "audio_dropped": self.audio.queue.dropped,
+            "clock_rebases": self.clock.rebases,
+            "mic_seconds": round(self.mic_samples / REALTIME_SAMPLE_RATE, 2),
+            "barge_ins": self.barge_ins,
+            "holds": s["hold"],
+            "stalls": s["stall"],
             "first_frame_ms": [round(x, 1) for x in s["first_frame_ms"]],
         }
 

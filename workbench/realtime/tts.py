@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..config import REALTIME_SAMPLE_RATE
+from workbench.config import REALTIME_SAMPLE_RATE
 
 MAX_TTS_CHARS = 2000
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")

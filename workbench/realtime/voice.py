@@ -34,8 +34,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from ..config import REALTIME_SAMPLE_RATE, get_settings
-from . import tts
+from workbench.config import REALTIME_SAMPLE_RATE, get_settings
+from workbench.realtime import tts
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,19 @@ class VoiceEvent:
 
     def public(self) -> dict[str, Any]:
         """The JSON-safe part the browser may see (never audio, never credentials)."""
-        return {k: v for k, v in {
-            "kind": self.kind, "item_id": self.item_id, "response_id": self.response_id, "text": self.text,
-            "status": self.status, "code": self.code, "audio_end_ms": self.audio_end_ms,
-        }.items() if v is not None}
+        return {
+            k: v
+            for k, v in {
+                "kind": self.kind,
+                "item_id": self.item_id,
+                "response_id": self.response_id,
+                "text": self.text,
+                "status": self.status,
+                "code": self.code,
+                "audio_end_ms": self.audio_end_ms,
+            }.items()
+            if v is not None
+        }
 
 
 # ---- secrets never reach a log ----------------------------------------------------------------
@@ -259,13 +268,20 @@ class RealtimeConfig(BaseModel):
         """The GA `session.update` body."""
         if self.turn_detection == "server_vad":
             td: dict[str, Any] | None = {
-                "type": "server_vad", "threshold": self.vad_threshold, "prefix_padding_ms": self.prefix_padding_ms,
-                "silence_duration_ms": self.silence_duration_ms, "create_response": True,
+                "type": "server_vad",
+                "threshold": self.vad_threshold,
+                "prefix_padding_ms": self.prefix_padding_ms,
+                "silence_duration_ms": self.silence_duration_ms,
+                "create_response": True,
                 "interrupt_response": self.interrupt_response,
             }
         elif self.turn_detection == "semantic_vad":
-            td = {"type": "semantic_vad", "eagerness": self.eagerness, "create_response": True,
-                  "interrupt_response": self.interrupt_response}
+            td = {
+                "type": "semantic_vad",
+                "eagerness": self.eagerness,
+                "create_response": True,
+                "interrupt_response": self.interrupt_response,
+            }
         else:
             td = None
         pcm = {"type": "audio/pcm", "rate": REALTIME_SAMPLE_RATE}
@@ -308,15 +324,22 @@ class OpenAIRealtimeVoice(VoiceSession):
 
     mode = "openai"
 
-    def __init__(self, config: RealtimeConfig | None = None, api_key: str | SecretStr | None = None,
-                 *, history_items: int = 20, client: Any | None = None):
+    def __init__(
+        self,
+        config: RealtimeConfig | None = None,
+        api_key: str | SecretStr | None = None,
+        *,
+        history_items: int = 20,
+        client: Any | None = None,
+    ):
         super().__init__()
         self.config = config or RealtimeConfig()
         if isinstance(api_key, str):
             api_key = SecretStr(api_key) if api_key.strip() else None
         if api_key is None:
-            env = get_settings().openai_api_key or (SecretStr(os.environ["OPENAI_API_KEY"])
-                                                    if os.environ.get("OPENAI_API_KEY") else None)
+            env = get_settings().openai_api_key or (
+                SecretStr(os.environ["OPENAI_API_KEY"]) if os.environ.get("OPENAI_API_KEY") else None
+            )
             api_key = env
         if api_key is None and client is None:
             raise VoiceError("an OpenAI API key is needed: set OPENAI_API_KEY or enter one in the key field")
@@ -367,7 +390,9 @@ class OpenAIRealtimeVoice(VoiceSession):
         try:
             await asyncio.wait_for(asyncio.shield(self._first_outcome), self.config.connect_timeout_s + 1)
         except TimeoutError as exc:
-            raise VoiceError(f"no answer from the Realtime server within {self.config.connect_timeout_s:.0f} s") from exc
+            raise VoiceError(
+                f"no answer from the Realtime server within {self.config.connect_timeout_s:.0f} s"
+            ) from exc
 
     def _settle_first(self, exc: BaseException | None) -> None:
         f = self._first_outcome
@@ -384,7 +409,8 @@ class OpenAIRealtimeVoice(VoiceSession):
             error: BaseException | None = None
             try:
                 manager = self._client.realtime.connect(
-                    model=self.config.model, websocket_connection_options={"logger": _WS_LOGGER},
+                    model=self.config.model,
+                    websocket_connection_options={"logger": _WS_LOGGER},
                 )
                 conn = await asyncio.wait_for(manager.enter(), self.config.connect_timeout_s)
                 try:
@@ -418,8 +444,13 @@ class OpenAIRealtimeVoice(VoiceSession):
                 return
             delay = min(self.config.initial_backoff_s * 2 ** (self.attempt - 1), self.config.max_backoff_s)
             delay *= 0.75 + 0.25 * random.random()
-            self._emit(VoiceEvent("status", status="reconnecting",
-                                  text=f"{detail}; retrying in {delay:.1f} s ({self.attempt}/{self.config.max_retries})"))
+            self._emit(
+                VoiceEvent(
+                    "status",
+                    status="reconnecting",
+                    text=f"{detail}; retrying in {delay:.1f} s ({self.attempt}/{self.config.max_retries})",
+                )
+            )
             log.info("realtime connection lost (%s); retry %d in %.1f s", detail, self.attempt, delay)
             self._wake.clear()
             if self._closing:
@@ -434,9 +465,13 @@ class OpenAIRealtimeVoice(VoiceSession):
         """After a reconnect the server has a fresh conversation: give it the old one as text."""
         for role, text in list(self._history):
             kind = "input_text" if role == "user" else "output_text"
-            await conn.conversation.item.create(item={
-                "type": "message", "role": role, "content": [{"type": kind, "text": text}],
-            })
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": role,
+                    "content": [{"type": kind, "text": text}],
+                }
+            )
         while self._pending_text:
             await self._send_text_now(conn, self._pending_text.popleft())
 
@@ -452,12 +487,18 @@ class OpenAIRealtimeVoice(VoiceSession):
                 self._settle_first(None)
         elif t in ("response.output_audio.delta", "response.audio.delta"):
             pcm = _pcm_from_b64(event.delta)
-            self._item_audio_ms[event.item_id] = self._item_audio_ms.get(event.item_id, 0.0) + 1000 * len(pcm) / REALTIME_SAMPLE_RATE
+            self._item_audio_ms[event.item_id] = (
+                self._item_audio_ms.get(event.item_id, 0.0) + 1000 * len(pcm) / REALTIME_SAMPLE_RATE
+            )
             self._emit(VoiceEvent("audio", item_id=event.item_id, response_id=event.response_id, audio=pcm))
         elif t in ("response.output_audio.done", "response.audio.done"):
             self._emit(VoiceEvent("audio_done", item_id=event.item_id, response_id=event.response_id))
-        elif t in ("response.output_audio_transcript.delta", "response.audio_transcript.delta",
-                   "response.output_text.delta", "response.text.delta"):
+        elif t in (
+            "response.output_audio_transcript.delta",
+            "response.audio_transcript.delta",
+            "response.output_text.delta",
+            "response.text.delta",
+        ):
             self._item_transcript[event.item_id] = self._item_transcript.get(event.item_id, "") + event.delta
             self._emit(VoiceEvent("transcript", item_id=event.item_id, response_id=event.response_id, text=event.delta))
         elif t in ("response.output_audio_transcript.done", "response.audio_transcript.done"):
@@ -477,7 +518,9 @@ class OpenAIRealtimeVoice(VoiceSession):
             self._emit(VoiceEvent("response_started", response_id=getattr(event.response, "id", None)))
         elif t == "response.done":
             r = event.response
-            self._emit(VoiceEvent("response_done", response_id=getattr(r, "id", None), status=getattr(r, "status", None)))
+            self._emit(
+                VoiceEvent("response_done", response_id=getattr(r, "id", None), status=getattr(r, "status", None))
+            )
         elif t == "conversation.item.truncated":
             self._emit(VoiceEvent("truncated", item_id=event.item_id, audio_end_ms=event.audio_end_ms))
         elif t == "error":
@@ -486,7 +529,9 @@ class OpenAIRealtimeVoice(VoiceSession):
                 log.debug("ignored: %s", err.message)  # a cancel racing the server's own VAD cancel
                 return
             log.warning("realtime error %s: %s", getattr(err, "code", None), err.message)
-            self._emit(VoiceEvent("error", text=err.message, code=getattr(err, "code", None) or getattr(err, "type", None)))
+            self._emit(
+                VoiceEvent("error", text=err.message, code=getattr(err, "code", None) or getattr(err, "type", None))
+            )
 
     async def close(self) -> None:
         self._closing = True
@@ -550,9 +595,13 @@ class OpenAIRealtimeVoice(VoiceSession):
     async def _send_text_now(self, conn: Any, text: str) -> None:
         self._history.append(("user", text))
         self._history_item_ids.append(None)
-        await conn.conversation.item.create(item={
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}],
-        })
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+            }
+        )
         await conn.response.create()
 
     async def truncate(self, item_id: str, audio_end_ms: int) -> None:
@@ -580,13 +629,13 @@ DEFAULT_FAQ: dict[str, str] = {
     "hello hi hey": "Hello! I am the local demo avatar. Type a question, or connect an OpenAI key to talk freely.",
     "who what are you": "I am a talking head driven by the workbench's lip-sync renderer, speaking with a local voice.",
     "how does lip sync work": "My voice is cut into forty millisecond frames, each frame becomes a mouth shape, "
-                              "and the renderer paints it onto my face in time with the sound.",
+    "and the renderer paints it onto my face in time with the sound.",
     "what is musetalk": "MuseTalk is a real-time lip-sync model. It inpaints the lower half of the face in latent "
-                        "space, conditioned on Whisper audio features.",
+    "space, conditioned on Whisper audio features.",
     "how use openai key real voice": "Choose the OpenAI mode and enter your key. The key stays on the server "
-                                     "for this session only.",
+    "for this session only.",
     "what can you do help": "I can echo what you type, answer a few questions about this workbench, and stop "
-                            "talking as soon as you interrupt me.",
+    "talking as soon as you interrupt me.",
     "bye goodbye thanks thank": "Thank you for talking with me. Goodbye!",
 }
 _STOP = {"a", "an", "the", "is", "are", "do", "does", "i", "you", "me", "my", "your", "to", "of", "can", "it", "in"}
@@ -629,8 +678,14 @@ def faq_answer(faq: dict[str, str], question: str, fallback: str | None = None) 
 class EnergyVAD:
     """Speech start/stop on 24 kHz PCM16 from its loudness over 20 ms windows, with a noise floor."""
 
-    def __init__(self, threshold_db: float = -38.0, margin_db: float = 12.0, start_ms: int = 120,
-                 stop_ms: int = 500, rate: int = REALTIME_SAMPLE_RATE):
+    def __init__(
+        self,
+        threshold_db: float = -38.0,
+        margin_db: float = 12.0,
+        start_ms: int = 120,
+        stop_ms: int = 500,
+        rate: int = REALTIME_SAMPLE_RATE,
+    ):
         self.threshold_db, self.margin_db = threshold_db, margin_db
         self.win = rate // 50
         self.start_n, self.stop_n = max(1, start_ms // 20), max(1, stop_ms // 20)
@@ -645,7 +700,7 @@ class EnergyVAD:
         self._buf = np.concatenate([self._buf, np.asarray(pcm, np.float32) / 32768.0])
         out = []
         while len(self._buf) >= self.win:
-            w, self._buf = self._buf[: self.win], self._buf[self.win:]
+            w, self._buf = self._buf[: self.win], self._buf[self.win :]
             self.ms += 20
             db = 10 * np.log10(float(np.mean(w.astype(np.float64) ** 2)) + 1e-10)
             loud = db > max(self.threshold_db, self.floor_db + self.margin_db)
@@ -667,9 +722,18 @@ class EnergyVAD:
 class LocalVoice(VoiceSession):
     """Keyless voice: espeak-ng speaks an echo of the user's text or an FAQ answer; energy VAD on the mic."""
 
-    def __init__(self, mode: Literal["echo", "faq"] = "echo", *, faq: dict[str, str] | None = None,
-                 tts_voice: str = "en-us", words_per_minute: int = 165, chunk_ms: int = 100,
-                 speed_factor: float = 4.0, vad: EnergyVAD | None = None, barge_in_on_speech: bool = True):
+    def __init__(
+        self,
+        mode: Literal["echo", "faq"] = "echo",
+        *,
+        faq: dict[str, str] | None = None,
+        tts_voice: str = "en-us",
+        words_per_minute: int = 165,
+        chunk_ms: int = 100,
+        speed_factor: float = 4.0,
+        vad: EnergyVAD | None = None,
+        barge_in_on_speech: bool = True,
+    ):
         super().__init__()
         if mode not in ("echo", "faq"):
             raise VoiceError(f"unknown local voice mode {mode!r}; use 'echo' or 'faq'")
@@ -764,8 +828,13 @@ class LocalVoice(VoiceSession):
                 pass
 
 
-def make_voice(mode: str, *, api_key: str | SecretStr | None = None, config: RealtimeConfig | None = None,
-               faq: dict[str, str] | None = None) -> VoiceSession:
+def make_voice(
+    mode: str,
+    *,
+    api_key: str | SecretStr | None = None,
+    config: RealtimeConfig | None = None,
+    faq: dict[str, str] | None = None,
+) -> VoiceSession:
     """The voice for a UI mode: "openai", "echo" or "faq"."""
     if mode == "openai":
         return OpenAIRealtimeVoice(config, api_key)

@@ -9,28 +9,31 @@ from pathlib import Path
 import gradio as gr
 from fastapi import FastAPI
 
-from ..config import Settings
-from ..realtime.server import RealtimeManager, mount_realtime
-from . import header
-from .chat_tab import ChatTab
-from .context import UIContext, dropdown_update, new_session
-from .eval_tab import EvalTab
-from .library import Library, find_samples_dir
-from .prepare_tab import PrepareTab
-from .tuning_tab import TuningTab
-from .weights_panel import WeightsPanel
+from workbench.config import Settings
+from workbench.realtime.server import RealtimeManager, mount_realtime
+from workbench.ui import header
+from workbench.ui.chat_tab import ChatTab
+from workbench.ui.context import UIContext, dropdown_update, new_session
+from workbench.ui.eval_tab import EvalTab
+from workbench.ui.library import Library, find_samples_dir
+from workbench.ui.prepare_tab import PrepareTab
+from workbench.ui.tuning_tab import TuningTab
+from workbench.ui.weights_panel import WeightsPanel
 
 log = logging.getLogger(__name__)
 
 TITLE = "Talking-head workbench"
 HEADER_TTL_S = 60.0
-CSS = header.HEADER_CSS + """
+CSS = (
+    header.HEADER_CSS
+    + """
 .gradio-container {max-width: 1320px !important}
 #tune-gallery .caption-label {font-variant-numeric: tabular-nums}
 footer {display: none !important}
 .wb-chat-empty {padding: 48px; text-align: center; color: var(--body-text-color-subdued);
   border: 1px dashed var(--border-color-primary); border-radius: 8px}
 """
+)
 
 
 def openai_configured(settings: Settings) -> bool:
@@ -46,12 +49,20 @@ def theme() -> gr.themes.Base:
 class WorkbenchUI:
     """Builds the Blocks; keeps the tab objects so tests can call their handlers."""
 
-    def __init__(self, engine, samples_dir: Path | None = None, show_all_avatars: bool = False,
-                 realtime: RealtimeManager | None = None):
+    def __init__(
+        self,
+        engine,
+        samples_dir: Path | None = None,
+        show_all_avatars: bool = False,
+        realtime: RealtimeManager | None = None,
+    ):
         self.engine = engine
         self.settings: Settings = engine.settings
-        self.library = Library(engine, samples_dir if samples_dir is not None else find_samples_dir(engine.settings.samples_dir),
-                               show_all=show_all_avatars)
+        self.library = Library(
+            engine,
+            samples_dir if samples_dir is not None else find_samples_dir(engine.settings.samples_dir),
+            show_all=show_all_avatars,
+        )
         self.ctx = UIContext(engine=engine, library=self.library, settings=self.settings, realtime=realtime)
         self.prepare_tab = PrepareTab(self.ctx)
         self.tuning_tab = TuningTab(self.ctx)
@@ -64,8 +75,9 @@ class WorkbenchUI:
         """The banner; the weights check behind it (format probes, hashes) is reused for a minute per process."""
         now = time.monotonic()
         if fresh or self._header is None or now - self._header[0] > HEADER_TTL_S:
-            html = header.header_html(self.engine.resolved_renderer_name(), self.engine.weights_report(),
-                                      openai_configured(self.settings))
+            html = header.header_html(
+                self.engine.resolved_renderer_name(), self.engine.weights_report(), openai_configured(self.settings)
+            )
             self._header = (now, html)
         return self._header[1]
 
@@ -90,12 +102,20 @@ class WorkbenchUI:
                     self.eval_tab.build(session)
             dropdowns = self.ctx.avatar_dropdowns
             # Whenever the session's avatars change, every tab's avatar list follows.
-            for event in (self.prepare_tab.prepared, self.prepare_tab.used, self.prepare_tab.deleted,
-                          self.tuning_tab.saved):
+            for event in (
+                self.prepare_tab.prepared,
+                self.prepare_tab.used,
+                self.prepare_tab.deleted,
+                self.tuning_tab.saved,
+            ):
                 event.then(self.refresh_all, [session], dropdowns, show_progress="hidden")
             demo.load(self.refresh_all, [session], dropdowns, show_progress="hidden")
-            demo.load(self.prepare_tab.refresh, [session], [self.prepare_tab.table, self.prepare_tab.chosen],
-                      show_progress="hidden")
+            demo.load(
+                self.prepare_tab.refresh,
+                [session],
+                [self.prepare_tab.table, self.prepare_tab.chosen],
+                show_progress="hidden",
+            )
             demo.load(lambda: self.header_html(), None, banner, show_progress="hidden")
             demo.load(*self.eval_tab.load_runs, show_progress="hidden")
         return demo
@@ -116,9 +136,17 @@ def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool =
     blocks = ui.build()
     app.state.workbench_ui = ui
     gr.mount_gradio_app(
-        app, blocks, path="/", css=CSS, theme=theme(), footer_links=[],
+        app,
+        blocks,
+        path="/",
+        css=CSS,
+        theme=theme(),
+        footer_links=[],
         run_history=False,  # the run history would keep inputs in the browser; nothing here should linger
-        max_file_size=f"{settings.max_upload_mb}mb", show_error=True, ssr_mode=False,
-        server_name=settings.host, server_port=settings.port,
+        max_file_size=f"{settings.max_upload_mb}mb",
+        show_error=True,
+        ssr_mode=False,
+        server_name=settings.host,
+        server_port=settings.port,
     )
     return app

@@ -14,8 +14,8 @@ import html
 
 import gradio as gr
 
-from ..realtime.server import embed_html
-from .context import UIContext, new_session, user_errors
+from workbench.realtime.server import embed_html
+from workbench.ui.context import UIContext, new_session, user_errors
 
 CHAT_HEIGHT = 720
 HELP = (
@@ -49,7 +49,10 @@ class ChatTab:
         with gr.Row():
             avatar = gr.Dropdown([], label="avatar", scale=2, elem_id="chat-avatar")
             gr.Markdown(HELP, elem_id="chat-help")
-        page = gr.HTML(notice("Prepare an avatar in the first tab, then choose it here."), elem_id="chat-frame",
-                       min_height=CHAT_HEIGHT)
+        page = gr.HTML(
+            notice("Prepare an avatar in the first tab, then choose it here."),
+            elem_id="chat-frame",
+            min_height=CHAT_HEIGHT,
+        )
         avatar.change(self.frame, [avatar, session], [page], show_progress="hidden")
         return avatar

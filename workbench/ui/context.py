@@ -18,19 +18,26 @@ from typing import Any
 
 import gradio as gr
 
-from ..cache import CacheError
-from ..config import Settings
-from ..media import MediaError
-from ..preparation import NoFaceError, PreparationError
-from ..weights import WeightsError
-from .library import AccessError, Library, short_id  # noqa: F401  (re-exported for the tabs)
+from workbench.avatars.pipeline import NoFaceError, PreparationError
+from workbench.avatars.store import CacheError
+from workbench.config import Settings
+from workbench.media import MediaError
+from workbench.ui.library import AccessError, Library, short_id  # noqa: F401  (re-exported for the tabs)
+from workbench.weights import WeightsError
 
 log = logging.getLogger(__name__)
 
 # Errors whose message is written for a user: shown as they are. Anything else is a bug: logged in full,
 # shown briefly.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    MediaError, NoFaceError, PreparationError, CacheError, AccessError, WeightsError, FileNotFoundError, ValueError,
+    MediaError,
+    NoFaceError,
+    PreparationError,
+    CacheError,
+    AccessError,
+    WeightsError,
+    FileNotFoundError,
+    ValueError,
 )
 
 
@@ -47,7 +54,8 @@ class UIContext:
     avatar_dropdowns: list = field(default_factory=list)
     # Scratch space for clips, report zips and unpacked manifests; removed when the process ends.
     scratch: tempfile.TemporaryDirectory = field(
-        default_factory=lambda: tempfile.TemporaryDirectory(prefix="workbench-ui-"))
+        default_factory=lambda: tempfile.TemporaryDirectory(prefix="workbench-ui-")
+    )
 
     def scratch_dir(self, prefix: str) -> Path:
         """A new folder under the scratch space."""
@@ -114,7 +122,7 @@ def user_errors(fn):
 
 def avatar_label(info) -> str:
     """How an avatar appears in a dropdown: source, frames, the parameters that differ from the defaults."""
-    from ..avatar import PrepParams
+    from workbench.avatars.model import PrepParams
 
     defaults = PrepParams().to_dict()
     changed = [f"{k}={v}" for k, v in info.params.items() if defaults.get(k) != v and k != "max_frames"]

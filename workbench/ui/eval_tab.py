@@ -17,17 +17,16 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from eval.compare import compare_runs
-from eval.errors import EvalError, ManifestError
-from eval.manifest import GeneratedCase, ReferenceCase, Suite, load_suite, parse_suite
-from eval.report import PLOTS, TABLE_COLUMNS, Run, load_run
-from eval.runner import run_suite
-
-from .context import UIContext, gr_progress, new_session, user_errors
+from workbench.evaluation.compare import compare_runs
+from workbench.evaluation.errors import EvalError, ManifestError
+from workbench.evaluation.manifest import GeneratedCase, ReferenceCase, Suite, load_suite, parse_suite
+from workbench.evaluation.report import PLOTS, TABLE_COLUMNS, Run, load_run
+from workbench.evaluation.runner import run_suite
+from workbench.ui.context import UIContext, gr_progress, new_session, user_errors
 
 log = logging.getLogger(__name__)
 
-EXAMPLE_SUITE = Path(__file__).resolve().parents[2] / "eval" / "suites" / "example.yaml"
+EXAMPLE_SUITE = Path(__file__).resolve().parents[2] / "suites" / "example.yaml"
 MANIFEST_TYPES = [".yaml", ".yml", ".zip"]
 MAX_ZIP_FILES = 200
 SHOWN_PLOTS = ("sync_curves", "latency_cdf", "stage_breakdown")
@@ -60,8 +59,9 @@ def confine(suite: Suite, roots: list[Path]) -> Suite:
     """Refuse a manifest that names files outside its own upload or the samples (no reading server files)."""
     bad = [f"{c.id}: {name}" for c in suite.cases for name, p in suite.files_of(c).items() if not _inside(p, roots)]
     if bad:
-        raise ManifestError("an uploaded manifest may only name files inside its zip or the sample media; "
-                            f"outside: {', '.join(bad)}")
+        raise ManifestError(
+            f"an uploaded manifest may only name files inside its zip or the sample media; outside: {', '.join(bad)}"
+        )
     missing = suite.missing_files()
     if missing:
         raise ManifestError("files not found: " + "; ".join(missing))
@@ -80,7 +80,9 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> None:
             raise ManifestError(f"{archive.name} holds {len(infos)} files; at most {MAX_ZIP_FILES}")
         total = sum(i.file_size for i in infos)
         if total > max_bytes:
-            raise ManifestError(f"{archive.name} unpacks to {total / 1e6:.0f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+            raise ManifestError(
+                f"{archive.name} unpacks to {total / 1e6:.0f} MB; the limit is {max_bytes / 1e6:.0f} MB"
+            )
         for info in infos:
             name = PurePosixPath(info.filename)
             if name.is_absolute() or ".." in name.parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
@@ -158,9 +160,11 @@ def summary_markdown(run: Run) -> str:
     metrics = dict(s.get("metrics", {}))
     ok, failed = metrics.pop("cases_ok", "?"), metrics.pop("cases_failed", 0)
     metrics.pop("cases_total", None)
-    lines = [f"**Run** `{run.path.name}` of suite *{meta.get('suite', '')}*: {ok} ok, {failed} failed; "
-             f"renderers: {', '.join(meta.get('renderers', [])) or '—'}; "
-             f"wall time {meta.get('timings', {}).get('total_seconds', '?')} s."]
+    lines = [
+        f"**Run** `{run.path.name}` of suite *{meta.get('suite', '')}*: {ok} ok, {failed} failed; "
+        f"renderers: {', '.join(meta.get('renderers', [])) or '—'}; "
+        f"wall time {meta.get('timings', {}).get('total_seconds', '?')} s."
+    ]
     for note in s.get("notes", []):
         lines += ["", f"> {note}"]
     if metrics:
@@ -246,23 +250,47 @@ class EvalTab:
 
     # --- handlers -------------------------------------------------------------------------------
     @user_errors
-    def run(self, which: str, upload: str | None, case_ids: list[str] | None, seconds, session: dict | None,
-            progress=gr.Progress()):
+    def run(
+        self,
+        which: str,
+        upload: str | None,
+        case_ids: list[str] | None,
+        seconds,
+        session: dict | None,
+        progress=gr.Progress(),
+    ):
         session = session or new_session()
         suite = select_cases(self.suite_for(which, upload), case_ids, float(seconds) if seconds else None)
-        out = run_suite(suite, runs_dir=self.session_runs_dir(session), settings=self.ctx.settings, jobs=1,
-                        progress=gr_progress(progress))
+        out = run_suite(
+            suite,
+            runs_dir=self.session_runs_dir(session),
+            settings=self.ctx.settings,
+            jobs=1,
+            progress=gr_progress(progress),
+        )
         run = load_run(out.path)
         label = f"mine/{out.path.name}"
-        return (session, summary_markdown(run), table_for(run), *plots_for(run), zip_run(out.path, self.ctx.scratch_dir("report-")),
-                self._runs_update(session, label), self._runs_update(session, second=True),
-                self._runs_update(session, label))
+        return (
+            session,
+            summary_markdown(run),
+            table_for(run),
+            *plots_for(run),
+            zip_run(out.path, self.ctx.scratch_dir("report-")),
+            self._runs_update(session, label),
+            self._runs_update(session, second=True),
+            self._runs_update(session, label),
+        )
 
     @user_errors
     def open_run(self, label: str | None, session: dict | None):
         session = session or new_session()
         run = load_run(self._run_dir(label, session))
-        return (summary_markdown(run), table_for(run), *plots_for(run), zip_run(run.path, self.ctx.scratch_dir("report-")))
+        return (
+            summary_markdown(run),
+            table_for(run),
+            *plots_for(run),
+            zip_run(run.path, self.ctx.scratch_dir("report-")),
+        )
 
     @user_errors
     def compare(self, candidate: str | None, baseline: str | None, session: dict | None):
@@ -271,8 +299,11 @@ class EvalTab:
             raise EvalError("choose two different runs: a baseline and a candidate")
         c = compare_runs(self._run_dir(baseline, session), self._run_dir(candidate, session))
         worse = c.gate.worse
-        verdict = ("**No regression**: every tracked metric is within its tolerance." if c.gate.passed
-                   else f"**Regression** in: {', '.join(worse)}.")
+        verdict = (
+            "**No regression**: every tracked metric is within its tolerance."
+            if c.gate.passed
+            else f"**Regression** in: {', '.join(worse)}."
+        )
         head = f"Baseline `{c.a.path.name}` → candidate `{c.b.path.name}`. {verdict}"
         figs = c.figures
         shown = (figs.pop("sync"), figs.pop("latency"))
@@ -295,13 +326,27 @@ class EvalTab:
             example_ids = []
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
-                which = gr.Radio([("Example suite", "example"), ("Uploaded manifest", "upload")], value="example",
-                                 label="suite", elem_id="eval-which")
-                upload = gr.File(label="manifest (.yaml over the sample media) or .zip (manifest + media)",
-                                 file_types=MANIFEST_TYPES, type="filepath", height=130, elem_id="eval-upload")
+                which = gr.Radio(
+                    [("Example suite", "example"), ("Uploaded manifest", "upload")],
+                    value="example",
+                    label="suite",
+                    elem_id="eval-which",
+                )
+                upload = gr.File(
+                    label="manifest (.yaml over the sample media) or .zip (manifest + media)",
+                    file_types=MANIFEST_TYPES,
+                    type="filepath",
+                    height=130,
+                    elem_id="eval-upload",
+                )
                 cases = gr.CheckboxGroup(example_ids, value=example_ids, label="cases", elem_id="eval-cases")
-                seconds = gr.Number(None, label="quick run: at most this many seconds per case (empty: as the manifest says)",
-                                    minimum=1, maximum=60, elem_id="eval-seconds")
+                seconds = gr.Number(
+                    None,
+                    label="quick run: at most this many seconds per case (empty: as the manifest says)",
+                    minimum=1,
+                    maximum=60,
+                    elem_id="eval-seconds",
+                )
                 run_btn = gr.Button("Run evaluation", variant="primary", elem_id="eval-run")
                 with gr.Row():
                     past = gr.Dropdown([], label="open an earlier run", scale=3, elem_id="eval-past")
@@ -311,8 +356,10 @@ class EvalTab:
                 report_zip = gr.File(label="report folder (zip)", interactive=False, elem_id="eval-zip")
         table = gr.Dataframe(label="per-case results", interactive=False, elem_id="eval-table")
         with gr.Row():
-            plots = [gr.Plot(label=name.replace("_", " "), show_label=False, elem_id=f"eval-plot-{name}")
-                     for name in SHOWN_PLOTS]
+            plots = [
+                gr.Plot(label=name.replace("_", " "), show_label=False, elem_id=f"eval-plot-{name}")
+                for name in SHOWN_PLOTS
+            ]
         with gr.Accordion("Compare with an earlier run (regression view)", open=False, elem_id="eval-compare"):
             with gr.Row():
                 baseline = gr.Dropdown([], label="baseline (A)", elem_id="eval-baseline")
@@ -327,11 +374,15 @@ class EvalTab:
 
         which.change(self.cases_update, [which, upload], [cases])
         upload.change(lambda u: gr.update(value="upload") if u else gr.update(), [upload], [which])
-        run_btn.click(self.run, [which, upload, cases, seconds, session],
-                      [session, summary, table, *plots, report_zip, candidate, baseline, past],
-                      concurrency_limit=1, concurrency_id="evaluation")
+        run_btn.click(
+            self.run,
+            [which, upload, cases, seconds, session],
+            [session, summary, table, *plots, report_zip, candidate, baseline, past],
+            concurrency_limit=1,
+            concurrency_id="evaluation",
+        )
         open_btn.click(self.open_run, [past, session], [summary, table, *plots, report_zip])
-        compare_btn.click(self.compare, [candidate, baseline, session],
-                          [verdict, gate_table, case_table, sync_cmp, latency_cmp])
+        compare_btn.click(
+            self.compare, [candidate, baseline, session], [verdict, gate_table, case_table, sync_cmp, latency_cmp]
+        )
         self.load_runs = (self.refresh_runs, [session], [candidate, baseline, past])
-

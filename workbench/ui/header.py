@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from .. import weights
+from workbench import weights
 
 # Components shown in the banner, in the order a user would fetch them.
 SHOWN = ("musetalkV15", "sd-vae", "whisper", "dwpose", "face-parse-bisent", "syncnet_eval")
@@ -20,19 +20,27 @@ def status_lines(renderer: str, report: weights.WeightsReport, openai_configured
     if renderer == "musetalk":
         render_line = "MuseTalk v1.5 renderer active."
     elif musetalk_ready:
-        render_line = "CPU renderer active (MuseTalk weights are present; set WORKBENCH_RENDERER=musetalk or auto to use them)."
+        render_line = (
+            "CPU renderer active (MuseTalk weights are present; set WORKBENCH_RENDERER=musetalk or auto to use them)."
+        )
     else:
-        render_line = (f"CPU renderer active (weight-free). For MuseTalk lip-sync run `{weights.DOWNLOAD_COMMAND}` "
-                       "or press 'Fetch MuseTalk weights' below.")
+        render_line = (
+            f"CPU renderer active (weight-free). For MuseTalk lip-sync run `{weights.DOWNLOAD_COMMAND}` "
+            "or press 'Fetch MuseTalk weights' below."
+        )
     if openai_configured:
         voice_line = "OpenAI Realtime available (a key is configured on the server); local voice mode always available."
     else:
-        voice_line = ("Local voice mode active (no OpenAI key configured). For OpenAI Realtime set OPENAI_API_KEY "
-                      "or paste a key in the Realtime chat tab (kept for that session only).")
+        voice_line = (
+            "Local voice mode active (no OpenAI key configured). For OpenAI Realtime set OPENAI_API_KEY "
+            "or paste a key in the Realtime chat tab (kept for that session only)."
+        )
     present = [n for n in SHOWN if n in report.components and report.status(n) == "present"]
     absent = [f"{n} ({report.status(n)})" for n in SHOWN if n in report.components and report.status(n) != "present"]
-    weights_line = (f"Weights in {report.models_dir}: present: {', '.join(present) or 'none'}; "
-                    f"not present: {', '.join(absent) or 'none'}.")
+    weights_line = (
+        f"Weights in {report.models_dir}: present: {', '.join(present) or 'none'}; "
+        f"not present: {', '.join(absent) or 'none'}."
+    )
     return {"renderer": render_line, "voice": voice_line, "weights": weights_line}
 
 

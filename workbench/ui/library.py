@@ -17,9 +17,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from ..avatar import Avatar
-from ..cache import AvatarInfo, AvatarNotFoundError
-from ..media import IMAGE_EXTS, VIDEO_EXTS
+from workbench.avatars.model import Avatar
+from workbench.avatars.store import AvatarInfo, AvatarNotFoundError
+from workbench.media import IMAGE_EXTS, VIDEO_EXTS
 
 log = logging.getLogger(__name__)
 

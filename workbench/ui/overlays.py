@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..avatar import Avatar
+from workbench.avatars.model import Avatar
 
 BOX_COLOUR = (80, 220, 80)  # BGR green
 LANDMARK_COLOUR = (255, 220, 0)  # BGR cyan-ish
@@ -46,7 +46,12 @@ def mask_in_frame(avatar: Avatar, i: int) -> np.ndarray:
 
 
 def draw_overlay(
-    avatar: Avatar, i: int, box: bool = True, landmarks: bool = True, mask: bool = True, max_side: int = DISPLAY_MAX_SIDE,
+    avatar: Avatar,
+    i: int,
+    box: bool = True,
+    landmarks: bool = True,
+    mask: bool = True,
+    max_side: int = DISPLAY_MAX_SIDE,
 ) -> np.ndarray:
     """Frame i with its face box, landmarks and mask drawn on, as RGB for display."""
     if not 0 <= i < len(avatar):
@@ -63,8 +68,9 @@ def draw_overlay(
         colour = BOX_COLOUR if bool(avatar.has_face[i]) else NO_FACE_COLOUR
         cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, thick, cv2.LINE_AA)
         label = "face" if bool(avatar.has_face[i]) else "no face (borrowed box)"
-        cv2.putText(out, label, (max(0, x1), max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, colour, thick,
-                    cv2.LINE_AA)
+        cv2.putText(
+            out, label, (max(0, x1), max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, colour, thick, cv2.LINE_AA
+        )
     if landmarks:
         r = max(1, thick)
         for x, y in avatar.landmarks[i]:
@@ -89,6 +95,14 @@ def label_image(image_rgb: np.ndarray, text: str) -> np.ndarray:
     band = max(18, h // 18)
     out[:band] = (out[:band].astype(np.float32) * 0.35).astype(np.uint8)
     scale = band / 30.0
-    cv2.putText(out, text, (6, int(band * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), max(1, band // 16),
-                cv2.LINE_AA)
+    cv2.putText(
+        out,
+        text,
+        (6, int(band * 0.75)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 255, 255),
+        max(1, band // 16),
+        cv2.LINE_AA,
+    )
     return out

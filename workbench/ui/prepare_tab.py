@@ -7,10 +7,19 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from ..avatar import Avatar, PrepParams
-from ..media import IMAGE_EXTS, VIDEO_EXTS, MediaError, check_upload, kind_of
-from . import overlays
-from .context import UIContext, dropdown_update, forget, gr_progress, new_session, remember, short_id, user_errors
+from workbench.avatars.model import Avatar, PrepParams
+from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, check_upload, kind_of
+from workbench.ui import overlays
+from workbench.ui.context import (
+    UIContext,
+    dropdown_update,
+    forget,
+    gr_progress,
+    new_session,
+    remember,
+    short_id,
+    user_errors,
+)
 
 UPLOAD_TYPES = sorted(VIDEO_EXTS | IMAGE_EXTS)
 TABLE_HEADERS = ["avatar", "source", "frames", "bbox_shift range", "parameters", "mask", "MB"]
@@ -22,8 +31,10 @@ def validate_upload(path: str | Path, max_mb: float, max_seconds: float) -> Path
     p = Path(path)
     ext = p.suffix.lower()
     if ext not in VIDEO_EXTS and ext not in IMAGE_EXTS:
-        raise MediaError(f"{p.name}: {ext or 'no extension'} is not a supported type; upload a video "
-                         f"({', '.join(sorted(VIDEO_EXTS))}) or a photo ({', '.join(sorted(IMAGE_EXTS))})")
+        raise MediaError(
+            f"{p.name}: {ext or 'no extension'} is not a supported type; upload a video "
+            f"({', '.join(sorted(VIDEO_EXTS))}) or a photo ({', '.join(sorted(IMAGE_EXTS))})"
+        )
     kind_of(p)
     info = check_upload(p, max_mb, max_seconds)
     if not info.has_video:
@@ -31,15 +42,21 @@ def validate_upload(path: str | Path, max_mb: float, max_seconds: float) -> Path
     return p
 
 
-def params_from_inputs(bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source,
-                       max_frames) -> PrepParams:
+def params_from_inputs(
+    bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source, max_frames
+) -> PrepParams:
     mf = int(max_frames) if max_frames not in (None, "", 0) else None
     if mf is not None and mf < 1:
         raise ValueError("max frames must be at least 1 (or empty for every frame)")
     return PrepParams(
-        bbox_shift=int(bbox_shift), extra_margin=int(extra_margin), parsing_mode=parsing_mode,
-        left_cheek_width=int(left_cheek), right_cheek_width=int(right_cheek), detector=detector,
-        mask_source=mask_source, max_frames=mf,
+        bbox_shift=int(bbox_shift),
+        extra_margin=int(extra_margin),
+        parsing_mode=parsing_mode,
+        left_cheek_width=int(left_cheek),
+        right_cheek_width=int(right_cheek),
+        detector=detector,
+        mask_source=mask_source,
+        max_frames=mf,
     )
 
 
@@ -57,16 +74,18 @@ def summary_markdown(ctx: UIContext, avatar: Avatar) -> str:
     p = avatar.params
     took = avatar.extras.get("prepare_seconds")
     took_s = f" in {took:.1f} s" if isinstance(took, int | float) else ""
-    return "\n".join([
-        f"**Avatar** `{short_id(avatar.avatar_id)}` from *{avatar.source}*: {len(avatar)} frames "
-        f"({n_face} with a detected face), {w}x{h}, {avatar.fps:g} fps{took_s}.",
-        f"**Measured bbox_shift range:** [{lo} ~ {hi}] (this avatar uses bbox_shift {p.bbox_shift}; "
-        "tune it in the bbox_shift tab).",
-        f"**Mask:** {avatar.mask_kind} ({p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}, "
-        f"extra margin {p.extra_margin}); **detector:** {p.detector}; "
-        f"**VAE latents:** {'cached' if avatar.latents is not None else 'none (CPU renderer needs none)'}.",
-        f"**Renderer:** {renderer_summary(ctx)}.",
-    ])
+    return "\n".join(
+        [
+            f"**Avatar** `{short_id(avatar.avatar_id)}` from *{avatar.source}*: {len(avatar)} frames "
+            f"({n_face} with a detected face), {w}x{h}, {avatar.fps:g} fps{took_s}.",
+            f"**Measured bbox_shift range:** [{lo} ~ {hi}] (this avatar uses bbox_shift {p.bbox_shift}; "
+            "tune it in the bbox_shift tab).",
+            f"**Mask:** {avatar.mask_kind} ({p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}, "
+            f"extra margin {p.extra_margin}); **detector:** {p.detector}; "
+            f"**VAE latents:** {'cached' if avatar.latents is not None else 'none (CPU renderer needs none)'}.",
+            f"**Renderer:** {renderer_summary(ctx)}.",
+        ]
+    )
 
 
 def avatars_table(ctx: UIContext, session: dict) -> list[list]:
@@ -74,9 +93,17 @@ def avatars_table(ctx: UIContext, session: dict) -> list[list]:
     rows = []
     for info in ctx.library.visible(session.get("avatars")):
         changed = ", ".join(f"{k}={v}" for k, v in info.params.items() if defaults.get(k) != v) or "defaults"
-        rows.append([short_id(info.avatar_id), info.source, info.n_frames,
-                     f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]", changed, info.mask_kind,
-                     round(info.size_bytes / 1e6, 1)])
+        rows.append(
+            [
+                short_id(info.avatar_id),
+                info.source,
+                info.n_frames,
+                f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
+                changed,
+                info.mask_kind,
+                round(info.size_bytes / 1e6, 1),
+            ]
+        )
     return rows
 
 
@@ -86,8 +113,21 @@ class PrepareTab:
 
     # --- handlers (plain functions of inputs, so tests call them directly) -----------------
     @user_errors
-    def prepare(self, sample: str | None, upload: str | None, bbox_shift, extra_margin, parsing_mode, left_cheek,
-                right_cheek, detector, mask_source, max_frames, session: dict | None, progress=gr.Progress()):
+    def prepare(
+        self,
+        sample: str | None,
+        upload: str | None,
+        bbox_shift,
+        extra_margin,
+        parsing_mode,
+        left_cheek,
+        right_cheek,
+        detector,
+        mask_source,
+        max_frames,
+        session: dict | None,
+        progress=gr.Progress(),
+    ):
         session = session or new_session()
         s = self.ctx.settings
         if upload:
@@ -96,8 +136,9 @@ class PrepareTab:
             source = self.ctx.library.sample_path(sample)
         else:
             raise gr.Error("Pick a sample or upload a video or photo first.")
-        params = params_from_inputs(bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector,
-                                    mask_source, max_frames)
+        params = params_from_inputs(
+            bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source, max_frames
+        )
         avatar = self.ctx.engine.prepare(source, params, progress=gr_progress(progress))
         session = remember(session, avatar.avatar_id)
         return self._show(avatar, session)
@@ -141,8 +182,9 @@ class PrepareTab:
     @staticmethod
     def _overlay(avatar: Avatar, i: int, layers: list[str] | None) -> np.ndarray:
         layers = ["box", "landmarks", "mask"] if layers is None else layers
-        return overlays.draw_overlay(avatar, i, box="box" in layers, landmarks="landmarks" in layers,
-                                     mask="mask" in layers)
+        return overlays.draw_overlay(
+            avatar, i, box="box" in layers, landmarks="landmarks" in layers, mask="mask" in layers
+        )
 
     def _show(self, avatar: Avatar, session: dict):
         n = len(avatar)
@@ -164,36 +206,76 @@ class PrepareTab:
         s = self.ctx.settings
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
-                sample = gr.Dropdown(samples, value=first, label="Sample",
-                                     info="a bundled clip (used when nothing is uploaded)", elem_id="prep-sample")
-                upload = gr.File(label=f"…or upload a video or photo (≤ {s.max_upload_mb} MB, "
-                                       f"≤ {s.max_upload_seconds:g} s)",
-                                 file_types=UPLOAD_TYPES, type="filepath", height=120, elem_id="prep-upload")
+                sample = gr.Dropdown(
+                    samples,
+                    value=first,
+                    label="Sample",
+                    info="a bundled clip (used when nothing is uploaded)",
+                    elem_id="prep-sample",
+                )
+                upload = gr.File(
+                    label=f"…or upload a video or photo (≤ {s.max_upload_mb} MB, ≤ {s.max_upload_seconds:g} s)",
+                    file_types=UPLOAD_TYPES,
+                    type="filepath",
+                    height=120,
+                    elem_id="prep-upload",
+                )
                 with gr.Accordion("Preparation parameters", open=False):
-                    max_frames = gr.Number(DEFAULT_MAX_FRAMES, label="max frames", precision=0, minimum=1,
-                                           info="frames taken from the video (the idle loop ping-pongs them)",
-                                           elem_id="prep-max-frames")
-                    bbox_shift = gr.Slider(-40, 40, value=0, step=1, label="bbox_shift",
-                                           info="moves the mask's upper edge; positive opens the mouth more")
-                    extra_margin = gr.Slider(0, 40, value=10, step=1, label="extra_margin (v1.5)",
-                                             info="pixels added below the chin")
+                    max_frames = gr.Number(
+                        DEFAULT_MAX_FRAMES,
+                        label="max frames",
+                        precision=0,
+                        minimum=1,
+                        info="frames taken from the video (the idle loop ping-pongs them)",
+                        elem_id="prep-max-frames",
+                    )
+                    bbox_shift = gr.Slider(
+                        -40,
+                        40,
+                        value=0,
+                        step=1,
+                        label="bbox_shift",
+                        info="moves the mask's upper edge; positive opens the mouth more",
+                    )
+                    extra_margin = gr.Slider(
+                        0, 40, value=10, step=1, label="extra_margin (v1.5)", info="pixels added below the chin"
+                    )
                     parsing_mode = gr.Radio(["jaw", "raw"], value="jaw", label="parsing mode (v1.5)")
                     with gr.Row():
                         left_cheek = gr.Slider(20, 160, value=90, step=1, label="left cheek width")
                         right_cheek = gr.Slider(20, 160, value=90, step=1, label="right cheek width")
-                    detector = gr.Radio(["dlib", "dwpose"], value="dlib", label="landmark detector",
-                                        info="dwpose is MuseTalk's (needs its weights)")
-                    mask_source = gr.Radio(["auto", "landmarks", "bisenet"], value="auto", label="mask source",
-                                           info="auto uses BiSeNet face parsing when its weights are present")
+                    detector = gr.Radio(
+                        ["dlib", "dwpose"],
+                        value="dlib",
+                        label="landmark detector",
+                        info="dwpose is MuseTalk's (needs its weights)",
+                    )
+                    mask_source = gr.Radio(
+                        ["auto", "landmarks", "bisenet"],
+                        value="auto",
+                        label="mask source",
+                        info="auto uses BiSeNet face parsing when its weights are present",
+                    )
                 prepare_btn = gr.Button("Prepare avatar", variant="primary", elem_id="prep-button")
             with gr.Column(scale=3, min_width=360):
-                overlay = gr.Image(label="Frame with face box, landmarks and blending mask", type="numpy",
-                                   interactive=False, height=460, elem_id="prep-overlay")
+                overlay = gr.Image(
+                    label="Frame with face box, landmarks and blending mask",
+                    type="numpy",
+                    interactive=False,
+                    height=460,
+                    elem_id="prep-overlay",
+                )
                 frame = gr.Slider(0, 1, value=0, step=1, label="frame", elem_id="prep-frame")
-                layers = gr.CheckboxGroup(["box", "landmarks", "mask"], value=["box", "landmarks", "mask"],
-                                          label="show", container=False)
-                crop = gr.Image(label="What the renderer sees: 256x256 crop | mask | masked crop", type="numpy",
-                                interactive=False, height=180, elem_id="prep-crop")
+                layers = gr.CheckboxGroup(
+                    ["box", "landmarks", "mask"], value=["box", "landmarks", "mask"], label="show", container=False
+                )
+                crop = gr.Image(
+                    label="What the renderer sees: 256x256 crop | mask | masked crop",
+                    type="numpy",
+                    interactive=False,
+                    height=180,
+                    elem_id="prep-crop",
+                )
                 summary = gr.Markdown("Prepare an avatar to see what was found.", elem_id="prep-summary")
         with gr.Accordion("Cached avatars (yours and the samples')", open=True):
             with gr.Row():
@@ -204,15 +286,29 @@ class PrepareTab:
             table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="prep-table")
 
         shown = [session, summary, overlay, crop, frame, table, chosen]
-        param_inputs = [bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source,
-                        max_frames]
-        self.prepared = prepare_btn.click(self.prepare, [sample, upload, *param_inputs, session], shown,
-                                          concurrency_limit=1, concurrency_id="engine-heavy")
+        param_inputs = [
+            bbox_shift,
+            extra_margin,
+            parsing_mode,
+            left_cheek,
+            right_cheek,
+            detector,
+            mask_source,
+            max_frames,
+        ]
+        self.prepared = prepare_btn.click(
+            self.prepare,
+            [sample, upload, *param_inputs, session],
+            shown,
+            concurrency_limit=1,
+            concurrency_id="engine-heavy",
+        )
         self.used = use_btn.click(self.use, [chosen, session], shown)
         self.deleted = delete_btn.click(self.delete, [chosen, session], [session, table, chosen])
         refresh_btn.click(self.refresh, [session], [table, chosen])
-        frame.change(self.frame, [frame, layers, session], [overlay, crop], show_progress="hidden",
-                     trigger_mode="always_last")
+        frame.change(
+            self.frame, [frame, layers, session], [overlay, crop], show_progress="hidden", trigger_mode="always_last"
+        )
         layers.change(self.frame, [frame, layers, session], [overlay, crop], show_progress="hidden")
         self.chosen = chosen
         self.table = table

@@ -15,12 +15,12 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from ..avatar import Avatar, PrepParams
-from ..config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
-from ..media import MediaError, check_upload, is_silent, load_audio, probe, write_video
-from . import overlays
-from .context import UIContext, dropdown_update, gr_progress, new_session, remember, short_id, user_errors
-from .library import AUDIO_EXTS
+from workbench.avatars.model import Avatar, PrepParams
+from workbench.config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from workbench.media import MediaError, check_upload, is_silent, load_audio, probe, write_video
+from workbench.ui import overlays
+from workbench.ui.context import UIContext, dropdown_update, gr_progress, new_session, remember, short_id, user_errors
+from workbench.ui.library import AUDIO_EXTS
 
 MAX_VALUES = 8  # previews per grid: beyond this the faces get too small to judge
 CONTEXT_FRAMES = 2  # real audio rendered either side of a clip so its first and last frames have full windows
@@ -89,9 +89,15 @@ def zoom(frame_bgr: np.ndarray, box: tuple[int, int, int, int], height: int = 36
     return cv2.resize(region, size, interpolation=interp)
 
 
-def variants(base: PrepParams, shifts: list[int], extra_margin, parsing_mode, left_cheek, right_cheek) -> list[PrepParams]:
-    common = dict(extra_margin=int(extra_margin), parsing_mode=parsing_mode, left_cheek_width=int(left_cheek),
-                  right_cheek_width=int(right_cheek))
+def variants(
+    base: PrepParams, shifts: list[int], extra_margin, parsing_mode, left_cheek, right_cheek
+) -> list[PrepParams]:
+    common = dict(
+        extra_margin=int(extra_margin),
+        parsing_mode=parsing_mode,
+        left_cheek_width=int(left_cheek),
+        right_cheek_width=int(right_cheek),
+    )
     return [replace(base, bbox_shift=s, **common) for s in shifts]
 
 
@@ -109,8 +115,10 @@ class TuningTab:
         if upload:
             p = Path(upload)
             if p.suffix.lower() not in AUDIO_EXTS:
-                raise MediaError(f"{p.name}: {p.suffix or 'no extension'} is not a supported audio type "
-                                 f"({', '.join(sorted(AUDIO_EXTS))})")
+                raise MediaError(
+                    f"{p.name}: {p.suffix or 'no extension'} is not a supported audio type "
+                    f"({', '.join(sorted(AUDIO_EXTS))})"
+                )
             check_upload(p, s.max_upload_mb, s.max_upload_seconds)
             audio = load_audio(p)
         elif sample_audio:
@@ -130,12 +138,20 @@ class TuningTab:
         shifts = self.ctx.engine.spread_shifts(avatar, 5)
         lo, hi = avatar.bbox_range
         p = avatar.params
-        info = (f"Measured bbox_shift range [{lo} ~ {hi}]; this avatar uses bbox_shift {p.bbox_shift}, "
-                f"extra_margin {p.extra_margin}, {p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}.")
+        info = (
+            f"Measured bbox_shift range [{lo} ~ {hi}]; this avatar uses bbox_shift {p.bbox_shift}, "
+            f"extra_margin {p.extra_margin}, {p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}."
+        )
         n = len(avatar)
-        return (", ".join(str(v) for v in shifts),
-                gr.update(maximum=max(1, n - 1), value=min(n - 1, n // 2), interactive=n > 1),
-                p.extra_margin, p.parsing_mode, p.left_cheek_width, p.right_cheek_width, info)
+        return (
+            ", ".join(str(v) for v in shifts),
+            gr.update(maximum=max(1, n - 1), value=min(n - 1, n // 2), interactive=n > 1),
+            p.extra_margin,
+            p.parsing_mode,
+            p.left_cheek_width,
+            p.right_cheek_width,
+            info,
+        )
 
     def audio_length(self, sample_audio: str | None, upload: str | None):
         """The moment slider spans the chosen clip and starts at its loudest moment."""
@@ -153,8 +169,23 @@ class TuningTab:
         return gr.update(maximum=round(max(0.04, top - 0.04), 2), value=round(loudest_moment(audio), 2))
 
     @user_errors
-    def grid(self, avatar_id, frame_index, sample_audio, upload, moment, shifts_text, extra_margin, parsing_mode,
-             left_cheek, right_cheek, make_clip, clip_seconds, session, progress=gr.Progress()):
+    def grid(
+        self,
+        avatar_id,
+        frame_index,
+        sample_audio,
+        upload,
+        moment,
+        shifts_text,
+        extra_margin,
+        parsing_mode,
+        left_cheek,
+        right_cheek,
+        make_clip,
+        clip_seconds,
+        session,
+        progress=gr.Progress(),
+    ):
         session = session or new_session()
         report = gr_progress(progress)
         avatar = self._avatar(avatar_id, session)
@@ -177,11 +208,19 @@ class TuningTab:
         clip = None
         if make_clip:
             clip = self._clip(source, params_list, shifts, f, t, audio, float(clip_seconds), box, report)
-        status = (f"{len(items)} previews of avatar frame {f} with the audio at {t / FPS:.2f} s, rendered by "
-                  f"{self.ctx.engine.renderer.describe()} through the real-time path.")
-        return (gr.update(value=items, columns=len(items)), clip, status,
-                gr.update(choices=shifts, value=avatar.params.bbox_shift if avatar.params.bbox_shift in shifts
-                          else shifts[len(shifts) // 2]))
+        status = (
+            f"{len(items)} previews of avatar frame {f} with the audio at {t / FPS:.2f} s, rendered by "
+            f"{self.ctx.engine.renderer.describe()} through the real-time path."
+        )
+        return (
+            gr.update(value=items, columns=len(items)),
+            clip,
+            status,
+            gr.update(
+                choices=shifts,
+                value=avatar.params.bbox_shift if avatar.params.bbox_shift in shifts else shifts[len(shifts) // 2],
+            ),
+        )
 
     def _clip(self, source, params_list, shifts, f, t, audio, seconds, box, report) -> str:
         """A looping side-by-side clip, one panel per value, with the driving audio muxed in."""
@@ -197,8 +236,9 @@ class TuningTab:
             av = self.ctx.engine.prepare(source, params)
             rendered = self.ctx.engine.render_frames(av, piece, start=f - c)[c : c + n]
             label = f"bbox_shift={shifts[k]}"
-            panels.append([overlays.label_image(overlays.to_rgb(zoom(fr, box, 300)), label)[..., ::-1]
-                           for fr in rendered])
+            panels.append(
+                [overlays.label_image(overlays.to_rgb(zoom(fr, box, 300)), label)[..., ::-1] for fr in rendered]
+            )
         count = min(len(p) for p in panels)
         if count == 0:
             raise MediaError("the audio after the chosen moment is too short for a clip")
@@ -209,8 +249,9 @@ class TuningTab:
         return str(out)
 
     @user_errors
-    def save(self, avatar_id, chosen, extra_margin, parsing_mode, left_cheek, right_cheek, session,
-             progress=gr.Progress()):
+    def save(
+        self, avatar_id, chosen, extra_margin, parsing_mode, left_cheek, right_cheek, session, progress=gr.Progress()
+    ):
         """Prepare the avatar with the chosen values and make it the session's current avatar (the chat's)."""
         session = session or new_session()
         if chosen is None or chosen == "":
@@ -221,9 +262,11 @@ class TuningTab:
         new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress))
         session = remember(session, new.avatar_id)
         gr.Info(f"Saved: avatar {short_id(new.avatar_id)} uses bbox_shift {params.bbox_shift}.", duration=4)
-        msg = (f"Saved as avatar `{short_id(new.avatar_id)}` (bbox_shift {params.bbox_shift}, extra_margin "
-               f"{params.extra_margin}, {params.parsing_mode}, cheeks {params.left_cheek_width}/"
-               f"{params.right_cheek_width}); it is now this session's current avatar, the one the chat uses.")
+        msg = (
+            f"Saved as avatar `{short_id(new.avatar_id)}` (bbox_shift {params.bbox_shift}, extra_margin "
+            f"{params.extra_margin}, {params.parsing_mode}, cheeks {params.left_cheek_width}/"
+            f"{params.right_cheek_width}); it is now this session's current avatar, the one the chat uses."
+        )
         return session, msg, dropdown_update(self.ctx, session, new.avatar_id)
 
     def _initial_moment(self, sample_audio: str | None) -> tuple[float, float]:
@@ -233,23 +276,39 @@ class TuningTab:
     # --- layout -----------------------------------------------------------------------------
     def build(self, session: gr.State) -> gr.Dropdown:
         audio_samples = [p.name for p in self.ctx.library.sample_audio()]
-        first_audio = next((a for a in ("eng.wav", "syncnet_example_speech.wav") if a in audio_samples),
-                           audio_samples[0] if audio_samples else None)
+        first_audio = next(
+            (a for a in ("eng.wav", "syncnet_example_speech.wav") if a in audio_samples),
+            audio_samples[0] if audio_samples else None,
+        )
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
                 avatar = gr.Dropdown([], label="avatar", elem_id="tune-avatar")
                 info = gr.Markdown("Choose an avatar.", elem_id="tune-info")
                 frame = gr.Slider(0, 1, value=0, step=1, label="avatar frame", elem_id="tune-frame")
-                shifts = gr.Textbox(label="bbox_shift values", placeholder="-6, 0, 6",
-                                    info="default: spread over the measured range", elem_id="tune-shifts")
+                shifts = gr.Textbox(
+                    label="bbox_shift values",
+                    placeholder="-6, 0, 6",
+                    info="default: spread over the measured range",
+                    elem_id="tune-shifts",
+                )
             with gr.Column(scale=1, min_width=300):
                 sample_audio = gr.Dropdown(audio_samples, value=first_audio, label="driving audio sample")
-                upload = gr.Audio(label="…or upload / record a speech clip", sources=["upload", "microphone"],
-                                  type="filepath", elem_id="tune-upload")
+                upload = gr.Audio(
+                    label="…or upload / record a speech clip",
+                    sources=["upload", "microphone"],
+                    type="filepath",
+                    elem_id="tune-upload",
+                )
                 top, loudest = self._initial_moment(first_audio)
-                moment = gr.Slider(0, top, value=loudest, step=0.04, label="audio moment (s)",
-                                   info="the speech every preview's mouth follows (starts at the loudest moment)",
-                                   elem_id="tune-moment")
+                moment = gr.Slider(
+                    0,
+                    top,
+                    value=loudest,
+                    step=0.04,
+                    label="audio moment (s)",
+                    info="the speech every preview's mouth follows (starts at the loudest moment)",
+                    elem_id="tune-moment",
+                )
             with gr.Column(scale=1, min_width=300):
                 with gr.Accordion("v1.5 mask parameters", open=True):
                     extra_margin = gr.Slider(0, 40, value=10, step=1, label="extra_margin")
@@ -261,26 +320,62 @@ class TuningTab:
                     make_clip = gr.Checkbox(False, label="also a looping clip", min_width=120)
                     clip_seconds = gr.Slider(1, 2, value=1.0, step=0.2, label="clip length (s)")
                 run = gr.Button("Render grid", variant="primary", elem_id="tune-run")
-        gallery = gr.Gallery(label="Previews: the same frame and the same audio, one per bbox_shift value", columns=5,
-                             rows=1, height=260, object_fit="contain", allow_preview=True, elem_id="tune-gallery")
+        gallery = gr.Gallery(
+            label="Previews: the same frame and the same audio, one per bbox_shift value",
+            columns=5,
+            rows=1,
+            height=260,
+            object_fit="contain",
+            allow_preview=True,
+            elem_id="tune-gallery",
+        )
         status = gr.Markdown("", elem_id="tune-status")
         with gr.Row(equal_height=False):
-            clip = gr.Video(label="Side-by-side looping clip", autoplay=True, loop=True, interactive=False,
-                            scale=2, elem_id="tune-clip")
+            clip = gr.Video(
+                label="Side-by-side looping clip",
+                autoplay=True,
+                loop=True,
+                interactive=False,
+                scale=2,
+                elem_id="tune-clip",
+            )
             with gr.Column(scale=1, min_width=280):
                 chosen = gr.Radio([], label="keep bbox_shift", elem_id="tune-chosen")
                 save = gr.Button("Save to avatar", elem_id="tune-save")
                 saved = gr.Markdown("", elem_id="tune-saved")
 
-        avatar.change(self.select, [avatar, session],
-                      [shifts, frame, extra_margin, parsing_mode, left_cheek, right_cheek, info])
+        avatar.change(
+            self.select, [avatar, session], [shifts, frame, extra_margin, parsing_mode, left_cheek, right_cheek, info]
+        )
         sample_audio.change(self.audio_length, [sample_audio, upload], [moment])
         upload.change(self.audio_length, [sample_audio, upload], [moment])
-        run.click(self.grid, [avatar, frame, sample_audio, upload, moment, shifts, extra_margin, parsing_mode,
-                              left_cheek, right_cheek, make_clip, clip_seconds, session],
-                  [gallery, clip, status, chosen], concurrency_limit=1, concurrency_id="engine-heavy")
-        self.saved = save.click(self.save, [avatar, chosen, extra_margin, parsing_mode, left_cheek, right_cheek,
-                                            session], [session, saved, avatar],
-                                concurrency_limit=1, concurrency_id="engine-heavy")
+        run.click(
+            self.grid,
+            [
+                avatar,
+                frame,
+                sample_audio,
+                upload,
+                moment,
+                shifts,
+                extra_margin,
+                parsing_mode,
+                left_cheek,
+                right_cheek,
+                make_clip,
+                clip_seconds,
+                session,
+            ],
+            [gallery, clip, status, chosen],
+            concurrency_limit=1,
+            concurrency_id="engine-heavy",
+        )
+        self.saved = save.click(
+            self.save,
+            [avatar, chosen, extra_margin, parsing_mode, left_cheek, right_cheek, session],
+            [session, saved, avatar],
+            concurrency_limit=1,
+            concurrency_id="engine-heavy",
+        )
         self.avatar = avatar
         return avatar

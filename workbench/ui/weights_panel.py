@@ -6,8 +6,8 @@ import logging
 
 import gradio as gr
 
-from .. import weights
-from .context import UIContext, gr_progress, user_errors
+from workbench import weights
+from workbench.ui.context import UIContext, gr_progress, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class WeightsPanel:
                 "the app switches to MuseTalk once they are present. Set WORKBENCH_MODELS_DIR (or --models-dir) "
                 "to use weights stored elsewhere."
             )
-            table = gr.Dataframe(self.rows(), headers=["component", "status", "what it is"], interactive=False,
-                                 wrap=True)
+            table = gr.Dataframe(
+                self.rows(), headers=["component", "status", "what it is"], interactive=False, wrap=True
+            )
             fetch = gr.Button("Fetch MuseTalk weights", elem_id="wb-fetch-weights")
         fetch.click(self.fetch, None, [table, banner], concurrency_limit=1, concurrency_id="weights")

@@ -1,0 +1,208 @@
+"""Random-init MuseTalk models in the official formats and layout, for tests and benchmarks.
+
+The real weights cannot be fetched everywhere (CI has no model hub), so tests build models of the same
+architectures, save them exactly as the release ships them, and load them through the real loading code:
+
+    musetalkV15/musetalk.json + unet.pth   UNet2DConditionModel config + plain state dict (torch.save)
+    musetalk/musetalk.json + pytorch_model.bin   the same for v1.0
+    sd-vae/config.json + diffusion_pytorch_model.safetensors (or .bin)   AutoencoderKL.save_pretrained
+    whisper/config.json + model.safetensors (or pytorch_model.bin) + preprocessor_config.json
+
+`size="full"` writes the published configurations (3.4 GB UNet) with random weights: benchmarks only.
+`size="tiny"` shrinks channel widths and blocks to one layer each but keeps every block type, the 8-channel latent input, the
+384-d cross-attention, the VAE's four 2x stages (256x256 <-> 32x32) and Whisper's encoder as published
+(d_model 384, 4 layers, 1500 positions), because the audio feature shape and cost depend on it; only the
+unused text decoder is shrunk.
+
+Also `make_synthetic_avatar`: a small Avatar with random frames, boxes and masks that needs no face detector.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from workbench.avatars.model import Avatar, PrepParams
+from workbench.config import CROP_SIZE, FPS, N_LANDMARKS, WHISPER_DIM
+
+Size = Literal["tiny", "full"]
+
+# models/musetalkV15/musetalk.json as published
+UNET_CONFIG_FULL: dict = {
+    "_class_name": "UNet2DConditionModel",
+    "_diffusers_version": "0.6.0.dev0",
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 384,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 8,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+UNET_CONFIG_TINY: dict = {**UNET_CONFIG_FULL, "block_out_channels": [32, 64, 64, 64], "layers_per_block": 1}
+
+# stabilityai/sd-vae-ft-mse config.json
+VAE_CONFIG_FULL: dict = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 256,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+VAE_CONFIG_TINY: dict = {
+    **VAE_CONFIG_FULL,
+    "block_out_channels": [16, 16, 32, 32],
+    "norm_num_groups": 16,
+    "layers_per_block": 1,
+}
+
+# openai/whisper-tiny's architecture (WhisperForConditionalGeneration)
+WHISPER_CONFIG_FULL: dict = {
+    "d_model": WHISPER_DIM,
+    "encoder_layers": 4,
+    "encoder_attention_heads": 6,
+    "encoder_ffn_dim": 1536,
+    "decoder_layers": 4,
+    "decoder_attention_heads": 6,
+    "decoder_ffn_dim": 1536,
+    "num_mel_bins": 80,
+    "max_source_positions": 1500,
+    "max_target_positions": 448,
+    "vocab_size": 51865,
+    "activation_function": "gelu",
+    "scale_embedding": False,
+    "pad_token_id": 50257,
+    "bos_token_id": 50257,
+    "eos_token_id": 50257,
+    "decoder_start_token_id": 50258,
+}
+# The encoder is kept as published (feature shape and cost depend on it); the unused decoder shrinks.
+WHISPER_CONFIG_TINY: dict = {
+    **WHISPER_CONFIG_FULL,
+    "decoder_layers": 1,
+    "decoder_ffn_dim": 64,
+    "max_target_positions": 32,
+    "vocab_size": 64,
+    "pad_token_id": 60,
+    "bos_token_id": 60,
+    "eos_token_id": 60,
+    "decoder_start_token_id": 61,
+}
+
+
+def make_tiny_models(
+    models_dir: Path | str,
+    size: Size = "tiny",
+    seed: int = 0,
+    versions: tuple[str, ...] = ("v15",),
+    vae_format: Literal["safetensors", "bin"] = "safetensors",
+    whisper_format: Literal["safetensors", "bin"] = "safetensors",
+) -> Path:
+    """Write random-init UNet(s), VAE and Whisper under `models_dir` in the release layout; returns models_dir.
+
+    Deterministic for a given seed. `versions` picks the UNet folders: "v15" (musetalkV15/unet.pth) and/or
+    "v1" (musetalk/pytorch_model.bin).
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
+    models_dir = Path(models_dir)
+    full = size == "full"
+
+    unet_cfg = UNET_CONFIG_FULL if full else UNET_CONFIG_TINY
+    for k, version in enumerate(versions):
+        folder, weights = {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch_model.bin")}[version]
+        torch.manual_seed(seed + k)
+        unet = UNet2DConditionModel(**unet_cfg)
+        d = models_dir / folder
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "musetalk.json").write_text(json.dumps(unet_cfg, indent=2) + "\n")
+        torch.save(unet.state_dict(), d / weights)
+        del unet
+
+    torch.manual_seed(seed + 100)
+    vae = AutoencoderKL(**(VAE_CONFIG_FULL if full else VAE_CONFIG_TINY))
+    vae_dir = models_dir / "sd-vae"
+    vae.save_pretrained(vae_dir, safe_serialization=True)
+    if vae_format == "bin":
+        (vae_dir / "diffusion_pytorch_model.safetensors").unlink()
+        torch.save(vae.state_dict(), vae_dir / "diffusion_pytorch_model.bin")
+    del vae
+
+    torch.manual_seed(seed + 200)
+    wcfg = WhisperConfig(**(WHISPER_CONFIG_FULL if full else WHISPER_CONFIG_TINY))
+    whisper = WhisperForConditionalGeneration(wcfg)
+    wdir = models_dir / "whisper"
+    whisper.save_pretrained(wdir)
+    if whisper_format == "bin":
+        (wdir / "model.safetensors").unlink()
+        torch.save(whisper.state_dict(), wdir / "pytorch_model.bin")
+    (wdir / "generation_config.json").unlink(missing_ok=True)  # the release ships only the three files
+    WhisperFeatureExtractor().save_pretrained(wdir)
+    return models_dir
+
+
+def make_synthetic_avatar(
+    n_frames: int = 4,
+    frame_hw: tuple[int, int] = (320, 288),
+    seed: int = 0,
+    avatar_id: str = "synthetic",
+) -> Avatar:
+    """An Avatar with random frames, a centred face box per frame, box-sized crops and an elliptic lower-face
+    mask; latents are None (a renderer computes them, or preparation does)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = frame_hw
+    frames = rng.integers(0, 256, size=(n_frames, h, w, 3), dtype=np.uint8)
+    boxes = np.zeros((n_frames, 4), np.int32)
+    crops = np.zeros((n_frames, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    landmarks = np.zeros((n_frames, N_LANDMARKS, 2), np.float32)
+    bw, bh = w // 2, h // 2
+    for i in range(n_frames):
+        x1 = (w - bw) // 2 + int(rng.integers(-4, 5))
+        y1 = (h - bh) // 2 + int(rng.integers(-4, 5))
+        boxes[i] = (x1, y1, x1 + bw, y1 + bh)
+        crops[i] = cv2.resize(
+            frames[i, y1 : y1 + bh, x1 : x1 + bw], (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LANCZOS4
+        )
+        landmarks[i] = rng.uniform((x1, y1), (x1 + bw, y1 + bh), size=(N_LANDMARKS, 2))
+    mask = np.zeros((CROP_SIZE, CROP_SIZE), np.uint8)
+    cv2.ellipse(mask, (CROP_SIZE // 2, int(CROP_SIZE * 0.7)), (90, 60), 0, 0, 360, 255, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), 8)
+    return Avatar(
+        avatar_id=avatar_id,
+        source=f"{avatar_id}.mp4",
+        params=PrepParams(),
+        fps=float(FPS),
+        frames=frames,
+        boxes=boxes,
+        landmarks=landmarks,
+        has_face=np.ones(n_frames, bool),
+        crops=crops,
+        masks=np.repeat(mask[None], n_frames, axis=0),
+        latents=None,
+        bbox_range=(-5, 5),
+        mask_kind="landmarks",
+    )

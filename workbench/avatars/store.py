@@ -1,0 +1,361 @@
+"""The avatar cache: prepared avatars and face detections on disk, keyed by content.
+
+Layout under `root`:
+    avatars/<id>/      meta.json + frames, boxes, landmarks, has_face, crops, masks[, latents] as .npy
+    detections/<key>/  meta.json + boxes, landmarks, found as .npy
+
+An avatar id is the sha256 of the source's content (file bytes, or a frames folder's names and bytes)
+plus a hash of its PrepParams and of the detector / VAE / face-parser identities. Detections are keyed
+by content, frame cap and detector only, so preparing the same clip with another bbox_shift or mask mode
+runs no detector at all. Every folder is written through `atomic.atomic_dir`: an interrupted
+preparation leaves no half-written avatar behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from workbench import atomic
+from workbench.avatars.model import Avatar, PrepParams
+from workbench.avatars.pipeline import (
+    Detections,
+    Progress,
+    VaeEncoder,
+    _scaled,
+    avatar_id_for,
+    build_avatar,
+    detect_faces,
+    load_source,
+    source_name,
+)
+from workbench.faces.landmarks import LandmarkDetector
+from workbench.media import source_digest
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_ARRAYS = ("frames", "boxes", "landmarks", "has_face", "crops", "masks")
+_ID_RE = re.compile(r"^[0-9a-f][0-9a-f-]{7,80}$")
+
+
+class CacheError(RuntimeError):
+    """A cache entry is unreadable or the id is not one the cache could have made."""
+
+
+class AvatarNotFoundError(CacheError, KeyError):
+    """No prepared avatar has this id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "avatar not found"
+
+
+@dataclass(frozen=True)
+class AvatarInfo:
+    """What `AvatarCache.list` tells about a cached avatar without loading its arrays."""
+
+    avatar_id: str
+    source: str
+    n_frames: int
+    params: dict
+    bbox_range: tuple[int, int]
+    created: str  # ISO 8601, UTC
+    size_bytes: int
+    mask_kind: str
+    has_latents: bool
+    fps: float
+    frame_size: tuple[int, int]  # (height, width)
+
+    @property
+    def id(self) -> str:
+        return self.avatar_id
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class AvatarCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.avatars_dir = self.root / "avatars"
+        self.detections_dir = self.root / "detections"
+        self._digests: dict[tuple, str] = {}
+
+    # --- keys ---------------------------------------------------------------------------------
+    def digest(self, source: str | Path | np.ndarray) -> str:
+        """The source's content hash, remembered per (path, size, mtime) so a big file is hashed once."""
+        if isinstance(source, np.ndarray):
+            return source_digest(source)
+        p = Path(source).resolve()
+        files = sorted(p.iterdir()) if p.is_dir() else [p]
+        stamp = (str(p),) + tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+        if stamp not in self._digests:
+            self._digests[stamp] = source_digest(p)
+        return self._digests[stamp]
+
+    def avatar_id(
+        self,
+        source: str | Path | np.ndarray,
+        params: PrepParams,
+        detector: LandmarkDetector,
+        vae_encoder: VaeEncoder | None = None,
+        face_parser: object | None = None,
+    ) -> str:
+        return avatar_id_for(self.digest(source), params, detector, vae_encoder, face_parser)
+
+    def _avatar_path(self, avatar_id: str) -> Path:
+        if not isinstance(avatar_id, str) or not _ID_RE.match(avatar_id):
+            raise AvatarNotFoundError(f"{avatar_id!r} is not an avatar id")
+        return self.avatars_dir / avatar_id
+
+    @staticmethod
+    def detection_key(digest: str, detector: LandmarkDetector | str, max_frames: int | None) -> str:
+        ident = detector if isinstance(detector, str) else detector.identity
+        blob = f"{digest}|{ident}|{max_frames}"
+        return f"{digest[:16]}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    # --- detections -----------------------------------------------------------------------------
+    def load_detections(self, key: str) -> Detections | None:
+        d = self.detections_dir / key
+        meta_path = d / "meta.json"
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            return Detections(
+                detector=meta["detector"],
+                boxes=np.load(d / "boxes.npy"),
+                landmarks=np.load(d / "landmarks.npy"),
+                found=np.load(d / "found.npy"),
+                seconds=float(meta.get("seconds", 0.0)),
+            )
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("ignoring unreadable detections %s: %s", d, e)
+            return None
+
+    def save_detections(self, key: str, det: Detections, source: str = "") -> None:
+        with atomic.atomic_dir(self.detections_dir / key) as tmp:
+            np.save(tmp / "boxes.npy", det.boxes)
+            np.save(tmp / "landmarks.npy", det.landmarks)
+            np.save(tmp / "found.npy", det.found)
+            atomic.write_json(
+                tmp / "meta.json",
+                {
+                    "detector": det.detector,
+                    "n_frames": len(det),
+                    "n_found": int(det.found.sum()),
+                    "seconds": det.seconds,
+                    "source": source,
+                    "created": datetime.now(timezone.utc).isoformat(),
+                },
+            )
+
+    def detections(
+        self,
+        source: str | Path | np.ndarray,
+        detector: LandmarkDetector,
+        max_frames: int | None = None,
+        frames: np.ndarray | None = None,
+        progress: Progress | None = None,
+    ) -> Detections:
+        """The source's detections from the cache, or run the detector once and keep them."""
+        key = self.detection_key(self.digest(source), detector, max_frames)
+        det = self.load_detections(key)
+        if det is not None and (frames is None or len(det) == len(frames)):
+            return det
+        if frames is None:
+            frames, _ = load_source(source, max_frames)
+        det = detect_faces(frames, detector, progress)
+        self.save_detections(key, det, source_name(source))
+        return det
+
+    # --- avatars --------------------------------------------------------------------------------
+    def has(self, avatar_id: str) -> bool:
+        return (self._avatar_path(avatar_id) / "meta.json").is_file()
+
+    def get_or_prepare(
+        self,
+        source: str | Path | np.ndarray,
+        params: PrepParams,
+        detector: LandmarkDetector,
+        vae_encoder: VaeEncoder | None = None,
+        face_parser: object | None = None,
+        progress: Progress | None = None,
+        vae_batch_size: int = 8,
+    ) -> Avatar:
+        """The cached avatar for (source, params, models), or prepare and cache it."""
+        t0 = time.perf_counter()
+        report = progress or (lambda f, m: None)
+        digest = self.digest(source)
+        avatar_id = avatar_id_for(digest, params, detector, vae_encoder, face_parser)
+        if self.has(avatar_id):
+            report(1.0, "loaded from cache")
+            return self.load(avatar_id)
+        report(0.0, "reading frames")
+        frames, fps = load_source(source, params.max_frames)
+        det = self.detections(source, detector, params.max_frames, frames, _scaled(progress, 0.02, 0.7))
+        avatar = build_avatar(
+            frames,
+            fps,
+            det,
+            params,
+            avatar_id=avatar_id,
+            source=source_name(source),
+            vae_encoder=vae_encoder,
+            face_parser=face_parser,
+            progress=_scaled(progress, 0.7, 0.97),
+            vae_batch_size=vae_batch_size,
+        )
+        avatar.extras["source_digest"] = digest
+        avatar.extras["detect_seconds"] = det.seconds
+        avatar.extras["prepare_seconds"] = time.perf_counter() - t0
+        report(0.97, "saving")
+        self.save(avatar)
+        report(1.0, f"prepared {len(avatar)} frames")
+        return avatar
+
+    def _shared_frames(self, avatar: Avatar) -> Path | None:
+        """An existing frames.npy of the same source and frame cap, to hard-link instead of copying."""
+        digest = avatar.extras.get("source_digest")
+        if not digest or not self.avatars_dir.is_dir():
+            return None
+        for d in self.avatars_dir.iterdir():
+            meta_path = d / "meta.json"
+            if d.name.startswith(".") or d.name == avatar.avatar_id or not meta_path.is_file():
+                continue
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            if (
+                meta.get("extras", {}).get("source_digest") == digest
+                and meta.get("params", {}).get("max_frames") == avatar.params.max_frames
+                and meta.get("n_frames") == len(avatar)
+                and (d / "frames.npy").is_file()
+            ):
+                return d / "frames.npy"
+        return None
+
+    def save(self, avatar: Avatar) -> Path:
+        """Write the avatar atomically; returns its folder."""
+        final = self._avatar_path(avatar.avatar_id)
+        shared = self._shared_frames(avatar)
+        with atomic.atomic_dir(final) as tmp:
+            for name in _ARRAYS:
+                if name == "frames" and shared is not None:
+                    try:
+                        os.link(shared, tmp / "frames.npy")
+                        continue
+                    except OSError:
+                        pass  # another file system or no hard links: write a copy
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(avatar, name)))
+            if avatar.latents is not None:
+                np.save(tmp / "latents.npy", np.ascontiguousarray(avatar.latents, dtype=np.float32))
+            atomic.write_json(
+                tmp / "meta.json",
+                {
+                    "format_version": FORMAT_VERSION,
+                    "avatar_id": avatar.avatar_id,
+                    "source": avatar.source,
+                    "params": avatar.params.to_dict(),
+                    "fps": avatar.fps,
+                    "n_frames": len(avatar),
+                    "frame_size": list(avatar.frame_size),
+                    "bbox_range": list(avatar.bbox_range),
+                    "mask_kind": avatar.mask_kind,
+                    "has_latents": avatar.latents is not None,
+                    "created": datetime.now(timezone.utc).isoformat(),
+                    "extras": avatar.extras,
+                },
+            )
+        return final
+
+    def load(self, avatar_id: str, mmap: bool = True) -> Avatar:
+        """A cached avatar. With `mmap` the full frames are mapped read-only rather than read into memory."""
+        d = self._avatar_path(avatar_id)
+        meta_path = d / "meta.json"
+        if not meta_path.is_file():
+            raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r} in {self.avatars_dir}")
+        try:
+            meta = json.loads(meta_path.read_text())
+            arrays = {
+                name: np.load(d / f"{name}.npy", mmap_mode="r" if (mmap and name == "frames") else None)
+                for name in _ARRAYS
+            }
+            latents = np.load(d / "latents.npy") if meta.get("has_latents") else None
+            params = PrepParams(**meta["params"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CacheError(f"cached avatar {avatar_id} is unreadable ({e}); delete it and prepare again") from e
+        return Avatar(
+            avatar_id=meta["avatar_id"],
+            source=meta["source"],
+            params=params,
+            fps=float(meta["fps"]),
+            latents=latents,
+            bbox_range=tuple(meta["bbox_range"]),
+            mask_kind=meta["mask_kind"],
+            extras=dict(meta.get("extras", {})),
+            **arrays,
+        )
+
+    def _info(self, d: Path) -> AvatarInfo | None:
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+            return AvatarInfo(
+                avatar_id=meta["avatar_id"],
+                source=meta["source"],
+                n_frames=int(meta["n_frames"]),
+                params=dict(meta["params"]),
+                bbox_range=tuple(meta["bbox_range"]),
+                created=meta["created"],
+                size_bytes=_dir_size(d),
+                mask_kind=meta["mask_kind"],
+                has_latents=bool(meta["has_latents"]),
+                fps=float(meta["fps"]),
+                frame_size=tuple(meta["frame_size"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("skipping unreadable cache entry %s: %s", d, e)
+            return None
+
+    def list(self) -> list[AvatarInfo]:
+        """Every cached avatar, oldest first."""
+        if not self.avatars_dir.is_dir():
+            return []
+        infos = [
+            self._info(d)
+            for d in self.avatars_dir.iterdir()
+            if d.is_dir() and not d.name.startswith(".") and (d / "meta.json").is_file()
+        ]
+        return sorted((i for i in infos if i is not None), key=lambda i: i.created)
+
+    def info(self, avatar_id: str) -> AvatarInfo:
+        d = self._avatar_path(avatar_id)
+        info = self._info(d) if (d / "meta.json").is_file() else None
+        if info is None:
+            raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r} in {self.avatars_dir}")
+        return info
+
+    def delete(self, avatar_id: str) -> None:
+        """Remove a cached avatar (its detections stay, they serve other parameters)."""
+        d = self._avatar_path(avatar_id)
+        if not d.is_dir():
+            raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r} in {self.avatars_dir}")
+        # Rename first so a reader never sees a half-deleted folder.
+        trash = d.with_name(f".{d.name}.deleted-{os.getpid()}")
+        os.replace(d, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clear_detections(self) -> None:
+        shutil.rmtree(self.detections_dir, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""Regression gate: compare a run's summary with a baseline's, metric by metric, within tolerances.
+
+A metric is worse when it moved in its bad direction by more than its tolerance, the larger of an absolute
+amount and a fraction of the baseline's value. Latency tolerances are relative and wide because they depend
+on the machine; sync tolerances are absolute.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from workbench.evaluation.errors import BaselineError
+
+Direction = Literal["lower", "higher"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    direction: Direction  # which way is better
+    abs: float = 0.0
+    rel: float = 0.0
+
+    def allowed(self, baseline: float) -> float:
+        return max(self.abs, self.rel * abs(baseline))
+
+
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "cases_failed": Tolerance("lower", abs=0),
+    "ls_offset_error_mean": Tolerance("lower", abs=0.5),
+    "ls_in_sync_rate": Tolerance("higher", abs=0.0),
+    "ls_confidence_mean": Tolerance("higher", abs=0.03),
+    "syncnet_lse_d_mean": Tolerance("lower", abs=0.2),
+    "syncnet_lse_c_mean": Tolerance("higher", abs=0.2),
+    "syncnet_offset_error_mean": Tolerance("lower", abs=0.5),
+    "latency_first_frame_ms_mean": Tolerance("lower", rel=0.25, abs=5.0),
+    "latency_total_p95_ms_mean": Tolerance("lower", rel=0.25, abs=5.0),
+    "latency_sustained_fps_mean": Tolerance("higher", rel=0.2),
+    "latency_rtf_mean": Tolerance("lower", rel=0.25),
+    "latency_dropped_total": Tolerance("lower", abs=0),
+    "latency_late_total": Tolerance("lower", rel=0.25, abs=2),
+}
+
+
+@dataclass
+class GateRow:
+    metric: str
+    baseline: float | None
+    current: float | None
+    delta: float | None
+    allowed: float | None
+    better: str
+    status: str  # "ok", "better", "worse", "missing" (in one run only), "untracked" (no tolerance)
+
+
+@dataclass
+class GateResult:
+    rows: list[GateRow]
+
+    @property
+    def passed(self) -> bool:
+        return not self.worse
+
+    @property
+    def worse(self) -> list[str]:
+        return [r.metric for r in self.rows if r.status == "worse"]
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([r.__dict__ for r in self.rows])
+
+
+def parse_tolerance(spec: str, defaults: dict[str, Tolerance] | None = None) -> tuple[str, Tolerance]:
+    """'metric=0.5' (absolute), 'metric=10%' (relative) or 'metric=lower:0.5' / 'metric=higher:10%' for a metric
+    with no default direction."""
+    defaults = defaults if defaults is not None else DEFAULT_TOLERANCES
+    if "=" not in spec:
+        raise ValueError(f"tolerance {spec!r} must look like metric=0.5 or metric=10%")
+    name, value = (s.strip() for s in spec.split("=", 1))
+    direction: str | None = None
+    if ":" in value:
+        direction, value = (s.strip() for s in value.split(":", 1))
+        if direction not in ("lower", "higher"):
+            raise ValueError(f"direction in {spec!r} must be 'lower' or 'higher'")
+    if direction is None:
+        if name not in defaults:
+            raise ValueError(f"{name!r} has no default direction; write {name}=lower:VALUE or {name}=higher:VALUE")
+        direction = defaults[name].direction
+    try:
+        if value.endswith("%"):
+            tol = Tolerance(direction, rel=float(value[:-1]) / 100.0)  # type: ignore[arg-type]
+        else:
+            tol = Tolerance(direction, abs=float(value))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ValueError(f"tolerance value in {spec!r} is not a number") from e
+    if tol.abs < 0 or tol.rel < 0:
+        raise ValueError(f"tolerance in {spec!r} must not be negative")
+    return name, tol
+
+
+def load_summary(path: str | Path) -> dict:
+    """The `metrics` of a summary.json (or of a run folder's)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "summary.json"
+    if not p.is_file():
+        raise BaselineError(f"baseline summary not found: {p}")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise BaselineError(f"{p} is not JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        raise BaselineError(f"{p} is not an evaluation summary (no 'metrics' mapping)")
+    return data["metrics"]
+
+
+def compare_summaries(current: dict, baseline: dict, tolerances: dict[str, Tolerance] | None = None) -> GateResult:
+    """Side-by-side rows for every metric in either summary; `status == 'worse'` fails the gate."""
+    tols = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    rows = []
+    for name in list(dict.fromkeys([*baseline.keys(), *current.keys()])):
+        if name in ("cases_total", "cases_ok"):
+            continue
+        b, c = baseline.get(name), current.get(name)
+        tol = tols.get(name)
+        better = tol.direction if tol else ""
+        if b is None or c is None:
+            rows.append(GateRow(name, b, c, None, None, better, "missing"))
+            continue
+        b, c = float(b), float(c)
+        delta = c - b
+        if tol is None:
+            rows.append(GateRow(name, b, c, delta, None, better, "untracked"))
+            continue
+        allowed = tol.allowed(b)
+        worse_by = -delta if tol.direction == "higher" else delta
+        status = "worse" if worse_by > allowed + 1e-12 else ("better" if worse_by < -1e-12 else "ok")
+        rows.append(GateRow(name, b, c, delta, allowed, better, status))
+    return GateResult(rows)

@@ -1,0 +1,238 @@
+"""A weight-free lip-sync metric: how far the mouth's opening is shifted in time from the speech's loudness.
+
+Per video frame, the mouth opening is the inner-lip gap (landmarks 61-67, 62-66, 63-65 of the 68-point scheme)
+divided by the face size (RMS spread of all 68 landmarks, median-filtered over half a second so that landmark
+jitter does not modulate it). Per frame, the audio envelope is the log energy of the speech band (300-3000 Hz),
+with a floor 50 dB under the clip's loudest frame so that digital silence cannot dominate.
+
+The "fused" method (the default) correlates both the levels and the frame-to-frame changes of the two signals,
+each smoothed over 3 frames (120 ms: lips do not move faster), and averages the two correlation curves. Levels
+catch sustained openings (vowels, singing); changes catch articulation (onsets, closures). Each correlation is
+the biased estimate: products summed over the frames that overlap at that lag, divided by the full length, so a
+large lag is supported by fewer frames and scores lower, as SyncNet's zero-padded distances do.
+
+Offsets follow syncnet_python's sign: video frame i matches audio frame i - offset, so a positive offset means the
+sound comes before the mouth moves. The best offset is the arg-max over -15..+15 frames; the confidence is the
+peak minus the median of the curve (the analogue of LSE-C).
+
+The two simpler methods are kept as baselines for the robustness table: "delta" (Pearson correlation of the
+frame-to-frame changes of opening and speech-band log energy, over the overlap) and "level" (the same on the raw
+signals).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from scipy.signal import medfilt
+
+from workbench.config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from workbench.evaluation.errors import MediaTooShortError
+
+MAX_OFFSET = 15  # frames, as syncnet_python's vshift
+SPEECH_BAND_HZ = (300.0, 3000.0)
+ENERGY_FLOOR_DB = 50.0
+SMOOTH_FRAMES = 3
+FACE_SIZE_MEDIAN_FRAMES = 13
+INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
+Method = Literal["fused", "delta", "level"]
+METHODS: tuple[str, ...] = ("fused", "delta", "level")
+
+
+@dataclass
+class LandmarkSyncResult:
+    offset: int  # best offset in frames (positive: audio ahead of the video)
+    peak: float  # correlation at the best offset
+    confidence: float  # peak minus the median over all offsets
+    offsets: np.ndarray = field(repr=False)  # (2K+1,) -K..K
+    curve: np.ndarray = field(repr=False)  # (2K+1,) correlation at each offset
+    n_frames: int = 0
+    method: str = "fused"
+
+    def to_dict(self) -> dict:
+        return {
+            "offset": int(self.offset),
+            "peak": float(self.peak),
+            "confidence": float(self.confidence),
+            "n_frames": int(self.n_frames),
+            "method": self.method,
+            "offsets": [int(o) for o in self.offsets],
+            "curve": [float(c) for c in self.curve],
+        }
+
+
+# --- the two signals ----------------------------------------------------------------------------
+def _fill_gaps(x: np.ndarray) -> np.ndarray:
+    """Linear interpolation over NaN frames (a lost face), constant beyond the ends."""
+    x = np.asarray(x, dtype=np.float64).copy()
+    ok = np.isfinite(x)
+    if not ok.any():
+        raise MediaTooShortError("no frame has usable landmarks")
+    if not ok.all():
+        idx = np.arange(len(x))
+        x[~ok] = np.interp(idx[~ok], idx[ok], x[ok])
+    return x
+
+
+def face_size(landmarks: np.ndarray) -> np.ndarray:
+    """(N,) RMS distance of the 68 landmarks from their centroid, median-filtered over ~half a second."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    centred = lm - lm.mean(axis=1, keepdims=True)
+    size = _fill_gaps(np.sqrt((centred**2).sum(axis=2).mean(axis=1)))
+    k = min(FACE_SIZE_MEDIAN_FRAMES, len(size) if len(size) % 2 else len(size) - 1)
+    return medfilt(size, k) if k >= 3 else size
+
+
+def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
+    """(N,) inner-lip gap over face size, per frame. `landmarks` is (N, 68, 2); frames of NaNs are interpolated."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.ndim != 3 or lm.shape[1:] != (68, 2):
+        raise ValueError(f"landmarks must be (N, 68, 2), got {lm.shape}")
+    gap = np.mean([np.linalg.norm(lm[:, a] - lm[:, b], axis=1) for a, b in INNER_LIP_PAIRS], axis=0)
+    return _fill_gaps(gap) / face_size(lm)
+
+
+def speech_band_log_energy(
+    audio16k: np.ndarray,
+    n_frames: int | None = None,
+    fps: float = FPS,
+    band: tuple[float, float] = SPEECH_BAND_HZ,
+    floor_db: float = ENERGY_FLOOR_DB,
+) -> np.ndarray:
+    """(n_frames,) log energy of `band` per video frame: 10 ms STFT hops (25 ms Hann windows) averaged per frame."""
+    audio = np.asarray(audio16k, dtype=np.float32).reshape(-1)
+    hop, n_fft = SAMPLE_RATE // 100, 512
+    per_frame = int(round(SAMPLE_RATE / fps / hop))
+    if n_frames is None:
+        n_frames = len(audio) // int(round(SAMPLE_RATE / fps))
+    need = n_frames * per_frame * hop
+    padded = np.pad(audio, (0, max(0, need - len(audio))))
+    src = np.pad(padded, (200, 200))  # centre each 25 ms window on its hop, as librosa's center=True does
+    windows = np.lib.stride_tricks.sliding_window_view(src, 400)[np.arange(n_frames * per_frame) * hop]
+    frames = np.zeros((len(windows), n_fft), np.float32)
+    frames[:, :400] = windows * np.hanning(400).astype(np.float32)
+    spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(n_fft, 1 / SAMPLE_RATE)
+    sel = (freqs >= band[0]) & (freqs <= band[1])
+    energy = spec[:, sel].sum(axis=1).reshape(n_frames, per_frame).mean(axis=1).astype(np.float64)
+    peak = float(energy.max()) if energy.size else 0.0
+    if peak <= 0:
+        return np.zeros(n_frames)
+    return np.log(np.maximum(energy, peak * 10 ** (-floor_db / 10)))
+
+
+def shift_audio(audio16k: np.ndarray, frames: int) -> np.ndarray:
+    """The audio moved by `frames` video frames, same length, zero-filled: positive moves it earlier, so the
+    sound comes `frames` frames before the mouth and the metric should report offset +frames."""
+    audio = np.asarray(audio16k, dtype=np.float32)
+    s = int(frames) * SAMPLES_PER_FRAME
+    if s == 0:
+        return audio.copy()
+    out = np.zeros_like(audio)
+    if s > 0:
+        out[: max(0, len(audio) - s)] = audio[s:]
+    else:
+        out[-s:] = audio[: len(audio) + s]
+    return out
+
+
+# --- correlation over offsets -------------------------------------------------------------------
+def _zscore(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 1e-12 else np.zeros_like(x)
+
+
+def _smooth(x: np.ndarray, k: int) -> np.ndarray:
+    if k <= 1:
+        return np.asarray(x, dtype=np.float64)
+    return np.convolve(np.pad(x, (k // 2, k // 2), mode="edge"), np.ones(k) / k, mode="valid")
+
+
+def lagged_correlation(
+    video: np.ndarray, audio: np.ndarray, max_offset: int = MAX_OFFSET, biased: bool = True
+) -> np.ndarray:
+    """(2K+1,) correlation of video[i] with audio[i - offset] for offset = -K..K.
+
+    biased=True: both signals z-scored once, products summed over the overlap and divided by the full length.
+    biased=False: Pearson correlation over the overlap only.
+    """
+    v, a = np.asarray(video, dtype=np.float64), np.asarray(audio, dtype=np.float64)
+    n = min(len(v), len(a))
+    v, a = v[:n], a[:n]
+    if n < 2 * max_offset + 2:
+        raise MediaTooShortError(f"{n} frames are too few for offsets of ±{max_offset} (need {2 * max_offset + 2})")
+    out = np.empty(2 * max_offset + 1)
+    if biased:
+        zv, za = _zscore(v), _zscore(a)
+    for k, off in enumerate(range(-max_offset, max_offset + 1)):
+        i0, i1 = max(0, off), min(n, n + off)  # video frames whose audio frame i - off exists
+        if biased:
+            out[k] = float(np.dot(zv[i0:i1], za[i0 - off : i1 - off]) / n)
+        else:
+            x, y = v[i0:i1], a[i0 - off : i1 - off]
+            sx, sy = x.std(), y.std()
+            out[k] = float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy)) if sx > 1e-12 and sy > 1e-12 else 0.0
+    return out
+
+
+def sync_curve(
+    opening: np.ndarray, energy: np.ndarray, max_offset: int = MAX_OFFSET, method: Method = "fused"
+) -> np.ndarray:
+    """The correlation curve over offsets for one of the methods (see the module docstring)."""
+    n = min(len(opening), len(energy))
+    o, e = np.asarray(opening[:n], dtype=np.float64), np.asarray(energy[:n], dtype=np.float64)
+    if method == "fused":
+        o, e = _smooth(o, SMOOTH_FRAMES), _smooth(e, SMOOTH_FRAMES)
+        level = lagged_correlation(o, e, max_offset)
+        change = lagged_correlation(np.diff(o), np.diff(e), max_offset)
+        return 0.5 * (level + change)
+    if method == "delta":
+        return lagged_correlation(np.diff(o), np.diff(e), max_offset, biased=False)
+    if method == "level":
+        return lagged_correlation(o, e, max_offset, biased=False)
+    raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+def summarise_curve(curve: np.ndarray, max_offset: int, n_frames: int, method: str) -> LandmarkSyncResult:
+    offsets = np.arange(-max_offset, max_offset + 1)
+    best = int(np.argmax(curve))
+    return LandmarkSyncResult(
+        offset=int(offsets[best]),
+        peak=float(curve[best]),
+        confidence=float(curve[best] - np.median(curve)),
+        offsets=offsets,
+        curve=np.asarray(curve, dtype=np.float64),
+        n_frames=n_frames,
+        method=method,
+    )
+
+
+def landmark_sync(
+    landmarks: np.ndarray,
+    audio16k: np.ndarray,
+    max_offset: int = MAX_OFFSET,
+    method: Method = "fused",
+    fps: float = FPS,
+) -> LandmarkSyncResult:
+    """Sync of a face's 68 landmarks per frame (N, 68, 2) with 16 kHz mono audio covering the same frames."""
+    opening = mouth_opening(landmarks)
+    n = min(len(opening), int(len(audio16k) // (SAMPLE_RATE / fps)))
+    if n < 2 * max_offset + 2:
+        raise MediaTooShortError(
+            f"the clip has {n} frames with both video and audio; offsets of ±{max_offset} "
+            f"need at least {2 * max_offset + 2} (~{(2 * max_offset + 2) / fps:.1f} s)"
+        )
+    energy = speech_band_log_energy(audio16k, n, fps)
+    curve = sync_curve(opening[:n], energy, max_offset, method)
+    return summarise_curve(curve, max_offset, n, method)
+
+
+def track_audio(audio16k: np.ndarray, frames: Sequence[int] | np.ndarray, fps: float = FPS) -> np.ndarray:
+    """The part of the audio that covers consecutive video frames `frames` (a face track)."""
+    per = SAMPLE_RATE / fps
+    start, stop = int(round(frames[0] * per)), int(round((frames[-1] + 1) * per))
+    return np.asarray(audio16k, dtype=np.float32)[start:stop]
