@@ -237,26 +237,15 @@ class _FrameStack:
         return self.data[: self.n].copy() if self.n < 0.9 * len(self.data) else self.data[: self.n]
 
 
-def _read_cv2(path: Path, first: np.ndarray, expected: int, max_frames: int | None) -> np.ndarray:
-    cap = cv2.VideoCapture(str(path))
-    stack = _FrameStack(expected, first.shape)
-    try:
-        while max_frames is None or stack.n < max_frames:
-            ok = cap.grab()
-            if not ok:
-                break
-            out = stack.slot()
-            ok, _ = cap.retrieve(out)
-            if not ok or out.shape != first.shape:
-                stack.n -= 1
-                break
-    finally:
-        cap.release()
-    return stack.result()
-
-
 def _read_ffmpeg(path: Path, fps: float, first: np.ndarray, expected: int, max_frames: int | None) -> np.ndarray:
-    """Decode through ffmpeg's fps filter; the size is forced to what OpenCV decoded so rotation agrees."""
+    """Decode at a constant `fps` by timestamp, as syncnet_python's `ffmpeg -i in -r 25 video.avi` does.
+
+    `-vsync cfr` with an output rate puts every output frame k at k / fps seconds from the file's start and fills
+    it with the source frame showing at that moment: frames are duplicated into timestamp gaps (a dropped frame, a
+    phone's variable frame rate, a video stream that starts after the audio) and dropped where frames come closer
+    than 1 / fps. Reading frames in container order instead would let the video drift against the audio by every
+    gap. The size is forced to what OpenCV decoded so rotation agrees.
+    """
     height, width = first.shape[:2]
     cmd = [
         _ffmpeg(),
@@ -268,7 +257,11 @@ def _read_ffmpeg(path: Path, fps: float, first: np.ndarray, expected: int, max_f
         "-map",
         "0:v:0",
         "-vf",
-        f"fps={fps},scale={width}:{height}",
+        f"scale={width}:{height}",
+        "-vsync",
+        "cfr",
+        "-r",
+        f"{fps}",
         "-f",
         "rawvideo",
         "-pix_fmt",
@@ -299,7 +292,11 @@ def _read_ffmpeg(path: Path, fps: float, first: np.ndarray, expected: int, max_f
 
 
 def read_video(path: str | Path, max_frames: int | None = None, fps: float = FPS) -> tuple[np.ndarray, float]:
-    """A video as ((N, H, W, 3) uint8 BGR, fps); resampled to `fps` through ffmpeg when the source differs."""
+    """A video as ((N, H, W, 3) uint8 BGR, fps): frame k is what the source shows at k / fps seconds.
+
+    Always decoded through ffmpeg at a constant rate by timestamp (see `_read_ffmpeg`), also when the container
+    claims `fps` already: a 25 fps file with a skipped timestamp or a variable-rate phone clip would otherwise be
+    read frame by frame and drift against its audio."""
     p = _existing(path)
     if p.stat().st_size == 0:
         raise MediaError(f"{p.name} is empty (0 bytes)")
@@ -311,15 +308,12 @@ def read_video(path: str | Path, max_frames: int | None = None, fps: float = FPS
     cap.release()
     if not ok or first is None:
         raise MediaError(f"{p.name} is not a readable video (no frame could be decoded)")
-    resample = not src_fps or abs(src_fps - fps) > 0.01
     expected = int(count * fps / src_fps) + 2 if (count > 0 and src_fps) else 250
     if max_frames is not None:
         expected = min(expected, max_frames)
-    if resample:
+    if not src_fps or abs(src_fps - fps) > 0.01:
         log.info("resampling %s from %.3f to %g fps", p.name, src_fps, fps)
-        frames = _read_ffmpeg(p, fps, first, expected, max_frames)
-    else:
-        frames = _read_cv2(p, first, expected, max_frames)
+    frames = _read_ffmpeg(p, fps, first, expected, max_frames)
     if len(frames) == 0:
         raise MediaError(f"{p.name} has no decodable frames")
     return frames, float(fps)
