@@ -206,3 +206,50 @@ def make_synthetic_avatar(
         bbox_range=(-5, 5),
         mask_kind="landmarks",
     )
+
+
+# --- SyncNet evaluation weights ------------------------------------------------------------------
+SYNCNET_EVAL_SEED = 0
+SYNCNET_FIRE_HEAD = 4  # S3FD head of stride 64 (anchor 256 at detection scale 0.25: ~1024 px boxes)
+
+
+def state_digest(state: dict) -> str:
+    """sha256 over names and tensor bytes: equal weights hash equal whatever torch.save's container looks like."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(k.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def make_syncnet_eval_weights(folder: Path | str, seed: int = SYNCNET_EVAL_SEED) -> dict[str, str]:
+    """Write syncnet_v2.model and sfd_face.pth (random init from `seed`, official formats) into `folder`; returns
+    their `state_digest`s. Random S3FD finds no face, so every confidence head is silenced except the stride-64
+    one, which fires everywhere: one ~1024 px box per frame (at the protocol's detection scale 0.25) that the
+    reference and the project must track and crop identically. Used for the SyncNet parity fixtures."""
+    import torch
+
+    from workbench.evaluation.syncnet import SyncNetS
+    from workbench.faces.s3fd import S3FDNet
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    syncnet = SyncNetS().state_dict()
+    torch.manual_seed(seed + 1)
+    sfd = S3FDNet().state_dict()
+    with torch.no_grad():
+        for i in range(6):
+            sfd[f"conf.{i}.weight"].zero_()
+            sfd[f"conf.{i}.bias"].zero_()
+            if i == 0:  # max-out background: 3 background logits, 1 face logit
+                sfd["conf.0.bias"][:3] = 5.0
+            else:
+                sfd[f"conf.{i}.bias"][0] = 5.0
+        sfd[f"conf.{SYNCNET_FIRE_HEAD}.bias"][:] = torch.tensor([-5.0, 5.0])
+    torch.save(syncnet, folder / "syncnet_v2.model")
+    torch.save(sfd, folder / "sfd_face.pth")
+    return {"syncnet_v2.model": state_digest(syncnet), "sfd_face.pth": state_digest(sfd)}

@@ -67,7 +67,7 @@ def _num(v) -> str:
 
 def print_gate(result, title: str = "regression gate") -> None:
     table = Table("metric", "baseline", "current", "delta", "allowed", "better", "status", title=title)
-    colours = {"worse": "red", "better": "green", "ok": "white", "missing": "yellow", "untracked": "dim"}
+    colours = {"worse": "red", "better": "green", "ok": "white", "missing": "yellow", "untracked": "dim", "undetermined": "yellow"}
     f = _num
     for r in result.rows:
         c = colours.get(r.status, "white")
@@ -79,6 +79,11 @@ def print_gate(result, title: str = "regression gate") -> None:
         console.print("[green]gate passed[/green]: no metric is worse than its tolerance")
     else:
         console.print(f"[red]gate failed[/red]: worse than tolerance: {', '.join(result.worse)}")
+    if result.undetermined:
+        console.print(
+            f"[yellow]undetermined[/yellow]: {', '.join(result.undetermined)} not judged: the weight-free offset was "
+            "undetermined in some cases, so these averages cover different cases in the two runs"
+        )
 
 
 def _print_cases(rows: list[dict]) -> None:

@@ -52,6 +52,7 @@ SUMMARY_METRICS: dict[str, tuple[str, str]] = {
     "ls_offset_error_mean": ("ls_offset_error", "mean"),
     "ls_in_sync_rate": ("ls_in_sync", "mean"),
     "ls_confidence_mean": ("ls_confidence", "mean"),
+    "ls_determined_rate": ("ls_determined", "mean"),
     "syncnet_lse_d_mean": ("syncnet_lse_d", "mean"),
     "syncnet_lse_c_mean": ("syncnet_lse_c", "mean"),
     "syncnet_offset_error_mean": ("syncnet_offset_error", "mean"),

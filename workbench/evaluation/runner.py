@@ -55,12 +55,15 @@ def _trim(audio: np.ndarray, start: float, seconds: float | None) -> np.ndarray:
 def _sync_fields(row: dict, details: dict, scores, expected: int) -> None:
     if scores.landmark is not None:
         ls = scores.landmark
+        off = ls.reported_offset  # None: undetermined, and then no error or in-sync verdict either
         row.update(
-            ls_offset=ls.offset,
-            ls_offset_error=abs(ls.offset - expected),
+            ls_offset=off,
+            ls_offset_error=None if off is None else abs(off - expected),
             ls_peak=ls.peak,
             ls_confidence=ls.confidence,
-            ls_in_sync=int(abs(ls.offset - expected) <= 1),
+            ls_evidence=ls.evidence,
+            ls_determined=int(ls.determined),
+            ls_in_sync=None if off is None else int(abs(off - expected) <= 1),
         )
         details["landmark_sync"] = ls.to_dict()
     if scores.syncnet is not None:

@@ -1,0 +1,131 @@
+"""SyncNet protocol mode against joonson/syncnet_python's own output (tests/fixtures/syncnet/*.json).
+
+The fixtures were made by scripts/make_syncnet_fixtures.py: the reference's run_pipeline.py and
+SyncNetInstance.evaluate on seeded random weights in the official formats (testkit.models.make_syncnet_eval_weights).
+Here the project's protocol mode runs on the same clips with the same weights and must find the same scenes, tracks
+and crop boxes, per-offset distances within 1e-4 and the same offsets.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from testkit.models import make_syncnet_eval_weights
+from workbench.evaluation import protocol
+from workbench.evaluation.face_track import iou
+
+FIXTURES = Path(__file__).parent / "fixtures" / "syncnet"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "make_syncnet_fixtures", ROOT / "scripts" / "make_syncnet_fixtures.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --- the ported steps, by hand ------------------------------------------------------------------
+def _box(x, w=200.0):
+    return np.array([x, 0.0, x + w, w])
+
+
+def test_track_shot_keeps_the_reference_quirk_of_skipping_the_face_after_a_removed_one():
+    # Three overlapping boxes per frame (NMS at IoU 0.1 would merge them, but a tracker must not care). The
+    # reference's `for face in framefaces: ... framefaces.remove(face)` takes the 1st, skips the 2nd (it slid into
+    # the removed slot) and takes the 3rd, which overlaps the track's last box from the same frame. So pass 1 takes
+    # faces 1 and 3 of every frame and pass 2 takes face 2: two tracks, where "one face per frame" would give three.
+    n = 12
+    faces = [[(i, _box(0.0)), (i, _box(10.0)), (i, _box(20.0))] for i in range(n)]
+    tracks = protocol.track_shot(faces, min_track=5, min_face_size=10)
+    assert len(tracks) == 2
+    assert all(len(frames) == n and frames[0] == 0 for frames, _ in tracks)
+    assert tracks[1][1][0, 0] == 10.0  # the skipped middle face makes the second track
+    # with one face per frame there is nothing to skip: one track
+    assert len(protocol.track_shot([[(i, _box(0.0))] for i in range(n)], min_track=5, min_face_size=10)) == 1
+
+
+def test_track_shot_interpolates_gaps_and_drops_short_or_small_tracks():
+    faces = [[(i, _box(float(i)))] if i % 3 else [] for i in range(30)]
+    (frames, boxes), = protocol.track_shot(faces, min_track=10, min_face_size=100)  # fmt: skip
+    assert frames[0] == 1 and frames[-1] == 29 and len(frames) == 29
+    np.testing.assert_allclose(boxes[:, 0], frames.astype(float))  # linear over the missing frames
+    assert protocol.track_shot(faces, min_track=25, min_face_size=100) == []
+    assert protocol.track_shot(faces, min_track=10, min_face_size=250) == []
+    assert iou(boxes[0], boxes[1]) > 0.5
+
+
+def test_scene_cuts_find_a_hard_cut_and_respect_the_minimum_scene_length(tmp_path, ffmpeg):
+    import cv2
+
+    path = tmp_path / "cut.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    for i in range(60):
+        colour = (20, 200, 40) if i < 30 else (200, 30, 220)
+        if i == 40:  # a one-frame flash 10 frames after the cut: under min_len, not a scene
+            colour = (250, 250, 250)
+        w.write(np.full((48, 64, 3), colour, np.uint8))
+    w.release()
+    cuts, n = protocol.scene_cuts(path)
+    assert n == 60 and cuts == [30]
+    assert protocol.scenes_from_cuts(cuts, n) == [(0, 30), (30, 60)]
+
+
+# --- end to end against the reference -----------------------------------------------------------
+def _fixtures() -> list[Path]:
+    return sorted(FIXTURES.glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("syncnet_eval")
+    return folder, make_syncnet_eval_weights(folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", _fixtures(), ids=lambda p: p.stem)
+def test_protocol_mode_reproduces_syncnet_python(fixture, weights, samples_dir, tmp_path, ffmpeg):
+    from workbench.evaluation.face_track import S3FDBoxes
+    from workbench.evaluation.syncnet import SyncNetScorer, load_syncnet
+
+    want = json.loads(fixture.read_text())
+    folder, digests = weights
+    if digests != want["weights"]["state_sha256"]:
+        pytest.skip(f"this torch ({want['torch']} made the fixture) draws other random weights from the same seed")
+    script = _script()
+    src = samples_dir / want["clip"]["source"]
+    delay = want["clip"]["audio_delay_ms"]
+    clip = script.make_clip(src, delay, tmp_path / f"clip{'.mkv' if delay else src.suffix}")
+    scorer = SyncNetScorer(load_syncnet(folder / "syncnet_v2.model"), "cpu")
+    got = protocol.score_file(clip, S3FDBoxes(folder / "sfd_face.pth", "cpu"), scorer, work_dir=tmp_path)
+
+    assert got.n_frames == want["n_frames"]
+    assert [list(s) for s in got.scenes] == [list(s) for s in want["scenes"]]
+    assert len(got.tracks) == len(want["tracks"])
+    for g, w in zip(got.tracks, want["tracks"], strict=True):
+        assert [int(g.frames[0]), int(g.frames[-1])] == w["frames"]
+        np.testing.assert_allclose(g.boxes, w["bbox"], atol=2e-3)  # the fixture rounds to 4 decimals
+        np.testing.assert_allclose(g.centre_size, w["crop_centre_size"], atol=2e-3)
+        assert g.scores.n_windows == w["n_windows"]
+        np.testing.assert_allclose(g.scores.mean_dists, w["mean_dists"], atol=1e-4)
+        assert g.scores.offset == w["offset"]
+        assert g.scores.min_dist == pytest.approx(w["lse_d"], abs=1e-4)
+        assert g.scores.confidence == pytest.approx(w["lse_c"], abs=1e-4)
+
+
+def test_fixtures_name_the_reference_commit_and_their_maker():
+    files = _fixtures()
+    if not files:
+        pytest.skip("no SyncNet fixtures yet: run scripts/make_syncnet_fixtures.py --reference PATH")
+    for f in files:
+        d = json.loads(f.read_text())
+        assert d["reference"]["repository"] == "joonson/syncnet_python" and len(d["reference"]["commit"]) == 40
+        assert d["made_by"] == "scripts/make_syncnet_fixtures.py"
+        assert all(len(t["mean_dists"]) == 31 for t in d["tracks"])
