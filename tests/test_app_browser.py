@@ -285,7 +285,7 @@ def test_example_evaluation_shows_table_and_plots(page):
     page.click("#eval-run")
     _wait_text(page, "#eval-summary", "of suite", 300_000)
     summary = _text(page, "#eval-summary")
-    assert "1 ok, 0 failed" in summary and "ls_offset_error_mean" in summary
+    assert "1 ok, 0 failed" in summary and "ls_determined_rate" in summary
     table = _text(page, "#eval-table")
     assert "yongen_eng" in table and "ok" in table
     page.wait_for_selector("#eval-plot-sync_curves img", timeout=30_000)

@@ -418,7 +418,7 @@ def test_evaluation_run_download_isolation_and_compare(ui, tmp_path):
     shutil.copytree(run_dir, ui.ctx.runs_dir / "baseline-copy")
     assert "shared/baseline-copy" in ui.eval_tab.runs(other)
     head, gate, cases, sync_fig, lat_fig = ui.eval_tab.compare(label, "shared/baseline-copy", session2)
-    assert "No regression" in head and len(gate) > 0 and "ls_offset" in set(cases["metric"])
+    assert "No regression" in head and len(gate) > 0 and "ls_evidence" in set(cases["metric"])
     with pytest.raises(gr.Error, match="two different runs"):
         ui.eval_tab.compare(label, label, session2)
     for fig in (p1, p2, p3, sync_fig, lat_fig):

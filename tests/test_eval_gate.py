@@ -125,3 +125,17 @@ def test_eval_mounted_on_workbench_cli(tmp_path):
     base = _write_summary(tmp_path / "b.json", ls_confidence_mean=0.4)
     r = runner.invoke(app, ["eval", "gate", str(cur), "--baseline", str(base)])
     assert r.exit_code == 1 and "ls_confidence_mean" in r.output
+
+
+def test_undetermined_weight_free_offsets_neither_fail_nor_pass_the_gate():
+    base = {"ls_offset_error_mean": 0.0, "ls_in_sync_rate": 1.0, "ls_determined_rate": 1.0, "cases_failed": 0}
+    # One case undetermined now: the offset averages cover other cases than the baseline's.
+    cur = {"ls_offset_error_mean": 3.0, "ls_in_sync_rate": 0.0, "ls_determined_rate": 0.5, "cases_failed": 0}
+    r = compare_summaries(cur, base)
+    assert r.undetermined == ["ls_offset_error_mean", "ls_in_sync_rate"]
+    assert r.worse == [] and r.passed  # not failed on them ...
+    status = {row.metric: row.status for row in r.rows}
+    assert status["ls_offset_error_mean"] == "undetermined"  # ... and not counted as "ok" either
+    # every case determined in both: judged as before
+    r = compare_summaries({**cur, "ls_determined_rate": 1.0}, base)
+    assert set(r.worse) == {"ls_offset_error_mean", "ls_in_sync_rate"} and not r.undetermined

@@ -193,3 +193,24 @@ def test_fused_beats_delta_baseline_on_real_windows(real_clip):
     rates = hit_rates(df).set_index("method")["all"]
     assert rates["fused"] >= 0.7
     assert rates["fused"] > rates["delta"] + 0.2
+
+
+def test_weak_evidence_is_reported_as_undetermined():
+    from workbench.evaluation.landmark_sync import EVIDENCE_MEASURE, evidence_measures, summarise_curve
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.05, 31)
+    weak = noise.copy()
+    weak[20] = noise.max() + 0.01  # the best offset by a hair: nobody should believe it
+    r = summarise_curve(weak, 15, 75, "fused")
+    assert r.offset == 5 and not r.determined and r.reported_offset is None
+    assert r.to_dict()["offset"] is None and r.to_dict()["best_offset"] == 5
+    sharp = noise.copy()
+    sharp[20] = 1.0  # one peak far above the rest
+    r = summarise_curve(sharp, 15, 75, "fused")
+    assert r.determined and r.reported_offset == 5 and r.to_dict()["offset"] == 5
+    assert r.evidence == evidence_measures(sharp, 75)[EVIDENCE_MEASURE]
+    # the "delta" baseline was never calibrated: it never commits
+    assert summarise_curve(sharp, 15, 75, "delta").reported_offset is None
+    # the same curve over fewer frames is weaker evidence by "z" (correlation noise grows as 1/sqrt(n))
+    assert evidence_measures(sharp, 50)["z"] < evidence_measures(sharp, 250)["z"]

@@ -67,7 +67,14 @@ def _num(v) -> str:
 
 def print_gate(result, title: str = "regression gate") -> None:
     table = Table("metric", "baseline", "current", "delta", "allowed", "better", "status", title=title)
-    colours = {"worse": "red", "better": "green", "ok": "white", "missing": "yellow", "untracked": "dim", "undetermined": "yellow"}
+    colours = {
+        "worse": "red",
+        "better": "green",
+        "ok": "white",
+        "missing": "yellow",
+        "untracked": "dim",
+        "undetermined": "yellow",
+    }
     f = _num
     for r in result.rows:
         c = colours.get(r.status, "white")
@@ -101,6 +108,8 @@ def _print_cases(rows: list[dict]) -> None:
     }
     table = Table(*cols.values())
     for r in rows:
+        if r.get("ls_determined") == 0 and r.get("ls_offset") is None:
+            r = {**r, "ls_offset": "undetermined"}
         table.add_row(*(_num(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))
     console.print(table)
     for r in rows:

@@ -14,6 +14,7 @@ from workbench.evaluation.report import Run, _subplots, latency_cdf_axes, load_r
 
 CASE_METRICS = (
     "ls_offset",
+    "ls_evidence",
     "ls_confidence",
     "syncnet_offset",
     "syncnet_lse_d",

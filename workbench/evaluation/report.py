@@ -201,6 +201,20 @@ def cases_table(rows: list[dict]) -> pd.DataFrame:
     return df[first + [c for c in df.columns if c not in first]]
 
 
+UNDETERMINED = "undetermined"
+
+
+def show_undetermined(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy for display where a weight-free offset that was not determined reads "undetermined", not a blank
+    (cases.json keeps it null)."""
+    if "ls_offset" not in df.columns or "ls_determined" not in df.columns:
+        return df
+    out = df.copy()
+    out["ls_offset"] = out["ls_offset"].astype(object)
+    out.loc[(out["ls_determined"] == 0) & out["ls_offset"].isna(), "ls_offset"] = UNDETERMINED
+    return out
+
+
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
@@ -242,7 +256,7 @@ def render_markdown(table: pd.DataFrame, summary: dict, metadata: dict) -> str:
         "",
     ]
     shown = [c for c in TABLE_COLUMNS if c in table.columns and c != "error"]
-    lines += ["## Cases", "", markdown_table(table[shown]) if len(table) else "(none)", ""]
+    lines += ["## Cases", "", markdown_table(show_undetermined(table)[shown]) if len(table) else "(none)", ""]
     if summary.get("failed"):
         lines += ["## Failed cases", ""] + [f"- **{k}**: {v}" for k, v in summary["failed"].items()] + [""]
     lines += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in PLOTS] + [""]
@@ -250,6 +264,9 @@ def render_markdown(table: pd.DataFrame, summary: dict, metadata: dict) -> str:
         "Offsets are in frames at 25 fps; positive means the audio is ahead of the video (syncnet_python's sign).",
         "ls_* is the weight-free landmark metric; syncnet_* the SyncNet protocol (LSE-D lower is better, "
         "LSE-C higher is better).",
+        "ls_offset is *undetermined* when the correlation peak is too weak to trust (calibrated on held-apart real "
+        "clips: see the README); undetermined cases are left out of ls_offset_error_mean and ls_in_sync_rate, and "
+        "the gate does not judge those two when any case is undetermined.",
         "",
     ]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import numpy as np
 from workbench.config import FPS
 from workbench.evaluation.errors import SyncNetWeightsMissing
 from workbench.evaluation.face_track import (
+    MIN_TRACK,
     BoxDetector,
     LandmarkFitter,
     crop_track,
@@ -24,6 +25,10 @@ from workbench.evaluation.landmark_sync import LandmarkSyncResult, landmark_sync
 from workbench.evaluation.syncnet import SyncNetScorer, SyncNetScores, file_sha256, syncnet_weights_path
 
 log = logging.getLogger(__name__)
+# "protocol": syncnet_python's media steps (25 fps MPEG-4 + JPEG frames, scene split, XVID crop round trip, PCM
+# re-extraction; see protocol.py), so LSE numbers compare with published ones. "raw": the decoded frames and audio
+# scored directly, no lossy steps (LSE-D differs from the protocol's by a few tenths).
+SYNCNET_MODES = ("protocol", "raw")
 Progress = Callable[[float, str], None]
 
 
@@ -41,7 +46,16 @@ class ClipScores:
 class Scorers:
     """The detectors and models a process needs, loaded once and reused for every case it scores."""
 
-    def __init__(self, models_dir: str | Path | None, device: str | None = None, face_detector: str = "auto"):
+    def __init__(
+        self,
+        models_dir: str | Path | None,
+        device: str | None = None,
+        face_detector: str = "auto",
+        syncnet_mode: str = "protocol",
+    ):
+        if syncnet_mode not in SYNCNET_MODES:
+            raise ValueError(f"unknown SyncNet mode {syncnet_mode!r}: choose {' or '.join(SYNCNET_MODES)}")
+        self.syncnet_mode = syncnet_mode
         self.models_dir = Path(models_dir) if models_dir is not None else None
         self.device = device
         self.face_detector_choice = face_detector
@@ -120,7 +134,13 @@ def score_clip(
     if want_ls:
         lm = track_landmarks(frames, main, scorers.fitter)
         out.landmark = landmark_sync(lm, track_audio(audio16k, main.frames, FPS), max_offset=max_offset)
-    if syncnet is not None:
+    if syncnet is not None and scorers.syncnet_mode == "protocol":
+        if detector.name != "s3fd":
+            out.notes.append("SyncNet crops come from dlib face tracks: sfd_face.pth (the protocol's S3FD) is absent")
+        out.syncnet, out.syncnet_tracks = _protocol_syncnet(
+            frames, audio16k, detector, syncnet, min(MIN_TRACK, int(0.8 * len(frames)))
+        )
+    elif syncnet is not None:
         if detector.name != "s3fd":
             out.notes.append("SyncNet crops come from dlib face tracks: sfd_face.pth (the protocol's S3FD) is absent")
         best: tuple[int, SyncNetScores] | None = None
@@ -135,6 +155,26 @@ def score_clip(
                 best = (k, s)
         out.syncnet = best[1] if best else None
     return out
+
+
+def _protocol_syncnet(
+    frames: Sequence[np.ndarray], audio16k: np.ndarray, detector: BoxDetector, syncnet: SyncNetScorer, min_track: int
+) -> tuple[SyncNetScores | None, list[dict]]:
+    """SyncNet through syncnet_python's media steps, from a lossless copy of these frames and audio."""
+    import tempfile
+
+    from workbench.evaluation import protocol
+
+    with tempfile.TemporaryDirectory(prefix="syncnet_clip_") as tmp:
+        clip = protocol.write_clip(Path(tmp) / "clip.mkv", np.asarray(frames), audio16k, FPS)
+        res = protocol.score_file(clip, detector, syncnet, min_track=min_track, work_dir=tmp)
+    rows = [
+        {"first_frame": int(t.frames[0]), "frames": len(t.frames), "mode": "protocol", **t.scores.to_dict()}
+        for t in res.tracks
+        if t.scores is not None
+    ]
+    main = res.main
+    return (main.scores if main is not None else None), rows
 
 
 def _sub(progress: Progress | None, start: float, span: float, label: str) -> Progress | None:

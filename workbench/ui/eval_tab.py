@@ -20,7 +20,7 @@ import yaml
 from workbench.evaluation.compare import compare_runs
 from workbench.evaluation.errors import EvalError, ManifestError
 from workbench.evaluation.manifest import GeneratedCase, ReferenceCase, Suite, load_suite, parse_suite
-from workbench.evaluation.report import PLOTS, TABLE_COLUMNS, Run, load_run
+from workbench.evaluation.report import PLOTS, TABLE_COLUMNS, Run, load_run, show_undetermined
 from workbench.evaluation.runner import run_suite
 from workbench.ui.context import UIContext, gr_progress, new_session, user_errors
 
@@ -135,7 +135,7 @@ def select_cases(suite: Suite, case_ids: list[str] | None, seconds: float | None
 
 # --- presenting a run ----------------------------------------------------------------------------
 def table_for(run: Run) -> pd.DataFrame:
-    df = run.table
+    df = show_undetermined(run.table)
     has_errors = "error" in df.columns and bool(blank_missing(df[["error"]])["error"].astype(str).str.len().any())
     cols = [c for c in TABLE_COLUMNS if c in df.columns and (c != "error" or has_errors)]
     out = df[cols].copy()
@@ -304,6 +304,11 @@ class EvalTab:
             if c.gate.passed
             else f"**Regression** in: {', '.join(worse)}."
         )
+        if c.gate.undetermined:
+            verdict += (
+                f" **Undetermined**, not judged: {', '.join(c.gate.undetermined)} (the weight-free offset was "
+                "undetermined in some cases, so these averages cover different cases)."
+            )
         head = f"Baseline `{c.a.path.name}` → candidate `{c.b.path.name}`. {verdict}"
         figs = c.figures
         shown = (figs.pop("sync"), figs.pop("latency"))
