@@ -60,7 +60,9 @@ def trials(clip, method: str = "fused") -> list[dict]:
     for shift in SHIFTS:
         audio = ls.shift_audio(clip.audio16k, shift)
         for a, b, kind in spans:
-            r = ls.landmark_sync(clip.landmarks[a:b], audio[a * SAMPLES_PER_FRAME : b * SAMPLES_PER_FRAME], method=method)
+            r = ls.landmark_sync(
+                clip.landmarks[a:b], audio[a * SAMPLES_PER_FRAME : b * SAMPLES_PER_FRAME], method=method
+            )
             rows.append(
                 {
                     "clip": clip.name,
