@@ -2,11 +2,11 @@
 
 Constants are facts of the MuseTalk model and of the transports; they never change at run time.
 `Settings` holds what a user may change, from environment variables (prefix `WORKBENCH_`) or CLI flags.
+Only the entry points (app.py, the CLI, an evaluation worker process) build one; everything else is handed it.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -67,8 +67,3 @@ class Settings(BaseSettings):
     realtime_voice: str = "marin"
     # ICE servers for WebRTC as JSON (a Space needs a TURN server; localhost needs none)
     ice_servers_json: str = "[]"
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()
