@@ -126,7 +126,17 @@ def run_reference(ref_dir: Path, clip: Path, name: str, work: Path, weights: Pat
         [sys.executable, "evaluate_fixture.py", str(data_dir), name, str(weights / "syncnet_v2.model"), str(out)],
         cwd=ref_dir, env=env, check=True, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    scores = json.loads(out.read_text())
+    return collect(work, name, pythonpath)
+
+
+def collect(work: Path, name: str, pythonpath: str = "") -> dict:
+    """The fixture's numbers from a finished reference run in `work` (scene.pckl holds PySceneDetect objects, so its
+    package must be importable: `pythonpath`)."""
+    for p in reversed([p for p in pythonpath.split(os.pathsep) if p]):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    data_dir = work / "data"
+    scores = json.loads((work / f"{name}.eval.json").read_text())
     with open(data_dir / "pywork" / name / "tracks.pckl", "rb") as f:
         tracks = pickle.load(f)
     with open(data_dir / "pywork" / name / "scene.pckl", "rb") as f:
