@@ -129,3 +129,16 @@ def test_fixtures_name_the_reference_commit_and_their_maker():
         assert d["reference"]["repository"] == "joonson/syncnet_python" and len(d["reference"]["commit"]) == 40
         assert d["made_by"] == "scripts/make_syncnet_fixtures.py"
         assert all(len(t["mean_dists"]) == 31 for t in d["tracks"])
+
+
+def test_write_clip_is_lossless_and_cuts_the_audio_to_the_video(tmp_path, ffmpeg):
+    from workbench.media import load_audio, read_video
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(10, 32, 48, 3), dtype=np.uint8)
+    audio = (0.1 * rng.standard_normal(16000)).astype(np.float32)  # 1 s for a 0.4 s video
+    clip = protocol.write_clip(tmp_path / "c.mkv", frames, audio)
+    back, _ = read_video(clip)
+    assert np.array_equal(back, frames)  # FFV1 in BGR -> the protocol's own conversion is the only loss
+    a = load_audio(clip)
+    assert len(a) == 6400 and np.allclose(a, audio[:6400], atol=1 / 32768 + 1e-6)
