@@ -143,9 +143,7 @@ def collect(work: Path, name: str, pythonpath: str = "") -> dict:
         scenes = [(int(a.frame_num), int(b.frame_num)) for a, b in pickle.load(f)]
     n_frames = len(list((data_dir / "pyframes" / name).glob("*.jpg")))
     with open(data_dir / "pywork" / name / "faces.pckl", "rb") as f:
-        detections = [
-            [[round(float(v), 4) for v in d["bbox"]] + [float(d["conf"])] for d in frame] for frame in pickle.load(f)
-        ]
+        detections = [[[float(v) for v in d["bbox"]] + [float(d["conf"])] for d in frame] for frame in pickle.load(f)]
     out_tracks = []
     for t, sc in zip(tracks, scores, strict=True):
         out_tracks.append(
