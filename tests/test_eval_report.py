@@ -163,8 +163,11 @@ def test_compare_two_runs(runs):
     # the same cases scored twice: sync metrics agree; wall-clock latency may differ between serial and parallel
     assert [m for m in cmp.gate.worse if not m.startswith("latency_")] == []
     sync = cmp.summary[cmp.summary.metric.str.startswith("ls_")]
-    assert len(sync) >= 3 and set(sync["status"]) == {"ok"}
-    row = cmp.cases[(cmp.cases.case == "sun_speech") & (cmp.cases.metric == "ls_offset")]
+    # ls_offset_error_mean / ls_in_sync_rate exist only when some offset was determined, and are "undetermined"
+    # for the gate when some was not; confidence and the determined rate are always there
+    assert {"ls_confidence_mean", "ls_determined_rate"} <= set(sync["metric"])
+    assert set(sync["status"]) <= {"ok", "undetermined"}
+    row = cmp.cases[(cmp.cases.case == "sun_speech") & (cmp.cases.metric == "ls_evidence")]
     assert len(row) == 1 and float(row["delta"].iloc[0]) == 0.0
     assert {"sync", "latency"} <= set(cmp.figures)
 
