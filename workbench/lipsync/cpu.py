@@ -43,7 +43,7 @@ JAW_ROOM_USE = 0.6  # the chin may use this share of the room between it and the
 BANK_REGION_GROW = 1.2  # the bank mouth replaces the outer lips grown by this factor about their centre …
 BANK_REGION_MARGIN = 0.16  # … and this many interocular distances further out …
 BANK_REGION_SIGMA = 0.04  # … feathered over this many interocular distances
-NEAR_RIGID = 0.02  # head similarity this close to a pure shift (rotation/scale terms) is pasted as a pixel shift
+NEAR_RIGID = 0.01  # head similarity this close to a pure shift (rotation/scale terms) is pasted as a pixel shift
 SYNTH_MIN_GAP_PX = 1.5  # below this target gap (crop pixels) no inner mouth is drawn
 REST_OPEN_MAX = 0.7  # a resting opening above this (GAP_MAX units) is a mouth caught open, not a rest pose
 TEETH_SOURCE_MIN_GAP = 0.05  # (D) a source frame this open shows teeth worth keeping over a drawn interior
@@ -558,7 +558,9 @@ class CPURenderer(Renderer):
         if np.abs(a[:, :2] - np.eye(2)).max() < NEAR_RIGID:
             # The head barely turned or scaled: a whole-pixel shift, no resampling at all (interpolating at a
             # sub-pixel offset is a low-pass filter the source never went through).
-            dx, dy = (int(round(v)) for v in a[:, 2])
+            # The shift the similarity makes at the mouth (its rotation and scale move far-off points more).
+            m = lm_j[48:68].mean(axis=0)
+            dx, dy = (int(round(v)) for v in a[:, :2] @ m + a[:, 2] - m)
             bank = _shifted(avatar.frames[j], rx0 - dx, ry0 - dy, w, h).astype(np.float32)
         else:
             a[:, 2] -= [rx0, ry0]  # into the region's own pixel grid

@@ -27,6 +27,7 @@ import numpy as np
 GAP_MAX = 0.26
 BANK_MIN_RANGE = 0.25  # the avatar's 5th..97th percentile openness must span this much (GAP_MAX units) …
 BANK_MIN_FRAMES = 3  # … with at least this many frames in the upper half of that range
+WIDTH_MIN_RANGE = 0.08  # interocular distances of mouth width change that count as fully spread / rounded
 RANGE_PCT = (5.0, 97.0)  # the avatar's closed and widest opening, percentiles of its frames
 # Unary cost scales (a mismatch of one scale costs 1).
 SIGMA_OPEN = 0.1  # of the avatar's opening range
@@ -34,7 +35,7 @@ SIGMA_SHAPE = 0.35  # spread / rounding, 0..1
 SIGMA_POSE = 0.03  # rms landmark distance, interocular distances
 SIGMA_MOTION = 0.15  # frame-to-frame change of opening, of the avatar's range
 MOTION_WEIGHT = 0.3
-OWN_FRAME_BONUS = 0.5  # the output frame's own mouth needs no warp and no colour match
+OWN_FRAME_BONUS = 1.0  # the output frame's own mouth needs no warp and no colour match
 JUMP_COST = 1.0  # a texture change: the next source frame is not a neighbour of the previous one
 CANDIDATES = 16  # per output frame, the best by unary cost enter the path search
 
@@ -108,8 +109,10 @@ class MouthBank:
         else:
             resid = width - width.mean()
         q_lo, q_hi = np.percentile(resid, [5.0, 95.0])
-        self.spread = np.clip(resid / max(q_hi, 1e-6), 0.0, 1.0)
-        self.round = np.clip(resid / min(q_lo, -1e-6), 0.0, 1.0)
+        # Scaled to this person's range, but never below WIDTH_MIN_RANGE: landmark jitter on a mouth that
+        # does not change shape must not read as spreading or rounding.
+        self.spread = np.clip(resid / max(q_hi, WIDTH_MIN_RANGE), 0.0, 1.0)
+        self.round = np.clip(resid / min(q_lo, -WIDTH_MIN_RANGE), 0.0, 1.0)
         # The source's own motion: opening change from the previous source frame.
         self.motion = np.diff(self.open, prepend=self.open[:1])
         self.pose = self._pose_descriptors(lms)
