@@ -565,7 +565,7 @@ class CPURenderer(Renderer):
         else:
             a[:, 2] -= [rx0, ry0]  # into the region's own pixel grid
             bank = cv2.warpAffine(
-                avatar.frames[j], a, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101
+                avatar.frames[j], a, (w, h), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT101
             ).astype(np.float32)
         base = frame[ry0:ry1, rx0:rx1].astype(np.float32)
         alpha = _feather(_fill(region - [rx0, ry0], h, w), sigma)

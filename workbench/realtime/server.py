@@ -46,6 +46,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
@@ -85,6 +86,14 @@ class OfferRequest(BaseModel):
 
 class TextRequest(BaseModel):
     text: str = Field(max_length=4000)
+
+
+def face_fraction(avatar: Avatar) -> list[float]:
+    """The avatar's face box over all its frames (median corners) as fractions [x0, y0, x1, y1] of the frame, so
+    the chat page can zoom on the face whatever size the video is sent at."""
+    h, w = avatar.frame_size
+    x0, y0, x1, y1 = (float(v) for v in np.median(np.asarray(avatar.boxes, np.float64), axis=0))
+    return [round(x0 / w, 4), round(y0 / h, 4), round(x1 / w, 4), round(y1 / h, 4)]
 
 
 def parse_ice_servers(raw: str) -> list[dict[str, Any]]:
@@ -272,7 +281,12 @@ class RealtimeManager:
         self._reapers.add(reaper)  # the loop keeps only weak references to tasks
         reaper.add_done_callback(self._reapers.discard)
         log.info("realtime session %s opened (%s, avatar %s)", sid, voice.describe(), avatar.avatar_id)
-        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": sid}
+        return {
+            "sdp": pc.localDescription.sdp,
+            "type": pc.localDescription.type,
+            "session_id": sid,
+            "face": face_fraction(avatar),  # for the page's face zoom
+        }
 
     def _forget(self, session: ChatSession) -> None:
         self.sessions.pop(session.id, None)
