@@ -306,9 +306,10 @@ def _shifted(img: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
 
 def _match_rim(src: np.ndarray, base: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """src shifted in colour so that its mean on the blend's rim (where it fades in) equals base's there."""
-    rim = (alpha > 0.05) & (alpha < 0.6)
+    rim = ((alpha > 0.05) & (alpha < 0.6)).astype(np.uint8)
     if rim.any():
-        src = src + (base[rim].mean(axis=0) - src[rim].mean(axis=0))[None, None, :]
+        shift = np.subtract(cv2.mean(base, mask=rim)[:3], cv2.mean(src, mask=rim)[:3]).astype(np.float32)
+        src = src + shift[None, None, :]
     return src
 
 
@@ -354,7 +355,8 @@ class CPURenderer(Renderer):
         sources = self._sources(rig, frame_indices, conditions)
         out = []
         for i, cond, j in zip(frame_indices, conditions, sources, strict=True):
-            face, dst_lm, box = self._render_face(avatar, rig, int(i), cond, j)
+            # With a bank source the full-resolution pass pastes its mouth; the crop only moves the jaw.
+            face, dst_lm, box = self._render_face(avatar, rig, int(i), cond, j, full_res_follows=j is not None)
             frame = compositor.paste_change(int(i), face, avatar.crops[int(i)], box)
             if j is not None:
                 self._paste_bank_mouth(frame, avatar, rig, compositor, int(i), j, dst_lm)
@@ -443,7 +445,13 @@ class CPURenderer(Renderer):
             raise RenderInputError(f"frame index {i} outside the avatar's {rig.n} frames")
 
     def _render_face(
-        self, avatar: Avatar, rig: _AvatarRig, i: int, state: MouthState, source: int | None
+        self,
+        avatar: Avatar,
+        rig: _AvatarRig,
+        i: int,
+        state: MouthState,
+        source: int | None,
+        full_res_follows: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
         """Frame i's crop with its lower face moved to the target and the mouth texture in place, the crop
         landmarks it was moved to, and the crop box outside which nothing changed. With a bank `source` the
@@ -486,7 +494,7 @@ class CPURenderer(Renderer):
         face = crop.copy()
         face[y0:y1, x0:x1] = warp(crop, fr.pts, (x0, y0, x1, y1))
 
-        if source is not None:
+        if source is not None and not full_res_follows:
             # The bank frame's mouth over the moved lower face: lips grown around their centre, feathered, its
             # colour matched to this frame on the region's rim. The full-resolution pass repeats this after paste.
             frj = rig.frame(avatar, source)
@@ -500,6 +508,7 @@ class CPURenderer(Renderer):
                 bank = _match_rim(bank, base, alpha)
                 base += alpha[..., None] * (bank - base)
                 face[by0:by1, bx0:bx1] = np.clip(base + 0.5, 0, 255).astype(np.uint8)
+        if source is not None:
             return face, dst_lm, (x0, y0, x1, y1)
 
         src_gap = fr.gap
@@ -598,7 +607,7 @@ class CPURenderer(Renderer):
         light = float(np.clip(np.dot(fr.skin_bgr, [0.114, 0.587, 0.299]) / 180.0, 0.35, 1.3))
         if fr.inner_dark is not None:
             # The source shows the inside of its mouth: its own shadows are the right colours for the depth.
-            core, rim = 0.7 * fr.inner_dark[0], fr.inner_dark[1]
+            core, rim = 0.85 * fr.inner_dark[0], fr.inner_dark[1]
         else:
             core = 0.16 * lip + light * np.array([3.0, 3.0, 6.0])
             rim = 0.42 * lip
