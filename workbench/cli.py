@@ -134,13 +134,17 @@ def render(
     source: Annotated[Path | None, typer.Option("--source", help="or a video/photo to prepare first")] = None,
     renderer: Annotated[str, typer.Option(help=", ".join(RENDERERS))] = "auto",
     batch_size: Annotated[int | None, typer.Option(help="frames per renderer batch")] = None,
+    decoder: Annotated[str, typer.Option(help="MuseTalk decoder: vae (the reference) or taesd (fast)")] = "vae",
     models_dir: ModelsDir = None,
     cache_dir: CacheDir = None,
 ) -> None:
     """Render a lip-synced 25 fps mp4 with the audio muxed in."""
+    if decoder not in ("vae", "taesd"):
+        raise _fail(ValueError(f"--decoder must be vae or taesd, not {decoder!r}"))
     if (avatar is None) == (source is None):
         raise _fail(ValueError("give exactly one of --avatar ID or --source FILE"))
-    engine = _engine(_settings(models_dir, cache_dir, batch_size=batch_size), _choice(renderer, RendererName))
+    settings = _settings(models_dir, cache_dir, batch_size=batch_size, decoder=decoder)
+    engine = _engine(settings, _choice(renderer, RendererName))
     try:
         av = engine.load_avatar(avatar) if avatar else engine.prepare(source)
         with _Bar(f"render ({engine.renderer.describe()})") as bar:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     renderer: RendererName = "auto"
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', …")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    decoder: Literal["vae", "taesd"] = Field(
+        default="vae", description="MuseTalk latent decoder: vae (the reference) or taesd (fast, approximate)"
+    )
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=64)
     host: str = "127.0.0.1"
     port: int = 7860

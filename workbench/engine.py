@@ -91,7 +91,9 @@ class Engine:
             from workbench.lipsync.musetalk import MuseTalkRenderer
 
             dtype = None if self.settings.dtype == "auto" else self.settings.dtype
-            return MuseTalkRenderer.from_models_dir(self.models_dir, device=self.device, dtype=dtype)
+            return MuseTalkRenderer.from_models_dir(
+                self.models_dir, device=self.device, dtype=dtype, decoder=self.settings.decoder
+            )
         from workbench.lipsync.cpu import CPURenderer
 
         return CPURenderer()

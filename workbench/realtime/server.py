@@ -55,6 +55,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from workbench.avatars.model import Avatar
 from workbench.avatars.store import CacheError
 from workbench.config import Settings
+from workbench.lipsync.batcher import RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
 from workbench.realtime.session import ChatSession
 from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
@@ -256,7 +257,11 @@ class RealtimeManager:
             if serialize is None:
                 serialize = getattr(renderer, "name", "") != "cpu"
             lock = getattr(self.engine, "render_lock", None) if serialize else None
-            stream = LipSyncStream(renderer, avatar, batch_size=self.batch_size, render_lock=lock, name=sid)
+            # A model on a device: one batcher renders the due frames of every session together.
+            batcher = RenderBatcher.shared(renderer, lock=lock) if serialize and has_device_stage(renderer) else None
+            stream = LipSyncStream(
+                renderer, avatar, batch_size=self.batch_size, render_lock=lock, batcher=batcher, name=sid
+            )
             session = ChatSession(
                 sid,
                 stream,

@@ -76,7 +76,10 @@ class WorkbenchUI:
         now = time.monotonic()
         if fresh or self._header is None or now - self._header[0] > HEADER_TTL_S:
             html = header.header_html(
-                self.engine.resolved_renderer_name(), self.engine.weights_report(), openai_configured(self.settings)
+                self.engine.resolved_renderer_name(),
+                self.engine.weights_report(),
+                openai_configured(self.settings),
+                self.settings.decoder,
             )
             self._header = (now, html)
         return self._header[1]

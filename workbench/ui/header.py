@@ -14,11 +14,17 @@ def _badge(text: str, kind: str) -> str:
     return f'<span class="wb-badge wb-{kind}">{html.escape(text)}</span>'
 
 
-def status_lines(renderer: str, report: weights.WeightsReport, openai_configured: bool) -> dict[str, str]:
+def status_lines(
+    renderer: str, report: weights.WeightsReport, openai_configured: bool, decoder: str = "vae"
+) -> dict[str, str]:
     """Plain-text status, one line per subject, shared by the banner and the tests."""
     musetalk_ready = report.has_musetalk()
     if renderer == "musetalk":
-        render_line = "MuseTalk v1.5 renderer active."
+        render_line = "MuseTalk v1.5 renderer active" + (
+            " with the TAESD fast decoder (an approximation of the VAE; judge it with the evaluation)."
+            if decoder == "taesd"
+            else " (VAE decoder, the reference; WORKBENCH_DECODER=taesd for the fast one)."
+        )
     elif musetalk_ready:
         render_line = (
             "CPU renderer active (MuseTalk weights are present; set WORKBENCH_RENDERER=musetalk or auto to use them)."
@@ -44,9 +50,9 @@ def status_lines(renderer: str, report: weights.WeightsReport, openai_configured
     return {"renderer": render_line, "voice": voice_line, "weights": weights_line}
 
 
-def header_html(renderer: str, report: weights.WeightsReport, openai_configured: bool) -> str:
+def header_html(renderer: str, report: weights.WeightsReport, openai_configured: bool, decoder: str = "vae") -> str:
     """The banner as HTML (escaped; no user input is ever placed in it)."""
-    lines = status_lines(renderer, report, openai_configured)
+    lines = status_lines(renderer, report, openai_configured, decoder)
     r_badge = _badge("MuseTalk v1.5" if renderer == "musetalk" else "CPU renderer", "on")
     v_badge = _badge("OpenAI Realtime + local voice" if openai_configured else "local voice", "on")
     chips = []
