@@ -8,11 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from testkit.models import make_synthetic_avatar, make_tiny_models
+from testkit.models import make_synthetic_avatar, make_unet_vae
 from testkit.realtime import LevelRenderer, level_of, make_avatar, read_level, speech_like
 from workbench.lipsync.batcher import RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
-from workbench.lipsync.whisper_features import BlockParams
 
 
 class GatedRenderer(LevelRenderer):
@@ -111,21 +110,23 @@ def test_cancel_drops_waiting_frames():
 
 
 @pytest.fixture(scope="module")
-def musetalk(tmp_path_factory):
+def musetalk():
+    """The real MuseTalk renderer on tiny random models (no Whisper: the conditions are given)."""
+    import torch
+
     from workbench.lipsync.musetalk import MuseTalkRenderer
 
-    models = make_tiny_models(tmp_path_factory.mktemp("mt") / "models")
-    fast = BlockParams(hop_frames=8, left_frames=25, right_frames=3)
-    return MuseTalkRenderer.from_models_dir(models, device="cpu", dtype="float32", batch_size=4, block_params=fast)
+    unet, vae = make_unet_vae()
+    return MuseTalkRenderer(unet, vae, None, torch.device("cpu"), torch.float32, batch_size=4)
 
 
 def test_musetalk_batch_across_avatars_equals_unbatched(musetalk):
     assert has_device_stage(musetalk)
-    prepared = make_synthetic_avatar(n_frames=5, seed=1, avatar_id="prepared")
+    prepared = make_synthetic_avatar(n_frames=3, seed=1, avatar_id="prepared")
     prepared.latents = musetalk.encode_crops(prepared.crops)
-    lazy = make_synthetic_avatar(n_frames=3, seed=2, avatar_id="lazy")  # latents encoded on demand
+    lazy = make_synthetic_avatar(n_frames=2, seed=2, avatar_id="lazy")  # latents encoded on demand
     rng = np.random.default_rng(4)
-    jobs = [(prepared, [0, 4, 2]), (lazy, [1, 0]), (prepared, [3, 3])]
+    jobs = [(prepared, [0, 2]), (lazy, [1]), (prepared, [1])]
     conds = [list(rng.standard_normal((len(i), 50, 384)).astype(np.float32)) for _, i in jobs]
     lock = threading.Lock()
     b = RenderBatcher(musetalk, max_batch=8, lock=lock)
@@ -138,7 +139,7 @@ def test_musetalk_batch_across_avatars_equals_unbatched(musetalk):
         got = [f.result(timeout=60) for f in futs]
     finally:
         b.close()
-    assert sorted(b.records[-1].sessions) == [0, 0, 0, 1, 1, 2, 2]  # one batch, two avatars
+    assert sorted(b.records[-1].sessions) == [0, 0, 1, 2]  # one batch, two avatars
     for (av, idx), c, frames in zip(jobs, conds, got, strict=True):
         want = musetalk.render(av, idx, c)
         for g, w in zip(frames, want, strict=True):
