@@ -151,7 +151,9 @@ def test_streams_through_one_batcher_keep_av_sync():
     """Two streams share one batcher: every speech frame still shows the level of the audio played with it."""
     avatar, renderer = make_avatar(), LevelRenderer()
     b = RenderBatcher(renderer, max_batch=4)
-    streams = [LipSyncStream(renderer, avatar, crossfade_frames=0, tail_frames=0, batcher=b, name=f"s{k}") for k in range(2)]
+    streams = [
+        LipSyncStream(renderer, avatar, crossfade_frames=0, tail_frames=0, batcher=b, name=f"s{k}") for k in range(2)
+    ]
     try:
         for k, s in enumerate(streams):
             s.warm_idle()

@@ -111,6 +111,7 @@ class RenderBatcher:
         max_batch: int = DEFAULT_MAX_BATCH,
         lock: AbstractContextManager[Any] | None = None,
         paste_threads: int = PASTE_THREADS,
+        pad_batches: bool = False,
         keep_records: int = 1000,
         name: str = "render-batcher",
     ):
@@ -118,6 +119,8 @@ class RenderBatcher:
         self.max_batch = max(1, int(max_batch))
         self.lock = lock if lock is not None else nullcontext()
         self.device_stage = has_device_stage(renderer)
+        # Pad device batches to a power of two: a compiled model or CUDA graph then sees a few fixed shapes.
+        self.pad_batches = bool(pad_batches)
         self.records: deque[BatchRecord] = deque(maxlen=keep_records)
         self._queues: dict[Hashable, deque[_Item]] = {}
         self._cv = threading.Condition()
@@ -223,7 +226,7 @@ class RenderBatcher:
         """Under the lock: one slot per waiting session (earliest deadlines first), the rest by deadline."""
         heads = sorted((q[0], s) for s, q in self._queues.items() if q)
         batch: list[_Item] = []
-        for item, s in heads[: self.max_batch]:
+        for _head, s in heads[: self.max_batch]:
             batch.append(self._queues[s].popleft())
         while len(batch) < self.max_batch:
             rest = [(q[0], s) for s, q in self._queues.items() if q]
@@ -331,9 +334,14 @@ class RenderBatcher:
             parts.append(run)
             lat = torch.cat([self._latents(p[0].job.avatar, [it.job.indices[it.k] for it in p]) for p in parts])
             conds = np.stack([np.asarray(it.job.conditions[it.k], np.float32) for it in batch])
+            n = len(batch)
+            size = min(self.max_batch, 1 << (n - 1).bit_length()) if self.pad_batches else n
+            if size > n:  # repeat the last frame; its extra outputs are dropped below
+                lat = torch.cat([lat, lat[-1:].expand(size - n, *lat.shape[1:])])
+                conds = np.concatenate([conds, np.repeat(conds[-1:], size - n, axis=0)])
             with self.lock:
                 pred = r.unet_step(lat, conds)
-                img = r.decode_latents(pred, raw=True)
+                img = r.decode_latents(pred, raw=True)[:n]
                 # The same quantisation as the renderer's own decode, done on the device.
                 faces = (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).contiguous()
             buf = self._host_buffer(faces)
@@ -364,4 +372,3 @@ class RenderBatcher:
             if buf is not None:
                 self._pinned.append(buf)
                 self._pinned_free.release()
-

@@ -27,31 +27,48 @@ DECODERS: tuple[str, ...] = ("vae", "taesd")
 TAESD_FOLDER = "taesd"  # under the models directory, next to sd-vae/
 
 
-class VaeDecoder:
+class _Decoder:
+    name = "base"
+
+    def __init__(self, model: Any):
+        self.model = model
+        self._fn = self._decode
+
+    def _decode(self, latents):
+        raise NotImplementedError
+
+    def __call__(self, latents):
+        return self._fn(latents.to(self.model.dtype))
+
+    def compile(self, mode: str | None = "max-autotune-no-cudagraphs") -> None:
+        """torch.compile the decode for fixed batch shapes ("reduce-overhead" adds CUDA graphs)."""
+        import torch
+
+        self._fn = torch.compile(self._decode, mode=mode, dynamic=False)
+
+
+class VaeDecoder(_Decoder):
     """The reference: AutoencoderKL.decode of latents / scaling factor."""
 
     name = "vae"
 
-    def __init__(self, vae: Any):
-        self.model = vae
-
-    def __call__(self, latents):
-        return self.model.decode(latents.to(self.model.dtype) / VAE_SCALING_FACTOR).sample
+    def _decode(self, latents):
+        return self.model.decode(latents / VAE_SCALING_FACTOR).sample
 
 
-class TaesdDecoder:
+class TaesdDecoder(_Decoder):
     """AutoencoderTiny.decode of the scaled latents (TAESD's own scaling factor is 1)."""
 
     name = "taesd"
 
     def __init__(self, taesd: Any):
-        self.model = taesd
+        super().__init__(taesd)
         sf = float(getattr(taesd.config, "scaling_factor", 1.0))
         if abs(sf - 1.0) > 1e-6:
             log.warning("TAESD config has scaling_factor %s; MuseTalk latents are decoded as they are", sf)
 
-    def __call__(self, latents):
-        return self.model.decode(latents.to(self.model.dtype)).sample
+    def _decode(self, latents):
+        return self.model.decode(latents).sample
 
 
 def load_taesd(models_dir: Path | str, device, dtype) -> Any:
@@ -76,3 +93,24 @@ def make_decoder(name: str, vae: Any, models_dir: Path | str | None, device, dty
             raise WeightsError("the TAESD decoder needs a models directory")
         return TaesdDecoder(load_taesd(models_dir, device, dtype))
     raise ValueError(f"unknown decoder {name!r}; expected one of {', '.join(DECODERS)}")
+
+
+def apply_speed_options(renderer: Any, *, channels_last: bool = False, compile_mode: str | None = None) -> list[str]:
+    """GPU speed options for a MuseTalk renderer, each off by default; returns what was applied.
+
+    `channels_last`: NHWC memory format for the UNet and decoder (tensor cores prefer it; slower on CPU).
+    `compile_mode`: torch.compile the UNet and the decoder for fixed batch shapes (use a batcher with
+    `pad_batches=True` so only a few shapes occur); "reduce-overhead" captures CUDA graphs as well.
+    """
+    import torch
+
+    done = []
+    if channels_last:
+        renderer.unet.to(memory_format=torch.channels_last)
+        renderer.decoder.model.to(memory_format=torch.channels_last)
+        done.append("channels_last")
+    if compile_mode:
+        renderer.unet = torch.compile(renderer.unet, mode=compile_mode, dynamic=False)
+        renderer.decoder.compile(compile_mode)
+        done.append(f"compile:{compile_mode}")
+    return done

@@ -59,6 +59,7 @@ from workbench.lipsync.batcher import RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
 from workbench.realtime.session import ChatSession
 from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
+from workbench.zerogpu import on_zerogpu
 
 if TYPE_CHECKING:
     from workbench.engine import Engine
@@ -252,7 +253,11 @@ class RealtimeManager:
             avatar = await self.avatar(self.requested_avatar(req))
             voice = self.make_voice(req)
             sid = secrets.token_urlsafe(9)
-            renderer = await asyncio.to_thread(lambda: self.engine.renderer)  # the first call may load a model
+            # The first call may load a model. ZeroGPU cannot hold a stream: the CPU renderer runs there.
+            choice = "cpu" if on_zerogpu() else None
+            renderer = await asyncio.to_thread(
+                lambda: self.engine.renderer_for(choice) if choice else self.engine.renderer
+            )
             serialize = self.serialize_renders
             if serialize is None:
                 serialize = getattr(renderer, "name", "") != "cpu"
