@@ -49,6 +49,7 @@ FRAME_SECONDS = 1.0 / FPS
 DEFAULT_MAX_BATCH = 16  # frames per model call: ~16 sessions' next frame; bounds the first-frame wait
 PASTE_THREADS = 4  # CPU threads pasting faces into frames (cv2 releases the GIL)
 PINNED_BUFFERS = 3  # host buffers in flight: one being filled, one being pasted, one spare
+STAGING_BUFFERS = 4  # pinned upload buffers per shape, reused round-robin
 
 
 def has_device_stage(renderer: Renderer) -> bool:
@@ -129,6 +130,7 @@ class RenderBatcher:
         self._compositors: dict[int, tuple[weakref.ref, Compositor]] = {}
         self._device_latents: dict[int, tuple[weakref.ref, Any]] = {}
         self._pinned: deque[Any] = deque()
+        self._staging: dict[tuple, deque] = {}  # (dtype, numel) -> pinned upload buffers with their copy events
         self._pinned_free = threading.Semaphore(PINNED_BUFFERS)
         self._pool = ThreadPoolExecutor(max_workers=max(1, paste_threads), thread_name_prefix=f"{name}-paste")
         self._worker = threading.Thread(target=self._work, name=name, daemon=True)
@@ -283,14 +285,37 @@ class RenderBatcher:
 
         r: Any = self.renderer
         if avatar.latents is None:
-            return torch.from_numpy(np.ascontiguousarray(r.avatar_latents(avatar, indices))).to(r.device)
+            return self._upload(np.asarray(r.avatar_latents(avatar, indices), np.float32))
         entry = self._device_latents.get(id(avatar))
         if entry is None or entry[0]() is not avatar:
             self._device_latents = {k: v for k, v in self._device_latents.items() if v[0]() is not None}
             dev = torch.from_numpy(np.ascontiguousarray(r.avatar_latents(avatar, range(len(avatar))))).to(r.device)
             entry = (weakref.ref(avatar), dev)
             self._device_latents[id(avatar)] = entry
-        return entry[1][torch.as_tensor(indices, device=entry[1].device)]
+        return entry[1][self._upload(np.asarray(indices, np.int64))]
+
+    def _upload(self, arr: np.ndarray):
+        """A host array on the renderer's device. On CUDA through a reused pinned staging buffer and an
+        asynchronous copy: a copy from pageable memory would make this thread wait for the GPU's queue."""
+        import torch
+
+        r: Any = self.renderer
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        if torch.device(r.device).type != "cuda":
+            return t.to(r.device)
+        key = (t.dtype, t.numel())
+        ring = self._staging.setdefault(key, deque())
+        if len(ring) >= STAGING_BUFFERS:
+            buf, event = ring.popleft()
+            event.synchronize()  # this buffer's earlier copy (batches ago) has finished long since
+        else:
+            buf = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+        buf.copy_(t.view(-1))
+        dev = buf.to(r.device, non_blocking=True).view(t.shape)
+        event = torch.cuda.Event()
+        event.record()
+        ring.append((buf, event))
+        return dev
 
     def _compositor(self, avatar: Avatar) -> Compositor:
         entry = self._compositors.get(id(avatar))
@@ -339,6 +364,7 @@ class RenderBatcher:
             if size > n:  # repeat the last frame; its extra outputs are dropped below
                 lat = torch.cat([lat, lat[-1:].expand(size - n, *lat.shape[1:])])
                 conds = np.concatenate([conds, np.repeat(conds[-1:], size - n, axis=0)])
+            conds = self._upload(conds)
             with self.lock:
                 pred = r.unet_step(lat, conds)
                 img = r.decode_latents(pred, raw=True)[:n]
