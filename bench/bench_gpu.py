@@ -161,8 +161,8 @@ def bench_throughput(models: Path, cfg: dict, budget: Budget) -> list[dict]:
                 conds = list(np.random.default_rng(0).standard_normal((n, 50, 384)).astype(np.float32))
                 idx = [k % len(avatar) for k in range(n)]
                 try:
-                    warm = bs if cfg["warmup"] == 0 else 2 * bs
-                    b.render(avatar, idx[:warm], conds[:warm])  # warm-up (and compilation)
+                    if cfg["warmup"]:
+                        b.render(avatar, idx[: 2 * bs], conds[: 2 * bs])  # warm-up (and compilation)
                     _sync(r.device)
                     t0 = time.perf_counter()
                     b.render(avatar, idx, conds)
@@ -254,7 +254,8 @@ def bench_reference(models: Path, repo: Path, cfg: dict, budget: Budget) -> dict
                     frames += len(vae.decode_latents(pred))  # ends in .cpu().numpy(), as in the release
             return frames
 
-        loop(chunks[: bs if cfg["warmup"] == 0 else 2 * bs])  # warm-up
+        if cfg["warmup"]:
+            loop(chunks[: 2 * bs])  # warm-up
         t0 = time.perf_counter()
         frames = loop()
         fps = frames / (time.perf_counter() - t0)
