@@ -57,3 +57,11 @@ def test_missing_taesd_says_how_to_fetch(tmp_path):
         load_taesd(tmp_path, torch.device("cpu"), torch.float32)
     with pytest.raises(ValueError, match="unknown decoder"):
         make_decoder("fast", None, tmp_path, torch.device("cpu"), torch.float32)
+
+
+def test_banner_names_the_decoder(tmp_path):
+    from workbench.ui import header
+
+    report = weights.check(tmp_path)
+    assert "TAESD" in header.status_lines("musetalk", report, False, decoder="taesd")["renderer"]
+    assert "reference" in header.status_lines("musetalk", report, False)["renderer"]
