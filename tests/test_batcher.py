@@ -10,7 +10,7 @@ import pytest
 
 from testkit.models import make_synthetic_avatar, make_unet_vae
 from testkit.realtime import LevelRenderer, level_of, make_avatar, read_level, speech_like
-from workbench.lipsync.batcher import RenderBatcher, has_device_stage
+from workbench.lipsync.batcher import EncoderBatcher, RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
 
 
@@ -178,3 +178,52 @@ def test_streams_through_one_batcher_keep_av_sync():
             rms = float(np.sqrt(np.mean((f.audio.astype(np.float64) / 32768.0) ** 2)))
             assert abs(read_level(avatar, f.image, f.body_index) - level_of(rms)) <= 1
     assert {x for r in b.records for x in r.sessions} == set(streams)
+
+
+class SlowRunner:
+    """A WhisperEncoderRunner stand-in: 'hidden states' are the window's mean, after a fixed cost per call."""
+
+    device, dtype = "cpu", None
+
+    def __init__(self):
+        self.sizes = []
+
+    def encode(self, windows):
+        self.sizes.append(len(windows))
+        time.sleep(0.05)
+        return np.array([[float(np.mean(w))] for w in windows])
+
+
+def test_encoder_batcher_merges_sessions_windows():
+    runner = SlowRunner()
+    enc = EncoderBatcher(runner, max_windows=8)
+    results = {}
+
+    def call(k):
+        results[k] = enc.encode([np.full(10, k, np.float32), np.full(10, k + 0.5, np.float32)])
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    for k in range(6):  # each caller gets its own windows' results, in order
+        assert results[k].tolist() == [[k], [k + 0.5]]
+    assert enc.calls < 6 and max(runner.sizes) <= 8 and sum(runner.sizes) == 12
+    assert enc.device == "cpu"  # the runner's attributes show through
+
+
+def test_render_batcher_installs_the_encoder_batcher():
+    class WithWhisper(LevelRenderer):
+        whisper = SlowRunner()
+
+    r = WithWhisper()
+    b = RenderBatcher(r)
+    try:
+        assert isinstance(r.whisper, EncoderBatcher) and b.encoder_batcher is r.whisper
+        assert not hasattr(b.frontend_lock, "acquire")  # frontends no longer take the model lock
+        b2 = RenderBatcher(r)
+        assert b2.encoder_batcher is b.encoder_batcher  # installed once
+        b2.close()
+    finally:
+        b.close()

@@ -113,6 +113,7 @@ class RenderBatcher:
         lock: AbstractContextManager[Any] | None = None,
         paste_threads: int = PASTE_THREADS,
         pad_batches: bool = False,
+        batch_encoder: bool = True,
         keep_records: int = 1000,
         name: str = "render-batcher",
     ):
@@ -132,6 +133,13 @@ class RenderBatcher:
         self._pinned: deque[Any] = deque()
         self._staging: dict[tuple, deque] = {}  # (dtype, numel) -> pinned upload buffers with their copy events
         self._pinned_free = threading.Semaphore(PINNED_BUFFERS)
+        # Whisper windows of all sessions batched too (MuseTalk): the frontends then need no shared lock.
+        self.encoder_batcher: EncoderBatcher | None = None
+        whisper = getattr(renderer, "whisper", None)
+        if batch_encoder and callable(getattr(whisper, "encode", None)):
+            if not isinstance(whisper, EncoderBatcher):
+                renderer.whisper = EncoderBatcher(whisper, lock=lock)  # type: ignore[attr-defined]
+            self.encoder_batcher = renderer.whisper  # type: ignore[attr-defined]
         self._pool = ThreadPoolExecutor(max_workers=max(1, paste_threads), thread_name_prefix=f"{name}-paste")
         self._worker = threading.Thread(target=self._work, name=name, daemon=True)
         self._worker.start()
@@ -147,6 +155,12 @@ class RenderBatcher:
                 b = cls(renderer, max_batch=max_batch, lock=lock)
                 cls._registry[renderer] = b
             return b
+
+    @property
+    def frontend_lock(self) -> AbstractContextManager[Any]:
+        """The lock a stream's audio frontend runs under: none when the encoder calls go through the
+        EncoderBatcher (which serialises them itself), else the model lock."""
+        return nullcontext() if self.encoder_batcher is not None else self.lock
 
     # ---- sessions' side --------------------------------------------------------------------------
     def submit(
@@ -398,3 +412,59 @@ class RenderBatcher:
             if buf is not None:
                 self._pinned.append(buf)
                 self._pinned_free.release()
+
+
+class EncoderBatcher:
+    """Whisper windows of every session in one encoder call: a stand-in for `WhisperEncoderRunner`.
+
+    `encode(windows)` has the runner's signature and result. One worker thread runs the encoder; the calls
+    of several sessions that queue while it is busy go into its next call together (up to `max_windows`
+    windows), under `lock` like the render batches. A 30 s window costs the same whatever it holds, so on
+    a GPU k sessions' windows in one call cost far less than k calls. Callers must not hold `lock` while
+    they wait (streams on a RenderBatcher run their frontends under its `frontend_lock`, which is free).
+    """
+
+    def __init__(self, runner: Any, *, lock: AbstractContextManager[Any] | None = None, max_windows: int = 16):
+        self.runner = runner
+        self.lock = lock if lock is not None else nullcontext()
+        self.max_windows = max(1, int(max_windows))
+        self.calls = 0  # encoder calls made, for the tests and benchmarks
+        self._queue: deque[tuple[list[np.ndarray], Future]] = deque()
+        self._cv = threading.Condition()
+        self._worker = threading.Thread(target=self._work, name="whisper-batcher", daemon=True)
+        self._worker.start()
+
+    def __getattr__(self, name: str) -> Any:  # device, dtype, encoder, feature_extractor: the runner's
+        if name == "runner":
+            raise AttributeError(name)
+        return getattr(self.runner, name)
+
+    def encode(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        fut: Future = Future()
+        with self._cv:
+            self._queue.append((list(windows), fut))
+            self._cv.notify()
+        return fut.result()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue:
+                    self._cv.wait()
+                take, n = [], 0
+                while self._queue and (not take or n + len(self._queue[0][0]) <= self.max_windows):
+                    w, f = self._queue.popleft()
+                    take.append((w, f))
+                    n += len(w)
+            try:
+                with self.lock:
+                    hidden = self.runner.encode([w for ws, _ in take for w in ws])
+                self.calls += 1
+                k = 0
+                for ws, f in take:
+                    f.set_result(hidden[k : k + len(ws)])
+                    k += len(ws)
+            except BaseException as exc:  # the callers get the error
+                for _, f in take:
+                    if not f.done():
+                        f.set_exception(exc)

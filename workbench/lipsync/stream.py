@@ -534,7 +534,8 @@ class LipSyncStream:
         if self._utterances:
             last = self._utterances[-1]
             start = max(start, last.start_pos + (last.n_total or 0))
-        u = _Utterance(item_id, RenderLoop(self.renderer, self.avatar, start=start, lock=self.render_lock), now)
+        lock = self.render_lock if self.batcher is None else self.batcher.frontend_lock
+        u = _Utterance(item_id, RenderLoop(self.renderer, self.avatar, start=start, lock=lock), now)
         self._utterances.append(u)
         self.utterance_stats.append(u.stats)
         return u
