@@ -138,7 +138,10 @@ class RenderBatcher:
         whisper = getattr(renderer, "whisper", None)
         if batch_encoder and callable(getattr(whisper, "encode", None)):
             if not isinstance(whisper, EncoderBatcher):
-                renderer.whisper = EncoderBatcher(whisper, lock=lock)  # type: ignore[attr-defined]
+                # No model lock: every encoder call now runs on the EncoderBatcher's one thread, so the encoder
+                # never runs twice at once, and a file render holding the engine lock while it encodes cannot
+                # deadlock against a worker waiting for that lock.
+                renderer.whisper = EncoderBatcher(whisper)  # type: ignore[attr-defined]
             self.encoder_batcher = renderer.whisper  # type: ignore[attr-defined]
         self._pool = ThreadPoolExecutor(max_workers=max(1, paste_threads), thread_name_prefix=f"{name}-paste")
         self._worker = threading.Thread(target=self._work, name=name, daemon=True)
@@ -419,9 +422,8 @@ class EncoderBatcher:
 
     `encode(windows)` has the runner's signature and result. One worker thread runs the encoder; the calls
     of several sessions that queue while it is busy go into its next call together (up to `max_windows`
-    windows), under `lock` like the render batches. A 30 s window costs the same whatever it holds, so on
-    a GPU k sessions' windows in one call cost far less than k calls. Callers must not hold `lock` while
-    they wait (streams on a RenderBatcher run their frontends under its `frontend_lock`, which is free).
+    windows). A 30 s window costs the same whatever it holds, so on a GPU k sessions' windows in one call
+    cost far less than k calls. With a `lock`, callers must not hold it while they wait.
     """
 
     def __init__(self, runner: Any, *, lock: AbstractContextManager[Any] | None = None, max_windows: int = 16):
