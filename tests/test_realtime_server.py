@@ -285,7 +285,7 @@ def test_tracks_carry_audio_and_video_on_one_timeline():
     need_espeak()
 
     async def main():
-        h = await SessionHarness(make_session(LocalVoice("echo", speed_factor=4))).start()
+        h = await SessionHarness(make_session(LocalVoice("echo", speed_factor=4, voice="espeak", listen=False))).start()
         try:
             await h.wait_for(lambda: h.session.voice.status == "connected")
             await h.session.send_text("Timestamps must agree.")
