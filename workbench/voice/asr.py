@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import zlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,11 @@ HOP = 160  # samples per mel frame (10 ms)
 MAX_FRAMES = 3000  # Whisper's 30 s window
 PAD_FRAMES = 100  # 1 s of silence after the speech: Whisper ends a transcript better with a tail
 MAX_TOKENS = 200
+# Fast English speech is ~4 tokens a second; a decoder far past that is looping on something it cannot
+# understand (noise, another language), and every token costs time before the avatar can answer.
+TOKENS_PER_S = 8
+# faster-whisper's hallucination rule: text that gzip compresses more than 2.4x is a repetition loop.
+COMPRESSION_THRESHOLD = 2.4
 # Whisper's own rejection rule (as in faster-whisper's defaults): "no speech" when the no-speech
 # probability is high and the decoded text is unlikely anyway.
 NO_SPEECH_THRESHOLD = 0.6
@@ -44,6 +50,7 @@ class Transcript:
     asr_ms: float
     avg_logprob: float
     no_speech_prob: float
+    compression_ratio: float = 1.0
 
     @property
     def bounded(self) -> bool:
@@ -56,8 +63,10 @@ class Transcript:
 
     @property
     def unsure(self) -> bool:
-        """Words came out but Whisper doubts them (below its log-probability threshold): often not English."""
-        return bool(self.text) and self.avg_logprob < LOGPROB_THRESHOLD
+        """Words came out but Whisper doubts them, or they loop: often not English (tiny.en knows no other)."""
+        return bool(self.text) and (
+            self.avg_logprob < LOGPROB_THRESHOLD or self.compression_ratio > COMPRESSION_THRESHOLD
+        )
 
 
 def model_dir() -> Path:
@@ -99,8 +108,8 @@ class Transcriber:
         self._lock = threading.Lock()
         self.load_s = time.perf_counter() - t0
 
-    def transcribe(self, audio: np.ndarray, rate: int = ASR_RATE) -> Transcript:
-        """Text of `audio` (float in [-1, 1] or int16, mono) at `rate` Hz."""
+    def transcribe(self, audio: np.ndarray, rate: int = ASR_RATE, max_seconds: float | None = None) -> Transcript:
+        """Text of `audio` (float in [-1, 1] or int16, mono) at `rate` Hz; at most its last `max_seconds`."""
         import ctranslate2
 
         t0 = time.perf_counter()
@@ -111,7 +120,8 @@ class Transcriber:
         if rate != ASR_RATE:
             x = soxr.resample(x, rate, ASR_RATE)
         audio_s = len(x) / ASR_RATE
-        x = x[-int(self.max_seconds * ASR_RATE) :]  # a monologue: the last `max_seconds` matter for a reply
+        limit = min(self.max_seconds, max_seconds or self.max_seconds)
+        x = x[-int(limit * ASR_RATE) :]  # a monologue: its last seconds matter most for a reply
         used_s = len(x) / ASR_RATE
         if used_s < 0.1:
             return Transcript("", audio_s, used_s, 0.0, 0.0, 1.0)
@@ -130,7 +140,7 @@ class Transcriber:
                 encoded,
                 [prompt],
                 beam_size=1,
-                max_length=MAX_TOKENS,
+                max_length=int(min(MAX_TOKENS, 10 + TOKENS_PER_S * used_s)),
                 return_scores=True,
                 return_no_speech_prob=True,
                 suppress_blank=True,
@@ -143,7 +153,8 @@ class Transcriber:
         no_speech = float(result.no_speech_prob)
         if not re.search(r"[A-Za-z0-9]", text) or (no_speech > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD):
             text = ""
-        return Transcript(text, audio_s, used_s, 1000 * (time.perf_counter() - t0), avg_logprob, no_speech)
+        ratio = len(text.encode()) / max(1, len(zlib.compress(text.encode()))) if text else 1.0
+        return Transcript(text, audio_s, used_s, 1000 * (time.perf_counter() - t0), avg_logprob, no_speech, ratio)
 
 
 _shared: dict[tuple, Transcriber] = {}
