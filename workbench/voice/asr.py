@@ -3,8 +3,8 @@
 `faster-whisper` provides the log-mel front end, the tokenizer and the CTranslate2 model; the decoding
 loop here is shorter than `WhisperModel.transcribe`'s for one reason, latency. Whisper pads every input
 to 30 s, so a 3 s question costs a 30 s encoder pass (~2 s on two busy cores). CTranslate2's encoder
-accepts shorter inputs, so the features are padded only to the utterance plus one second of silence
-(measured: 0.2 s instead of 2.35 s for 5 s of speech, same words). Utterances are one window (at most
+accepts shorter inputs, so the features are padded only to the utterance plus 6 s of silence
+(measured: 0.2 s instead of 2.35 s for an 8 s input, same words). Utterances are one window (at most
 `max_seconds`, <= 30 s), decoded greedily without timestamps.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 import threading
-import zlib
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,11 @@ import soxr
 ASR_RATE = 16_000
 HOP = 160  # samples per mel frame (10 ms)
 MAX_FRAMES = 3000  # Whisper's 30 s window
-PAD_FRAMES = 100  # 1 s of silence after the speech: Whisper ends a transcript better with a tail
+# Silence after the speech, in mel frames (10 ms). With only 1-3 s of it Whisper said a short question
+# twice ("How does lip sync work? How does lip sync work?", on Chromium's processed microphone audio);
+# with 6 s it stops after the question. A repetition penalty fixed that too but dropped repeated words
+# ("the") from normal sentences.
+PAD_FRAMES = 600
 MAX_TOKENS = 200
 # Fast English speech is ~4 tokens a second; a decoder far past that is looping on something it cannot
 # understand (noise, another language), and every token costs time before the avatar can answer.
