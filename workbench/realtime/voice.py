@@ -725,6 +725,7 @@ class EnergyVAD:
 # What the local voice says when the recogniser gives it nothing usable (spoken, so the user hears it).
 NOT_CAUGHT = "Sorry, I did not catch that. Could you say it again?"
 NOT_ENGLISH = "I am not sure I understood. In local mode I only understand English. Could you say it again in English?"
+FIRST_PIECE_CHARS = 60  # a longer first sentence is spoken in two pieces, split at a comma
 MIN_SPEECH_MS = 250  # a voiced blip shorter than this (a cough, a click) is not a question
 EARS_NOTE = "local speech recognition: English only (Whisper tiny.en)"
 
@@ -750,6 +751,16 @@ class TurnTiming:
         if self.first_audio is not None:
             d["to_first_audio_ms"] = 1000 * (self.first_audio - self.speech_end)
         return d
+
+
+def _speakable_pieces(reply: str) -> list[str]:
+    """Sentences, with a long first one cut at a comma: the first piece's synthesis is time the user waits."""
+    pieces = tts.split_sentences(reply)
+    if pieces and len(pieces[0]) > FIRST_PIECE_CHARS:
+        cut = pieces[0].find(", ", 20)
+        if 0 < cut < len(pieces[0]) - 20:
+            pieces[:1] = [pieces[0][: cut + 1], pieces[0][cut + 2 :]]
+    return pieces
 
 
 class LocalVoice(VoiceSession):
@@ -966,7 +977,7 @@ class LocalVoice(VoiceSession):
         try:
             loop_t0 = asyncio.get_running_loop().time()
             t_text = time.perf_counter()
-            for sentence in tts.split_sentences(reply):
+            for sentence in _speakable_pieces(reply):
                 pcm = await asyncio.to_thread(self.speaker.synthesize, sentence)
                 if timing is not None and timing.first_audio is None:
                     timing.tts_first_ms = 1000 * (time.perf_counter() - t_text)
