@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_realtime_support import need_espeak
 
+from testkit.realtime import need_espeak
 from testkit.speech import word_errors
 
 pytestmark = pytest.mark.browser
