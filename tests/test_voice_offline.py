@@ -148,7 +148,7 @@ def test_a_spoken_question_gets_a_spoken_faq_answer_and_speech_interrupts_it():
     said = [e.text for e in seen if e.kind == "user_transcript"]
     assert said and word_errors("How does lip sync work?", said[0]) <= 1, said
     transcript = "".join(e.text for e in seen if e.kind == "transcript")
-    assert transcript.startswith(DEFAULT_FAQ["how does lip sync work"].split(".")[0])
+    assert len(transcript) > 20 and DEFAULT_FAQ["how does lip sync work"].startswith(transcript.strip()), transcript
     kinds = [e.kind for e in seen]
     assert kinds.index("user_transcript") < kinds.index("response_started") < kinds.index("audio")
     assert "speech_started" in kinds[kinds.index("audio") :]
