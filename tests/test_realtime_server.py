@@ -18,6 +18,14 @@ from workbench.realtime.voice import LocalVoice
 from workbench.timing import read_latency_log
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _speech_models():
+    """The local voice's speech models load before any call: their loading would stall a WebRTC handshake."""
+    from workbench.voice import preload
+
+    preload()
+
+
 def _app(tmp_path, avatars=None, **options):
     engine = FakeEngine(avatars or [make_avatar(avatar_id="alice")])
     settings = Settings(
