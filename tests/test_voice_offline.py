@@ -20,6 +20,7 @@ pytest.importorskip("silero_vad", reason="silero-vad is not installed")
 from testkit.speech import word_errors  # noqa: E402
 from workbench.cli import app  # noqa: E402
 from workbench.config import REALTIME_SAMPLE_RATE  # noqa: E402
+from workbench.realtime.tts import split_sentences as tts_sentences  # noqa: E402
 from workbench.realtime.voice import DEFAULT_FAQ, NOT_CAUGHT, NOT_ENGLISH, LocalVoice, TurnTiming  # noqa: E402
 from workbench.voice.asr import shared_transcriber  # noqa: E402
 from workbench.voice.tts import load_speaker, trim_lead  # noqa: E402
@@ -214,3 +215,37 @@ def test_a_click_is_ignored_and_a_blip_too_short_for_words_gets_a_note():
     assert not [e for e in after_click if e.kind in ("speech_started", "user_transcript", "response_started")]
     assert any(e.kind == "note" and "short sound" in e.text for e in after_blip)
     assert heard.calls == 0 and not [e for e in after_blip if e.kind == "response_started"]
+
+
+def test_the_local_realtime_server_transcribes_spoken_audio_and_answers_it():
+    """The full audio loop through the real `openai` client: speech up, transcript and neural speech back."""
+    from testkit.fake_realtime import FakeRealtimeServer, neural_speech
+    from workbench.realtime.voice import OpenAIRealtimeVoice, RealtimeConfig
+
+    said = "Please open the window."
+
+    async def main():
+        async with FakeRealtimeServer(api_key="sk-test-0123456789abcdef") as server:
+            cfg = RealtimeConfig(
+                base_url=server.url, transcription_model="whisper-1", initial_backoff_s=0.05, connect_timeout_s=5.0
+            )
+            voice = OpenAIRealtimeVoice(cfg, api_key="sk-test-0123456789abcdef")
+            await voice.connect()
+            seen: list = []
+            await _until(voice, seen, lambda s: voice.status == "connected")
+            for pcm in (_silence(0.3), _speech(said), _silence(1.0)):
+                for i in range(0, len(pcm), SR // 10):
+                    await voice.send_user_audio(pcm[i : i + SR // 10])
+            await _until(voice, seen, lambda s: any(e.kind == "response_done" for e in s))
+            await voice.close()
+            return server, seen
+
+    server, seen = asyncio.run(main())
+    heard = [e.text for e in seen if e.kind == "user_transcript"]
+    assert len(heard) == 1 and word_errors(said, heard[0]) <= 1, heard
+    assert server.transcripts == heard
+    reply = [e.text for e in seen if e.kind == "transcript_done"][0]
+    assert reply == f"You said: {heard[0]}"
+    audio = np.concatenate([e.audio for e in seen if e.kind == "audio"])
+    expected = np.concatenate([neural_speech(s) for s in tts_sentences(reply)])
+    assert np.array_equal(audio[: len(expected)], expected)  # spoken by the neural voice
