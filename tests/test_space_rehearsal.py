@@ -159,8 +159,8 @@ def test_chat_connects_and_speaks(space, page):
     frame.wait_for_function("window.rtcChat && document.getElementById('mode').options.length > 0", timeout=30_000)
     chat.locator("#mode").select_option("echo")
     chat.locator("#connect").click()
-    frame.wait_for_function("window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'", timeout=60_000)
-    frame.wait_for_function("document.getElementById('avatar').videoWidth > 0", timeout=60_000)
+    frame.wait_for_function("window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'", timeout=120_000)
+    frame.wait_for_function("document.getElementById('avatar').videoWidth > 0", timeout=120_000)
     space["timings"]["chat_connected_s"] = time.monotonic() - space["t0"]
     before = frame.evaluate("window.rtcChat.stats()")
     chat.locator("#text").fill("Hello, I am the example avatar of this Space.")
