@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from workbench.avatars.frames import CODEC, EncodedFrames  # noqa: E402
 from workbench.avatars.model import PrepParams  # noqa: E402
-from workbench.avatars.pipeline import load_source  # noqa: E402
+from workbench.avatars.pipeline import load_source, prepare_avatar  # noqa: E402
 from workbench.avatars.store import AvatarCache  # noqa: E402
 from workbench.config import FPS, SAMPLES_PER_FRAME  # noqa: E402
 from workbench.faces.landmarks import get_detector  # noqa: E402
@@ -115,7 +115,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = AvatarCache(Path(tmp) / "cache")
         t = time.perf_counter()
-        prepared = cache.get_or_prepare(SOURCE, PrepParams(), get_detector("dlib"))
+        prepared = prepare_avatar(SOURCE, PrepParams(), get_detector("dlib"), store=cache)
         prep_s = time.perf_counter() - t
         d = cache.avatars_dir / prepared.avatar_id
         files = dir_mb(d)

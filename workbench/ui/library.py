@@ -9,7 +9,6 @@ into `<cache_dir>/uploads/<content sha256>/` so an avatar can be prepared again 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,10 +16,14 @@ import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.avatars.model import Avatar
 from workbench.avatars.store import AvatarInfo, AvatarNotFoundError
 from workbench.media import IMAGE_EXTS, VIDEO_EXTS
+
+if TYPE_CHECKING:
+    from workbench.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class Library:
 
     def __init__(
         self,
-        engine,
+        engine: Engine,
         samples_dir: Path | None = None,
         show_all: bool = False,
         keep_loaded: int = 4,
@@ -136,17 +139,9 @@ class Library:
         return dest
 
     # --- avatars ------------------------------------------------------------------------------
-    def _meta(self, avatar_id: str) -> dict:
-        if not self.engine.cache.has(avatar_id):  # also refuses anything that is not an id (no paths)
-            raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r}")
-        path = self.engine.cache.avatars_dir / avatar_id / "meta.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r}") from e
-
     def digest_of(self, avatar_id: str) -> str | None:
-        return self._meta(avatar_id).get("extras", {}).get("source_digest")
+        # The store refuses anything that is not an avatar id (no paths).
+        return self.engine.avatar_info(avatar_id).source_digest
 
     def is_sample(self, avatar_id: str) -> bool:
         return self.digest_of(avatar_id) in self.sample_digests()
