@@ -228,6 +228,13 @@ class AvatarCache:
             self.evict(self.max_bytes, keep={avatar.avatar_id})
         return final
 
+    def stored_frames(self, avatar_id: str, frame_size: tuple[int, int]) -> packed.EncodedFrames | np.ndarray:
+        """A saved avatar's full frames as `load` gives them (decoded on access)."""
+        d = self._avatar_path(avatar_id)
+        if packed.has_frames(d):
+            return packed.EncodedFrames(d, frame_size)
+        return np.load(d / "frames.npy", mmap_mode="r")
+
     def load(self, avatar_id: str, mmap: bool = True) -> Avatar:
         """A cached avatar; its full frames decode on access (`EncodedFrames`). An avatar of format 1 has them
         as frames.npy: with `mmap` mapped read-only rather than read into memory."""
