@@ -10,6 +10,7 @@ from workbench.evaluation.errors import ManifestError
 from workbench.evaluation.manifest import GeneratedCase, LatencyLogCase, ReferenceCase, load_suite, parse_suite
 
 EXAMPLE = Path(__file__).parents[1] / "suites" / "example.yaml"
+EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def test_example_suite_resolves_against_its_folder(samples_dir):
@@ -17,12 +18,40 @@ def test_example_suite_resolves_against_its_folder(samples_dir):
     kinds = {c.id: c.kind for c in suite.cases}
     assert kinds["yongen_eng"] == "generated" and kinds["syncnet_example"] == "reference"
     files = suite.files_of(next(c for c in suite.cases if c.id == "yongen_eng"))
-    assert files["source"] == (samples_dir / "yongen.mp4").resolve()
-    assert files["audio"] == (samples_dir / "eng.wav").resolve()
+    assert files["source"] == (EXAMPLES / "yongen.mp4").resolve()
+    assert files["audio"] == (EXAMPLES / "speech_en.ogg").resolve()
     ref = next(c for c in suite.cases if c.id == "syncnet_example")
     assert isinstance(ref, ReferenceCase) and ref.audio is None and "latency" not in ref.metrics
-    used = {p.name for c in suite.cases for p in suite.files_of(c).values()}
-    assert {"yongen.mp4", "sun.mp4", "eng.wav", "sun.wav", "yongen.wav", "syncnet_example.avi"} <= used
+    assert suite.files_of(ref)["video"] == (samples_dir / "syncnet_example.avi").resolve()
+
+
+def test_example_suite_generated_cases_use_only_bundled_media():
+    """What a Space runs: every generated case's media are in the repository's examples/."""
+    suite = load_suite(EXAMPLE, check_files=False)
+    generated = [c for c in suite.cases if c.kind == "generated"]
+    assert {c.id for c in generated} == {"yongen_eng", "yongen_yongen", "sun_sun"}
+    for c in generated:
+        for p in suite.files_of(c).values():
+            assert p.parent == EXAMPLES.resolve() and p.is_file(), p
+
+
+def test_available_leaves_out_cases_with_missing_media(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    suite = parse_suite(
+        {
+            "name": "s",
+            "cases": [
+                {"id": "here", "kind": "reference", "video": "a.mp4"},
+                {"id": "gone", "kind": "reference", "video": "gone.mp4"},
+            ],
+        },
+        tmp_path,
+    )
+    kept, skipped = suite.available()
+    assert [c.id for c in kept.cases] == ["here"] and skipped == ["gone"]
+    only_gone = parse_suite({"name": "s", "cases": [{"id": "gone", "kind": "reference", "video": "g.mp4"}]}, tmp_path)
+    with pytest.raises(ManifestError, match=r"gone: video -> .*g\.mp4"):
+        only_gone.available()
 
 
 def test_case_kinds_and_defaults(tmp_path):

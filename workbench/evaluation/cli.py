@@ -115,6 +115,9 @@ def run_cmd(
     name: Annotated[str | None, typer.Option(help="run folder name (default: SUITE-timestamp)")] = None,
     models_dir: Annotated[Path | None, typer.Option(help="models/ folder (SyncNet under syncnet_eval/)")] = None,
     face_detector: Annotated[str, typer.Option(help="auto (S3FD when present), s3fd or dlib")] = "auto",
+    skip_missing: Annotated[
+        bool, typer.Option("--skip-missing", help="leave out cases whose media are absent (else it is an error)")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a suite into a new run folder; with --baseline, exit 1 when a metric regressed."""
@@ -127,7 +130,11 @@ def run_cmd(
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tols = _tolerances(tolerance)
     try:
-        manifest = load_suite(suite)
+        manifest = load_suite(suite, check_files=not skip_missing)
+        if skip_missing:
+            manifest, skipped = manifest.available()
+            if skipped:
+                typer.echo(f"skipping {', '.join(skipped)}: media not found")
         base = load_summary(baseline) if baseline is not None else None
     except EvalError as e:
         raise _fail(e) from e

@@ -115,6 +115,15 @@ class Suite(BaseModel):
         names = {"generated": ("source", "audio"), "reference": ("video", "audio"), "latency_log": ("log",)}[case.kind]
         return {n: self.resolve(getattr(case, n)) for n in names if getattr(case, n) is not None}
 
+    def available(self) -> tuple[Suite, list[str]]:
+        """This suite without the cases whose files do not exist here, and the ids left out."""
+        kept = [c for c in self.cases if all(p.exists() for p in self.files_of(c).values())]
+        kept_ids = {c.id for c in kept}
+        skipped = [c.id for c in self.cases if c.id not in kept_ids]
+        if not kept:
+            raise ManifestError("no case of the suite has its files here: " + "; ".join(self.missing_files()))
+        return (self.model_copy(update={"cases": kept}) if skipped else self), skipped
+
     def missing_files(self) -> list[str]:
         """'case: field -> path' for every file a case names that does not exist."""
         out = []
