@@ -1,7 +1,8 @@
 """Run a suite: generated cases through the engine, reference cases as they are, latency logs read; then report.
 
 Each case runs inside its own try: a crashed case becomes a failed row with its error and the others finish.
-`jobs > 1` runs cases in parallel worker processes (spawned, so no torch or dlib state is shared by fork).
+`jobs > 1` runs cases in parallel worker processes (spawned, so no torch or dlib state is shared by fork);
+`ray=RayOptions(...)` runs them on a Ray cluster instead (workbench/evaluation/distributed.py), same run folder.
 The run folder is written through `workbench.atomic.atomic_dir`: it appears complete or not at all.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +29,10 @@ from workbench.config import FPS, SAMPLE_RATE, Settings, get_settings
 from workbench.evaluation.errors import ManifestError
 from workbench.evaluation.manifest import GeneratedCase, LatencyLogCase, ReferenceCase, Suite, load_suite
 from workbench.evaluation.scoring import Scorers, score_clip
+
+if TYPE_CHECKING:
+    from workbench.engine import Engine
+    from workbench.evaluation.distributed import RayOptions
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -79,9 +85,17 @@ def _sync_fields(row: dict, details: dict, scores, expected: int) -> None:
 
 
 def run_case(
-    case, suite: Suite, case_dir: Path, scorers: Scorers, settings: Settings, progress: Progress | None = None
+    case,
+    suite: Suite,
+    case_dir: Path,
+    scorers: Scorers,
+    settings: Settings,
+    progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> CaseOutput:
-    """Evaluate one case; never raises: a failure is a row with status 'failed' and the error."""
+    """Evaluate one case; never raises: a failure is a row with status 'failed' and the error.
+
+    `engine` renders a generated case (a worker that keeps one engine passes it); None builds one for the case."""
     t0 = time.perf_counter()
     row: dict = {
         "case": case.id,
@@ -96,7 +110,7 @@ def run_case(
         if missing:
             raise ManifestError(f"case {case.id}: files not found: " + ", ".join(missing))
         if isinstance(case, GeneratedCase):
-            _run_generated(case, suite, case_dir, scorers, settings, row, details, progress)
+            _run_generated(case, suite, case_dir, scorers, settings, row, details, progress, engine)
         elif isinstance(case, ReferenceCase):
             _run_reference(case, suite, scorers, row, details, progress)
         elif isinstance(case, LatencyLogCase):
@@ -118,6 +132,7 @@ def _run_generated(
     row: dict,
     details: dict,
     progress: Progress | None,
+    engine: Engine | None = None,
 ) -> None:
     from workbench.avatars.model import PrepParams
     from workbench.engine import Engine
@@ -127,7 +142,7 @@ def _run_generated(
 
     files = suite.files_of(case)
     overrides = {"batch_size": case.batch_size} if case.batch_size else {}
-    engine = Engine(settings.model_copy(update=overrides), renderer=case.renderer)
+    engine = engine or Engine(settings.model_copy(update=overrides), renderer=case.renderer)
     row["renderer"] = engine.resolved_renderer_name()
     params = PrepParams(
         bbox_shift=case.bbox_shift,
@@ -227,8 +242,12 @@ def run_suite(
     face_detector: str = "auto",
     run_name: str | None = None,
     progress: Progress | None = None,
+    ray: RayOptions | None = None,
 ) -> RunOutput:
-    """Evaluate every case of a suite into a new run folder under `runs_dir` and write its reports."""
+    """Evaluate every case of a suite into a new run folder under `runs_dir` and write its reports.
+
+    With `ray`, cases run on a Ray cluster (`jobs` caps its workers; 0 or less: as many as the cluster holds);
+    the driver writes the same run folder."""
     from workbench.evaluation.report import summarise, write_run
 
     if not isinstance(suite, Suite):
@@ -240,8 +259,16 @@ def run_suite(
     t0 = time.perf_counter()
     outputs: dict[str, CaseOutput] = {}
     n = len(suite.cases)
+    extra_meta: dict = {}
+    extra_notes: list[str] = []
     with atomic.atomic_dir(final) as tmp:
-        if jobs <= 1:
+        if ray is not None:
+            from workbench.evaluation.distributed import run_cases_on_ray
+
+            dist = run_cases_on_ray(suite, tmp, settings, face_detector, ray, max_workers=jobs, progress=progress)
+            outputs, weights, syncnet_note = dist.outputs, dist.weights, dist.syncnet_note
+            jobs, extra_meta, extra_notes = dist.workers, {"ray": dist.metadata}, dist.notes
+        elif jobs <= 1:
             scorers = Scorers(settings.models_dir, _device(settings), face_detector)
             for k, case in enumerate(suite.cases):
                 sub = (lambda f, m="", k=k, c=case.id: progress((k + f) / n, f"{c}: {m}")) if progress else None
@@ -284,9 +311,11 @@ def run_suite(
         rows = [outputs[c.id].row for c in suite.cases]
         details = {c.id: outputs[c.id].details for c in suite.cases}
         summary = summarise(rows)
-        if syncnet_note:
-            summary["notes"] = [syncnet_note]
+        notes = ([syncnet_note] if syncnet_note else []) + extra_notes
+        if notes:
+            summary["notes"] = notes
         metadata = run_metadata(suite, settings, jobs, face_detector, weights, rows, time.perf_counter() - t0)
+        metadata["parameters"].update(extra_meta)
         write_run(tmp, rows, summary, metadata, details)
     return RunOutput(final, rows, summary, metadata)
 
