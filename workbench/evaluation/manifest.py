@@ -168,10 +168,14 @@ def _csv_case(row: dict[str, str], kind: str, folder: Path) -> dict:
     return case
 
 
-def read_case_list(spec: CaseList, root: Path) -> list[dict]:
-    """The cases of one CSV case list (mappings, validated with the rest of the suite)."""
+def read_case_list(spec: CaseList, root: Path, allowed: list[Path] | None = None) -> list[dict]:
+    """The cases of one CSV case list (mappings, validated with the rest of the suite).
+
+    `allowed`: folders the CSV must lie in (an uploaded manifest may not read the server's other files)."""
     path = spec.csv.expanduser()
-    path = path if path.is_absolute() else (root / path)
+    path = (path if path.is_absolute() else (root / path)).resolve()
+    if allowed is not None and not any(path.is_relative_to(a.resolve()) for a in allowed):
+        raise ManifestError(f"case list {spec.csv} is outside the uploaded suite's folders")
     if not path.is_file():
         raise ManifestError(f"case list not found: {path}")
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -197,7 +201,8 @@ def read_case_list(spec: CaseList, root: Path) -> list[dict]:
     return cases
 
 
-def parse_suite(data: dict, root: str | Path) -> Suite:
+def parse_suite(data: dict, root: str | Path, csv_roots: list[Path] | None = None) -> Suite:
+    """A suite from a manifest's mapping; `csv_roots` confines its CSV case lists (see read_case_list)."""
     if not isinstance(data, dict):
         raise ManifestError("a suite manifest must be a YAML mapping with 'name' and 'cases'")
     root = Path(root).resolve()
@@ -206,7 +211,7 @@ def parse_suite(data: dict, root: str | Path) -> Suite:
         lists = [CaseList(**spec) for spec in (data.pop("case_lists", None) or [])]
     except (TypeError, ValidationError) as e:
         raise ManifestError(f"invalid case_lists entry: {e}") from e
-    listed = [case for spec in lists for case in read_case_list(spec, root)]
+    listed = [case for spec in lists for case in read_case_list(spec, root, csv_roots)]
     if listed:
         data["cases"] = [*(data.get("cases") or []), *listed]
     try:
@@ -215,7 +220,7 @@ def parse_suite(data: dict, root: str | Path) -> Suite:
         raise ManifestError(f"invalid suite manifest: {e}") from e
 
 
-def load_suite(path: str | Path, check_files: bool = True) -> Suite:
+def load_suite(path: str | Path, check_files: bool = True, csv_roots: list[Path] | None = None) -> Suite:
     """Read and validate a manifest; with `check_files`, a missing media file is an error naming case and path."""
     p = Path(path)
     if not p.is_file():
@@ -224,7 +229,7 @@ def load_suite(path: str | Path, check_files: bool = True) -> Suite:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ManifestError(f"{p} is not valid YAML: {e}") from e
-    suite = parse_suite(data, p.parent)
+    suite = parse_suite(data, p.parent, csv_roots)
     if check_files:
         missing = suite.missing_files()
         if missing:

@@ -107,7 +107,7 @@ def uploaded_suite(upload: str | Path, workdir: Path, samples_dir: Path | None, 
             raise ManifestError(f"{p.name} is not valid YAML: {e}") from e
         if samples_dir is None:
             raise ManifestError("no sample media on this server: upload a zip with the manifest and its media")
-        return confine(parse_suite(data, samples_dir), roots)
+        return confine(parse_suite(data, samples_dir, csv_roots=roots), roots)
     if ext == ".zip":
         dest = Path(tempfile.mkdtemp(prefix="unpacked-", dir=workdir))
         safe_extract(p, dest, max_bytes)
@@ -115,7 +115,8 @@ def uploaded_suite(upload: str | Path, workdir: Path, samples_dir: Path | None, 
         if not manifests:
             raise ManifestError(f"{p.name} holds no .yaml manifest")
         manifest = min(manifests, key=lambda m: len(m.parts))
-        return confine(load_suite(manifest, check_files=False), [dest.resolve(), *roots])
+        allowed = [dest.resolve(), *roots]
+        return confine(load_suite(manifest, check_files=False, csv_roots=allowed), allowed)
     raise ManifestError(f"{p.name}: upload a .yaml manifest or a .zip of a manifest with its media")
 
 
