@@ -260,3 +260,19 @@ def test_evaluation_tab_runs_on_ray(cluster, tmp_path, samples_dir):
     run_dir = next((tmp_path / "runs" / "sessions" / session["token"]).iterdir())
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["parameters"]["ray"]["address"] == "local" and meta["parameters"]["ray"]["workers"] == {"cpu": 1}
+
+
+def test_object_store_limit_is_a_clear_error(cluster, tmp_path):
+    from workbench.evaluation.errors import ManifestError
+
+    log = _session_log(tmp_path / "session.jsonl")
+    (tmp_path / "suite.yaml").write_text(f"name: s\ncases:\n  - id: session\n    kind: latency_log\n    log: {log}\n")
+    settings = Settings(models_dir=tmp_path / "no-models", cache_dir=tmp_path / "cache")
+    with pytest.raises(ManifestError, match="over the object-store limit .* use media=path"):
+        run_suite(
+            load_suite(tmp_path / "suite.yaml"),
+            tmp_path / "runs",
+            settings=settings,
+            ray=RayOptions(media="store", max_store_mb=1e-4),
+        )
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # nothing half-written

@@ -35,7 +35,7 @@ from typing import Literal
 
 from workbench import atomic
 from workbench.config import Settings
-from workbench.evaluation.errors import EvalError
+from workbench.evaluation.errors import EvalError, ManifestError
 from workbench.evaluation.manifest import GeneratedCase, Suite
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ ERROR_CHARS = 600  # Ray's errors carry whole remote tracebacks; the row keeps t
 LOCAL = "local"  # `--ray` without an address: RAY_ADDRESS if set, else a Ray instance started on this machine
 
 
-class RayUnavailable(EvalError):
-    """Ray is not installed, or the cluster cannot be reached."""
+class RayUnavailable(EvalError, ValueError):
+    """Ray is not installed, or the cluster cannot be reached (a setup problem, shown to the user as it is)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def _ship_media(ray, suite: Suite, options: RayOptions) -> dict[str, dict]:
             if path not in refs:
                 size = path.stat().st_size
                 if size > limit:
-                    raise EvalError(
+                    raise ManifestError(
                         f"case {case.id}: {path} is {size / 2**20:.1f} MiB, over the object-store limit of "
                         f"{options.max_store_mb} MiB per file; put the media on shared storage and use media=path"
                     )
@@ -265,9 +265,9 @@ def run_cases_on_ray(
                 settings_json, face_detector
             )
 
+        media = _ship_media(ray, suite, options)  # first: a file too large for the store fails before any worker
         idle: dict[str, list] = {p: [new_worker(p) for _ in range(n)] for p, n in sizes.items()}
         queue = {p: [c for c in suite.cases if pools[c.id] == p] for p in ("gpu", "cpu")}
-        media = _ship_media(ray, suite, options)
         attempts: dict[str, int] = {}
         inflight: dict = {}  # ObjectRef -> (case, pool, actor)
         outputs: dict[str, CaseOutput] = {}
