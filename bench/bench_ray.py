@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from workbench import atomic  # noqa: E402
 from workbench.config import Settings  # noqa: E402
+from workbench.engine import Engine  # noqa: E402
 from workbench.evaluation.distributed import RayOptions, import_ray  # noqa: E402
 from workbench.evaluation.manifest import Suite, load_suite  # noqa: E402
 from workbench.evaluation.runner import run_suite  # noqa: E402
@@ -47,16 +48,16 @@ def main() -> None:
     ray = import_ray()
     suite = load_suite(EXAMPLE)
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
-    settings = Settings(models_dir=ROOT / "models", cache_dir=work / "cache")
+    engine = Engine(Settings(models_dir=ROOT / "models", cache_dir=work / "cache"))
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:
         # warm-up: the avatar cache and the OS file cache, so neither timed run pays for them alone
-        run_suite(repeated(suite, 1), work / "runs", jobs=args.cpus, settings=settings, ray=RayOptions())
+        run_suite(repeated(suite, 1), engine, work / "runs", jobs=args.cpus, ray=RayOptions())
         big = repeated(suite, args.copies)
         results = []
         for n in (int(v) for v in args.workers.split(",")):
             t0 = time.perf_counter()
-            out = run_suite(big, work / "runs", jobs=n, settings=settings, ray=RayOptions(), run_name=f"w{n}")
+            out = run_suite(big, engine, work / "runs", jobs=n, ray=RayOptions(), run_name=f"w{n}")
             wall = time.perf_counter() - t0
             ok = sum(r["status"] == "ok" for r in out.rows)
             results.append(

@@ -16,6 +16,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
 
 from workbench.config import Settings  # noqa: E402
+from workbench.engine import Engine  # noqa: E402
 from workbench.evaluation.distributed import CaseWorker, RayOptions  # noqa: E402
 from workbench.evaluation.manifest import load_suite  # noqa: E402
 from workbench.evaluation.report import load_run  # noqa: E402
@@ -83,13 +84,14 @@ def runs(cluster, tmp_path_factory, samples_dir):
     base = tmp_path_factory.mktemp("ray-eval")
     suite = load_suite(_reduced_example(base / "suite", samples_dir))
     settings = Settings(models_dir=base / "no-models", cache_dir=base / "cache")
-    local = run_suite(suite, base / "runs", jobs=1, settings=settings, run_name="local", face_detector="dlib")
+    engine = Engine(settings)
+    local = run_suite(suite, engine, base / "runs", jobs=1, run_name="local", face_detector="dlib")
     seen: list[tuple[float, str]] = []
     distributed = run_suite(
         suite,
+        engine,
         base / "runs",
         jobs=2,
-        settings=settings,
         run_name="ray",
         face_detector="dlib",
         ray=RayOptions(media="store"),
@@ -187,9 +189,9 @@ cases:
     settings = Settings(models_dir=tmp_path / "no-models", cache_dir=tmp_path / "cache")
     out = run_suite(
         load_suite(tmp_path / "suite.yaml"),
+        Engine(settings),
         tmp_path / "runs",
         jobs=2,
-        settings=settings,
         face_detector="dlib",
         ray=RayOptions(worker_cls=CrashingWorker),
     )
@@ -239,7 +241,6 @@ cases:
 def test_evaluation_tab_runs_on_ray(cluster, tmp_path, samples_dir):
     import zipfile
 
-    from workbench.engine import Engine
     from workbench.realtime.server import RealtimeManager
     from workbench.ui.app import WorkbenchUI
     from workbench.ui.context import new_session
@@ -271,8 +272,8 @@ def test_object_store_limit_is_a_clear_error(cluster, tmp_path):
     with pytest.raises(ManifestError, match="over the object-store limit .* use media=path"):
         run_suite(
             load_suite(tmp_path / "suite.yaml"),
+            Engine(settings),
             tmp_path / "runs",
-            settings=settings,
             ray=RayOptions(media="store", max_store_mb=1e-4),
         )
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # nothing half-written

@@ -86,15 +86,17 @@ def import_ray():
 
 # --- the worker ---------------------------------------------------------------------------------
 class CaseWorker:
-    """One worker process: scorers and engines loaded once, then any number of cases.
+    """One worker process: its scorers and ONE engine built once, then any number of cases (the engine keeps
+    a renderer per renderer choice, so MuseTalk loads once per worker).
 
-    Wrapped with `ray.remote` by the driver, so this module imports without Ray."""
+    Wrapped with `ray.remote` by the driver, so this module imports without Ray. A worker is an entry point:
+    it builds its Settings from the driver's, serialised."""
 
     def __init__(self, settings_json: str, face_detector: str):
         self.settings = Settings.model_validate_json(settings_json)
         self.face_detector = face_detector
         self._scorers = None
-        self.engines: dict[tuple, object] = {}
+        self._engine = None
         self.scratch = Path(tempfile.mkdtemp(prefix="workbench-ray-"))
         atexit.register(shutil.rmtree, self.scratch, ignore_errors=True)  # runs when the driver ends the actor
         self.media: dict[str, Path] = {}  # object-store key -> local copy
@@ -109,15 +111,14 @@ class CaseWorker:
             self._scorers = Scorers(self.settings.models_dir, _device(self.settings), self.face_detector)
         return self._scorers
 
-    def engine_for(self, case: GeneratedCase):
-        """The engine for a case's renderer choice and batch size, built on first use and kept."""
-        from workbench.engine import Engine
+    @property
+    def engine(self):
+        """Built on first use (a worker given only reference cases never imports the renderers), then kept."""
+        if self._engine is None:
+            from workbench.engine import Engine
 
-        key = (case.renderer, case.batch_size)
-        if key not in self.engines:
-            overrides = {"batch_size": case.batch_size} if case.batch_size else {}
-            self.engines[key] = Engine(self.settings.model_copy(update=overrides), renderer=case.renderer)
-        return self.engines[key]
+            self._engine = Engine(self.settings)
+        return self._engine
 
     def info(self) -> dict:
         return {
@@ -146,8 +147,7 @@ class CaseWorker:
         case = self._localise(case, suite, media)
         case_dir = self.scratch / "cases" / case.id
         shutil.rmtree(case_dir, ignore_errors=True)
-        engine = self.engine_for(case) if isinstance(case, GeneratedCase) else None
-        out = run_case(case, suite, case_dir, self.scorers, self.settings, engine=engine)
+        out = run_case(case, suite, case_dir, self.scorers, self.engine)
         files = {}
         if case_dir.is_dir():
             files = {str(p.relative_to(case_dir)): p.read_bytes() for p in sorted(case_dir.rglob("*")) if p.is_file()}

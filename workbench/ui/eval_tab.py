@@ -273,8 +273,8 @@ class EvalTab:
             ray = RayOptions(address=self.ctx.settings.eval_ray_address)
         out = run_suite(
             suite,
+            self.ctx.engine,
             runs_dir=self.session_runs_dir(session),
-            settings=self.ctx.settings,
             jobs=0 if ray else 1,
             progress=gr_progress(progress),
             ray=ray,
