@@ -13,7 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
+try:
+    import ray
+except ImportError:
+    if os.environ.get("CI"):  # CI installs the extra (scripts/install.sh): a missing Ray there is a failure
+        raise
+    pytest.skip("Ray is an optional extra: pip install '.[ray]'", allow_module_level=True)
 
 from workbench.config import Settings  # noqa: E402
 from workbench.engine import Engine  # noqa: E402
