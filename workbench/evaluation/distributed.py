@@ -97,6 +97,7 @@ class CaseWorker:
         self.face_detector = face_detector
         self._scorers = None
         self._engine = None
+        self._weights: dict | None = None
         self.scratch = Path(tempfile.mkdtemp(prefix="workbench-ray-"))
         atexit.register(shutil.rmtree, self.scratch, ignore_errors=True)  # runs when the driver ends the actor
         self.media: dict[str, Path] = {}  # object-store key -> local copy
@@ -113,7 +114,7 @@ class CaseWorker:
 
     @property
     def engine(self):
-        """Built on first use (a worker given only reference cases never imports the renderers), then kept."""
+        """Built on first use, then kept: its renderers load once, on the first case that draws with each."""
         if self._engine is None:
             from workbench.engine import Engine
 
@@ -121,10 +122,12 @@ class CaseWorker:
         return self._engine
 
     def info(self) -> dict:
+        if self._weights is None:  # sha256 of ~50 MB files: once per worker, not per case
+            self._weights = self.scorers.weight_hashes()
         return {
             "node": socket.gethostname(),
             "pid": os.getpid(),
-            "weights": self.scorers.weight_hashes(),
+            "weights": self._weights,
             "syncnet_missing": self.scorers.syncnet_missing,
         }
 
@@ -294,12 +297,13 @@ def run_cases_on_ray(
                 died = isinstance(e, ray.exceptions.RayActorError)
                 what = "worker lost" if died else "worker failed"
                 log.warning("case %s: %s (attempt %d of %d): %s", case.id, what, attempts[case.id], MAX_ATTEMPTS, e)
-                if died:
-                    actor = new_worker(pool)
-                idle[pool].append(actor)
                 if attempts[case.id] < MAX_ATTEMPTS:
                     queue[pool].insert(0, case)
-                else:
+                if not died:
+                    idle[pool].append(actor)
+                elif queue[pool]:  # a dead worker is replaced only while its pool has work left
+                    idle[pool].append(new_worker(pool))
+                if attempts[case.id] >= MAX_ATTEMPTS:
                     msg = f"{what} twice: {type(e).__name__}: {e}"
                     trace = "".join(traceback.format_exception(e))
                     outputs[case.id] = CaseOutput(
