@@ -151,6 +151,9 @@ def run_cmd(
     ray_media: Annotated[
         str, typer.Option(help="with --ray: path (shared storage, same paths on every node) or store (object store)")
     ] = "path",
+    ray_gpus_per_worker: Annotated[
+        float, typer.Option(min=0.05, max=8, help="with --ray: GPUs each GPU worker holds (0.5: two per GPU)")
+    ] = 1.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a suite into a new run folder; with --baseline, exit 1 when a metric regressed."""
@@ -168,7 +171,7 @@ def run_cmd(
     if ray is not None:
         from workbench.evaluation.distributed import RayOptions
 
-        options = RayOptions(address=ray, media=ray_media)
+        options = RayOptions(address=ray, media=ray_media, gpus_per_worker=ray_gpus_per_worker)
     try:
         manifest = load_suite(suite)
         base = load_summary(baseline) if baseline is not None else None
