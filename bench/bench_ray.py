@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -72,6 +73,7 @@ def main() -> None:
             print(json.dumps(results[-1]))
     finally:
         ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
     by = {r["workers"]: r["wall_seconds"] for r in results}
     report = {
         "bench": "ray evaluation scaling",
