@@ -1,4 +1,4 @@
-"""`workbench` command line: prepare avatars, render lip-synced video, manage weights, evaluate."""
+"""`workbench` command line: prepare avatars, render lip-synced video, manage weights, evaluate, offline speech."""
 
 from __future__ import annotations
 
@@ -242,6 +242,16 @@ def _mount_eval() -> None:
 
 
 _mount_eval()
+
+
+def _mount_voice() -> None:
+    """`workbench voice say|transcribe` (the speech models load only when a command runs)."""
+    from workbench.voice.cli import voice_app
+
+    app.add_typer(voice_app, name="voice")
+
+
+_mount_voice()
 
 if __name__ == "__main__":
     app()

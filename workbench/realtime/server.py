@@ -378,13 +378,25 @@ class RealtimeManager:
 
 
 def mount_realtime(
-    app: FastAPI, engine: Engine, settings: Settings | None = None, *, prefix: str = "/rtc", **manager_options: Any
+    app: FastAPI,
+    engine: Engine,
+    settings: Settings | None = None,
+    *,
+    prefix: str = "/rtc",
+    preload_speech: bool = True,
+    **manager_options: Any,
 ) -> RealtimeManager:
     """Add the realtime routes and the chat page to `app`; returns the session manager.
 
     Call it before mounting Gradio at "/", whose catch-all mount would otherwise shadow `prefix`.
-    Sessions are closed when the app shuts down.
+    Sessions are closed when the app shuts down. `preload_speech` loads the local voice's speech
+    models in the background now, so the first keyless conversation neither waits for them nor has
+    its WebRTC handshake stalled by their loading.
     """
+    if preload_speech:
+        from workbench.voice import preload
+
+        threading.Thread(target=preload, name="speech-preload", daemon=True).start()
     manager = RealtimeManager(engine, settings, **manager_options)
     app.include_router(manager.router(), prefix=prefix)
     app.mount(f"{prefix}/static", StaticFiles(directory=STATIC_DIR), name="realtime-static")
