@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     share: bool = False
     max_upload_mb: int = 200
     max_upload_seconds: float = 60.0
+    # the Evaluation tab's "Ray cluster" choice: "local" (RAY_ADDRESS, else Ray started here), "auto", HOST:PORT or
+    # ray://HOST:PORT. Set by whoever runs the app, never by a page visitor.
+    eval_ray_address: str = "local"
     # OpenAI Realtime; the key is read from OPENAI_API_KEY too, and never logged or cached.
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
