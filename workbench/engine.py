@@ -44,7 +44,8 @@ class Engine:
     def __init__(self, settings: Settings, renderer: RendererName | None = None):
         self.settings = settings
         self.renderer_choice: RendererName = renderer or self.settings.renderer
-        self.cache = AvatarCache(self.settings.cache_dir)
+        limit_mb = self.settings.cache_max_mb
+        self.cache = AvatarCache(self.settings.cache_dir, max_bytes=limit_mb * 1_000_000 if limit_mb else None)
         self._renderers: dict[str, Renderer] = {}  # by resolved name: each model loaded once
         self._detectors: dict[str, object] = {}
         self._face_parser: object | None = None

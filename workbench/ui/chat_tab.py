@@ -41,7 +41,9 @@ class ChatTab:
         """The chat page for `avatar_id`, embedded; only an avatar this session may see."""
         session = session or new_session()
         if not avatar_id:
-            return notice("Prepare an avatar in the first tab, then choose it here.")
+            return notice(
+                "Prepare an avatar in the first tab, then choose it here (the example avatar appears by itself once the banner says it is ready)."
+            )
         self.ctx.library.check_access(avatar_id, session.get("avatars"))
         if self.ctx.realtime is None:
             return notice("The realtime endpoint is not served with this app (start it with app.py).")
@@ -52,7 +54,9 @@ class ChatTab:
             avatar = gr.Dropdown([], label="avatar", scale=2, elem_id="chat-avatar")
             gr.Markdown(HELP + (f"\n\n**{ZEROGPU_REALTIME_NOTE}**" if on_zerogpu() else ""), elem_id="chat-help")
         page = gr.HTML(
-            notice("Prepare an avatar in the first tab, then choose it here."),
+            notice(
+                "Prepare an avatar in the first tab, then choose it here (the example avatar appears by itself once the banner says it is ready)."
+            ),
             elem_id="chat-frame",
             min_height=CHAT_HEIGHT,
         )
