@@ -111,7 +111,7 @@ def test_one_live_call_per_browser_session(tmp_path):
             peers = [Peer(http) for _ in range(3)]
             codes = [
                 (await p.connect(mode="echo", grant=g)).status_code
-                for p, g in zip(peers, [grant_a1, grant_a2, grant_b])
+                for p, g in zip(peers, [grant_a1, grant_a2, grant_b], strict=True)
             ]
             live = sorted(manager.sessions)
             for p in peers:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import itertools
 import logging
 import os
 import random
 import re
+import time
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import AsyncIterator
@@ -218,8 +220,22 @@ class VoiceSession(ABC):
         return self.mode
 
 
+class BadEventError(ValueError):
+    """A server event that cannot be used (not JSON, bad base64, a field missing): skipped, not fatal."""
+
+
+BAD_EVENT_NOTICE = "the Realtime server sent a malformed event; it was skipped and the reply goes on"
+_UNPARSABLE = "workbench.unparsable"  # marks a server message that was not JSON
+BAD_EVENT_NOTICE_EVERY_S = 10.0  # the page hears of bad events at most this often; the log gets each one
+
+
 def _pcm_from_b64(data: str) -> np.ndarray:
-    raw = base64.b64decode(data)
+    if not isinstance(data, str | bytes) or not data:
+        raise BadEventError("audio event without data")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadEventError(f"audio is not valid base64 ({exc})") from None
     return np.frombuffer(raw[: len(raw) - len(raw) % 2], dtype="<i2").astype(np.int16)
 
 
@@ -361,6 +377,8 @@ class OpenAIRealtimeVoice(VoiceSession):
         self._item_transcript: dict[str, str] = {}
         self.reconnects = 0
         self.attempt = 0
+        self.bad_events = 0  # malformed server events skipped
+        self._bad_event_noticed = -float("inf")
         self._client_vad = EnergyVAD()  # used when turn_detection is "none"
         self._prefix: deque[np.ndarray] = deque()
 
@@ -417,8 +435,7 @@ class OpenAIRealtimeVoice(VoiceSession):
                     self._conn = conn
                     await conn.session.update(session=self.config.session_payload())
                     await self._replay(conn)
-                    async for event in conn:
-                        await self._handle(event)
+                    await self._receive(conn)
                 finally:
                     self._conn = None
                     with contextlib.suppress(Exception):  # the socket may already be gone
@@ -474,6 +491,39 @@ class OpenAIRealtimeVoice(VoiceSession):
             )
         while self._pending_text:
             await self._send_text_now(conn, self._pending_text.popleft())
+
+    async def _receive(self, conn: Any) -> None:
+        """Read server events until the socket closes; one bad event is skipped, never the end of the call.
+
+        The SDK's own iterator is kept (it knows how the socket closes); only its parser is wrapped, per
+        connection, so that text that is not JSON becomes a marker instead of an exception out of the loop.
+        """
+        parse = conn.parse_event
+
+        def tolerant_parse(data: str | bytes) -> Any:
+            try:
+                return parse(data)
+            except (ValueError, TypeError) as exc:  # not JSON, or JSON the client cannot type
+                return {"type": _UNPARSABLE, "error": exc}
+
+        conn.parse_event = tolerant_parse
+        async for event in conn:
+            if isinstance(event, dict) and event.get("type") == _UNPARSABLE:
+                self._bad_event("unparsable", event["error"])
+                continue
+            try:
+                await self._handle(event)
+            except (BadEventError, AttributeError, TypeError, KeyError, ValueError) as exc:
+                self._bad_event(getattr(event, "type", None) or "untyped", exc)
+
+    def _bad_event(self, kind: str, exc: BaseException) -> None:
+        # The event's content is not logged: it is the server's, and may be large; its type and the fault are.
+        self.bad_events += 1
+        log.warning("skipped a malformed Realtime event (%s): %s: %s", kind, type(exc).__name__, str(exc)[:200])
+        now = time.monotonic()
+        if now - self._bad_event_noticed >= BAD_EVENT_NOTICE_EVERY_S:
+            self._bad_event_noticed = now
+            self._emit(VoiceEvent("error", text=BAD_EVENT_NOTICE, code="bad_server_event"))
 
     async def _handle(self, event: Any) -> None:
         t = getattr(event, "type", None)
