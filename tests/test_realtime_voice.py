@@ -311,3 +311,31 @@ def test_malformed_server_events_are_skipped_and_the_reply_goes_on(caplog):
     assert len(errors) == 1 and errors[0]["code"] == "bad_server_event"
     assert "Incorrect padding" not in errors[0]["message"] and "JSONDecodeError" not in errors[0]["message"]
     assert sum("skipped a malformed Realtime event" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_credentials_in_a_base_url_never_reach_logs_the_page_or_the_latency_log(caplog, tmp_path):
+    from workbench.realtime.voice import redact_url
+
+    assert redact_url("wss://bob:hunter2@host/v1?api-key=abc123&model=x") == (
+        "wss://[redacted]@host/v1?api-key=[redacted]&model=x"
+    )
+
+    async def main():
+        async with FakeRealtimeServer(api_key=KEY) as server:
+            url = server.url.replace("ws://", "ws://bob:hunter2@") + "?api-key=topsecret"
+            voice = OpenAIRealtimeVoice(RealtimeConfig(base_url=url, **FAST, max_retries=0), api_key=KEY)
+            h = await SessionHarness(make_session(voice)).start()
+            try:
+                await h.wait_for(lambda: voice.status in ("connected", "failed"), what="an outcome")
+                await server.drop_all()
+                await h.wait_for(lambda: voice.status == "failed", what="the drop")
+            finally:
+                await h.stop()
+            h.session.write_latency_log(tmp_path / "log.jsonl")
+            return h
+
+    with caplog.at_level(logging.DEBUG):
+        h = asyncio.run(main())
+    seen = " ".join(str(e) for e in h.session.events) + (tmp_path / "log.jsonl").read_text() + caplog.text
+    assert "hunter2" not in seen and "topsecret" not in seen
+    assert "[redacted]@" in h.session.voice.describe()

@@ -116,8 +116,20 @@ class Engine:
     def _vae_encoder(self):
         return getattr(self.renderer, "encode_crops", None)
 
-    def prepare(self, source: str | Path, params: PrepParams | None = None, progress: Progress | None = None) -> Avatar:
-        """Prepare an avatar from a video, photo or frames folder, or reuse its cached copy."""
+    def prepare(
+        self,
+        source: str | Path,
+        params: PrepParams | None = None,
+        progress: Progress | None = None,
+        *,
+        owner: str | None = None,
+        name: str | None = None,
+        save: bool = True,
+    ) -> Avatar:
+        """Prepare an avatar from a video, photo or frames folder, or reuse its cached copy.
+
+        `owner` (who may delete it) and `name` are recorded when it is created; `save=False` leaves the cache
+        as it was (previews)."""
         params = params or PrepParams()
         return self.cache.get_or_prepare(
             Path(source),
@@ -126,6 +138,11 @@ class Engine:
             vae_encoder=self._vae_encoder(),
             face_parser=self.face_parser(params),
             progress=progress,
+            owner=owner,
+            name=name,
+            save=save,
+            max_side=self.settings.max_source_side,
+            memory_limit_bytes=int(self.settings.prepare_memory_gb * 2**30),
         )
 
     def load_avatar(self, avatar_id: str) -> Avatar:
@@ -249,7 +266,7 @@ class Engine:
         for k, params in enumerate(params_list):
             if progress:
                 progress(k / len(params_list), f"bbox_shift={params.bbox_shift}")
-            avatar = self.prepare(source, params)
+            avatar = self.prepare(source, params, save=False)  # a preview must not add an avatar to the list
             i = avatar.loop_index(frame_index)
             with self.render_lock:
                 out.append(renderer.render(avatar, [i], [cond])[0])

@@ -67,8 +67,11 @@ def source_name(source: str | Path | np.ndarray) -> str:
     return "array" if isinstance(source, np.ndarray) else Path(source).name
 
 
-def load_source(source: str | Path | np.ndarray, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """Frames (N, H, W, 3) uint8 BGR and fps of a video, photo, frames folder or an array of frames."""
+def load_source(
+    source: str | Path | np.ndarray, max_frames: int | None = None, max_side: int | None = None
+) -> tuple[np.ndarray, float]:
+    """Frames (N, H, W, 3) uint8 BGR and fps of a video, photo, frames folder or an array of frames; files
+    are downscaled while decoding so their longer side is at most `max_side` pixels."""
     if isinstance(source, np.ndarray):
         frames = source[None] if source.ndim == 3 else source
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -78,7 +81,7 @@ def load_source(source: str | Path | np.ndarray, max_frames: int | None = None) 
         from workbench.config import FPS
 
         return np.ascontiguousarray(frames), float(FPS)
-    return read_frames(source, max_frames)
+    return read_frames(source, max_frames, max_side)
 
 
 def detect_faces(frames: np.ndarray, detector: LandmarkDetector, progress: Progress | None = None) -> Detections:

@@ -30,6 +30,7 @@ from workbench import atomic
 from workbench.avatars.model import Avatar, PrepParams
 from workbench.avatars.pipeline import (
     Detections,
+    PreparationError,
     Progress,
     VaeEncoder,
     _scaled,
@@ -40,13 +41,20 @@ from workbench.avatars.pipeline import (
     source_name,
 )
 from workbench.faces.landmarks import LandmarkDetector
-from workbench.media import source_digest
+from workbench.media import estimate_prepare_bytes, source_digest
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _ARRAYS = ("frames", "boxes", "landmarks", "has_face", "crops", "masks")
 _ID_RE = re.compile(r"^[0-9a-f][0-9a-f-]{7,80}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+# Temporary folders (`atomic_dir`'s `.<id>.<rand>.tmp`, a delete's `.<id>.deleted-<pid>`, a replace's
+# `.<id>.old-<pid>`) untouched for this long were left by a killed process: a save that is still running
+# writes into its folder all the time, and no save takes this long.
+STALE_TEMP_S = 15 * 60
+_TEMP_RE = re.compile(r"^\..+\.(tmp|deleted-\d+|old-\d+)$")
 
 
 class CacheError(RuntimeError):
@@ -75,10 +83,24 @@ class AvatarInfo:
     has_latents: bool
     fps: float
     frame_size: tuple[int, int]  # (height, width)
+    name: str = ""  # readable and unique in the cache (default: the source file's stem); accepted as an id
+    owner: str | None = None  # who prepared it (the app's browser session); None: from the CLI or older
 
     @property
     def id(self) -> str:
         return self.avatar_id
+
+
+def check_memory(source: str | Path, est: dict, limit_bytes: int) -> dict:
+    """Refuse, with the numbers, a preparation whose estimate (`estimate_prepare_bytes`) is over `limit_bytes`."""
+    if est["bytes"] > limit_bytes:
+        fits = max(1, int(limit_bytes / max(1, est["bytes"] / max(1, est["frames"]))))
+        raise PreparationError(
+            f"preparing {Path(source).name} would need about {est['bytes'] / 2**30:.1f} GB of memory "
+            f"({est['frames']} frames of {est['width']}x{est['height']}); the limit is {limit_bytes / 2**30:.1f} GB "
+            f"(WORKBENCH_PREPARE_MEMORY_GB). Take at most about {fits} frames (max_frames) or a shorter or smaller clip."
+        )
+    return est
 
 
 def _dir_size(path: Path) -> int:
@@ -91,6 +113,28 @@ class AvatarCache:
         self.avatars_dir = self.root / "avatars"
         self.detections_dir = self.root / "detections"
         self._digests: dict[tuple, str] = {}
+        self.swept = self.sweep_temp()
+
+    def sweep_temp(self, older_than_s: float = STALE_TEMP_S) -> list[str]:
+        """Remove temporary folders a killed save or delete left behind; returns their names."""
+        removed = []
+        now = time.time()
+        for parent in (self.avatars_dir, self.detections_dir):
+            try:
+                entries = [d for d in parent.iterdir() if _TEMP_RE.match(d.name)]
+            except OSError:
+                continue
+            for d in entries:
+                try:
+                    newest = max([d.stat().st_mtime] + [f.stat().st_mtime for f in d.rglob("*")])
+                except OSError:
+                    continue  # went away meanwhile
+                if now - newest < older_than_s:
+                    continue  # perhaps another process is writing it right now
+                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+                log.info("removed a stale temporary cache folder %s", d)
+                removed.append(d.name)
+        return removed
 
     # --- keys ---------------------------------------------------------------------------------
     def digest(self, source: str | Path | np.ndarray) -> str:
@@ -115,9 +159,31 @@ class AvatarCache:
         return avatar_id_for(self.digest(source), params, detector, vae_encoder, face_parser)
 
     def _avatar_path(self, avatar_id: str) -> Path:
+        if isinstance(avatar_id, str) and not _ID_RE.match(avatar_id) and _NAME_RE.match(avatar_id):
+            avatar_id = self.resolve(avatar_id)
         if not isinstance(avatar_id, str) or not _ID_RE.match(avatar_id):
-            raise AvatarNotFoundError(f"{avatar_id!r} is not an avatar id")
+            raise AvatarNotFoundError(f"{avatar_id!r} is not an avatar id or name")
         return self.avatars_dir / avatar_id
+
+    def resolve(self, name_or_id: str) -> str:
+        """The id of the avatar called `name_or_id` (its readable name or its id)."""
+        if isinstance(name_or_id, str) and _ID_RE.match(name_or_id) and (self.avatars_dir / name_or_id).is_dir():
+            return name_or_id
+        for info in self.list():
+            if info.name == name_or_id:
+                return info.avatar_id
+        raise AvatarNotFoundError(f"no prepared avatar named {name_or_id!r} in {self.avatars_dir}")
+
+    def unique_name(self, wanted: str, avatar_id: str | None = None) -> str:
+        """`wanted` made a valid name no other avatar has (yongen, yongen-2, …)."""
+        base = _NAME_CHARS.sub("_", wanted).strip("._-")[:56] or "avatar"
+        if not base[0].isalnum():
+            base = f"a{base}"
+        taken = {i.name for i in self.list() if i.avatar_id != avatar_id}
+        name, k = base, 2
+        while name in taken or _ID_RE.match(name):  # a name that looks like an id would shadow one
+            name, k = f"{base}-{k}", k + 1
+        return name
 
     @staticmethod
     def detection_key(digest: str, detector: LandmarkDetector | str, max_frames: int | None) -> str:
@@ -168,21 +234,29 @@ class AvatarCache:
         max_frames: int | None = None,
         frames: np.ndarray | None = None,
         progress: Progress | None = None,
+        digest: str | None = None,
+        max_side: int | None = None,
     ) -> Detections:
-        """The source's detections from the cache, or run the detector once and keep them."""
-        key = self.detection_key(self.digest(source), detector, max_frames)
+        """The source's detections from the cache, or run the detector once and keep them. `digest` (default: the
+        source's) keys them; a downscaled source passes one that names its working size."""
+        key = self.detection_key(digest or self.digest(source), detector, max_frames)
         det = self.load_detections(key)
         if det is not None and (frames is None or len(det) == len(frames)):
             return det
         if frames is None:
-            frames, _ = load_source(source, max_frames)
+            frames, _ = load_source(source, max_frames, max_side)
         det = detect_faces(frames, detector, progress)
         self.save_detections(key, det, source_name(source))
         return det
 
     # --- avatars --------------------------------------------------------------------------------
     def has(self, avatar_id: str) -> bool:
-        return (self._avatar_path(avatar_id) / "meta.json").is_file()
+        try:
+            return (self._avatar_path(avatar_id) / "meta.json").is_file()
+        except AvatarNotFoundError:
+            if isinstance(avatar_id, str) and _NAME_RE.match(avatar_id):
+                return False  # a well-formed name nobody has
+            raise
 
     def get_or_prepare(
         self,
@@ -193,18 +267,40 @@ class AvatarCache:
         face_parser: object | None = None,
         progress: Progress | None = None,
         vae_batch_size: int = 8,
+        owner: str | None = None,
+        name: str | None = None,
+        save: bool = True,
+        max_side: int | None = None,
+        memory_limit_bytes: int | None = None,
     ) -> Avatar:
-        """The cached avatar for (source, params, models), or prepare and cache it."""
+        """The cached avatar for (source, params, models), or prepare and cache it.
+
+        `owner` is recorded only when the avatar is created here: a cache hit belongs to whoever made it.
+        `name` (default: the source's stem) is made unique in the cache. With `save=False` (previews) a
+        missing avatar is prepared in memory only and the cache gains nothing but its detections.
+        """
         t0 = time.perf_counter()
         report = progress or (lambda f, m: None)
         digest = self.digest(source)
-        avatar_id = avatar_id_for(digest, params, detector, vae_encoder, face_parser)
+        # The avatar (and its detections) of a downscaled source differ from a full-size one: their keys
+        # carry the working size. A source within the limit keeps the key it always had.
+        keyed = digest
+        est = None
+        if not isinstance(source, np.ndarray) and (max_side or memory_limit_bytes):
+            est = estimate_prepare_bytes(source, params.max_frames, max_side)
+            if est["downscaled"]:
+                keyed = hashlib.sha256(f"{digest}|{est['width']}x{est['height']}".encode()).hexdigest()
+        avatar_id = avatar_id_for(keyed, params, detector, vae_encoder, face_parser)
         if self.has(avatar_id):
             report(1.0, "loaded from cache")
             return self.load(avatar_id)
+        if memory_limit_bytes is not None and est is not None:
+            check_memory(source, est, memory_limit_bytes)
         report(0.0, "reading frames")
-        frames, fps = load_source(source, params.max_frames)
-        det = self.detections(source, detector, params.max_frames, frames, _scaled(progress, 0.02, 0.7))
+        frames, fps = load_source(source, params.max_frames, max_side)
+        det = self.detections(
+            source, detector, params.max_frames, frames, _scaled(progress, 0.02, 0.7), digest=keyed, max_side=max_side
+        )
         avatar = build_avatar(
             frames,
             fps,
@@ -218,8 +314,14 @@ class AvatarCache:
             vae_batch_size=vae_batch_size,
         )
         avatar.extras["source_digest"] = digest
+        avatar.extras["owner"] = owner
+        wanted = name or (Path(source).stem if isinstance(source, str | Path) else "avatar")
+        avatar.extras["name"] = self.unique_name(wanted, avatar_id)
         avatar.extras["detect_seconds"] = det.seconds
         avatar.extras["prepare_seconds"] = time.perf_counter() - t0
+        if not save:
+            report(1.0, f"prepared {len(avatar)} frames (not cached)")
+            return avatar
         report(0.97, "saving")
         self.save(avatar)
         report(1.0, f"prepared {len(avatar)} frames")
@@ -324,6 +426,8 @@ class AvatarCache:
                 has_latents=bool(meta["has_latents"]),
                 fps=float(meta["fps"]),
                 frame_size=tuple(meta["frame_size"]),
+                name=str(meta.get("extras", {}).get("name") or meta["avatar_id"]),
+                owner=meta.get("extras", {}).get("owner"),
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("skipping unreadable cache entry %s: %s", d, e)

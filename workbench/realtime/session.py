@@ -406,6 +406,10 @@ class ChatSession:
 
     def _send_channel(self, message: dict[str, Any]) -> None:
         ch = self.channel
+        # A channel can still read "open" for a moment after the peer went away; sending then only leaves a
+        # failed task in aiortc's transport ("Task exception was never retrieved").
+        if self.pc is not None and self.pc.connectionState != "connected":
+            return
         if ch is not None and ch.readyState == "open":
             try:
                 ch.send(json.dumps(message, default=str))

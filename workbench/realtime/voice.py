@@ -109,6 +109,18 @@ _AUTH_PATTERNS = [
 ]
 
 
+# Credentials inside a URL: user:password@ and secret-looking query parameters (Azure's api-key=, SAS sig=).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@")
+_URL_SECRET_QUERY = re.compile(
+    r"(?i)([?&](?:api[-_]?key|key|token|access_token|auth|sig|signature|password|secret)=)[^&#\s]+"
+)
+
+
+def redact_url(text: str) -> str:
+    """`text` with every URL's credentials replaced by [redacted] (what logs, latency logs and the page show)."""
+    return _URL_SECRET_QUERY.sub(r"\1[redacted]", _URL_USERINFO.sub(r"\1[redacted]@", text))
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites a record so no credential appears: known secrets, Authorization headers, sk- keys."""
 
@@ -135,7 +147,7 @@ class RedactingFilter(logging.Filter):
             text = text.replace(s, "[redacted]")
         text = _AUTH_PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
         text = _AUTH_PATTERNS[1].sub(lambda m: f"{m.group(1)}[redacted]", text)
-        return _AUTH_PATTERNS[2].sub("[redacted]", text)
+        return redact_url(_AUTH_PATTERNS[2].sub("[redacted]", text))
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -165,6 +177,10 @@ def redacting_logger(name: str) -> tuple[logging.Logger, RedactingFilter]:
 
 # websockets logs handshake headers at DEBUG: every Realtime connection logs through this one.
 _WS_LOGGER, _WS_REDACT = redacting_logger(f"{__name__}.ws")
+# The SDK logs the URL it connects to at DEBUG (openai 1.107): redact there too. A logger's filters see only
+# its own records, so each logger that may carry a URL gets one.
+for _name in ("openai.resources.realtime.realtime", "openai.resources.beta.realtime.realtime", "openai._base_client"):
+    redacting_logger(_name)
 
 
 # ---- the interface -----------------------------------------------------------------------------
@@ -383,7 +399,7 @@ class OpenAIRealtimeVoice(VoiceSession):
         self._prefix: deque[np.ndarray] = deque()
 
     def describe(self) -> str:
-        where = self.config.base_url or "api.openai.com"
+        where = redact_url(self.config.base_url) if self.config.base_url else "api.openai.com"
         return f"openai {self.config.model} voice={self.config.voice} at {where}"
 
     def _make_client(self) -> Any:
@@ -447,6 +463,7 @@ class OpenAIRealtimeVoice(VoiceSession):
             if self._closing:
                 break
             detail, retry, bad_key = _error_detail(error)
+            detail = redact_url(detail)  # an exception may quote the URL, credentials and all
             if self.response_active:
                 self._emit(VoiceEvent("response_done", status="failed"))
             if not retry:

@@ -139,7 +139,7 @@ class PrepareTab:
         params = params_from_inputs(
             bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source, max_frames
         )
-        avatar = self.ctx.engine.prepare(source, params, progress=gr_progress(progress))
+        avatar = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
         session = remember(session, avatar.avatar_id)
         return self._show(avatar, session)
 
@@ -154,9 +154,7 @@ class PrepareTab:
     @user_errors
     def delete(self, avatar_id: str | None, session: dict | None):
         session = session or new_session()
-        self.ctx.library.check_access(avatar_id, session.get("avatars"))
-        if avatar_id not in session.get("avatars", []) and not self.ctx.library.show_all:
-            raise gr.Error("Only avatars prepared in this session can be deleted; sample avatars are shared.")
+        self.ctx.library.check_delete(avatar_id, session)
         self.ctx.engine.delete_avatar(avatar_id)
         self.ctx.library.forget(avatar_id)
         session = forget(session, avatar_id)
