@@ -155,7 +155,7 @@ def test_prepare_shows_overlays_range_and_renderer(ui, prepared):
     assert f"[{lo} ~ {hi}]" in summary
     assert overlay.ndim == 3 and overlay.shape[2] == 3 and crop.shape == (256, 768, 3)
     assert slider["maximum"] == FRAMES - 1
-    assert any(row[0] == short_id(avatar_id) for row in table)
+    assert any(row[0] == "yongen" for row in table)  # the readable name, not a cut-off hash
     assert dropdown["value"] == avatar_id
     # The overlay really draws: it differs from the plain frame where the box and mask are.
     plain = np.ascontiguousarray(avatar.frames[0][..., ::-1])
@@ -203,9 +203,12 @@ def test_sessions_do_not_see_each_others_uploads(ui, samples_dir, tmp_path):
     kept = ui.library.source_path(own_id)
     assert kept.is_file() and kept.parent.parent == ui.library.uploads_dir
     # The owner can delete it; afterwards nobody sees it.
+    own_name = ui.engine.cache.info(own_id).name
+    assert own_name == "my_face"  # the uploaded file's stem
+    assert any(r[0] == own_name for r in ui.prepare_tab.refresh(session_a)[0])
     session_a, rows, _ = ui.prepare_tab.delete(own_id, session_a)
     assert own_id not in session_a["avatars"] and not ui.engine.cache.has(own_id)
-    assert all(r[0] != short_id(own_id) for r in rows)
+    assert all(r[0] not in (short_id(own_id), own_name) for r in rows)
 
 
 def test_sample_avatars_are_shared(ui, prepared):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
 from workbench.avatars.model import Avatar, PrepParams
-from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, check_upload, kind_of
+from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaWarning, check_upload, kind_of
 from workbench.ui import overlays
 from workbench.ui.context import (
     UIContext,
@@ -95,7 +96,7 @@ def avatars_table(ctx: UIContext, session: dict) -> list[list]:
         changed = ", ".join(f"{k}={v}" for k, v in info.params.items() if defaults.get(k) != v) or "defaults"
         rows.append(
             [
-                short_id(info.avatar_id),
+                info.name or short_id(info.avatar_id),
                 info.source,
                 info.n_frames,
                 f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
@@ -139,7 +140,12 @@ class PrepareTab:
         params = params_from_inputs(
             bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source, max_frames
         )
-        avatar = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MediaWarning)
+            avatar = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
+        for w in caught:  # a truncated file, a downscaled source: said, not silently done
+            if issubclass(w.category, MediaWarning):
+                gr.Warning(str(w.message), duration=10)
         session = remember(session, avatar.avatar_id)
         return self._show(avatar, session)
 
