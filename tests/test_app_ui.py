@@ -534,7 +534,7 @@ def test_cli_flags():
 
     result = CliRunner().invoke(_app_module().cli, ["--help"])
     assert result.exit_code == 0
-    for flag in ("--host", "--port", "--share", "--models-dir", "--cache-dir", "--runs-dir"):
+    for flag in ("--host", "--port", "--share", "--models-dir", "--cache-dir", "--runs-dir", "--max-sessions"):
         assert flag in result.output
 
 

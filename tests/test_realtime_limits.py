@@ -176,3 +176,18 @@ def test_latency_logs_are_pruned_to_the_newest(tmp_path):
     (tmp_path / "keep.txt").write_text("not a log")
     assert prune_logs(tmp_path, 2) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "s3.jsonl", "s4.jsonl"]
+
+
+def test_max_sessions_is_a_setting_and_a_flag(monkeypatch):
+    from typer.testing import CliRunner
+
+    import app as entry
+
+    assert RealtimeManager(FakeEngine([]), Settings(max_sessions=7, openai_api_key=None)).max_sessions == 7
+    monkeypatch.setenv("WORKBENCH_MAX_SESSIONS", "3")
+    assert Settings().max_sessions == 3
+    seen = {}
+    monkeypatch.setattr("workbench.engine.Engine.__init__", lambda self, s: seen.update(settings=s))
+    monkeypatch.setattr("workbench.ui.app.create_app", lambda *a, **k: (_ for _ in ()).throw(SystemExit(0)))
+    CliRunner().invoke(entry.cli, ["--max-sessions", "2"])
+    assert seen["settings"].max_sessions == 2

@@ -379,13 +379,16 @@ class RealtimeManager:
             requested = self.requested_avatar(req)
             holder = self.holder_of(req)
             previous = [sid for sid, h in self._holder_of.items() if holder is not None and h == holder]
+            replaced = False
             for sid in previous:  # one live call per holder: a reconnect replaces the old call
                 old = self.sessions.get(sid)
                 if old is not None:
                     log.info("realtime session %s replaced by a new call from the same browser", sid)
                     await old.close()
+                    replaced = True
                 self._holder_of.pop(sid, None)
-            holder = self._admit(holder)
+            # A replacement takes over the slot it freed; anyone else waits their turn.
+            holder = holder if replaced else self._admit(holder)
             avatar = await self.avatar(requested)
             voice = self.make_voice(req)
             sid = secrets.token_urlsafe(9)
