@@ -144,7 +144,7 @@ class Library:
 
     def owner_of(self, avatar_id: str) -> str | None:
         """The browser session that created the avatar (recorded when it was prepared), or None."""
-        return self._meta(avatar_id).get("extras", {}).get("owner")
+        return self.engine.avatar_info(avatar_id).owner
 
     def check_delete(self, avatar_id: str, session: dict | None) -> None:
         """Deleting is for the session that created the avatar; sample avatars are read-only for everyone.
