@@ -14,6 +14,12 @@ Routes (prefix `/rtc`): `GET /config`, `POST /offer`, `POST /session/{id}/text`,
 `POST /session/{id}/interrupt`, `GET /session/{id}/events`, `GET /session/{id}/stats`,
 `POST /session/{id}/latency`, `DELETE /session/{id}`, `GET /chat` and `/static/*`.
 
+Limits (settings, see `workbench.config`): at most `max_sessions` calls; when all are taken an offer gets a
+503 with its place in a first-come-first-served line (`Busy`), kept while the page retries; one live call per
+browser session (a grant's holder): a new call replaces the old one; a call that does not connect within
+`session_connect_timeout_s`, sits idle for `session_idle_timeout_s` or runs past `session_max_s` is ended.
+Bodies are capped before they are parsed (413) and JSON nesting is bounded (400), see `read_json`.
+
 Why aiortc and not fastrtc: fastrtc 0.0.34 pins gradio<6 (pip otherwise resolves it to an empty
 0.0.1), its Gradio component does not load on Gradio 6, it only sends video after the browser sends
 a video track, and it serves one session at a time by default. With aiortc the outgoing tracks, the
