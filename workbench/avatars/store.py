@@ -108,7 +108,10 @@ class AvatarCache:
                     continue  # went away meanwhile
                 if now - newest < older_than_s:
                     continue  # perhaps another process is writing it right now
-                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    d.unlink(missing_ok=True)
                 log.info("removed a stale temporary cache folder %s", d)
                 removed.append(d.name)
         return removed
