@@ -52,7 +52,12 @@
     if (cfg.server_key) $("apiKey").placeholder = "optional: the server has a key";
     if (params.get("mode")) $("mode").value = params.get("mode");
     if (params.get("mic") === "0") $("useMic").checked = false;
+    showMode();
+  }
+
+  function showMode() {
     $("openai").hidden = $("mode").value !== "openai";
+    $("localHint").hidden = $("mode").value === "openai";
   }
 
   function offerBody(sdp) {
@@ -165,7 +170,10 @@
         state.assistant.textContent += m.text;
         break;
       case "user_transcript":
-        log(m.text, "user");
+        log(m.text, "user spoken");
+        break;
+      case "note":
+        log(m.text, "note");
         break;
       case "user_text":
         log(m.text, "user");
@@ -236,7 +244,7 @@
     state.lastStats = s;
   }, 1000);
 
-  $("mode").addEventListener("change", () => { $("openai").hidden = $("mode").value !== "openai"; });
+  $("mode").addEventListener("change", showMode);
   $("setup").addEventListener("submit", (e) => { e.preventDefault(); connect().catch((err) => { log(String(err), "error"); hangup(); }); });
   $("hangup").addEventListener("click", hangup);
   $("say").addEventListener("submit", (e) => {
