@@ -58,6 +58,9 @@ def main(
     renderer: Annotated[str | None, typer.Option(help="auto, cpu or musetalk")] = None,
     samples_dir: Annotated[Path | None, typer.Option(help="sample media shown in the app")] = None,
     show_all_avatars: Annotated[bool, typer.Option(help="single-user use: list every cached avatar")] = False,
+    max_sessions: Annotated[
+        int | None, typer.Option(min=1, max=64, help="concurrent realtime calls (default 4, WORKBENCH_MAX_SESSIONS)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     logging.basicConfig(
@@ -76,6 +79,7 @@ def main(
             "cache_dir": cache_dir,
             "runs_dir": runs_dir,
             "renderer": renderer,
+            "max_sessions": max_sessions,
         }.items()
         if v is not None
     }

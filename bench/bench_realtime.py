@@ -17,7 +17,9 @@ Measured per session and reply:
 * speech fps: 25 x speech frames / (speech frames + stalls), where a stall is a tick whose frame was not
   rendered in time (the clock repeats the last picture and holds the audio back);
 * encoded fps: frames through the encoder per second of session time (target >= 24);
-* CPU time per frame and load average (the machine may be shared).
+* CPU time per frame and load average (the machine may be shared);
+* peak resident memory of the process while the sessions run (sampled every 50 ms), which must not grow
+  with the length of a reply (`--reply-seconds 50` within 1.5x of `--reply-seconds 6`).
 
 Prints a table and writes bench/results/realtime-<renderer>.json.
 """
@@ -174,6 +176,39 @@ async def run_session(
     }
 
 
+def rss_mb() -> float:
+    """Resident memory of this process now, MB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return 0.0
+
+
+class PeakRss:
+    """Samples RSS in a thread while the block runs; `peak_mb` is the largest sample."""
+
+    def __init__(self, period_s: float = 0.05):
+        import threading
+
+        self.period_s = period_s
+        self.peak_mb = self.start_mb = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 async def run_concurrent(engine, avatar, n: int, audio: np.ndarray, args: argparse.Namespace, serialize: bool) -> dict:
     import threading
 
@@ -187,9 +222,13 @@ async def run_concurrent(engine, avatar, n: int, audio: np.ndarray, args: argpar
     reply_s = len(audio) / REALTIME_SAMPLE_RATE
     seconds = 1.0 + 0.37 * n + 2 * (reply_s + args.gap) + 2.0
     cpu0, t0 = time.process_time(), time.perf_counter()
-    results = await asyncio.gather(
-        *[run_session(s, audio, 0.5 + 0.37 * i, seconds, not args.no_encode, args.gap) for i, s in enumerate(streams)]
-    )
+    with PeakRss() as mem:
+        results = await asyncio.gather(
+            *[
+                run_session(s, audio, 0.5 + 0.37 * i, seconds, not args.no_encode, args.gap)
+                for i, s in enumerate(streams)
+            ]
+        )
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
     for s in streams:
         s.close()
@@ -207,6 +246,8 @@ async def run_concurrent(engine, avatar, n: int, audio: np.ndarray, args: argpar
         "cpu_percent": round(100 * cpu / wall, 1),
         "cpu_ms_per_frame": round(1000 * cpu / max(1, frames), 2),
         "load_avg": os.getloadavg()[0],
+        "rss_start_mb": round(mem.start_mb, 1),
+        "rss_peak_mb": round(mem.peak_mb, 1),
     }
     row["meets_targets"] = bool(
         firsts
@@ -277,6 +318,7 @@ def main() -> None:
         "CPU %",
         "CPU ms/frame",
         "load",
+        "peak RSS MB",
         "targets",
     ):
         table.add_column(col, justify="right")
@@ -291,6 +333,7 @@ def main() -> None:
             f"{r['cpu_percent']:.0f}",
             f"{r['cpu_ms_per_frame']:.1f}",
             f"{r['load_avg']:.1f}",
+            f"{r['rss_peak_mb']:.0f}",
             "yes" if r["meets_targets"] else "no",
         )
     console.print(table)

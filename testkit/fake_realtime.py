@@ -154,6 +154,8 @@ class FakeRealtimeServer:
         self.refused = 0
         self._refuse: list[int] = []  # HTTP statuses to answer the next handshakes with
         self.paths: list[str] = []
+        # event -> None (send it as is), a replacement event, or raw text to send instead (tests of bad input)
+        self.mangle: Callable[[dict[str, Any]], dict[str, Any] | str | None] | None = None
         self._logger, self._redact = redacting_logger(f"{__name__}.ws")
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -244,9 +246,11 @@ class FakeRealtimeServer:
     async def _send(self, c: _Conn, event: dict[str, Any]) -> None:
         event = {"event_id": self._eid(), **event}
         self.sent_types.append(event["type"])
+        # A test may corrupt what goes out (bad base64, a missing field, text that is not JSON).
+        wire = self.mangle(event) if self.mangle is not None else None
         async with c.send_lock:
             try:
-                await c.ws.send(json.dumps(event))
+                await c.ws.send(wire if isinstance(wire, str) else json.dumps(wire or event))
             except ConnectionClosed:
                 pass
 

@@ -14,7 +14,7 @@ import pytest
 from workbench.config import SAMPLES_PER_FRAME, Settings
 from workbench.media import MediaError
 from workbench.ui import header
-from workbench.ui.context import new_session
+from workbench.ui.context import avatar_label, new_session
 from workbench.ui.library import AccessError, safe_name, short_id
 from workbench.ui.prepare_tab import validate_upload
 from workbench.ui.tuning_tab import audio_at, parse_shifts
@@ -155,7 +155,7 @@ def test_prepare_shows_overlays_range_and_renderer(ui, prepared):
     assert f"[{lo} ~ {hi}]" in summary
     assert overlay.ndim == 3 and overlay.shape[2] == 3 and crop.shape == (256, 768, 3)
     assert slider["maximum"] == FRAMES - 1
-    assert any(row[0] == short_id(avatar_id) for row in table)
+    assert any(row[0] == "yongen" for row in table)  # the readable name, not a cut-off hash
     assert dropdown["value"] == avatar_id
     # The overlay really draws: it differs from the plain frame where the box and mask are.
     plain = np.ascontiguousarray(avatar.frames[0][..., ::-1])
@@ -203,17 +203,80 @@ def test_sessions_do_not_see_each_others_uploads(ui, samples_dir, tmp_path):
     kept = ui.library.source_path(own_id)
     assert kept.is_file() and kept.parent.parent == ui.library.uploads_dir
     # The owner can delete it; afterwards nobody sees it.
+    own_name = ui.engine.cache.info(own_id).name
+    assert own_name == "my_face"  # the uploaded file's stem
+    assert any(r[0] == own_name for r in ui.prepare_tab.refresh(session_a)[0])
     session_a, rows, _ = ui.prepare_tab.delete(own_id, session_a)
     assert own_id not in session_a["avatars"] and not ui.engine.cache.has(own_id)
-    assert all(r[0] != short_id(own_id) for r in rows)
+    assert all(r[0] not in (short_id(own_id), own_name) for r in rows)
 
 
 def test_sample_avatars_are_shared(ui, prepared):
     sample_id = prepared[0]["current"]
     assert sample_id in {i.avatar_id for i in ui.library.visible([])}
     ui.library.check_access(sample_id, [])  # no error
-    with pytest.raises(gr.Error, match="Only avatars prepared in this session"):
+    with pytest.raises(gr.Error, match="read-only"):
         ui.prepare_tab.delete(sample_id, new_session())
+
+
+def test_a_session_deletes_only_what_it_created(ui, prepared, samples_dir, tmp_path):
+    """Two browser sessions. Preparing a sample (a cache hit) or another visitor's upload with the same file and
+    settings shows the avatar, but does not make it yours to delete; samples are read-only for everyone."""
+    import cv2
+
+    sample_id = prepared[0]["current"]
+    session_a, session_b = new_session(), new_session()
+    hit = ui.prepare_tab.prepare(
+        "yongen.mp4", None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, session_b, progress=None
+    )
+    session_b = hit[0]
+    assert session_b["current"] == sample_id and sample_id in session_b["avatars"]
+    for s in (prepared[0], session_b):  # even the session that first prepared it
+        with pytest.raises(gr.Error, match="read-only"):
+            ui.prepare_tab.delete(sample_id, s)
+    assert ui.engine.cache.has(sample_id)
+
+    upload = tmp_path / "visitor.png"
+    cap = cv2.VideoCapture(str(samples_dir / "sun.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    cv2.imwrite(str(upload), frame)
+    session_a = ui.prepare_tab.prepare(
+        None, str(upload), 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, session_a, progress=None
+    )[0]
+    own_id = session_a["current"]
+    copy = tmp_path / "same file.png"
+    shutil.copyfile(upload, copy)
+    session_b = ui.prepare_tab.prepare(
+        None, str(copy), 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, session_b, progress=None
+    )[0]
+    assert session_b["current"] == own_id  # the same content and settings: a cache hit
+    with pytest.raises(gr.Error, match="only the session that prepared"):
+        ui.prepare_tab.delete(own_id, session_b)
+    assert ui.engine.cache.has(own_id)
+    session_a, _, _ = ui.prepare_tab.delete(own_id, session_a)
+    assert not ui.engine.cache.has(own_id)
+
+
+def test_avatars_have_readable_names_accepted_as_ids(ui, prepared):
+    sample_id = prepared[0]["current"]
+    info = ui.engine.cache.info(sample_id)
+    assert info.name == "yongen"
+    assert ui.engine.load_avatar("yongen").avatar_id == sample_id
+    assert ui.engine.cache.resolve("yongen") == sample_id
+    assert ui.engine.cache.unique_name("yongen") == "yongen-2"  # a second avatar of the clip gets its own
+    assert "yongen" in avatar_label(info)
+
+
+def test_the_tuning_grid_adds_no_avatars(ui, prepared):
+    session = prepared[0]
+    avatar_id = session["current"]
+    before = {i.avatar_id for i in ui.engine.list_avatars()}
+    ui.tuning_tab.grid(
+        avatar_id, 1, "eng.wav", None, 3.6, "-7, 3, 5", 10, "jaw", 90, 90, True, 0.4, session, progress=None
+    )
+    assert {i.avatar_id for i in ui.engine.list_avatars()} == before
 
 
 def test_forged_avatar_ids_are_refused(ui):
@@ -360,6 +423,22 @@ def test_select_cases_and_quick_runs(ui):
         select_cases(suite, ["nope"], None)
 
 
+def test_evaluation_defaults_pass_the_components_own_checks(ui):
+    """Pressing *Run evaluation* untouched sends the seconds field's default (the browser sends 0 when empty)."""
+    seconds = next(b for b in ui.demo.blocks.values() if getattr(b, "elem_id", None) == "eval-seconds")
+    for sent in (seconds.value, 0):
+        assert seconds.preprocess(sent) in (0, None)
+    quick = ui.eval_tab.suite_for("example", None)
+    assert select_cases_default(quick, seconds.preprocess(0))
+
+
+def select_cases_default(suite, seconds):
+    from workbench.ui.eval_tab import select_cases
+
+    chosen = select_cases(suite, None, float(seconds) if seconds else None)
+    return all(c.max_seconds == orig.max_seconds for c, orig in zip(chosen.cases, suite.cases, strict=True))
+
+
 def test_uploaded_manifests_are_confined(ui, tmp_path, samples_dir):
     import zipfile
 
@@ -455,7 +534,7 @@ def test_cli_flags():
 
     result = CliRunner().invoke(_app_module().cli, ["--help"])
     assert result.exit_code == 0
-    for flag in ("--host", "--port", "--share", "--models-dir", "--cache-dir", "--runs-dir"):
+    for flag in ("--host", "--port", "--share", "--models-dir", "--cache-dir", "--runs-dir", "--max-sessions"):
         assert flag in result.output
 
 

@@ -171,3 +171,28 @@ def test_no_face_is_not_cached(tmp_cache, counting):
     with pytest.raises(NoFaceError):
         prepare_avatar(frames, PrepParams(), counting, store=tmp_cache)
     assert tmp_cache.list() == []
+
+
+def test_stale_temporary_folders_are_swept_when_the_cache_opens(tmp_path):
+    """A kill while saving leaves `.<id>.<rand>.tmp` behind; the next open removes it, but not one being written."""
+    import os
+    import time
+
+    avatars = tmp_path / "avatars"
+    stale = avatars / ".0123456789abcdef-aaaaaaaaaaaa.x1y2z3.tmp"
+    stale.mkdir(parents=True)
+    (stale / "frames.npy").write_bytes(b"\0" * 1024)
+    deleted = avatars / ".0123456789abcdef-bbbbbbbbbbbb.deleted-4242"
+    deleted.mkdir()
+    fresh = avatars / ".0123456789abcdef-cccccccccccc.q9w8e7.tmp"  # another process is saving right now
+    fresh.mkdir()
+    (fresh / "frames.npy").write_bytes(b"\0")
+    keep = avatars / "0123456789abcdef-dddddddddddd"  # a real avatar folder is never touched
+    keep.mkdir()
+    old = time.time() - cache_mod.STALE_TEMP_S - 60
+    for p in (stale / "frames.npy", stale, deleted, keep):
+        os.utime(p, (old, old))
+    cache = AvatarCache(tmp_path)
+    assert sorted(cache.swept) == sorted([stale.name, deleted.name])
+    assert not stale.exists() and not deleted.exists()
+    assert fresh.exists() and keep.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -107,3 +108,58 @@ def test_bad_choice_is_rejected(dirs, tmp_path):
     res = runner.invoke(app, ["prepare", str(tmp_path / "x.mp4"), "--parsing-mode", "chin", *dirs])
     assert res.exit_code != 0
     assert "chin" in _text(res)
+
+
+def test_render_rough_edges_are_clear(samples_dir, ffmpeg, dirs, tmp_path):
+    """-o a folder writes inside it; an unwritable -o and --batch-size 0 fail at once without a traceback;
+    silent audio is reported; the avatar's readable name works as its id."""
+    res = runner.invoke(app, ["prepare", str(samples_dir / "yongen.mp4"), "--max-frames", "4", *dirs])
+    assert res.exit_code == 0, res.output
+    assert "(name yongen)" in _text(res)
+    speech = tmp_path / "speech.wav"
+    sf.write(speech, sf.read(samples_dir / "eng.wav", frames=16_000 * 4)[0][-16_000:], 16_000)
+    silent = tmp_path / "quiet.wav"
+    sf.write(silent, np.zeros(8000, np.float32), 16_000)
+    common = ["--renderer", "cpu", *dirs]
+
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    res = runner.invoke(app, ["render", "--avatar", "yongen", "--audio", str(speech), "-o", str(folder), *common])
+    assert res.exit_code == 0, res.output
+    assert (folder / "yongen_speech.mp4").stat().st_size > 0
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        res = runner.invoke(
+            app, ["render", "--avatar", "yongen", "--audio", str(speech), "-o", str(locked / "x.mp4"), *common]
+        )
+    finally:
+        locked.chmod(0o700)
+    if os.geteuid() != 0:  # root writes anywhere
+        assert res.exit_code == 2 and "permission denied" in _text(res)
+    res = runner.invoke(
+        app, ["render", "--avatar", "yongen", "--audio", str(speech), "-o", str(tmp_path / "nope" / "x.mp4"), *common]
+    )
+    assert res.exit_code == 2 and "does not exist" in _text(res)
+    res = runner.invoke(
+        app,
+        [
+            "render",
+            "--avatar",
+            "yongen",
+            "--audio",
+            str(speech),
+            "-o",
+            str(tmp_path / "b.mp4"),
+            "--batch-size",
+            "0",
+            *common,
+        ],
+    )
+    assert res.exit_code == 2 and "Traceback" not in res.output and "batch-size" in res.output
+    res = runner.invoke(
+        app, ["render", "--avatar", "yongen", "--audio", str(silent), "-o", str(tmp_path / "s.mp4"), *common]
+    )
+    assert res.exit_code == 0 and "quiet.wav is silent" in _text(res)

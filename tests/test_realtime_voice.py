@@ -266,3 +266,77 @@ def test_without_server_vad_the_client_finds_turns_and_asks_for_replies():
     assert "input_audio_buffer.speech_started" not in server.sent_types  # the server did no turn detection
     assert "input_audio_buffer.committed" in server.sent_types
     assert h.page_events("speech_started") and h.page_events("speech_stopped")
+
+
+def test_malformed_server_events_are_skipped_and_the_reply_goes_on(caplog):
+    """Bad base64, an audio delta without data and a message that is not JSON: each is skipped and logged,
+    the connection stays up, the rest of the reply plays, and the page gets one plain message."""
+    deltas = {"n": 0}
+
+    def mangle(event):
+        if event["type"] != "response.output_audio.delta":
+            return None
+        deltas["n"] += 1
+        if deltas["n"] == 2:
+            return {**event, "delta": "@@not base64@@"}
+        if deltas["n"] == 3:
+            return {k: v for k, v in event.items() if k != "delta"}
+        if deltas["n"] == 4:
+            return '{"type": "response.output_audio.delta", "delta": '  # cut off: not JSON
+        return None
+
+    async def main():
+        async with FakeRealtimeServer(api_key=KEY) as server:
+            server.mangle = mangle
+            h = await SessionHarness(make_session(_voice(server))).start()
+            try:
+                await h.wait_for(lambda: h.session.voice.status == "connected", what="connected")
+                await h.session.send_text("Tell me a long story please")
+                await h.wait_for(
+                    lambda: h.page_events("response_done") and not h.session.stream.speaking and h.speech(),
+                    what="the reply to finish playing",
+                )
+                return server, h
+            finally:
+                await h.stop()
+
+    with caplog.at_level(logging.WARNING, logger="workbench.realtime.voice"):
+        server, h = asyncio.run(main())
+    assert deltas["n"] > 6
+    assert server.handshakes == 1  # no reconnect: the call never dropped
+    assert h.session.voice.bad_events == 3
+    expected = _expected_audio("You said: Tell me a long story please")
+    played = np.concatenate([f.audio for f in h.speech()])
+    assert len(played) >= len(expected) - 3 * 2400 - 960  # all but the three skipped 100 ms deltas
+    errors = h.page_events("error")
+    assert len(errors) == 1 and errors[0]["code"] == "bad_server_event"
+    assert "Incorrect padding" not in errors[0]["message"] and "JSONDecodeError" not in errors[0]["message"]
+    assert sum("skipped a malformed Realtime event" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_credentials_in_a_base_url_never_reach_logs_the_page_or_the_latency_log(caplog, tmp_path):
+    from workbench.realtime.voice import redact_url
+
+    assert redact_url("wss://bob:hunter2@host/v1?api-key=abc123&model=x") == (
+        "wss://[redacted]@host/v1?api-key=[redacted]&model=x"
+    )
+
+    async def main():
+        async with FakeRealtimeServer(api_key=KEY) as server:
+            url = server.url.replace("ws://", "ws://bob:hunter2@") + "?api-key=topsecret"
+            voice = OpenAIRealtimeVoice(RealtimeConfig(base_url=url, **FAST, max_retries=0), api_key=KEY)
+            h = await SessionHarness(make_session(voice)).start()
+            try:
+                await h.wait_for(lambda: voice.status in ("connected", "failed"), what="an outcome")
+                await server.drop_all()
+                await h.wait_for(lambda: voice.status == "failed", what="the drop")
+            finally:
+                await h.stop()
+            h.session.write_latency_log(tmp_path / "log.jsonl")
+            return h
+
+    with caplog.at_level(logging.DEBUG):
+        h = asyncio.run(main())
+    seen = " ".join(str(e) for e in h.session.events) + (tmp_path / "log.jsonl").read_text() + caplog.text
+    assert "hunter2" not in seen and "topsecret" not in seen
+    assert "[redacted]@" in h.session.voice.describe()

@@ -270,3 +270,37 @@ def test_worker_failure_reaches_the_clock(avatar):
                 time.sleep(0.002)
     finally:
         stream.close()
+
+
+def test_rendering_stays_a_bounded_lead_ahead_of_the_clock(avatar):
+    """A 50 s reply pushed at once renders no more than `max_render_ahead` frames before the clock shows them:
+    memory does not grow with the reply. The features queue; every frame is still shown, in order."""
+    stream = LipSyncStream(LevelRenderer(), avatar, crossfade_frames=0, tail_frames=0, name="lead", max_render_ahead=10)
+    try:
+        stream.warm_idle()
+        audio = speech_like(50.0, seed=9)
+        stream.push_audio(audio, 24_000, item_id="long")
+        stream.end_utterance("long")
+        n_total = int(np.ceil(len(audio) / CHUNK))
+        deadline = time.monotonic() + 5.0
+        u = stream._utterances[0]
+        while time.monotonic() < deadline and u.n_conditions < n_total:
+            time.sleep(0.01)
+        time.sleep(0.2)  # an unbounded worker renders the whole reply in this time
+        assert u.n_conditions == n_total  # audio and features did queue in full
+        assert len(u.frames) <= 10, len(u.frames)
+        peak = 0
+        frames = []
+        for _ in range(20 * n_total):
+            f = stream.next_frame()
+            frames.append(f)
+            peak = max(peak, sum(len(x.frames) for x in stream._utterances))
+            if f.kind == "hold":
+                time.sleep(0.002)
+            if f.kind == "idle" and not stream.speaking and any(x.kind == "speech" for x in frames):
+                break
+    finally:
+        stream.close()
+    speech = [f for f in frames if f.kind == "speech"]
+    assert [f.utterance_frame for f in speech] == list(range(n_total))
+    assert peak <= 10

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Annotated, get_args
 
@@ -70,6 +73,34 @@ class _Bar:
         self.progress.update(self.task, completed=max(0.0, min(1.0, fraction)), msg=message)
 
 
+def _output_file(output: Path, default_name: str) -> Path:
+    """Where to write: `output`, or `default_name` inside it when it is a folder; checked before any work."""
+    output = Path(output)
+    if output.is_dir():
+        output = output / default_name
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"the folder {parent} for -o does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise PermissionError(f"cannot write {output}: permission denied")
+    return output
+
+
+@contextlib.contextmanager
+def _media_warnings():
+    """Print what the media readers warn about (a truncated file, a downscaled source) as it happens."""
+    from workbench.media import MediaWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MediaWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, MediaWarning):
+                    console.print(f"[yellow]warning:[/yellow] {w.message}")
+
+
 def _fail(exc: Exception) -> typer.Exit:
     console.print(f"[red]error:[/red] {exc}")
     return typer.Exit(code=2)
@@ -94,8 +125,11 @@ def prepare(
         str, typer.Option(help="dlib (offline default) or dwpose (MuseTalk's, needs weights)")
     ] = PrepParams.detector,
     mask_source: Annotated[str, typer.Option(help=", ".join(MASK_SOURCES))] = PrepParams.mask_source,
-    max_frames: Annotated[int | None, typer.Option(help="take at most this many frames")] = PrepParams.max_frames,
+    max_frames: Annotated[
+        int | None, typer.Option(min=1, help="take at most this many frames")
+    ] = PrepParams.max_frames,
     renderer: Annotated[str, typer.Option(help=", ".join(RENDERERS))] = "auto",
+    name: Annotated[str | None, typer.Option(help="a readable name (default: the file's stem)")] = None,
     models_dir: ModelsDir = None,
     cache_dir: CacheDir = None,
 ) -> None:
@@ -112,14 +146,15 @@ def prepare(
     )
     engine = _engine(_settings(models_dir, cache_dir), _choice(renderer, RendererName))
     try:
-        with _Bar("prepare") as bar:
-            avatar = engine.prepare(source, params, progress=bar)
+        with _Bar("prepare") as bar, _media_warnings():
+            avatar = engine.prepare(source, params, progress=bar, name=name)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         raise _fail(e) from e
     lo, hi = avatar.bbox_range
     n_face = int(avatar.has_face.sum())
     console.print(
-        f"avatar [bold]{avatar.avatar_id}[/bold]: {len(avatar)} frames ({n_face} with a face), "
+        f"avatar [bold]{avatar.avatar_id}[/bold] (name [bold]{avatar.extras.get('name', '')}[/bold]): "
+        f"{len(avatar)} frames ({n_face} with a face), "
         f"{avatar.frame_size[1]}x{avatar.frame_size[0]}, mask: {avatar.mask_kind}, "
         f"latents: {'yes' if avatar.latents is not None else 'no'}"
     )
@@ -130,15 +165,17 @@ def prepare(
 def render(
     audio: Annotated[Path, typer.Option("--audio", help="driving speech, any sample rate")],
     output: Annotated[Path, typer.Option("-o", "--output", help="mp4 to write")],
-    avatar: Annotated[str | None, typer.Option("--avatar", help="a cached avatar id")] = None,
+    avatar: Annotated[str | None, typer.Option("--avatar", help="a cached avatar's name or id")] = None,
     source: Annotated[Path | None, typer.Option("--source", help="or a video/photo to prepare first")] = None,
     renderer: Annotated[str, typer.Option(help=", ".join(RENDERERS))] = "auto",
-    batch_size: Annotated[int | None, typer.Option(help="frames per renderer batch")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, max=64, help="frames per renderer batch")] = None,
     decoder: Annotated[str, typer.Option(help="MuseTalk decoder: vae (the reference) or taesd (fast)")] = "vae",
     models_dir: ModelsDir = None,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Render a lip-synced 25 fps mp4 with the audio muxed in."""
+    """Render a lip-synced 25 fps mp4 with the audio muxed in. `-o` may name a folder."""
+    from workbench.media import SILENCE_DBFS, is_silent, load_audio
+
     if decoder not in ("vae", "taesd"):
         raise _fail(ValueError(f"--decoder must be vae or taesd, not {decoder!r}"))
     if (avatar is None) == (source is None):
@@ -146,10 +183,18 @@ def render(
     settings = _settings(models_dir, cache_dir, batch_size=batch_size, decoder=decoder)
     engine = _engine(settings, _choice(renderer, RendererName))
     try:
-        av = engine.load_avatar(avatar) if avatar else engine.prepare(source)
+        with _media_warnings():
+            av = engine.load_avatar(avatar) if avatar else engine.prepare(source)
+        output = _output_file(output, f"{av.extras.get('name') or av.avatar_id}_{Path(audio).stem}.mp4")
+        audio16k = load_audio(audio)
+        if is_silent(audio16k):
+            console.print(
+                f"[yellow]warning:[/yellow] {Path(audio).name} is silent (below {SILENCE_DBFS:.0f} dBFS): "
+                "the mouth stays closed"
+            )
         with _Bar(f"render ({engine.renderer.describe()})") as bar:
-            result = engine.render_file(av, audio, output, progress=bar)
-    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as e:
+            result = engine.render_file(av, audio16k, output, progress=bar)
+    except (ValueError, RuntimeError, OSError, KeyError) as e:
         raise _fail(e) from e
     fps = result.n_frames / result.seconds if result.seconds > 0 else float("inf")
     console.print(f"wrote {result.path}: {result.n_frames} frames in {result.seconds:.1f} s ({fps:.1f} frames/s)")
@@ -160,9 +205,12 @@ def avatars_list(cache_dir: CacheDir = None) -> None:
     """List cached avatars."""
     from workbench.avatars.store import AvatarCache
 
-    table = Table("id", "source", "frames", "bbox range", "params", "MB")
+    # The name first: it is short, never cut off, and accepted wherever an id is.
+    table = Table("name", "id", "source", "frames", "bbox range", "params", "MB")
+    table.columns[0].no_wrap = True
     for info in AvatarCache(_settings(cache_dir=cache_dir).cache_dir).list():
         table.add_row(
+            info.name,
             info.avatar_id,
             info.source,
             str(info.n_frames),
@@ -174,7 +222,9 @@ def avatars_list(cache_dir: CacheDir = None) -> None:
 
 
 @avatars_app.command("delete")
-def avatars_delete(avatar_id: str, cache_dir: CacheDir = None) -> None:
+def avatars_delete(
+    avatar_id: Annotated[str, typer.Argument(help="the avatar's name or id")], cache_dir: CacheDir = None
+) -> None:
     """Delete a cached avatar."""
     from workbench.avatars.store import AvatarCache
 

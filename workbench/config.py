@@ -101,3 +101,16 @@ class Settings(BaseSettings):
     realtime_voice: str = "marin"
     # ICE servers for WebRTC as JSON (a Space needs a TURN server; localhost needs none)
     ice_servers_json: str = "[]"
+    # Realtime calls: how many at once (each holds a lip-sync stream, a voice session and its frames),
+    # how long an offer may take to connect, and how long a call may sit idle or last at all.
+    max_sessions: int = Field(default=4, ge=1, le=64, description="concurrent realtime calls")
+    session_connect_timeout_s: float = Field(default=10.0, gt=0, le=120, description="offer → connected")
+    session_idle_timeout_s: float = Field(
+        default=300.0, gt=0, description="no speech or text for this long ends a call"
+    )
+    session_max_s: float = Field(default=1800.0, gt=0, description="longest call")
+    latency_logs_keep: int = Field(default=200, ge=0, description="newest realtime latency logs kept in runs/realtime")
+    # Sources larger than this are downscaled before preparation (pixels of the longer side); preparation
+    # that would need more memory than `prepare_memory_gb` is refused with the numbers.
+    max_source_side: int = Field(default=1920, ge=256, le=8192)
+    prepare_memory_gb: float = Field(default=8.0, gt=0)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,11 +132,23 @@ class Engine:
     def _vae_encoder(self):
         return getattr(self.renderer, "encode_crops", None)
 
-    def prepare(self, source: str | Path, params: PrepParams | None = None, progress: Progress | None = None) -> Avatar:
-        """Prepare an avatar from a video, photo or frames folder, or reuse its cached copy."""
+    def prepare(
+        self,
+        source: str | Path,
+        params: PrepParams | None = None,
+        progress: Progress | None = None,
+        *,
+        owner: str | None = None,
+        name: str | None = None,
+        save: bool = True,
+    ) -> Avatar:
+        """Prepare an avatar from a video, photo or frames folder, or reuse its cached copy.
+
+        `owner` (who may delete it) and `name` are recorded when it is created; `save=False` leaves the cache
+        as it was (previews)."""
         params = params or PrepParams()
         self._load_for_prepare(params)  # models load outside the GPU call (ZeroGPU: workbench.zerogpu)
-        return self._prepare_on_gpu(Path(source), params, progress)
+        return self._prepare_on_gpu(Path(source), params, progress, owner=owner, name=name, save=save)
 
     def _load_for_prepare(self, params: PrepParams) -> None:
         self.detector(params.detector)
@@ -143,10 +156,19 @@ class Engine:
         self._vae_encoder()
 
     @gpu(duration=PREPARE_GPU_S)
-    def _prepare_on_gpu(self, source: Path, params: PrepParams, progress: Progress | None) -> Avatar:
-        return self._prepare_loaded(source, params, progress)
+    def _prepare_on_gpu(self, source: Path, params: PrepParams, progress: Progress | None, **record: Any) -> Avatar:
+        return self._prepare_loaded(source, params, progress, **record)
 
-    def _prepare_loaded(self, source: Path, params: PrepParams, progress: Progress | None) -> Avatar:
+    def _prepare_loaded(
+        self,
+        source: Path,
+        params: PrepParams,
+        progress: Progress | None,
+        *,
+        owner: str | None = None,
+        name: str | None = None,
+        save: bool = True,
+    ) -> Avatar:
         return prepare_avatar(
             source,
             params,
@@ -155,6 +177,11 @@ class Engine:
             face_parser=self.face_parser(params),
             progress=progress,
             store=self.cache,
+            owner=owner,
+            name=name,
+            save=save,
+            max_side=self.settings.max_source_side,
+            memory_limit_bytes=int(self.settings.prepare_memory_gb * 2**30),
         )
 
     def load_avatar(self, avatar_id: str) -> Avatar:
@@ -255,7 +282,7 @@ class Engine:
         for k, params in enumerate(params_list):
             if progress:
                 progress(k / len(params_list), f"bbox_shift={params.bbox_shift}")
-            avatar = self._prepare_loaded(Path(source), params, None)
+            avatar = self._prepare_loaded(Path(source), params, None, save=False)  # previews add no avatar
             loop = RenderLoop(self.renderer, avatar, lock=self.render_lock)
             if conditions is None:  # the same audio conditions for every cell of the grid
                 conditions = loop.conditions(audio16k, flush=True)

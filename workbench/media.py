@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,37 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".m4v", ".mpg", ".mpeg"})
 SILENCE_DBFS = -50.0  # RMS below this is "silent": no speech for a lip-sync model to follow
+# A container that says it holds N frames but decodes fewer than this share of them is reported as truncated.
+TRUNCATED_SHARE = 0.9
+
+
+class MediaWarning(UserWarning):
+    """Something the user should hear about that does not stop the work (truncated file, downscaled source)."""
+
+
+def working_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled so the longer side is at most `max_side` pixels (even sizes; never upscaled)."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def _note_downscale(name: str, w: int, h: int, size: tuple[int, int]) -> None:
+    if size != (w, h):
+        warnings.warn(
+            MediaWarning(
+                f"{name} is {w}x{h}; it is prepared at {size[0]}x{size[1]} (longer side limited to "
+                f"{max(size)} px, WORKBENCH_MAX_SOURCE_SIDE)"
+            ),
+            stacklevel=3,
+        )
+
+
+def _fit(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (img.shape[1], img.shape[0]) == size:
+        return img
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
 class MediaError(ValueError):
@@ -187,16 +219,18 @@ def check_upload(path: str | Path, max_mb: float, max_seconds: float | None = No
 
 
 # --- reading frames -----------------------------------------------------------------------
-def read_image(path: str | Path) -> np.ndarray:
-    """One photo as a (1, H, W, 3) uint8 BGR stack."""
+def read_image(path: str | Path, max_side: int | None = None) -> np.ndarray:
+    """One photo as a (1, H, W, 3) uint8 BGR stack, its longer side at most `max_side`."""
     p = _existing(path)
     img = cv2.imread(str(p), cv2.IMREAD_COLOR)
     if img is None:
         raise MediaError(f"{p.name} is not a readable image")
-    return img[None]
+    size = working_size(img.shape[1], img.shape[0], max_side)
+    _note_downscale(p.name, img.shape[1], img.shape[0], size)
+    return _fit(img, size)[None]
 
 
-def read_frames_folder(folder: str | Path, max_frames: int | None = None) -> np.ndarray:
+def read_frames_folder(folder: str | Path, max_frames: int | None = None, max_side: int | None = None) -> np.ndarray:
     """A folder of frames (natural order) as (N, H, W, 3) uint8 BGR; every frame must have the same size."""
     files = frame_files(folder)
     if not files:
@@ -214,7 +248,9 @@ def read_frames_folder(folder: str | Path, max_frames: int | None = None) -> np.
                 f"{frames[0].shape[1]}x{frames[0].shape[0]}; every frame must have the same size"
             )
         frames.append(img)
-    return np.stack(frames)
+    size = working_size(frames[0].shape[1], frames[0].shape[0], max_side)
+    _note_downscale(Path(folder).name, frames[0].shape[1], frames[0].shape[0], size)
+    return np.stack([_fit(f, size) for f in frames])
 
 
 class _FrameStack:
@@ -237,16 +273,24 @@ class _FrameStack:
         return self.data[: self.n].copy() if self.n < 0.9 * len(self.data) else self.data[: self.n]
 
 
-def _read_ffmpeg(path: Path, fps: float, first: np.ndarray, expected: int, max_frames: int | None) -> np.ndarray:
+def _read_ffmpeg(
+    path: Path,
+    fps: float,
+    first: np.ndarray,
+    expected: int,
+    max_frames: int | None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Decode at a constant `fps` by timestamp, as syncnet_python's `ffmpeg -i in -r 25 video.avi` does.
 
     `-vsync cfr` with an output rate puts every output frame k at k / fps seconds from the file's start and fills
     it with the source frame showing at that moment: frames are duplicated into timestamp gaps (a dropped frame, a
     phone's variable frame rate, a video stream that starts after the audio) and dropped where frames come closer
     than 1 / fps. Reading frames in container order instead would let the video drift against the audio by every
-    gap. The size is forced to what OpenCV decoded so rotation agrees.
+    gap. The size is forced to what OpenCV decoded (so rotation agrees), or to `size`, the working size: a
+    downscaled source is never held at full size.
     """
-    height, width = first.shape[:2]
+    width, height = size or (first.shape[1], first.shape[0])
     cmd = [
         _ffmpeg(),
         "-v",
@@ -270,7 +314,7 @@ def _read_ffmpeg(path: Path, fps: float, first: np.ndarray, expected: int, max_f
     if max_frames is not None:
         cmd += ["-frames:v", str(max_frames)]
     cmd.append("pipe:1")
-    stack = _FrameStack(expected, first.shape)
+    stack = _FrameStack(expected, (height, width, 3))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
         try:
@@ -291,12 +335,16 @@ def _read_ffmpeg(path: Path, fps: float, first: np.ndarray, expected: int, max_f
     return stack.result()
 
 
-def read_video(path: str | Path, max_frames: int | None = None, fps: float = FPS) -> tuple[np.ndarray, float]:
+def read_video(
+    path: str | Path, max_frames: int | None = None, fps: float = FPS, max_side: int | None = None
+) -> tuple[np.ndarray, float]:
     """A video as ((N, H, W, 3) uint8 BGR, fps): frame k is what the source shows at k / fps seconds.
 
     Always decoded through ffmpeg at a constant rate by timestamp (see `_read_ffmpeg`), also when the container
     claims `fps` already: a 25 fps file with a skipped timestamp or a variable-rate phone clip would otherwise be
-    read frame by frame and drift against its audio."""
+    read frame by frame and drift against its audio. Downscaled while decoding so the longer side is at most
+    `max_side`. A file that decodes to fewer frames than its container announces gets a `MediaWarning` (a
+    truncated download or copy)."""
     p = _existing(path)
     if p.stat().st_size == 0:
         raise MediaError(f"{p.name} is empty (0 bytes)")
@@ -309,24 +357,76 @@ def read_video(path: str | Path, max_frames: int | None = None, fps: float = FPS
     if not ok or first is None:
         raise MediaError(f"{p.name} is not a readable video (no frame could be decoded)")
     expected = int(count * fps / src_fps) + 2 if (count > 0 and src_fps) else 250
+    announced = int(count * fps / src_fps) if (count > 0 and src_fps) else None
     if max_frames is not None:
         expected = min(expected, max_frames)
+    size = working_size(first.shape[1], first.shape[0], max_side)
+    _note_downscale(p.name, first.shape[1], first.shape[0], size)
     if not src_fps or abs(src_fps - fps) > 0.01:
         log.info("resampling %s from %.3f to %g fps", p.name, src_fps, fps)
-    frames = _read_ffmpeg(p, fps, first, expected, max_frames)
+    frames = _read_ffmpeg(p, fps, first, expected, max_frames, size)
     if len(frames) == 0:
         raise MediaError(f"{p.name} has no decodable frames")
+    if announced:
+        wanted = min(announced, max_frames) if max_frames is not None else announced
+        if len(frames) < TRUNCATED_SHARE * wanted - 1:
+            warnings.warn(
+                MediaWarning(
+                    f"{p.name} announces {announced} frames but only {len(frames)} could be decoded (the file looks "
+                    f"truncated); only those {len(frames)} are used"
+                ),
+                stacklevel=2,
+            )
     return frames, float(fps)
 
 
-def read_frames(source: str | Path, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """Any preparation source (video, photo, frames folder) as ((N, H, W, 3) uint8 BGR, fps)."""
+def read_frames(
+    source: str | Path, max_frames: int | None = None, max_side: int | None = None
+) -> tuple[np.ndarray, float]:
+    """Any preparation source (video, photo, frames folder) as ((N, H, W, 3) uint8 BGR, fps), its longer side
+    at most `max_side` pixels."""
     kind = kind_of(source)
     if kind == "video":
-        return read_video(source, max_frames)
+        return read_video(source, max_frames, max_side=max_side)
     if kind == "image":
-        return read_image(source), float(FPS)
-    return read_frames_folder(source, max_frames), float(FPS)
+        return read_image(source, max_side), float(FPS)
+    return read_frames_folder(source, max_frames, max_side), float(FPS)
+
+
+def estimate_prepare_bytes(source: str | Path, max_frames: int | None = None, max_side: int | None = None) -> dict:
+    """What preparing `source` would hold in memory, from its header alone (nothing is decoded).
+
+    The decoded frames at working size dominate (kept for the whole preparation and saved); per frame the
+    preparation adds a 256x256 crop, its mask and latents (under 1 MB); decoding briefly holds one more frame.
+    """
+    from workbench.config import CROP_SIZE
+
+    kind = kind_of(source)
+    if kind == "image":
+        info = probe(source)
+        n = 1
+    elif kind == "video":
+        info = probe(source)
+        n = int(round((info.duration or 0.0) * FPS)) or 1
+    else:
+        files = frame_files(source)
+        first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR) if files else None
+        if first is None:
+            raise MediaError(f"no readable image files in folder {source}")
+        info = MediaInfo(Path(source), 0, None, None, first.shape[1], first.shape[0], True, False)
+        n = len(files)
+    if max_frames is not None:
+        n = min(n, max_frames)
+    w0, h0 = info.width or 0, info.height or 0
+    w, h = working_size(w0, h0, max_side)
+    per_frame = w * h * 3 + CROP_SIZE * CROP_SIZE * (3 + 1 + 3) + 4 * 32 * 32 * 4
+    return {
+        "frames": n,
+        "width": w,
+        "height": h,
+        "downscaled": (w, h) != (w0, h0),
+        "bytes": n * per_frame + 2 * w0 * h0 * 3,  # + a full-size frame being decoded and one being scaled
+    }
 
 
 # --- audio --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from workbench.avatars.store import AvatarCache
 from workbench.config import CROP_SIZE, FPS, LATENT_SIZE, N_LANDMARKS
 from workbench.faces.boxes import bbox_range, face_box
 from workbench.faces.landmarks import LandmarkDetector
-from workbench.media import read_frames, source_digest
+from workbench.media import estimate_prepare_bytes, read_frames, source_digest
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,11 @@ def source_name(source: str | Path | np.ndarray) -> str:
     return "array" if isinstance(source, np.ndarray) else Path(source).name
 
 
-def load_source(source: str | Path | np.ndarray, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """Frames (N, H, W, 3) uint8 BGR and fps of a video, photo, frames folder or an array of frames."""
+def load_source(
+    source: str | Path | np.ndarray, max_frames: int | None = None, max_side: int | None = None
+) -> tuple[np.ndarray, float]:
+    """Frames (N, H, W, 3) uint8 BGR and fps of a video, photo, frames folder or an array of frames; files
+    are downscaled while decoding so their longer side is at most `max_side` pixels."""
     if isinstance(source, np.ndarray):
         frames = source[None] if source.ndim == 3 else source
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -63,7 +66,7 @@ def load_source(source: str | Path | np.ndarray, max_frames: int | None = None) 
         if max_frames is not None:
             frames = frames[:max_frames]
         return np.ascontiguousarray(frames), float(FPS)
-    return read_frames(source, max_frames)
+    return read_frames(source, max_frames, max_side)
 
 
 def detect_faces(frames: np.ndarray, detector: LandmarkDetector, progress: Progress | None = None) -> Detections:
@@ -226,6 +229,18 @@ def build_avatar(
     )
 
 
+def check_memory(source: str | Path, est: dict, limit_bytes: int) -> dict:
+    """Refuse, with the numbers, a preparation whose estimate (`estimate_prepare_bytes`) is over `limit_bytes`."""
+    if est["bytes"] > limit_bytes:
+        fits = max(1, int(limit_bytes / max(1, est["bytes"] / max(1, est["frames"]))))
+        raise PreparationError(
+            f"preparing {Path(source).name} would need about {est['bytes'] / 2**30:.1f} GB of memory "
+            f"({est['frames']} frames of {est['width']}x{est['height']}); the limit is {limit_bytes / 2**30:.1f} GB "
+            f"(WORKBENCH_PREPARE_MEMORY_GB). Take at most about {fits} frames (max_frames) or a shorter or smaller clip."
+        )
+    return est
+
+
 def prepare_avatar(
     source: str | Path | np.ndarray,
     params: PrepParams,
@@ -237,6 +252,11 @@ def prepare_avatar(
     *,
     store: AvatarCache | None = None,
     vae_batch_size: int = 8,
+    owner: str | None = None,
+    name: str | None = None,
+    save: bool = True,
+    max_side: int | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> Avatar:
     """Prepare an avatar from a video, a photo, a folder of frames or an (N, H, W, 3) array.
 
@@ -244,42 +264,59 @@ def prepare_avatar(
     and models is loaded instead, the source's detections are reused when only `params` changed, and the
     result is saved. Pass `detections` from an earlier run on the same source and detector to skip detection.
     Raises NoFaceError when no frame has a face, MediaError for unreadable media.
+
+    A file whose longer side is over `max_side` is downscaled while decoding (the avatar's and detections' keys
+    then name the working size); one whose estimated memory is over `memory_limit_bytes` is refused before it is
+    decoded. `owner` and `name` (default: the file's stem, made unique in the store) are recorded when the avatar
+    is created here: a cache hit stays whoever made it. `save=False` (previews) leaves the store without a new
+    avatar (detections are still kept).
     """
     t0 = time.perf_counter()
     report = progress or (lambda f, m: None)
     digest = store.digest(source) if store is not None else source_digest(source)
-    avatar_id = avatar_id_for(digest, params, detector, vae_encoder, face_parser)
+    keyed = digest
+    est = None
+    if not isinstance(source, np.ndarray) and (max_side or memory_limit_bytes):
+        est = estimate_prepare_bytes(source, params.max_frames, max_side)
+        if est["downscaled"]:
+            keyed = hashlib.sha256(f"{digest}|{est['width']}x{est['height']}".encode()).hexdigest()
+    avatar_id = avatar_id_for(keyed, params, detector, vae_encoder, face_parser)
     if store is not None and store.has(avatar_id):
         report(1.0, "loaded from cache")
         return store.load(avatar_id)
+    if memory_limit_bytes is not None and est is not None:
+        check_memory(source, est, memory_limit_bytes)
     report(0.0, "reading frames")
-    frames, fps = load_source(source, params.max_frames)
-    name = source_name(source)
+    frames, fps = load_source(source, params.max_frames, max_side)
+    source_label = source_name(source)
     if detections is None and store is not None:
-        key = store.detection_key(digest, detector, params.max_frames)
+        key = store.detection_key(keyed, detector, params.max_frames)
         cached = store.load_detections(key)
         if cached is not None and len(cached) == len(frames):
             detections = cached
     if detections is None:
         detections = detect_faces(frames, detector, _scaled(progress, 0.02, DETECT_SHARE))
         if store is not None:
-            store.save_detections(store.detection_key(digest, detector, params.max_frames), detections, name)
+            store.save_detections(store.detection_key(keyed, detector, params.max_frames), detections, source_label)
     avatar = build_avatar(
         frames,
         fps,
         detections,
         params,
         avatar_id=avatar_id,
-        source=name,
+        source=source_label,
         vae_encoder=vae_encoder,
         face_parser=face_parser,
         progress=_scaled(progress, DETECT_SHARE, 0.97),
         vae_batch_size=vae_batch_size,
     )
     avatar.extras["source_digest"] = digest
+    avatar.extras["owner"] = owner
+    wanted = name or (Path(source).stem if isinstance(source, str | Path) else "avatar")
+    avatar.extras["name"] = store.unique_name(wanted, avatar_id) if store is not None else wanted
     avatar.extras["prepare_seconds"] = time.perf_counter() - t0
     avatar.extras["detect_seconds"] = detections.seconds
-    if store is not None:
+    if store is not None and save:
         report(0.97, "saving")
         store.save(avatar)
         # Show the frames as stored (JPEG-packed, decoded on access): a fresh avatar then renders exactly as it

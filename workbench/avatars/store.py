@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +43,13 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: frames as a JPEG pack (frames.py); 1: frames.npy
 _ARRAYS = ("boxes", "landmarks", "has_face", "crops", "masks")  # besides the frames
 _ID_RE = re.compile(r"^[0-9a-f][0-9a-f-]{7,80}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+# Temporary folders (`atomic_dir`'s `.<id>.<rand>.tmp`, a delete's `.<id>.deleted-<pid>`, a replace's
+# `.<id>.old-<pid>`) untouched for this long were left by a killed process: a save that is still running
+# writes into its folder all the time, and no save takes this long.
+STALE_TEMP_S = 15 * 60
+_TEMP_RE = re.compile(r"^\..+\.(tmp|deleted-\d+|old-\d+)$")
 
 
 class CacheError(RuntimeError):
@@ -71,6 +79,8 @@ class AvatarInfo:
     fps: float
     frame_size: tuple[int, int]  # (height, width)
     source_digest: str | None = None  # content hash of the source it was prepared from
+    name: str = ""  # readable and unique in the cache (default: the source file's stem); accepted as an id
+    owner: str | None = None  # who prepared it (the app's browser session); None: from the CLI or older
 
     @property
     def id(self) -> str:
@@ -89,6 +99,31 @@ class AvatarCache:
         self.max_bytes = max_bytes  # None: no limit
         self._digests: dict[tuple, str] = {}
         self._pinned: set[str] = set()
+        self.swept = self.sweep_temp()
+
+    def sweep_temp(self, older_than_s: float = STALE_TEMP_S) -> list[str]:
+        """Remove temporary folders a killed save or delete left behind; returns their names."""
+        removed = []
+        now = time.time()
+        for parent in (self.avatars_dir, self.detections_dir):
+            try:
+                entries = [d for d in parent.iterdir() if _TEMP_RE.match(d.name)]
+            except OSError:
+                continue
+            for d in entries:
+                try:
+                    newest = max([d.stat().st_mtime] + [f.stat().st_mtime for f in d.rglob("*")])
+                except OSError:
+                    continue  # went away meanwhile
+                if now - newest < older_than_s:
+                    continue  # perhaps another process is writing it right now
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    d.unlink(missing_ok=True)
+                log.info("removed a stale temporary cache folder %s", d)
+                removed.append(d.name)
+        return removed
 
     def pin_sources(self, digests) -> None:
         """Source digests whose avatars eviction never deletes (the examples every visitor sees)."""
@@ -107,9 +142,31 @@ class AvatarCache:
         return self._digests[stamp]
 
     def _avatar_path(self, avatar_id: str) -> Path:
+        if isinstance(avatar_id, str) and not _ID_RE.match(avatar_id) and _NAME_RE.match(avatar_id):
+            avatar_id = self.resolve(avatar_id)
         if not isinstance(avatar_id, str) or not _ID_RE.match(avatar_id):
-            raise AvatarNotFoundError(f"{avatar_id!r} is not an avatar id")
+            raise AvatarNotFoundError(f"{avatar_id!r} is not an avatar id or name")
         return self.avatars_dir / avatar_id
+
+    def resolve(self, name_or_id: str) -> str:
+        """The id of the avatar called `name_or_id` (its readable name or its id)."""
+        if isinstance(name_or_id, str) and _ID_RE.match(name_or_id) and (self.avatars_dir / name_or_id).is_dir():
+            return name_or_id
+        for info in self.list():
+            if info.name == name_or_id:
+                return info.avatar_id
+        raise AvatarNotFoundError(f"no prepared avatar named {name_or_id!r} in {self.avatars_dir}")
+
+    def unique_name(self, wanted: str, avatar_id: str | None = None) -> str:
+        """`wanted` made a valid name no other avatar has (yongen, yongen-2, …)."""
+        base = _NAME_CHARS.sub("_", wanted).strip("._-")[:56] or "avatar"
+        if not base[0].isalnum():
+            base = f"a{base}"
+        taken = {i.name for i in self.list() if i.avatar_id != avatar_id}
+        name, k = base, 2
+        while name in taken or _ID_RE.match(name):  # a name that looks like an id would shadow one
+            name, k = f"{base}-{k}", k + 1
+        return name
 
     @staticmethod
     def detection_key(digest: str, detector: LandmarkDetector | str, max_frames: int | None) -> str:
@@ -155,7 +212,12 @@ class AvatarCache:
 
     # --- avatars --------------------------------------------------------------------------------
     def has(self, avatar_id: str) -> bool:
-        return (self._avatar_path(avatar_id) / "meta.json").is_file()
+        try:
+            return (self._avatar_path(avatar_id) / "meta.json").is_file()
+        except AvatarNotFoundError:
+            if isinstance(avatar_id, str) and _NAME_RE.match(avatar_id):
+                return False  # a well-formed name nobody has
+            raise
 
     def _shared_frames(self, avatar: Avatar) -> Path | None:
         """The folder of an existing avatar of the same source and frame cap whose packed frames can be
@@ -282,6 +344,8 @@ class AvatarCache:
                 fps=float(meta["fps"]),
                 frame_size=tuple(meta["frame_size"]),
                 source_digest=meta.get("extras", {}).get("source_digest"),
+                name=str(meta.get("extras", {}).get("name") or meta["avatar_id"]),
+                owner=meta.get("extras", {}).get("owner"),
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("skipping unreadable cache entry %s: %s", d, e)

@@ -48,6 +48,9 @@ FRAME_SECONDS = 1.0 / FPS
 SAMPLES_24K_PER_FRAME = REALTIME_SAMPLE_RATE // FPS  # 960: the audio played while one frame shows
 SAMPLES_16K_PER_FRAME = SAMPLE_RATE // FPS  # 640: the audio one frame is conditioned on
 MIN_INPUT_RATE, MAX_INPUT_RATE = 8_000, 96_000
+# Speech frames rendered ahead of the playhead, at most: 1.5 s at 25 fps, several batches of slack for a
+# renderer that is briefly slow, and a few hundred MB at most for a 1080p avatar.
+DEFAULT_RENDER_AHEAD_FRAMES = 36
 
 FrameKind = Literal["idle", "speech", "hold"]
 
@@ -268,6 +271,7 @@ class LipSyncStream:
         tail_frames: int = 3,
         lead_frames: int | None = None,
         idle_prefetch: int = 8,
+        max_render_ahead: int | None = None,
         render_lock: AbstractContextManager[Any] | None = None,
         batcher: Any = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -284,6 +288,13 @@ class LipSyncStream:
         self._fixed_lead = lead_frames
         self._lead_ema: float | None = None  # seconds from first audio to first frame ready
         self.idle_prefetch = max(1, int(idle_prefetch))
+        # Rendered speech frames are full pictures (MBs each); without a bound a reply that arrives faster
+        # than real time (the Realtime API sends audio at several times real time) would be rendered in
+        # full and kept until the clock shows it, so memory would grow with the length of the reply.
+        # Audio and features are small and queue freely; frames stop this many ahead of the playhead.
+        self.max_render_ahead = max(
+            self.batch_size, int(max_render_ahead if max_render_ahead is not None else DEFAULT_RENDER_AHEAD_FRAMES)
+        )
         self.render_lock = render_lock or threading.Lock()
         self.batcher = batcher  # a RenderBatcher: renders go to its worker instead of under render_lock
         self.clock = clock
@@ -567,12 +578,14 @@ class LipSyncStream:
 
     def _next_job(self) -> Callable[[], None] | None:
         # Speech first, oldest utterance first: features, then frames; idle prefetch only when free.
+        # Frames rendered and not yet shown, over every queued utterance: the bound on rendering ahead.
+        room = self.max_render_ahead - sum(len(u.frames) for u in self._utterances)
         for u in self._utterances:
-            if u.conditions:
+            if u.conditions and room > 0:
                 # Batches grow with the frames already rendered ahead of the playhead (1, 2, 4, …):
                 # the first frame is not kept waiting for a full batch, later ones get throughput.
                 ahead = len(u.frames)
-                n = min(self.batch_size, len(u.conditions), max(1, ahead))
+                n = min(self.batch_size, len(u.conditions), max(1, ahead), room)
                 take = [u.conditions.popleft() for _ in range(n)]
                 return lambda u=u, take=take: self._render_speech(u, take)
             if u.pending or (u.ended and not u.flushed):

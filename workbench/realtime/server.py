@@ -14,6 +14,12 @@ Routes (prefix `/rtc`): `GET /config`, `POST /offer`, `POST /session/{id}/text`,
 `POST /session/{id}/interrupt`, `GET /session/{id}/events`, `GET /session/{id}/stats`,
 `POST /session/{id}/latency`, `DELETE /session/{id}`, `GET /chat` and `/static/*`.
 
+Limits (settings, see `workbench.config`): at most `max_sessions` calls; when all are taken an offer gets a
+503 with its place in a first-come-first-served line (`Busy`), kept while the page retries; one live call per
+browser session (a grant's holder): a new call replaces the old one; a call that does not connect within
+`session_connect_timeout_s`, sits idle for `session_idle_timeout_s` or runs past `session_max_s` is ended.
+Bodies are capped before they are parsed (413) and JSON nesting is bounded (400), see `read_json`.
+
 Why aiortc and not fastrtc: fastrtc 0.0.34 pins gradio<6 (pip otherwise resolves it to an empty
 0.0.1), its Gradio component does not load on Gradio 6, it only sends video after the browser sends
 a video track, and it serves one session at a time by default. With aiortc the outgoing tracks, the
@@ -38,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -49,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
@@ -67,9 +74,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
-SESSION_CONNECT_TIMEOUT_S = 60.0
 GRANT_TTL_S = 12 * 3600.0  # a chat tab left open for a working day still connects
 MAX_GRANTS = 4096  # every avatar choice in the app makes one; the oldest go first
+# Request bodies are read up to these sizes and refused (413) beyond them, before any parsing:
+# an offer is an SDP (at most 200,000 characters, see OfferRequest) plus a few settings.
+OFFER_BODY_LIMIT = 256 * 1024  # bytes
+TEXT_BODY_LIMIT = 16 * 1024  # bytes; a typed message is at most 4,000 characters
+MAX_JSON_DEPTH = 16  # our bodies nest 3 deep; deeper JSON is refused before the parser recurses into it
+QUEUE_KEEP_S = 15.0  # a place in the waiting line is kept this long after the caller's last try
+RETRY_AFTER_S = 3  # what a busy answer tells the page to wait before trying again
+WATCH_PERIOD_S = 1.0  # how often a call's idle and length limits are checked
 
 
 class RealtimeSetupError(ValueError):
@@ -79,11 +93,93 @@ class RealtimeSetupError(ValueError):
 GRANT_REFUSED = "this chat link is unknown or has expired: choose the avatar again in the workbench's Realtime chat tab"
 
 
+class BodyError(Exception):
+    """A request body refused before or while parsing it: too large (413) or not acceptable JSON (400/422)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Busy(Exception):
+    """Every call slot is taken: the caller waits in line (`ahead` callers before it) and tries again."""
+
+    def __init__(self, max_sessions: int, ahead: int, ticket: str):
+        self.ahead = ahead
+        self.ticket = ticket
+        who = "nobody" if ahead == 0 else f"{ahead} caller{'s' if ahead != 1 else ''}"
+        super().__init__(
+            f"all {max_sessions} realtime calls are busy; {who} ahead of you. "
+            f"Your place is kept while the page keeps trying (every {RETRY_AFTER_S} s)."
+        )
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(self), "queue_position": self.ahead, "ticket": self.ticket, "retry_after_s": RETRY_AFTER_S},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(text: str) -> int:
+    """How deep arrays and objects nest in `text` (brackets inside strings do not count); no recursion."""
+    depth = deepest = 0
+    for ch in _NOT_BRACKET.sub("", _JSON_STRING.sub('""', text)):
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+async def read_json(request: Request, limit: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The request's JSON body, read at most `limit` bytes far: a larger body is refused (413) before it is
+    parsed or held in full, and JSON nested deeper than `max_depth` is refused (400) before the parser runs."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyError(413, f"request body too large ({int(declared)} bytes; the limit is {limit})")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyError(413, f"request body too large (over {limit} bytes)")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError(400, "the request body is not UTF-8 JSON") from None
+    if json_depth(text) > max_depth:
+        raise BodyError(400, f"the JSON body nests deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise BodyError(400, "the request body is not valid JSON") from None
+
+
+def parse_body(model: type[BaseModel], data: Any) -> Any:
+    """Validate without echoing the input back (FastAPI's 422 would, API key included)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_input=False)]
+        raise HTTPException(422, detail) from None
+
+
+def body_error_response(exc: BodyError) -> JSONResponse:
+    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+
 class OfferRequest(BaseModel):
     sdp: str = Field(max_length=200_000)
     type: Literal["offer"] = "offer"
     avatar_id: str | None = Field(default=None, max_length=200)  # only with open_avatars
     grant: str | None = Field(default=None, max_length=100)  # a token from RealtimeManager.grant
+    ticket: str | None = Field(default=None, max_length=100)  # a place in the waiting line, from a busy answer
     mode: Literal["echo", "faq", "openai"] = "echo"
     api_key: SecretStr | None = None  # the user's own key; held by the session, never echoed
     realtime: RealtimeConfig | None = None
@@ -132,7 +228,7 @@ class RealtimeManager:
         engine: Any,
         settings: Settings | None = None,
         *,
-        max_sessions: int = 4,
+        max_sessions: int | None = None,
         max_video_height: int | None = 720,
         batch_size: int | None = None,
         latency_dir: Path | None = None,
@@ -143,7 +239,11 @@ class RealtimeManager:
     ):
         self.engine = engine
         self.settings = settings or engine.settings
-        self.max_sessions = max_sessions
+        self.max_sessions = int(max_sessions or self.settings.max_sessions)
+        self.connect_timeout_s = float(self.settings.session_connect_timeout_s)
+        self.idle_timeout_s = float(self.settings.session_idle_timeout_s)
+        self.max_call_s = float(self.settings.session_max_s)
+        self.latency_logs_keep = int(self.settings.latency_logs_keep)
         self.max_video_height = max_video_height
         self.batch_size = batch_size or int(getattr(self.settings, "batch_size", 8))
         self.latency_dir = latency_dir or Path(self.settings.runs_dir) / "realtime"
@@ -155,11 +255,16 @@ class RealtimeManager:
         self.open_avatars = open_avatars
         self.grant_ttl_s = grant_ttl_s
         self.max_grants = max_grants
-        # token -> (avatar id, expiry on the monotonic clock); oldest first. Granted from Gradio's worker
-        # threads, read on the event loop: hence a thread lock.
-        self._grants: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # token -> (avatar id, holder, expiry on the monotonic clock); oldest first. Granted from Gradio's
+        # worker threads, read on the event loop: hence a thread lock.
+        self._grants: OrderedDict[str, tuple[str, str | None, float]] = OrderedDict()
         self._grants_lock = threading.Lock()
         self.sessions: dict[str, ChatSession] = {}
+        # One live call per holder (a browser session of the app, or a waiting-line ticket): a new call
+        # from the same holder replaces its old one instead of taking a second slot.
+        self._holder_of: dict[str, str] = {}  # session id -> holder
+        # Callers refused for want of a slot, in arrival order: key -> when it last asked (monotonic).
+        self._waiting: OrderedDict[str, float] = OrderedDict()
         self._avatars: dict[str, Avatar] = {}
         self._reapers: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
@@ -191,32 +296,44 @@ class RealtimeManager:
         self._avatars[avatar.avatar_id] = avatar
 
     # ---- capability grants ----------------------------------------------------------------------
-    def grant(self, avatar_id: str) -> str:
-        """A token that lets the chat page open sessions on `avatar_id` (and no other) for `grant_ttl_s`.
+    def grant(self, avatar_id: str, holder: str | None = None) -> str:
+        """A token that lets the chat page open calls on `avatar_id` (and no other) for `grant_ttl_s`.
 
         The caller decides who may use the avatar (the app's per-session library); this only remembers it.
+        `holder` names who the grant is for (the app's browser session): a holder has one live call at a time.
         """
         if not avatar_id:
             raise ValueError("grant needs an avatar id")
         token = secrets.token_urlsafe(24)
         now = time.monotonic()
         with self._grants_lock:
-            self._grants[token] = (avatar_id, now + self.grant_ttl_s)
+            self._grants[token] = (avatar_id, holder, now + self.grant_ttl_s)
             # Insertion order is expiry order (one TTL), so the expired and the surplus are at the front.
-            while self._grants and (len(self._grants) > self.max_grants or next(iter(self._grants.values()))[1] <= now):
+            while self._grants and (len(self._grants) > self.max_grants or next(iter(self._grants.values()))[2] <= now):
                 self._grants.popitem(last=False)
         return token
 
-    def granted_avatar(self, token: str) -> str | None:
-        """The avatar id `token` grants, or None when it is unknown or expired."""
+    def _grant_entry(self, token: str) -> tuple[str, str | None] | None:
         with self._grants_lock:
             entry = self._grants.get(token)
             if entry is None:
                 return None
-            if entry[1] <= time.monotonic():
+            if entry[2] <= time.monotonic():
                 del self._grants[token]
                 return None
-            return entry[0]
+            return entry[0], entry[1]
+
+    def granted_avatar(self, token: str) -> str | None:
+        """The avatar id `token` grants, or None when it is unknown or expired."""
+        entry = self._grant_entry(token)
+        return entry[0] if entry else None
+
+    def holder_of(self, req: OfferRequest) -> str | None:
+        """Who is calling: the browser session a grant was made for, else the caller's waiting-line ticket."""
+        entry = self._grant_entry(req.grant) if req.grant else None
+        if entry is not None and entry[1]:
+            return f"grant:{entry[1]}"
+        return f"ticket:{req.ticket}" if req.ticket else None
 
     def requested_avatar(self, req: OfferRequest) -> str | None:
         """The avatar an offer may open: its grant's, or with `open_avatars` any id (None: the first)."""
@@ -255,11 +372,41 @@ class RealtimeManager:
             raise HTTPException(400, str(exc)) from exc
 
     # ---- sessions -------------------------------------------------------------------------------
+    def _admit(self, holder: str | None) -> str | None:
+        """Take a slot for `holder` or raise `Busy` with its place in line. First come, first served: a free
+        slot goes to those waiting longest, and a caller keeps its place while it keeps trying."""
+        now = time.monotonic()
+        for key, seen in list(self._waiting.items()):
+            if now - seen > QUEUE_KEEP_S:
+                del self._waiting[key]  # gave up (tab closed): its place goes
+        free = self.max_sessions - len(self.sessions)
+        line = list(self._waiting)
+        ahead = line.index(holder) if holder in self._waiting else len(line)
+        if ahead < free:
+            self._waiting.pop(holder, None)
+            return holder
+        if holder is None:
+            holder = f"ticket:{secrets.token_urlsafe(12)}"
+        self._waiting[holder] = now
+        ahead = list(self._waiting).index(holder)
+        raise Busy(self.max_sessions, ahead, holder.split(":", 1)[1] if holder.startswith("ticket:") else "")
+
     async def open_session(self, req: OfferRequest) -> dict[str, Any]:
         async with self._lock:
-            if len(self.sessions) >= self.max_sessions:
-                raise HTTPException(503, f"all {self.max_sessions} realtime sessions are busy; try again later")
-            avatar = await self.avatar(self.requested_avatar(req))
+            requested = self.requested_avatar(req)
+            holder = self.holder_of(req)
+            previous = [sid for sid, h in self._holder_of.items() if holder is not None and h == holder]
+            replaced = False
+            for sid in previous:  # one live call per holder: a reconnect replaces the old call
+                old = self.sessions.get(sid)
+                if old is not None:
+                    log.info("realtime session %s replaced by a new call from the same browser", sid)
+                    await old.close()
+                    replaced = True
+                self._holder_of.pop(sid, None)
+            # A replacement takes over the slot it freed; anyone else waits their turn.
+            holder = holder if replaced else self._admit(holder)
+            avatar = await self.avatar(requested)
             voice = self.make_voice(req)
             sid = secrets.token_urlsafe(9)
             # The first call may load a model. ZeroGPU cannot hold a stream: the CPU renderer runs there.
@@ -285,6 +432,8 @@ class RealtimeManager:
                 on_closed=self._forget,
             )
             self.sessions[sid] = session
+            if holder is not None:
+                self._holder_of[sid] = holder
         config = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.ice_servers])
         pc = RTCPeerConnection(configuration=config)
         try:
@@ -295,7 +444,7 @@ class RealtimeManager:
             await session.close()
             raise HTTPException(400, f"cannot answer this WebRTC offer: {exc}") from exc
         await session.start()
-        reaper = asyncio.create_task(self._reap_if_never_connected(session))
+        reaper = asyncio.create_task(self._watch(session))
         self._reapers.add(reaper)  # the loop keeps only weak references to tasks
         reaper.add_done_callback(self._reapers.discard)
         log.info("realtime session %s opened (%s, avatar %s)", sid, voice.describe(), avatar.avatar_id)
@@ -308,13 +457,36 @@ class RealtimeManager:
 
     def _forget(self, session: ChatSession) -> None:
         self.sessions.pop(session.id, None)
+        self._holder_of.pop(session.id, None)
         log.info("realtime session %s closed", session.id)
+        if self.latency_dir is not None and session.connected_at is not None:
+            prune_logs(self.latency_dir, self.latency_logs_keep)
 
-    async def _reap_if_never_connected(self, session: ChatSession) -> None:
-        await asyncio.sleep(SESSION_CONNECT_TIMEOUT_S)
-        if session.connected_at is None and session.id in self.sessions:
-            log.info("realtime session %s never connected; closing it", session.id)
-            await session.close()
+    async def _watch(self, session: ChatSession) -> None:
+        """End a call that never connects, sits idle, or runs past the longest call."""
+        try:
+            while session.id in self.sessions:
+                await asyncio.sleep(WATCH_PERIOD_S)
+                reason = self.overdue(session, time.time())
+                if reason is not None:
+                    log.info("realtime session %s: %s; closing it", session.id, reason)
+                    session.notify({"type": "error", "message": f"call ended: {reason}", "code": "call_limit"})
+                    await session.close()
+                    return
+        except asyncio.CancelledError:
+            pass
+
+    def overdue(self, session: ChatSession, now: float) -> str | None:
+        """Why `session` must end now, or None."""
+        if session.connected_at is None:
+            if now - session.created > self.connect_timeout_s:
+                return f"the browser did not connect within {self.connect_timeout_s:.0f} s"
+            return None
+        if now - session.connected_at > self.max_call_s:
+            return f"calls last at most {self.max_call_s / 60:.0f} min"
+        if now - max(session.connected_at, session.last_activity) > self.idle_timeout_s:
+            return f"nothing was said for {self.idle_timeout_s / 60:.0f} min"
+        return None
 
     def get(self, sid: str) -> ChatSession:
         s = self.sessions.get(sid)
@@ -356,19 +528,27 @@ class RealtimeManager:
         async def config() -> dict[str, Any]:
             return self.public_config()
 
-        @r.post("/offer")
-        async def offer(request: Request) -> dict[str, Any]:
-            # Validated here rather than by FastAPI, whose 422 answer would echo the body, key included.
+        @r.post("/offer", response_model=None)
+        async def offer(request: Request) -> dict[str, Any] | JSONResponse:
+            # Read and validated here rather than by FastAPI: the body is capped before it is parsed, and
+            # FastAPI's 422 answer would echo the body, key included.
             try:
-                req = OfferRequest.model_validate(await request.json())
-            except ValueError as exc:
-                errors = exc.errors() if isinstance(exc, ValidationError) else [{"loc": ["body"], "msg": "not JSON"}]
-                raise HTTPException(422, [{"loc": list(e["loc"]), "msg": e["msg"]} for e in errors]) from None
-            return await self.open_session(req)
+                req = parse_body(OfferRequest, await read_json(request, OFFER_BODY_LIMIT))
+            except BodyError as exc:
+                return body_error_response(exc)
+            try:
+                return await self.open_session(req)
+            except Busy as busy:
+                return busy.response()
 
-        @r.post("/session/{sid}/text")
-        async def text(sid: str, req: TextRequest) -> dict[str, Any]:
-            await self.get(sid).send_text(req.text)
+        @r.post("/session/{sid}/text", response_model=None)
+        async def text(sid: str, request: Request) -> dict[str, Any] | JSONResponse:
+            session = self.get(sid)
+            try:
+                req = parse_body(TextRequest, await read_json(request, TEXT_BODY_LIMIT))
+            except BodyError as exc:
+                return body_error_response(exc)
+            await session.send_text(req.text)
             return {"ok": True}
 
         @r.post("/session/{sid}/interrupt")
@@ -399,6 +579,22 @@ class RealtimeManager:
             return FileResponse(STATIC_DIR / "chat.html", media_type="text/html")
 
         return r
+
+
+def prune_logs(folder: Path, keep: int, pattern: str = "*.jsonl") -> int:
+    """Delete all but the newest `keep` files matching `pattern` in `folder`; returns how many went."""
+    try:
+        files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return 0
+    removed = 0
+    for old in files[keep:]:
+        try:
+            old.unlink()
+            removed += 1
+        except OSError as exc:  # another process pruned it first, or no permission: keep going
+            log.debug("cannot remove %s: %s", old, exc)
+    return removed
 
 
 def mount_realtime(

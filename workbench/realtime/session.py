@@ -201,6 +201,7 @@ class ChatSession:
         self._closed = False
         self.created = time.time()
         self.connected_at: float | None = None
+        self.last_activity = self.created  # time.time() of the last speech, text or reply: the idle limit
         self.mic_samples = 0
         self.barge_ins = 0
         self.truncations: list[tuple[str, int]] = []
@@ -296,6 +297,8 @@ class ChatSession:
             pass
 
     async def _on_voice_event(self, ev: VoiceEvent) -> None:
+        if ev.kind in ("audio", "speech_started", "user_transcript", "transcript"):
+            self.last_activity = time.time()
         if ev.kind == "audio" and ev.audio is not None:
             try:
                 self.stream.push_audio(ev.audio, REALTIME_SAMPLE_RATE, item_id=ev.item_id)
@@ -345,6 +348,7 @@ class ChatSession:
         except (ValueError, AttributeError):
             self.notify({"type": "error", "message": "messages must be JSON objects", "code": "bad_message"})
             return
+        self.last_activity = time.time()
         if kind == "text":
             await self.send_text(str(msg.get("text", "")))
         elif kind == "interrupt":
@@ -367,6 +371,7 @@ class ChatSession:
                 }
             )
             return
+        self.last_activity = time.time()
         await self.barge_in("text")
         self.notify({"type": "user_text", "text": text})
         await self.voice.send_text(text)
@@ -401,6 +406,10 @@ class ChatSession:
 
     def _send_channel(self, message: dict[str, Any]) -> None:
         ch = self.channel
+        # A channel can still read "open" for a moment after the peer went away; sending then only leaves a
+        # failed task in aiortc's transport ("Task exception was never retrieved").
+        if self.pc is not None and self.pc.connectionState != "connected":
+            return
         if ch is not None and ch.readyState == "open":
             try:
                 ch.send(json.dumps(message, default=str))
@@ -455,7 +464,9 @@ class ChatSession:
         if self.pc is not None:
             await self.pc.close()
         try:
-            await asyncio.to_thread(self.write_latency_log)
+            # Only calls that connected have timings worth keeping; refused or abandoned offers leave nothing.
+            if self.connected_at is not None:
+                await asyncio.to_thread(self.write_latency_log)
         except OSError as exc:
             log.warning("session %s: could not write the latency log: %s", self.id, exc)
         await asyncio.to_thread(self.stream.close)  # joins the render worker: keep the loop free

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import itertools
 import logging
@@ -109,6 +110,18 @@ _AUTH_PATTERNS = [
 ]
 
 
+# Credentials inside a URL: user:password@ and secret-looking query parameters (Azure's api-key=, SAS sig=).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@")
+_URL_SECRET_QUERY = re.compile(
+    r"(?i)([?&](?:api[-_]?key|key|token|access_token|auth|sig|signature|password|secret)=)[^&#\s]+"
+)
+
+
+def redact_url(text: str) -> str:
+    """`text` with every URL's credentials replaced by [redacted] (what logs, latency logs and the page show)."""
+    return _URL_SECRET_QUERY.sub(r"\1[redacted]", _URL_USERINFO.sub(r"\1[redacted]@", text))
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites a record so no credential appears: known secrets, Authorization headers, sk- keys."""
 
@@ -135,7 +148,7 @@ class RedactingFilter(logging.Filter):
             text = text.replace(s, "[redacted]")
         text = _AUTH_PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
         text = _AUTH_PATTERNS[1].sub(lambda m: f"{m.group(1)}[redacted]", text)
-        return _AUTH_PATTERNS[2].sub("[redacted]", text)
+        return redact_url(_AUTH_PATTERNS[2].sub("[redacted]", text))
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -165,6 +178,10 @@ def redacting_logger(name: str) -> tuple[logging.Logger, RedactingFilter]:
 
 # websockets logs handshake headers at DEBUG: every Realtime connection logs through this one.
 _WS_LOGGER, _WS_REDACT = redacting_logger(f"{__name__}.ws")
+# The SDK logs the URL it connects to at DEBUG (openai 1.107): redact there too. A logger's filters see only
+# its own records, so each logger that may carry a URL gets one.
+for _name in ("openai.resources.realtime.realtime", "openai.resources.beta.realtime.realtime", "openai._base_client"):
+    redacting_logger(_name)
 
 
 # ---- the interface -----------------------------------------------------------------------------
@@ -220,8 +237,22 @@ class VoiceSession(ABC):
         return self.mode
 
 
+class BadEventError(ValueError):
+    """A server event that cannot be used (not JSON, bad base64, a field missing): skipped, not fatal."""
+
+
+BAD_EVENT_NOTICE = "the Realtime server sent a malformed event; it was skipped and the reply goes on"
+_UNPARSABLE = "workbench.unparsable"  # marks a server message that was not JSON
+BAD_EVENT_NOTICE_EVERY_S = 10.0  # the page hears of bad events at most this often; the log gets each one
+
+
 def _pcm_from_b64(data: str) -> np.ndarray:
-    raw = base64.b64decode(data)
+    if not isinstance(data, str | bytes) or not data:
+        raise BadEventError("audio event without data")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadEventError(f"audio is not valid base64 ({exc})") from None
     return np.frombuffer(raw[: len(raw) - len(raw) % 2], dtype="<i2").astype(np.int16)
 
 
@@ -359,11 +390,13 @@ class OpenAIRealtimeVoice(VoiceSession):
         self._item_transcript: dict[str, str] = {}
         self.reconnects = 0
         self.attempt = 0
+        self.bad_events = 0  # malformed server events skipped
+        self._bad_event_noticed = -float("inf")
         self._client_vad = EnergyVAD()  # used when turn_detection is "none"
         self._prefix: deque[np.ndarray] = deque()
 
     def describe(self) -> str:
-        where = self.config.base_url or "api.openai.com"
+        where = redact_url(self.config.base_url) if self.config.base_url else "api.openai.com"
         return f"openai {self.config.model} voice={self.config.voice} at {where}"
 
     def _make_client(self) -> Any:
@@ -415,8 +448,7 @@ class OpenAIRealtimeVoice(VoiceSession):
                     self._conn = conn
                     await conn.session.update(session=self.config.session_payload())
                     await self._replay(conn)
-                    async for event in conn:
-                        await self._handle(event)
+                    await self._receive(conn)
                 finally:
                     self._conn = None
                     with contextlib.suppress(Exception):  # the socket may already be gone
@@ -428,6 +460,7 @@ class OpenAIRealtimeVoice(VoiceSession):
             if self._closing:
                 break
             detail, retry, bad_key = _error_detail(error)
+            detail = redact_url(detail)  # an exception may quote the URL, credentials and all
             if self.response_active:
                 self._emit(VoiceEvent("response_done", status="failed"))
             if not retry:
@@ -472,6 +505,39 @@ class OpenAIRealtimeVoice(VoiceSession):
             )
         while self._pending_text:
             await self._send_text_now(conn, self._pending_text.popleft())
+
+    async def _receive(self, conn: Any) -> None:
+        """Read server events until the socket closes; one bad event is skipped, never the end of the call.
+
+        The SDK's own iterator is kept (it knows how the socket closes); only its parser is wrapped, per
+        connection, so that text that is not JSON becomes a marker instead of an exception out of the loop.
+        """
+        parse = conn.parse_event
+
+        def tolerant_parse(data: str | bytes) -> Any:
+            try:
+                return parse(data)
+            except (ValueError, TypeError) as exc:  # not JSON, or JSON the client cannot type
+                return {"type": _UNPARSABLE, "error": exc}
+
+        conn.parse_event = tolerant_parse
+        async for event in conn:
+            if isinstance(event, dict) and event.get("type") == _UNPARSABLE:
+                self._bad_event("unparsable", event["error"])
+                continue
+            try:
+                await self._handle(event)
+            except (BadEventError, AttributeError, TypeError, KeyError, ValueError) as exc:
+                self._bad_event(getattr(event, "type", None) or "untyped", exc)
+
+    def _bad_event(self, kind: str, exc: BaseException) -> None:
+        # The event's content is not logged: it is the server's, and may be large; its type and the fault are.
+        self.bad_events += 1
+        log.warning("skipped a malformed Realtime event (%s): %s: %s", kind, type(exc).__name__, str(exc)[:200])
+        now = time.monotonic()
+        if now - self._bad_event_noticed >= BAD_EVENT_NOTICE_EVERY_S:
+            self._bad_event_noticed = now
+            self._emit(VoiceEvent("error", text=BAD_EVENT_NOTICE, code="bad_server_event"))
 
     async def _handle(self, event: Any) -> None:
         t = getattr(event, "type", None)

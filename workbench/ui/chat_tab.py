@@ -47,7 +47,9 @@ class ChatTab:
         self.ctx.library.check_access(avatar_id, session.get("avatars"))
         if self.ctx.realtime is None:
             return notice("The realtime endpoint is not served with this app (start it with app.py).")
-        return embed_html(token=self.ctx.realtime.grant(avatar_id), height=CHAT_HEIGHT)
+        # The grant names this browser session, so it has one live call at a time (a new one replaces it).
+        token = self.ctx.realtime.grant(avatar_id, holder=session.get("token"))
+        return embed_html(token=token, height=CHAT_HEIGHT)
 
     def build(self, session: gr.State) -> gr.Dropdown:
         with gr.Row():

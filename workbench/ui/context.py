@@ -133,7 +133,8 @@ def avatar_label(info) -> str:
     defaults = PrepParams().to_dict()
     changed = [f"{k}={v}" for k, v in info.params.items() if defaults.get(k) != v and k != "max_frames"]
     extra = f", {', '.join(changed)}" if changed else ""
-    return f"{info.source} · {info.n_frames} frames{extra} · {short_id(info.avatar_id)}"
+    name = getattr(info, "name", "") or short_id(info.avatar_id)
+    return f"{name} · {info.source} · {info.n_frames} frames{extra}"
 
 
 def avatar_choices(ctx: UIContext, session: dict) -> list[tuple[str, str]]:

@@ -367,10 +367,12 @@ class EvalTab:
                     elem_id="eval-upload",
                 )
                 cases = gr.CheckboxGroup(example_ids, value=example_ids, label="cases", elem_id="eval-cases")
+                # 0, not empty, is the default: the browser sends 0 for an empty number field, so a minimum
+                # of 1 refused the defaults ("Value 0 is less than minimum value 1").
                 seconds = gr.Number(
-                    None,
-                    label="quick run: at most this many seconds per case (empty: as the manifest says)",
-                    minimum=1,
+                    0,
+                    label="quick run: at most this many seconds per case (0: as the manifest says)",
+                    minimum=0,
                     maximum=60,
                     elem_id="eval-seconds",
                 )

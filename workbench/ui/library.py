@@ -169,6 +169,26 @@ class Library:
         if not (self.show_all or avatar_id in (session_ids or []) or self.is_sample(avatar_id)):
             raise AccessError("that avatar belongs to another session")
 
+    def owner_of(self, avatar_id: str) -> str | None:
+        """The browser session that created the avatar (recorded when it was prepared), or None."""
+        return self.engine.avatar_info(avatar_id).owner
+
+    def check_delete(self, avatar_id: str, session: dict | None) -> None:
+        """Deleting is for the session that created the avatar; sample avatars are read-only for everyone.
+
+        Preparing an avatar that is already cached (a sample, or another visitor's upload with the same file and
+        settings) shows it to this session but does not make it this session's to delete.
+        """
+        session = session or {}
+        self.check_access(avatar_id, session.get("avatars"))
+        if self.is_sample(avatar_id):
+            raise AccessError("sample avatars are shared and read-only; they cannot be deleted here")
+        if self.show_all:
+            return  # single-user local use: every avatar is the user's
+        token = session.get("token")
+        if not token or self.owner_of(avatar_id) != token:
+            raise AccessError("only the session that prepared this avatar can delete it")
+
     def load(self, avatar_id: str) -> Avatar:
         """A cached avatar, kept in memory for the last few used (slider moves should not reload arrays)."""
         with self._lock:

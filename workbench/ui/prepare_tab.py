@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
 from workbench.avatars.model import Avatar, PrepParams
-from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, check_upload, kind_of
+from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaWarning, check_upload, kind_of
 from workbench.ui import overlays, prep_inputs
 from workbench.ui.context import (
     UIContext,
@@ -97,7 +98,7 @@ def avatars_table(ctx: UIContext, session: dict) -> list[list]:
         changed = ", ".join(f"{k}={v}" for k, v in info.params.items() if defaults.get(k) != v) or "defaults"
         rows.append(
             [
-                short_id(info.avatar_id),
+                info.name or short_id(info.avatar_id),
                 info.source,
                 info.n_frames,
                 f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
@@ -141,7 +142,12 @@ class PrepareTab:
         params = params_from_inputs(
             bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source, max_frames
         )
-        avatar = self.ctx.engine.prepare(source, params, progress=gr_progress(progress))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MediaWarning)
+            avatar = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
+        for w in caught:  # a truncated file, a downscaled source: said, not silently done
+            if issubclass(w.category, MediaWarning):
+                gr.Warning(str(w.message), duration=10)
         session = remember(session, avatar.avatar_id)
         return self._show(avatar, session)
 
@@ -156,9 +162,7 @@ class PrepareTab:
     @user_errors
     def delete(self, avatar_id: str | None, session: dict | None):
         session = session or new_session()
-        self.ctx.library.check_access(avatar_id, session.get("avatars"))
-        if avatar_id not in session.get("avatars", []) and not self.ctx.library.show_all:
-            raise gr.Error("Only avatars prepared in this session can be deleted; sample avatars are shared.")
+        self.ctx.library.check_delete(avatar_id, session)
         self.ctx.engine.delete_avatar(avatar_id)
         self.ctx.library.forget(avatar_id)
         session = forget(session, avatar_id)

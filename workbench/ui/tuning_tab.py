@@ -234,7 +234,7 @@ class TuningTab:
         for k, params in enumerate(params_list):
             if report:
                 report(0.8 + 0.18 * k / len(params_list), f"clip for bbox_shift={params.bbox_shift}")
-            av = self.ctx.engine.prepare(source, params)
+            av = self.ctx.engine.prepare(source, params, save=False)
             rendered = self.ctx.engine.render_frames(av, piece, start=f - c)[c : c + n]
             label = f"bbox_shift={shifts[k]}"
             panels.append(
@@ -260,7 +260,7 @@ class TuningTab:
         avatar = self._avatar(avatar_id, session)
         params = variants(avatar.params, [int(chosen)], extra_margin, parsing_mode, left_cheek, right_cheek)[0]
         source = self.ctx.library.source_path(avatar.avatar_id)
-        new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress))
+        new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
         session = remember(session, new.avatar_id)
         gr.Info(f"Saved: avatar {short_id(new.avatar_id)} uses bbox_shift {params.bbox_shift}.", duration=4)
         msg = (

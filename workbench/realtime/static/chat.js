@@ -126,10 +126,24 @@
     dc.onmessage = (e) => onServerMessage(JSON.parse(e.data));
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc);
-    const res = await fetch(`${base}/offer`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(offerBody(pc.localDescription)),
-    });
-    $("apiKey").value = "";  // the server holds it now; the page keeps nothing
+    const body = offerBody(pc.localDescription);
+    $("apiKey").value = "";  // sent with the offer below; the field keeps nothing
+    let res;
+    for (;;) {
+      res = await fetch(`${base}/offer`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      if (res.status !== 503 || state.pc !== pc) break;
+      // Every call slot is busy: the answer says how many wait ahead; keep our place by asking again.
+      const busy = await res.clone().json().catch(() => null);
+      if (!busy || busy.queue_position === undefined) break;
+      if (busy.ticket) body.ticket = busy.ticket;
+      setStatus(`waiting: ${busy.queue_position} ahead of you`);
+      log(busy.detail, "note");
+      await new Promise((r) => setTimeout(r, 1000 * (busy.retry_after_s || 3)));
+      if (state.pc !== pc) return;  // hung up while waiting
+    }
+    delete body.api_key;  // the server holds it now; the page keeps nothing
     if (!res.ok) {
       const err = await res.json().catch(() => ({ detail: res.statusText }));
       const detail = typeof err.detail === "string" ? err.detail : JSON.stringify(err.detail);
