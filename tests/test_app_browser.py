@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,48 +19,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from testkit.browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    free_port,
+    poll,
+    shot,
+    text,
+    video_sample,
+    wait_http,
+    wait_text,
+)
+
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    # A fake microphone (and the permission prompt answered yes) for the realtime chat.
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-]
 SERVER_START_S = 240
 PREP_FRAMES = 25
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    import urllib.error
-    import urllib.request
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"app.py did not answer on {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +44,7 @@ def server(tmp_path_factory, samples_dir):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
     tmp = tmp_path_factory.mktemp("app-server")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         WORKBENCH_CACHE_DIR=str(tmp / "cache"),
@@ -91,7 +66,7 @@ def server(tmp_path_factory, samples_dir):
         )
     url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_http(url, proc, log, SERVER_START_S)
+        wait_http(url, proc, log, SERVER_START_S)
         yield url
     finally:
         proc.terminate()
@@ -133,22 +108,6 @@ def page(server, tmp_path_factory):
         browser.close()
 
 
-def _shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def _text(page, selector: str) -> str:
-    return page.locator(selector).inner_text()
-
-
-def _wait_text(page, selector: str, needle: str, timeout_ms: int) -> None:
-    page.wait_for_function(
-        "([sel, needle]) => { const el = document.querySelector(sel); return el && el.innerText.includes(needle); }",
-        arg=[selector, needle],
-        timeout=timeout_ms,
-    )
-
-
 def _image_hashes(page, selector: str) -> list[str]:
     out = []
     for src in page.locator(selector).evaluate_all("els => els.map(e => e.src)"):
@@ -159,7 +118,7 @@ def _image_hashes(page, selector: str) -> list[str]:
 
 
 def test_header_says_cpu_and_local_voice(page):
-    header = _text(page, "#wb-header")
+    header = text(page, "#wb-header")
     assert "CPU renderer" in header and "workbench weights download" in header
     assert "local voice" in header and "OPENAI_API_KEY" in header
 
@@ -170,8 +129,8 @@ def test_prepare_avatar_from_a_sample(page):
     frames.fill(str(PREP_FRAMES))
     frames.press("Tab")
     page.click("#prep-button")
-    _wait_text(page, "#prep-summary", "Measured bbox_shift range", 180_000)
-    summary = _text(page, "#prep-summary")
+    wait_text(page, "#prep-summary", "Measured bbox_shift range", 180_000)
+    summary = text(page, "#prep-summary")
     assert f"{PREP_FRAMES} frames" in summary and "yongen.mp4" in summary and "CPU renderer" in summary
     overlay = page.locator("#prep-overlay img")
     first = overlay.get_attribute("src")
@@ -185,9 +144,9 @@ def test_prepare_avatar_from_a_sample(page):
         arg=first,
         timeout=30_000,
     )
-    assert "yongen.mp4" in _text(page, "#prep-table")
+    assert "yongen.mp4" in text(page, "#prep-table")
     page.get_by_text("Preparation parameters").click()  # folded again for the screenshot
-    _shot(page, "app_prepare")
+    shot(page, "app_prepare")
 
 
 def test_bbox_shift_grid_shows_distinct_previews(page):
@@ -197,41 +156,21 @@ def test_bbox_shift_grid_shows_distinct_previews(page):
     values = [v for v in shifts.input_value().replace(",", " ").split() if v]
     assert len(values) >= 3, values
     page.click("#tune-run")
-    _wait_text(page, "#tune-status", "previews", 180_000)
+    wait_text(page, "#tune-status", "previews", 180_000)
     page.wait_for_function(
         "n => document.querySelectorAll('#tune-gallery img').length >= n", arg=len(values), timeout=30_000
     )
     hashes = _image_hashes(page, "#tune-gallery img")
     assert len(hashes) == len(values)
     assert len(set(hashes)) == len(values), "bbox_shift previews should all differ"
-    gallery = _text(page, "#tune-gallery")
+    gallery = text(page, "#tune-gallery")
     assert all(f"bbox_shift={v}" in gallery for v in values)
-    _shot(page, "app_tuning")
+    shot(page, "app_tuning")
     # Keep one value: the avatar is prepared with it and becomes the current one.
     page.locator("#tune-chosen label").last.click()
     page.click("#tune-save")
-    _wait_text(page, "#tune-saved", "Saved as avatar", 120_000)
-    assert f"bbox_shift {values[-1]}" in _text(page, "#tune-saved")
-
-
-def _poll(condition, timeout_s: float, what: str) -> None:
-    t0 = time.monotonic()
-    while not condition():
-        if time.monotonic() - t0 > timeout_s:
-            raise TimeoutError(f"no {what} within {timeout_s:.0f} s")
-        time.sleep(0.25)
-
-
-def _video_sample(frame) -> str:
-    return frame.evaluate("""() => {
-        const v = document.getElementById('avatar');
-        if (!v || !v.videoWidth) return '';
-        const c = document.createElement('canvas');
-        c.width = 64; c.height = Math.round(64 * v.videoHeight / v.videoWidth);
-        const g = c.getContext('2d');
-        g.drawImage(v, 0, 0, c.width, c.height);
-        return Array.from(g.getImageData(0, 0, c.width, c.height).data).join(',');
-    }""")
+    wait_text(page, "#tune-saved", "Saved as avatar", 120_000)
+    assert f"bbox_shift {values[-1]}" in text(page, "#tune-saved")
 
 
 def test_local_chat_streams_video_and_audio(page):
@@ -255,16 +194,16 @@ def test_local_chat_streams_video_and_audio(page):
         "I can speak for a while, so that you can interrupt me with the stop button."
     )
     chat.locator("#send").click()
-    _poll(lambda: frame.evaluate("window.rtcChat.stats()")["totalAudioEnergy"] > 1e-3, 60, "reply audio")
+    poll(lambda: frame.evaluate("window.rtcChat.stats()")["totalAudioEnergy"] > 1e-3, 60, "reply audio")
     samples = set()
     for _ in range(6):
-        samples.add(_video_sample(frame))
+        samples.add(video_sample(frame))
         time.sleep(0.3)
     after = frame.evaluate("window.rtcChat.stats()")
     assert after["framesDecoded"] > before["framesDecoded"] + 5
     assert after["audioBytes"] > before["audioBytes"] and after["audioPackets"] > 0
     assert len(samples - {""}) >= 2, "the avatar video should change while it speaks"
-    _shot(page, "app_chat")
+    shot(page, "app_chat")
     # Barge-in: Stop cuts the reply off.
     chat.locator("#stop").click()
     frame.wait_for_function("document.getElementById('log').innerText.includes('interrupted')", timeout=30_000)
@@ -283,13 +222,13 @@ def test_example_evaluation_shows_table_and_plots(page):
     seconds.fill("2")
     seconds.press("Tab")
     page.click("#eval-run")
-    _wait_text(page, "#eval-summary", "of suite", 300_000)
-    summary = _text(page, "#eval-summary")
+    wait_text(page, "#eval-summary", "of suite", 300_000)
+    summary = text(page, "#eval-summary")
     assert "1 ok, 0 failed" in summary and "ls_determined_rate" in summary
-    table = _text(page, "#eval-table")
+    table = text(page, "#eval-table")
     assert "yongen_eng" in table and "ok" in table
     page.wait_for_selector("#eval-plot-sync_curves img", timeout=30_000)
     assert page.locator("#eval-zip a").first.get_attribute("href").endswith(".zip")
     page.locator("#eval-plot-sync_curves").scroll_into_view_if_needed()
-    _shot(page, "app_evaluation")
+    shot(page, "app_evaluation")
     assert not page.errors, page.errors

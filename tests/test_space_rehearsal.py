@@ -21,17 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_app_browser import (
+
+from testkit.browser import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    _free_port,
-    _poll,
-    _shot,
-    _text,
-    _video_sample,
-    _wait_http,
-    _wait_text,
+    free_port,
+    poll,
+    shot,
+    text,
+    video_sample,
+    wait_http,
+    wait_text,
 )
 
 pytestmark = pytest.mark.browser
@@ -70,7 +71,7 @@ def space(tmp_path_factory):
     root = tmp_path_factory.mktemp("space")
     repo = _checkout_copy(root / "app")
     assert not (repo.parent / "shared").exists()
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_") and k != "OPENAI_API_KEY"}
     env.update(
         SPACE_ID="workbench/rehearsal",
@@ -86,7 +87,7 @@ def space(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     timings: dict[str, float] = {}
     try:
-        _wait_http(url, proc, log, WAIT_S)
+        wait_http(url, proc, log, WAIT_S)
         timings["http_s"] = time.monotonic() - t0
         yield {"url": url, "repo": repo, "t0": t0, "timings": timings, "pid": proc.pid}
     finally:
@@ -138,15 +139,15 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def test_example_avatar_is_ready_and_selected(space, page):
-    _wait_text(page, "#wb-example", "ready", WAIT_S * 1000)
+    wait_text(page, "#wb-example", "ready", WAIT_S * 1000)
     cpu = _cpu_seconds(space["pid"])
     space["timings"]["example_ready_s"] = time.monotonic() - space["t0"]
     space["timings"]["example_ready_cpu_s"] = cpu
-    assert "yongen.mp4" in _text(page, "#wb-example")
+    assert "yongen.mp4" in text(page, "#wb-example")
     if cpu is not None:
         assert cpu <= READY_CPU_S, f"the app spent {cpu:.0f} s of CPU before the example avatar was ready"
     # The first visitor sees the bundled examples and their one-click shortcuts.
-    assert "yongen.mp4" in _text(page, "#prep-examples")
+    assert "yongen.mp4" in text(page, "#prep-examples")
     page.get_by_role("tab", name="Realtime chat").click()
     page.wait_for_selector("#chat-frame iframe", timeout=30_000)
     assert "yongen.mp4" in page.locator("#chat-avatar input").input_value()
@@ -184,17 +185,17 @@ def test_chat_connects_and_speaks(space, page):
     before = frame.evaluate("window.rtcChat.stats()")
     chat.locator("#text").fill("Hello, I am the example avatar of this Space.")
     chat.locator("#send").click()
-    _poll(lambda: frame.evaluate("window.rtcChat.stats()")["totalAudioEnergy"] > 1e-3, 60, "reply audio")
+    poll(lambda: frame.evaluate("window.rtcChat.stats()")["totalAudioEnergy"] > 1e-3, 60, "reply audio")
     samples = set()
     for _ in range(6):
-        samples.add(_video_sample(frame))
+        samples.add(video_sample(frame))
         time.sleep(0.3)
     after = frame.evaluate("window.rtcChat.stats()")
     assert after["framesDecoded"] > before["framesDecoded"] + 5
     assert after["audioBytes"] > before["audioBytes"]
     assert len(samples - {""}) >= 2, "the avatar video should change while it speaks"
     space["timings"]["chat_spoke_s"] = time.monotonic() - space["t0"]
-    _shot(page, "space_chat")
+    shot(page, "space_chat")
     chat.locator("#hangup").click()
 
 
@@ -212,9 +213,9 @@ def test_example_evaluation_runs_on_bundled_media(space, page):
     seconds.press("Tab")
     t = time.monotonic()
     page.click("#eval-run")
-    _wait_text(page, "#eval-summary", "of suite", 180_000)
+    wait_text(page, "#eval-summary", "of suite", 180_000)
     space["timings"]["eval_s"] = time.monotonic() - t
-    assert "1 ok, 0 failed" in _text(page, "#eval-summary")
-    assert "yongen_eng" in _text(page, "#eval-table")
-    _shot(page, "space_evaluation")
+    assert "1 ok, 0 failed" in text(page, "#eval-summary")
+    assert "yongen_eng" in text(page, "#eval-table")
+    shot(page, "space_evaluation")
     assert not page.errors, page.errors
