@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +117,13 @@ class Engine:
         return getattr(self.renderer, "encode_crops", None)
 
     def prepare(self, source: str | Path, params: PrepParams | None = None, progress: Progress | None = None) -> Avatar:
-        """Prepare an avatar from a video, photo or frames folder, or reuse its cached copy."""
+        """Prepare an avatar from a video, photo or frames folder, or reuse its cached copy.
+
+        Parameters act as the loaded weights' reference does (PrepParams.effective) unless they name a version.
+        """
         params = params or PrepParams()
+        if params.model_version is None:
+            params = replace(params, model_version=getattr(self.renderer, "version", None))
         return self.cache.get_or_prepare(
             Path(source),
             params,
@@ -153,7 +158,7 @@ class Engine:
         """
         audio16k = np.asarray(audio16k, dtype=np.float32)
         renderer = self.renderer
-        frontend = renderer.new_frontend()
+        frontend = renderer.file_frontend()
         bs = self.settings.batch_size
         step = bs * SAMPLES_PER_FRAME
         pending: list[tuple[object, float, float]] = []  # (condition, audio in, features ready)
@@ -241,7 +246,7 @@ class Engine:
         """
         renderer = self.renderer
         with self.render_lock:
-            conditions = renderer.new_frontend().process(np.asarray(audio16k, dtype=np.float32))
+            conditions = renderer.file_frontend().process(np.asarray(audio16k, dtype=np.float32))
         if not conditions:
             raise ValueError("the driving audio is empty")
         cond = conditions[min(frame_index, len(conditions) - 1)]
