@@ -200,8 +200,9 @@ def test_streaming_encodes_every_step_at_its_reference_position(renderers, audio
     got = np.stack(WhisperFrontend(r.whisper, one_block).process(a))
     assert_close(got, r.audio_conditions(a), "one-block streaming vs exact", rel=1e-6)
     assert one_block.window(1) == (0, 2 * 250 * 640)  # the second block still starts at the segment start
-    assert BlockParams().window(400) == (0, 401 * 2 * 640 + 3 * 640)
-    assert BlockParams().window(376)[0] == 30 * 16000  # block 375 is the first of the second segment
+    assert BlockParams().window(300) == (0, 301 * 2 * 640 + 3 * 640)  # 12 s in: still from the segment start
+    assert BlockParams().window(374) == (0, 30 * 16000)  # the right context stops at the segment's end
+    assert BlockParams().window(375)[0] == 30 * 16000  # block 375 is the first of the second segment
     with pytest.raises(ValueError, match="divide"):
         BlockParams(hop_frames=7)
 
@@ -236,9 +237,11 @@ def test_latents_match_reference(avatar, ref_v, version):
     assert_close(avatar.latents, ref_v["latents"], f"{version} masked ++ reference latents")
 
 
-def test_latents_batch_1_equals_batch_8(renderers, avatar):
+def test_latents_batch_1_equals_batch_8(renderers, frames, common):
+    from workbench.avatars.pipeline import crop_faces
+
     r = renderers["v15"]
-    crops = np.concatenate([avatar.crops] * 3)[:8]
+    crops = np.concatenate([crop_faces(frames, common["boxes_shift_0"])] * 3)[:8]
     r8 = r.encode_crops(crops)
     bs = r.batch_size
     try:

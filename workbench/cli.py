@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from workbench.avatars.model import PrepParams
+from workbench.avatars.model import PrepParams, describe_acting
 from workbench.config import DetectorName, MaskSource, ParsingMode, RendererName, Settings
 
 app = typer.Typer(help="Real-time talking digital human workbench.", no_args_is_help=True, add_completion=False)
@@ -87,10 +87,16 @@ def prepare(
     mask_source: Annotated[str, typer.Option(help="auto, landmarks or bisenet")] = "auto",
     max_frames: Annotated[int | None, typer.Option(help="take at most this many frames")] = None,
     renderer: Annotated[str, typer.Option(help="auto, cpu or musetalk")] = "auto",
+    force_bbox_shift: Annotated[
+        bool, typer.Option(help="v1.5 experiment: apply bbox_shift although the reference forces 0 for v1.5")
+    ] = False,
     models_dir: ModelsDir = None,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Prepare (or reuse) a cached avatar and print its id and the measured bbox_shift range."""
+    """Prepare (or reuse) a cached avatar and print its id and the measured bbox_shift range.
+
+    Which parameters act depends on the loaded weights, as in the reference: v1.5 uses extra_margin, the
+    parsing mode and cheek widths (bbox_shift forced to 0); v1.0 uses bbox_shift (raw mask, no margin)."""
     params = PrepParams(
         bbox_shift=bbox_shift,
         extra_margin=extra_margin,
@@ -100,6 +106,7 @@ def prepare(
         detector=_choice(detector, DetectorName),
         mask_source=_choice(mask_source, MaskSource),
         max_frames=max_frames,
+        force_bbox_shift=force_bbox_shift,
     )
     engine = _engine(_settings(models_dir, cache_dir), _choice(renderer, RendererName))
     try:
@@ -115,6 +122,7 @@ def prepare(
         f"latents: {'yes' if avatar.latents is not None else 'no'}"
     )
     console.print(f"recommended bbox_shift range: [{lo} ~ {hi}]  (current bbox_shift {bbox_shift})")
+    console.print(describe_acting(avatar.params.model_version))
 
 
 @app.command()
