@@ -52,7 +52,7 @@ def face_box(
     # The reference also falls back when the landmarks reach past the left edge (x1 < 0). Past the right or
     # bottom edge it keeps the box and stretches the frame-clipped crop into it; here the box is clipped
     # instead (a deliberate deviation, see the README), so crop and box always agree.
-    if _degenerate(box) or raw[0] < 0:
+    if _degenerate(box) or (raw[0] < 0 and detector_box is not None):
         if detector_box is None:
             raise ValueError(f"the landmark box {box} is empty and there is no detector box to fall back on")
         box = _clip(tuple(int(v) for v in np.clip(np.asarray(detector_box, dtype=np.float64), 0, None)), height, width)
