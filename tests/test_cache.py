@@ -7,6 +7,7 @@ import pytest
 
 import workbench.avatars.store as cache_mod
 from workbench.avatars.model import PrepParams
+from workbench.avatars.pipeline import avatar_id_for, prepare_avatar
 from workbench.avatars.store import AvatarCache, AvatarNotFoundError
 from workbench.faces.landmarks import LandmarkDetector
 
@@ -36,9 +37,9 @@ def counting(dlib_detector):
 
 def test_second_preparation_reuses_everything(tmp_cache, samples_dir, counting):
     src = samples_dir / "sun.mp4"
-    first = tmp_cache.get_or_prepare(src, PrepParams(max_frames=N), counting)
+    first = prepare_avatar(src, PrepParams(max_frames=N), counting, store=tmp_cache)
     assert counting.calls == N
-    again = tmp_cache.get_or_prepare(src, PrepParams(max_frames=N), counting)
+    again = prepare_avatar(src, PrepParams(max_frames=N), counting, store=tmp_cache)
     assert counting.calls == N, "a cached avatar must not run the detector"
     assert again.avatar_id == first.avatar_id
     for name in ("frames", "boxes", "landmarks", "has_face", "crops", "masks"):
@@ -50,9 +51,9 @@ def test_second_preparation_reuses_everything(tmp_cache, samples_dir, counting):
 
 def test_new_bbox_shift_runs_no_detection(tmp_cache, samples_dir, counting):
     src = samples_dir / "sun.mp4"
-    a = tmp_cache.get_or_prepare(src, PrepParams(max_frames=N), counting)
-    b = tmp_cache.get_or_prepare(src, PrepParams(max_frames=N, bbox_shift=7), counting)
-    c = tmp_cache.get_or_prepare(src, PrepParams(max_frames=N, parsing_mode="raw"), counting)
+    a = prepare_avatar(src, PrepParams(max_frames=N), counting, store=tmp_cache)
+    b = prepare_avatar(src, PrepParams(max_frames=N, bbox_shift=7), counting, store=tmp_cache)
+    c = prepare_avatar(src, PrepParams(max_frames=N, parsing_mode="raw"), counting, store=tmp_cache)
     assert counting.calls == N, "only the first preparation may detect"
     assert len({a.avatar_id, b.avatar_id, c.avatar_id}) == 3
     assert np.array_equal(b.boxes[:, 1], a.boxes[:, 1] + 14)
@@ -62,7 +63,7 @@ def test_new_bbox_shift_runs_no_detection(tmp_cache, samples_dir, counting):
     fb = tmp_cache.avatars_dir / b.avatar_id / "frames.npy"
     assert fa.stat().st_ino == fb.stat().st_ino
     # another frame cap is another detection
-    tmp_cache.get_or_prepare(src, PrepParams(max_frames=N - 2), counting)
+    prepare_avatar(src, PrepParams(max_frames=N - 2), counting, store=tmp_cache)
     assert counting.calls == N + N - 2
 
 
@@ -78,15 +79,17 @@ def test_key_covers_models_and_content(tmp_cache, samples_dir, counting, tmp_pat
 
     p = PrepParams(max_frames=N)
     ids = {
-        tmp_cache.avatar_id(src, p, counting),
-        tmp_cache.avatar_id(src, p, counting, Enc("vae-a")),
-        tmp_cache.avatar_id(src, p, counting, Enc("vae-b")),
+        avatar_id_for(tmp_cache.digest(src), p, counting),
+        avatar_id_for(tmp_cache.digest(src), p, counting, Enc("vae-a")),
+        avatar_id_for(tmp_cache.digest(src), p, counting, Enc("vae-b")),
     }
     assert len(ids) == 3
     copy = tmp_path / "renamed.mp4"
     copy.write_bytes(src.read_bytes())
-    assert tmp_cache.avatar_id(copy, p, counting) == tmp_cache.avatar_id(src, p, counting), "content, not name"
-    with_latents = tmp_cache.get_or_prepare(src, PrepParams(max_frames=2), counting, vae_encoder=Enc("vae-a"))
+    assert avatar_id_for(tmp_cache.digest(copy), p, counting) == avatar_id_for(tmp_cache.digest(src), p, counting), (
+        "content, not name"
+    )
+    with_latents = prepare_avatar(src, PrepParams(max_frames=2), counting, vae_encoder=Enc("vae-a"), store=tmp_cache)
     loaded = tmp_cache.load(with_latents.avatar_id)
     assert loaded.latents.shape == (2, 8, 32, 32)
 
@@ -102,7 +105,7 @@ def test_interrupted_preparation_leaves_no_half_cache(tmp_cache, samples_dir, co
 
     monkeypatch.setattr(cache_mod.np, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        tmp_cache.get_or_prepare(src, PrepParams(max_frames=3), counting)
+        prepare_avatar(src, PrepParams(max_frames=3), counting, store=tmp_cache)
     monkeypatch.setattr(cache_mod.np, "save", real_save)
     assert tmp_cache.list() == []
     assert [p.name for p in tmp_cache.avatars_dir.iterdir()] == [], "no temporary folder may remain"
@@ -111,18 +114,18 @@ def test_interrupted_preparation_leaves_no_half_cache(tmp_cache, samples_dir, co
         raise RuntimeError("CUDA out of memory")
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        tmp_cache.get_or_prepare(src, PrepParams(max_frames=3), counting, vae_encoder=broken_vae)
+        prepare_avatar(src, PrepParams(max_frames=3), counting, vae_encoder=broken_vae, store=tmp_cache)
     assert tmp_cache.list() == []
     # the detections were complete and kept; the retry detects nothing and succeeds
     calls = counting.calls
-    ok = tmp_cache.get_or_prepare(src, PrepParams(max_frames=3), counting)
+    ok = prepare_avatar(src, PrepParams(max_frames=3), counting, store=tmp_cache)
     assert counting.calls == calls and len(ok) == 3
 
 
 def test_list_and_delete(tmp_cache, samples_dir, counting):
     src = samples_dir / "sun.mp4"
-    a = tmp_cache.get_or_prepare(src, PrepParams(max_frames=3), counting)
-    b = tmp_cache.get_or_prepare(src, PrepParams(max_frames=3, bbox_shift=-4), counting)
+    a = prepare_avatar(src, PrepParams(max_frames=3), counting, store=tmp_cache)
+    b = prepare_avatar(src, PrepParams(max_frames=3, bbox_shift=-4), counting, store=tmp_cache)
     infos = tmp_cache.list()
     assert [i.avatar_id for i in infos] == [a.avatar_id, b.avatar_id]
     info = infos[1]
@@ -142,7 +145,7 @@ def test_list_and_delete(tmp_cache, samples_dir, counting):
 
 
 def test_loaded_frames_are_read_only(tmp_cache, samples_dir, counting):
-    a = tmp_cache.get_or_prepare(samples_dir / "sun.mp4", PrepParams(max_frames=2), counting)
+    a = prepare_avatar(samples_dir / "sun.mp4", PrepParams(max_frames=2), counting, store=tmp_cache)
     loaded = tmp_cache.load(a.avatar_id)
     with pytest.raises(ValueError):
         loaded.frames[0, 0, 0, 0] = 1
@@ -154,5 +157,5 @@ def test_no_face_is_not_cached(tmp_cache, counting):
     from workbench.avatars.pipeline import NoFaceError
 
     with pytest.raises(NoFaceError):
-        tmp_cache.get_or_prepare(frames, PrepParams(), counting)
+        prepare_avatar(frames, PrepParams(), counting, store=tmp_cache)
     assert tmp_cache.list() == []

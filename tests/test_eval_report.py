@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from workbench.config import Settings
+from workbench.engine import Engine
 from workbench.evaluation.compare import compare_runs
 from workbench.evaluation.manifest import load_suite
 from workbench.evaluation.report import load_run
@@ -82,8 +83,9 @@ def runs(tmp_path_factory, samples_dir):
     base = tmp_path_factory.mktemp("eval")
     suite = load_suite(_suite(base / "suite", samples_dir))
     settings = Settings(models_dir=base / "no-models", cache_dir=base / "cache")
-    serial = run_suite(suite, base / "runs", jobs=1, settings=settings, run_name="serial", face_detector="dlib")
-    parallel = run_suite(suite, base / "runs", jobs=2, settings=settings, run_name="parallel", face_detector="dlib")
+    engine = Engine(settings)
+    serial = run_suite(suite, engine, base / "runs", jobs=1, run_name="serial", face_detector="dlib")
+    parallel = run_suite(suite, engine, base / "runs", jobs=2, run_name="parallel", face_detector="dlib")
     return serial, parallel
 
 

@@ -51,7 +51,7 @@ def test_loads_through_settings_and_describes(models, renderer):
     sd = torch.load(models / "musetalkV15/unet.pth", map_location="cpu", weights_only=True)
     assert torch.equal(renderer.unet.state_dict()["conv_in.weight"], sd["conv_in.weight"])
     # device and dtype from Settings ("auto" on a CPU machine = cpu + float32)
-    r = MuseTalkRenderer.from_models_dir(settings=Settings(models_dir=models))
+    r = MuseTalkRenderer.from_models_dir(models)
     assert r.device.type == "cpu" and r.dtype == torch.float32 and r.batch_size == Settings().batch_size
 
 
@@ -81,7 +81,7 @@ def test_unet_that_does_not_fit_its_config(models, tmp_path):
 def test_resolve_device():
     assert resolve_device("cpu", "auto") == (torch.device("cpu"), torch.float32)
     assert resolve_device("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
-    assert resolve_device(None, None, Settings(device="cpu", dtype="float16")) == (torch.device("cpu"), torch.float16)
+    assert resolve_device("cpu", "float16") == (torch.device("cpu"), torch.float16)
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             resolve_device("cuda", "auto")

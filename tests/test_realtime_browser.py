@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_realtime_support import need_espeak
+
+from testkit.realtime import need_espeak
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"

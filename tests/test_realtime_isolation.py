@@ -7,9 +7,8 @@ import re
 
 import httpx
 from fastapi import FastAPI
-from test_realtime_server import FakeEngine, Peer
-from test_realtime_support import make_avatar
 
+from testkit.realtime import FakeEngine, Peer, make_avatar
 from workbench.config import Settings
 from workbench.realtime.server import GRANT_REFUSED, embed_html, mount_realtime
 

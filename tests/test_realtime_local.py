@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 import pytest
-from test_realtime_support import SessionHarness, make_session, need_espeak
 
+from testkit.realtime import SessionHarness, make_session, need_espeak
 from workbench.realtime import tts
 from workbench.realtime.voice import (
     DEFAULT_FAQ,

@@ -9,34 +9,13 @@ import time
 import httpx
 import numpy as np
 import pytest
-from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription
 from fastapi import FastAPI
-from test_realtime_support import LevelRenderer, SessionHarness, make_avatar, make_session, need_espeak
 
+from testkit.realtime import FakeEngine, Peer, SessionHarness, make_avatar, make_session, need_espeak
 from workbench.config import Settings
 from workbench.realtime.server import RealtimeSetupError, embed_html, mount_realtime, parse_ice_servers
 from workbench.realtime.voice import LocalVoice
 from workbench.timing import read_latency_log
-
-
-class FakeEngine:
-    """The two things the realtime endpoint needs from `workbench.engine.Engine`."""
-
-    def __init__(self, avatars):
-        self.renderer = LevelRenderer()
-        self.avatars = {a.avatar_id: a for a in avatars}
-
-    def list_avatars(self):
-        class Info:
-            def __init__(self, avatar_id):
-                self.avatar_id = avatar_id
-
-        return [Info(i) for i in self.avatars]
-
-    def load_avatar(self, avatar_id):
-        if avatar_id not in self.avatars:
-            raise KeyError(avatar_id)
-        return self.avatars[avatar_id]
 
 
 def _app(tmp_path, avatars=None, **options):
@@ -48,72 +27,6 @@ def _app(tmp_path, avatars=None, **options):
     options.setdefault("open_avatars", True)  # the standalone page; the app's grants: test_realtime_isolation.py
     manager = mount_realtime(app, engine, settings, **options)
     return app, manager, engine
-
-
-class Peer:
-    """An aiortc browser stand-in: receives the avatar's tracks, sends a (silent) microphone."""
-
-    def __init__(self, http: httpx.AsyncClient):
-        self.http = http
-        self.pc = RTCPeerConnection()
-        self.video, self.audio, self.messages = [], [], []
-        self.session_id = None
-
-    async def connect(self, **body) -> httpx.Response:
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTrack(AudioStreamTrack())
-        self.channel = self.pc.createDataChannel("chat")
-        self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
-
-        @self.pc.on("track")
-        def _on_track(track):
-            async def pull():
-                while True:
-                    try:
-                        frame = await track.recv()
-                    except Exception:
-                        return
-                    (self.video if track.kind == "video" else self.audio).append((time.perf_counter(), frame))
-
-            asyncio.ensure_future(pull())
-
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        res = await self.http.post("/rtc/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer", **body})
-        if res.status_code == 200:
-            answer = res.json()
-            self.session_id = answer["session_id"]
-            await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-            await self.until(lambda: self.channel.readyState == "open", 10)
-        return res
-
-    async def until(self, predicate, timeout=20.0):
-        deadline = time.perf_counter() + timeout
-        while not predicate():
-            if time.perf_counter() > deadline:
-                raise AssertionError(f"timed out; messages: {[m.get('type') for m in self.messages]}")
-            await asyncio.sleep(0.02)
-
-    def said(self, text):
-        self.channel.send(json.dumps({"type": "text", "text": text}))
-
-    def of(self, type_):
-        return [m for m in self.messages if m.get("type") == type_]
-
-    def fps(self, t0, t1):
-        """Frames received per second of wall time."""
-        return sum(1 for t, _ in self.video if t0 <= t < t1) / (t1 - t0)
-
-    def media_fps(self, t0, t1):
-        """Frames per second of the sender's clock, from the timestamps: 25 whatever the network did."""
-        pts = [f.pts for t, f in self.video if t0 <= t < t1]
-        return (pts[-1] - pts[0]) / 3600 / (t1 - t0) if len(pts) > 1 else 0.0
-
-    def audio_energy(self, t0, t1):
-        chunks = [f.to_ndarray().astype(np.float64) for t, f in self.audio if t0 <= t < t1]
-        return float(np.sqrt(np.mean(np.concatenate(chunks, axis=None) ** 2))) if chunks else 0.0
-
-    async def close(self):
-        await self.pc.close()
 
 
 def _run(coro):
@@ -197,7 +110,6 @@ def test_two_sessions_are_isolated_and_share_one_renderer(tmp_path):
 
 def test_limits_and_bad_requests_are_refused_clearly(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.setattr("workbench.realtime.voice.get_settings", lambda: Settings(openai_api_key=None))
     app, manager, _ = _app(tmp_path, max_sessions=1)
 
     async def main():

@@ -7,9 +7,9 @@ import logging
 
 import numpy as np
 import pytest
-from test_realtime_support import SessionHarness, make_session, need_espeak
 
 from testkit.fake_realtime import FakeRealtimeServer
+from testkit.realtime import SessionHarness, make_session, need_espeak
 from workbench.realtime import tts
 from workbench.realtime.voice import OpenAIRealtimeVoice, RealtimeConfig, VoiceAuthError
 

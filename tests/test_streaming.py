@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 import pytest
-from test_realtime_support import (
+
+from testkit.realtime import (
     LevelRenderer,
     level_of,
     make_avatar,
@@ -14,7 +15,6 @@ from test_realtime_support import (
     read_level,
     speech_like,
 )
-
 from workbench.config import FPS
 from workbench.lipsync.stream import LipSyncStream, StreamError
 from workbench.timing import read_latency_log

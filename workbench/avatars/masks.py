@@ -26,6 +26,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from workbench.avatars.model import PrepParams
 from workbench.config import CROP_SIZE, ParsingMode
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ _CHEEK_ERODE = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (35, 3))
 def parsing_to_mask(
     labels: np.ndarray,
     mode: ParsingMode = "jaw",
-    left_cheek_width: int = 90,
-    right_cheek_width: int = 90,
+    left_cheek_width: int = PrepParams.left_cheek_width,
+    right_cheek_width: int = PrepParams.right_cheek_width,
 ) -> np.ndarray:
     """A (512, 512) label map → uint8 mask, 255 where the face may be regenerated, as MuseTalk's modes do."""
     labels = np.asarray(labels)
@@ -178,8 +179,8 @@ def region_mask(
     box: np.ndarray,
     region: tuple[int, int, int, int],
     mode: ParsingMode = "jaw",
-    left_cheek_width: int = 90,
-    right_cheek_width: int = 90,
+    left_cheek_width: int = PrepParams.left_cheek_width,
+    right_cheek_width: int = PrepParams.right_cheek_width,
 ) -> np.ndarray:
     """MuseTalk's blending mask over the whole parsed region, (side, side) uint8: what its real-time
     preparation stores beside the 1.5x crop box."""
@@ -203,8 +204,8 @@ def mask_from_labels(
     box: np.ndarray,
     region: tuple[int, int, int, int],
     mode: ParsingMode = "jaw",
-    left_cheek_width: int = 90,
-    right_cheek_width: int = 90,
+    left_cheek_width: int = PrepParams.left_cheek_width,
+    right_cheek_width: int = PrepParams.right_cheek_width,
 ) -> np.ndarray:
     """MuseTalk's blending mask of one frame as (256, 256) uint8 in crop coordinates (the face box)."""
     x1, y1, x2, y2 = (int(v) for v in box)
@@ -230,8 +231,8 @@ def frame_mask(
     box: np.ndarray,
     landmarks: np.ndarray,
     mode: ParsingMode = "jaw",
-    left_cheek_width: int = 90,
-    right_cheek_width: int = 90,
+    left_cheek_width: int = PrepParams.left_cheek_width,
+    right_cheek_width: int = PrepParams.right_cheek_width,
     face_parser: FaceParserLike | None = None,
 ) -> np.ndarray:
     """The blending mask of one frame: BiSeNet's parsing when a parser is given, else the landmarks'."""
@@ -247,8 +248,8 @@ def make_masks(
     boxes: np.ndarray,
     landmarks: np.ndarray,
     mode: ParsingMode = "jaw",
-    left_cheek_width: int = 90,
-    right_cheek_width: int = 90,
+    left_cheek_width: int = PrepParams.left_cheek_width,
+    right_cheek_width: int = PrepParams.right_cheek_width,
     face_parser: FaceParserLike | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> np.ndarray:

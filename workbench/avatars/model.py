@@ -50,7 +50,11 @@ def describe_acting(version: str | None) -> str:
 
 @dataclass(frozen=True)
 class PrepParams:
-    """Every parameter that changes a prepared avatar; part of its cache key."""
+    """Every parameter that changes a prepared avatar; part of its cache key.
+
+    The one source of the preparation defaults: the CLI, the tabs and the manifest read them from here
+    (`PrepParams.extra_margin` is the default value), and the slider ranges from `PREP_RANGES`.
+    """
 
     bbox_shift: int = 0
     extra_margin: int = 10  # v1.5: pixels added below the lowest landmark
@@ -77,6 +81,15 @@ class PrepParams:
         if self.model_version == "v1":
             p = replace(p, parsing_mode="raw")
         return p
+
+
+# Ranges the tabs offer, in pixels of the full frame (bbox_shift, extra_margin) or of the 256 crop (cheeks).
+PREP_RANGES: dict[str, tuple[int, int]] = {
+    "bbox_shift": (-40, 40),
+    "extra_margin": (0, 40),
+    "left_cheek_width": (20, 160),
+    "right_cheek_width": (20, 160),
+}
 
 
 @dataclass
@@ -116,3 +129,17 @@ class Avatar:
         n = len(self)
         k = i % (2 * n)
         return k if k < n else 2 * n - 1 - k
+
+
+@dataclass
+class Detections:
+    """Stage 1's result for N frames: the detector's box and landmarks where it found a face, NaN elsewhere."""
+
+    detector: str  # the detector's identity
+    boxes: np.ndarray  # (N, 4) float64 detector boxes
+    landmarks: np.ndarray  # (N, 68, 2) float32
+    found: np.ndarray  # (N,) bool
+    seconds: float = 0.0  # time the detector took
+
+    def __len__(self) -> int:
+        return int(self.found.shape[0])

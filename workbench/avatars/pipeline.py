@@ -4,7 +4,8 @@ Two stages, so the expensive one runs once per source:
 1. `detect_faces` — the detector on every frame (box + 68 landmarks). Depends only on the frames and the detector.
 2. `build_avatar` — everything that depends on `PrepParams` (bbox_shift, extra_margin, parsing mode, cheek
    widths): boxes, crops, masks and latents. Cheap, except the optional VAE encoding.
-`prepare_avatar` runs both; the cache keeps stage 1's `Detections` so a new bbox_shift detects nothing.
+`prepare_avatar` is the one pipeline: it runs both, and with a store (`workbench.avatars.store`) it loads
+what is already prepared and keeps stage 1's `Detections` so a new bbox_shift detects nothing.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from workbench.avatars.masks import make_masks, resolve_mask_kind
-from workbench.avatars.model import Avatar, PrepParams
-from workbench.config import CROP_SIZE, LATENT_SIZE, N_LANDMARKS
+from workbench.avatars.model import Avatar, Detections, PrepParams
+from workbench.avatars.store import AvatarCache
+from workbench.config import CROP_SIZE, FPS, LATENT_SIZE, N_LANDMARKS
 from workbench.faces.boxes import bbox_range, face_box
 from workbench.faces.landmarks import LandmarkDetector
 from workbench.media import read_frames, source_digest
@@ -43,20 +44,6 @@ class PreparationError(ValueError):
     """The source cannot be made into an avatar (bad shapes, a broken encoder output)."""
 
 
-@dataclass
-class Detections:
-    """Stage 1's result for N frames: the detector's box and landmarks where it found a face, NaN elsewhere."""
-
-    detector: str  # the detector's identity
-    boxes: np.ndarray  # (N, 4) float64 detector boxes
-    landmarks: np.ndarray  # (N, 68, 2) float32
-    found: np.ndarray  # (N,) bool
-    seconds: float = 0.0  # time the detector took
-
-    def __len__(self) -> int:
-        return int(self.found.shape[0])
-
-
 def _scaled(progress: Progress | None, lo: float, hi: float) -> Progress | None:
     if progress is None:
         return None
@@ -75,8 +62,6 @@ def load_source(source: str | Path | np.ndarray, max_frames: int | None = None) 
             raise PreparationError(f"frames must be (N, H, W, 3) uint8 BGR, got {source.shape} {source.dtype}")
         if max_frames is not None:
             frames = frames[:max_frames]
-        from workbench.config import FPS
-
         return np.ascontiguousarray(frames), float(FPS)
     return read_frames(source, max_frames)
 
@@ -251,23 +236,35 @@ def prepare_avatar(
     progress: Progress | None = None,
     detections: Detections | None = None,
     *,
-    avatar_id: str | None = None,
+    store: AvatarCache | None = None,
     vae_batch_size: int = 8,
 ) -> Avatar:
     """Prepare an avatar from a video, a photo, a folder of frames or an (N, H, W, 3) array.
 
-    Pass `detections` from an earlier run on the same source and detector to skip detection.
+    The one preparation pipeline. With a `store`, an avatar already prepared with the same source, parameters
+    and models is loaded instead, the source's detections are reused when only `params` changed, and the
+    result is saved. Pass `detections` from an earlier run on the same source and detector to skip detection.
     Raises NoFaceError when no frame has a face, MediaError for unreadable media.
     """
     t0 = time.perf_counter()
     report = progress or (lambda f, m: None)
+    digest = store.digest(source) if store is not None else source_digest(source)
+    avatar_id = avatar_id_for(digest, params, detector, vae_encoder, face_parser)
+    if store is not None and store.has(avatar_id):
+        report(1.0, "loaded from cache")
+        return store.load(avatar_id)
     report(0.0, "reading frames")
     frames, fps = load_source(source, params.max_frames)
     name = source_name(source)
+    if detections is None and store is not None:
+        key = store.detection_key(digest, detector, params.max_frames)
+        cached = store.load_detections(key)
+        if cached is not None and len(cached) == len(frames):
+            detections = cached
     if detections is None:
         detections = detect_faces(frames, detector, _scaled(progress, 0.02, DETECT_SHARE))
-    if avatar_id is None:
-        avatar_id = avatar_id_for(source_digest(source), params, detector, vae_encoder, face_parser)
+        if store is not None:
+            store.save_detections(store.detection_key(digest, detector, params.max_frames), detections, name)
     avatar = build_avatar(
         frames,
         fps,
@@ -277,10 +274,14 @@ def prepare_avatar(
         source=name,
         vae_encoder=vae_encoder,
         face_parser=face_parser,
-        progress=_scaled(progress, DETECT_SHARE, 1.0),
+        progress=_scaled(progress, DETECT_SHARE, 0.97),
         vae_batch_size=vae_batch_size,
     )
+    avatar.extras["source_digest"] = digest
     avatar.extras["prepare_seconds"] = time.perf_counter() - t0
     avatar.extras["detect_seconds"] = detections.seconds
+    if store is not None:
+        report(0.97, "saving")
+        store.save(avatar)
     report(1.0, f"prepared {len(avatar)} frames")
     return avatar

@@ -1,13 +1,13 @@
-"""The avatar cache: prepared avatars and face detections on disk, keyed by content.
+"""The avatar store: prepared avatars and face detections on disk, keyed by content. It only stores:
+the preparation pipeline (`workbench.avatars.pipeline.prepare_avatar`) decides what to compute and asks it.
 
 Layout under `root`:
     avatars/<id>/      meta.json + frames, boxes, landmarks, has_face, crops, masks[, latents] as .npy
     detections/<key>/  meta.json + boxes, landmarks, found as .npy
 
-An avatar id is the sha256 of the source's content (file bytes, or a frames folder's names and bytes)
-plus a hash of its PrepParams and of the detector / VAE / face-parser identities. Detections are keyed
-by content, frame cap and detector only, so preparing the same clip with another bbox_shift or mask mode
-runs no detector at all. Every folder is written through `atomic.atomic_dir`: an interrupted
+An avatar id (made by the pipeline) is the sha256 of the source's content plus a hash of its PrepParams
+and of the detector / VAE / face-parser identities. Detections are keyed by content, frame cap and detector
+only, so preparing the same clip with another bbox_shift or mask mode runs no detector at all. Every folder is written through `atomic.atomic_dir`: an interrupted
 preparation leaves no half-written avatar behind.
 """
 
@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,18 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench import atomic
-from workbench.avatars.model import Avatar, PrepParams
-from workbench.avatars.pipeline import (
-    Detections,
-    Progress,
-    VaeEncoder,
-    _scaled,
-    avatar_id_for,
-    build_avatar,
-    detect_faces,
-    load_source,
-    source_name,
-)
+from workbench.avatars.model import Avatar, Detections, PrepParams
 from workbench.faces.landmarks import LandmarkDetector
 from workbench.media import source_digest
 
@@ -75,6 +63,7 @@ class AvatarInfo:
     has_latents: bool
     fps: float
     frame_size: tuple[int, int]  # (height, width)
+    source_digest: str | None = None  # content hash of the source it was prepared from
 
     @property
     def id(self) -> str:
@@ -103,16 +92,6 @@ class AvatarCache:
         if stamp not in self._digests:
             self._digests[stamp] = source_digest(p)
         return self._digests[stamp]
-
-    def avatar_id(
-        self,
-        source: str | Path | np.ndarray,
-        params: PrepParams,
-        detector: LandmarkDetector,
-        vae_encoder: VaeEncoder | None = None,
-        face_parser: object | None = None,
-    ) -> str:
-        return avatar_id_for(self.digest(source), params, detector, vae_encoder, face_parser)
 
     def _avatar_path(self, avatar_id: str) -> Path:
         if not isinstance(avatar_id, str) or not _ID_RE.match(avatar_id):
@@ -161,69 +140,9 @@ class AvatarCache:
                 },
             )
 
-    def detections(
-        self,
-        source: str | Path | np.ndarray,
-        detector: LandmarkDetector,
-        max_frames: int | None = None,
-        frames: np.ndarray | None = None,
-        progress: Progress | None = None,
-    ) -> Detections:
-        """The source's detections from the cache, or run the detector once and keep them."""
-        key = self.detection_key(self.digest(source), detector, max_frames)
-        det = self.load_detections(key)
-        if det is not None and (frames is None or len(det) == len(frames)):
-            return det
-        if frames is None:
-            frames, _ = load_source(source, max_frames)
-        det = detect_faces(frames, detector, progress)
-        self.save_detections(key, det, source_name(source))
-        return det
-
     # --- avatars --------------------------------------------------------------------------------
     def has(self, avatar_id: str) -> bool:
         return (self._avatar_path(avatar_id) / "meta.json").is_file()
-
-    def get_or_prepare(
-        self,
-        source: str | Path | np.ndarray,
-        params: PrepParams,
-        detector: LandmarkDetector,
-        vae_encoder: VaeEncoder | None = None,
-        face_parser: object | None = None,
-        progress: Progress | None = None,
-        vae_batch_size: int = 8,
-    ) -> Avatar:
-        """The cached avatar for (source, params, models), or prepare and cache it."""
-        t0 = time.perf_counter()
-        report = progress or (lambda f, m: None)
-        digest = self.digest(source)
-        avatar_id = avatar_id_for(digest, params, detector, vae_encoder, face_parser)
-        if self.has(avatar_id):
-            report(1.0, "loaded from cache")
-            return self.load(avatar_id)
-        report(0.0, "reading frames")
-        frames, fps = load_source(source, params.max_frames)
-        det = self.detections(source, detector, params.max_frames, frames, _scaled(progress, 0.02, 0.7))
-        avatar = build_avatar(
-            frames,
-            fps,
-            det,
-            params,
-            avatar_id=avatar_id,
-            source=source_name(source),
-            vae_encoder=vae_encoder,
-            face_parser=face_parser,
-            progress=_scaled(progress, 0.7, 0.97),
-            vae_batch_size=vae_batch_size,
-        )
-        avatar.extras["source_digest"] = digest
-        avatar.extras["detect_seconds"] = det.seconds
-        avatar.extras["prepare_seconds"] = time.perf_counter() - t0
-        report(0.97, "saving")
-        self.save(avatar)
-        report(1.0, f"prepared {len(avatar)} frames")
-        return avatar
 
     def _shared_frames(self, avatar: Avatar) -> Path | None:
         """An existing frames.npy of the same source and frame cap, to hard-link instead of copying."""
@@ -324,6 +243,7 @@ class AvatarCache:
                 has_latents=bool(meta["has_latents"]),
                 fps=float(meta["fps"]),
                 frame_size=tuple(meta["frame_size"]),
+                source_digest=meta.get("extras", {}).get("source_digest"),
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("skipping unreadable cache entry %s: %s", d, e)

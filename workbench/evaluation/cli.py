@@ -131,7 +131,9 @@ def run_cmd(
         base = load_summary(baseline) if baseline is not None else None
     except EvalError as e:
         raise _fail(e) from e
-    settings = Settings(**({"models_dir": models_dir} if models_dir else {}))
+    from workbench.engine import Engine  # the command is an entry point: it builds the one engine
+
+    engine = Engine(Settings(**({"models_dir": models_dir} if models_dir else {})))
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -144,9 +146,9 @@ def run_cmd(
         task = bar.add_task(f"eval {manifest.name}", total=n, msg="")
         out = run_suite(
             manifest,
+            engine,
             runs_dir,
             jobs=jobs,
-            settings=settings,
             face_detector=face_detector,
             run_name=name,
             progress=lambda f, m="": bar.update(task, completed=round(f * n, 2), msg=m[:60]),

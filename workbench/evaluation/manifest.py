@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workbench.avatars.model import PrepParams
+from workbench.config import ParsingMode, RendererName
 from workbench.evaluation.errors import ManifestError
 
 MetricName = Literal["landmark_sync", "syncnet", "latency"]
@@ -52,10 +54,10 @@ class GeneratedCase(_Case):
     kind: Literal["generated"] = "generated"
     source: Path  # avatar video or photo
     audio: Path  # driving speech
-    renderer: Literal["auto", "cpu", "musetalk"] = "auto"
-    bbox_shift: int = 0
-    extra_margin: int = 10
-    parsing_mode: Literal["jaw", "raw"] = "jaw"
+    renderer: RendererName = "auto"
+    bbox_shift: int = PrepParams.bbox_shift
+    extra_margin: int = PrepParams.extra_margin
+    parsing_mode: ParsingMode = PrepParams.parsing_mode
     batch_size: int | None = Field(None, ge=1, le=64)
     max_frames: int | None = Field(None, ge=1, description="avatar frames taken from the source")
     audio_start: float = Field(0.0, ge=0, description="seconds skipped at the start of the driving audio")

@@ -1,7 +1,9 @@
 """Run a suite: generated cases through the engine, reference cases as they are, latency logs read; then report.
 
-Each case runs inside its own try: a crashed case becomes a failed row with its error and the others finish.
-`jobs > 1` runs cases in parallel worker processes (spawned, so no torch or dlib state is shared by fork).
+Generated cases render through the engine the caller passes (the app's, the CLI's): its renderers and
+its render lock, so an evaluation loads no second copy of a model. Each case runs inside its own try: a
+crashed case becomes a failed row with its error and the others finish. `jobs > 1` runs cases in parallel
+worker processes (spawned, so no torch or dlib state is shared by fork), each with one engine of its own.
 The run folder is written through `workbench.atomic.atomic_dir`: it appears complete or not at all.
 """
 
@@ -19,14 +21,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from workbench import atomic
-from workbench.config import FPS, SAMPLE_RATE, Settings, get_settings
+from workbench.config import FPS, SAMPLE_RATE, Settings
 from workbench.evaluation.errors import ManifestError
 from workbench.evaluation.manifest import GeneratedCase, LatencyLogCase, ReferenceCase, Suite, load_suite
 from workbench.evaluation.scoring import Scorers, score_clip
+
+if TYPE_CHECKING:
+    from workbench.engine import Engine
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -79,7 +85,7 @@ def _sync_fields(row: dict, details: dict, scores, expected: int) -> None:
 
 
 def run_case(
-    case, suite: Suite, case_dir: Path, scorers: Scorers, settings: Settings, progress: Progress | None = None
+    case, suite: Suite, case_dir: Path, scorers: Scorers, engine: Engine, progress: Progress | None = None
 ) -> CaseOutput:
     """Evaluate one case; never raises: a failure is a row with status 'failed' and the error."""
     t0 = time.perf_counter()
@@ -96,7 +102,7 @@ def run_case(
         if missing:
             raise ManifestError(f"case {case.id}: files not found: " + ", ".join(missing))
         if isinstance(case, GeneratedCase):
-            _run_generated(case, suite, case_dir, scorers, settings, row, details, progress)
+            _run_generated(case, suite, case_dir, scorers, engine, row, details, progress)
         elif isinstance(case, ReferenceCase):
             _run_reference(case, suite, scorers, row, details, progress)
         elif isinstance(case, LatencyLogCase):
@@ -114,21 +120,19 @@ def _run_generated(
     suite: Suite,
     case_dir: Path,
     scorers: Scorers,
-    settings: Settings,
+    engine: Engine,
     row: dict,
     details: dict,
     progress: Progress | None,
 ) -> None:
     from workbench.avatars.model import PrepParams
-    from workbench.engine import Engine
     from workbench.evaluation.landmark_sync import shift_audio
     from workbench.evaluation.latency import latency_stats
     from workbench.media import load_audio, read_video
 
     files = suite.files_of(case)
-    overrides = {"batch_size": case.batch_size} if case.batch_size else {}
-    engine = Engine(settings.model_copy(update=overrides), renderer=case.renderer)
-    row["renderer"] = engine.resolved_renderer_name()
+    renderer = engine.renderer_for(case.renderer)
+    row["renderer"] = renderer.describe()
     params = PrepParams(
         bbox_shift=case.bbox_shift,
         extra_margin=case.extra_margin,
@@ -136,7 +140,9 @@ def _run_generated(
         max_frames=case.max_frames,
     )
     row.update(
-        bbox_shift=case.bbox_shift, extra_margin=case.extra_margin, batch_size=case.batch_size or settings.batch_size
+        bbox_shift=case.bbox_shift,
+        extra_margin=case.extra_margin,
+        batch_size=case.batch_size or engine.settings.batch_size,
     )
     avatar = engine.prepare(files["source"], params)
     audio = _trim(load_audio(files["audio"]), case.audio_start, case.max_seconds)
@@ -146,8 +152,9 @@ def _run_generated(
         audio,
         case_dir / "render.mp4",
         progress=(lambda f, m="": progress(0.5 * f, f"render {m}")) if progress else None,
+        renderer=case.renderer,
+        batch_size=case.batch_size,
     )
-    row["renderer"] = engine.renderer.describe()
     row["n_frames"] = result.n_frames
     row["render_seconds"] = round(result.seconds, 3)
     if "latency" in case.metrics and result.timings:
@@ -207,11 +214,16 @@ _WORKER: dict = {}
 
 
 def _worker_case(case, suite: Suite, case_dir: str, settings_json: str, face_detector: str) -> CaseOutput:
+    # A worker process is an entry point: it builds its engine and scorers once and keeps them for its cases.
+    from workbench.engine import Engine
+
     settings = Settings.model_validate_json(settings_json)
     key = (settings_json, face_detector)
     if _WORKER.get("key") != key:
-        _WORKER.update(key=key, scorers=Scorers(settings.models_dir, _device(settings), face_detector))
-    return run_case(case, suite, Path(case_dir), _WORKER["scorers"], settings)
+        _WORKER.update(
+            key=key, engine=Engine(settings), scorers=Scorers(settings.models_dir, _device(settings), face_detector)
+        )
+    return run_case(case, suite, Path(case_dir), _WORKER["scorers"], _WORKER["engine"])
 
 
 def _device(settings: Settings) -> str | None:
@@ -221,9 +233,9 @@ def _device(settings: Settings) -> str | None:
 # --- a whole suite ------------------------------------------------------------------------------
 def run_suite(
     suite: Suite | str | Path,
+    engine: Engine,
     runs_dir: str | Path | None = None,
     jobs: int = 1,
-    settings: Settings | None = None,
     face_detector: str = "auto",
     run_name: str | None = None,
     progress: Progress | None = None,
@@ -233,7 +245,7 @@ def run_suite(
 
     if not isinstance(suite, Suite):
         suite = load_suite(suite, check_files=False)
-    settings = settings or get_settings()
+    settings = engine.settings
     runs_dir = Path(runs_dir) if runs_dir is not None else Path(settings.runs_dir)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     final = _unique(runs_dir / (run_name or f"{suite.name}-{stamp}"))
@@ -245,7 +257,7 @@ def run_suite(
             scorers = Scorers(settings.models_dir, _device(settings), face_detector)
             for k, case in enumerate(suite.cases):
                 sub = (lambda f, m="", k=k, c=case.id: progress((k + f) / n, f"{c}: {m}")) if progress else None
-                outputs[case.id] = run_case(case, suite, tmp / "cases" / case.id, scorers, settings, sub)
+                outputs[case.id] = run_case(case, suite, tmp / "cases" / case.id, scorers, engine, sub)
                 if progress:
                     progress((k + 1) / n, f"{case.id}: {outputs[case.id].row['status']}")
             weights = scorers.weight_hashes()

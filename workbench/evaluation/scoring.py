@@ -21,7 +21,8 @@ from workbench.evaluation.face_track import (
     track_video,
 )
 from workbench.evaluation.landmark_sync import LandmarkSyncResult, landmark_sync, track_audio
-from workbench.evaluation.syncnet import SyncNetScorer, SyncNetScores, file_sha256, syncnet_weights_path
+from workbench.evaluation.syncnet import SyncNetScorer, SyncNetScores, syncnet_weights_path
+from workbench.weights import sha256_cached
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -84,12 +85,12 @@ class Scorers:
         out = {"syncnet_v2.model": "none", "sfd_face.pth": "none"}
         if self.models_dir is not None:
             try:
-                out["syncnet_v2.model"] = file_sha256(syncnet_weights_path(self.models_dir))
+                out["syncnet_v2.model"] = sha256_cached(syncnet_weights_path(self.models_dir))
             except SyncNetWeightsMissing:
                 pass
             sfd = sfd_weights_path(self.models_dir)
             if sfd is not None:
-                out["sfd_face.pth"] = file_sha256(sfd)
+                out["sfd_face.pth"] = sha256_cached(sfd)
         return out
 
 

@@ -14,7 +14,6 @@ The network and the protocol follow syncnet_python (`SyncNetModel.S`, `SyncNetIn
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from torch import nn
 
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from workbench.evaluation.errors import MediaTooShortError, SyncNetWeightsMissing
+from workbench.weights import sha256_cached
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,6 @@ def syncnet_weights_path(models_dir: str | Path) -> Path:
             "the weight-free sync metric and latency still run."
         )
     return p
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_syncnet(path: str | Path, device: str | torch.device = "cpu") -> SyncNetS:
@@ -238,7 +230,7 @@ class SyncNetScorer:
     def from_models_dir(cls, models_dir: str | Path, device: str | None = None, **kw) -> SyncNetScorer:
         path = syncnet_weights_path(models_dir)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(load_syncnet(path, dev), dev, weights_sha256=file_sha256(path), **kw)
+        return cls(load_syncnet(path, dev), dev, weights_sha256=sha256_cached(Path(path)), **kw)
 
     def features(
         self, crops: np.ndarray, audio16k: np.ndarray, progress: Callable[[float, str], None] | None = None

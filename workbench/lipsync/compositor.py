@@ -46,3 +46,23 @@ class Compositor:
         # Where the mask is exactly 0 the rounding below gives back the original byte.
         region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
         return out
+
+
+def blend_faces(
+    avatar: Avatar, base: np.ndarray, body: int, other: np.ndarray, other_body: int, w_other: float
+) -> np.ndarray:
+    """`base` (showing avatar frame `body`) with the union of both face boxes blended toward `other`
+    (showing `other_body`) by weight `w_other`: the cross-fade between idle and speech faces."""
+    if other.shape != base.shape:
+        return base
+    b1, b2 = avatar.boxes[body], avatar.boxes[other_body]
+    h, w = base.shape[:2]
+    x1, y1 = max(0, int(min(b1[0], b2[0]))), max(0, int(min(b1[1], b2[1])))
+    x2, y2 = min(w, int(max(b1[2], b2[2]))), min(h, int(max(b1[3], b2[3])))
+    if x2 <= x1 or y2 <= y1:
+        return base
+    out = base.copy()
+    a = out[y1:y2, x1:x2].astype(np.float32)
+    b = other[y1:y2, x1:x2].astype(np.float32)
+    out[y1:y2, x1:x2] = np.clip(a + w_other * (b - a) + 0.5, 0, 255).astype(np.uint8)
+    return out

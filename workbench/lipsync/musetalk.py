@@ -25,11 +25,10 @@ from workbench.avatars.model import Avatar
 from workbench.config import (
     AUDIO_TOKENS_PER_FRAME,
     CROP_SIZE,
+    DEFAULT_BATCH_SIZE,
     LATENT_SIZE,
     VAE_SCALING_FACTOR,
     WHISPER_DIM,
-    Settings,
-    get_settings,
 )
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
@@ -47,20 +46,18 @@ log = logging.getLogger(__name__)
 UNET_FILES = {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch_model.bin")}
 
 
-def resolve_device(device: str | None = None, dtype=None, settings: Settings | None = None):
-    """(torch.device, torch.dtype) from explicit values, else Settings; "auto" = cuda + float16, else cpu + float32."""
+def resolve_device(device: str | None = None, dtype=None):
+    """(torch.device, torch.dtype); "auto" or None = cuda + float16 when there is a GPU, else cpu + float32."""
     import torch
 
-    settings = settings or get_settings()
-    name = device or settings.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    from workbench.faces.checkpoints import resolve_device as pick_device  # the one device rule
+
+    dev = pick_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     if isinstance(dtype, torch.dtype):
         return dev, dtype
-    dtype_name = dtype or settings.dtype
+    dtype_name = dtype or "auto"
     if dtype_name == "auto":
         dtype_name = "float16" if dev.type == "cuda" else "float32"  # MuseTalk runs half precision on GPUs
     dt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype_name)
@@ -182,26 +179,24 @@ class MuseTalkRenderer(Renderer):
     @classmethod
     def from_models_dir(
         cls,
-        models_dir: Path | str | None = None,
+        models_dir: Path | str,
         device: str | None = None,
         dtype: str | None = None,
         version: str = "v15",
         batch_size: int | None = None,
         block_params: BlockParams | None = None,
-        settings: Settings | None = None,
     ) -> MuseTalkRenderer:
         """Load from MuseTalk's models/ layout; raises MissingWeightsError (with the download command) if absent."""
-        settings = settings or get_settings()
-        models_dir = Path(models_dir) if models_dir is not None else settings.models_dir
+        models_dir = Path(models_dir)
         if version not in UNET_FILES:
             raise ValueError(f"unknown MuseTalk version {version!r}; expected one of {sorted(UNET_FILES)}")
         require_musetalk(models_dir, version)
-        dev, dt = resolve_device(device, dtype, settings)
+        dev, dt = resolve_device(device, dtype)
         unet = load_unet(models_dir, version, dev, dt)
         vae = load_vae(models_dir, dev, dt)
         whisper = WhisperEncoderRunner.from_dir(models_dir / "whisper", dev, dt)
         log.info("MuseTalk %s loaded from %s on %s (%s)", version, models_dir, dev, dt)
-        return cls(unet, vae, whisper, dev, dt, version, batch_size or settings.batch_size, block_params, models_dir)
+        return cls(unet, vae, whisper, dev, dt, version, batch_size or DEFAULT_BATCH_SIZE, block_params, models_dir)
 
     @property
     def identity(self) -> str:

@@ -37,7 +37,9 @@ import soxr
 
 from workbench.avatars.model import Avatar
 from workbench.config import FPS, REALTIME_SAMPLE_RATE, SAMPLE_RATE
-from workbench.lipsync.base import AudioFrontend, Renderer
+from workbench.lipsync.base import Renderer
+from workbench.lipsync.compositor import blend_faces
+from workbench.lipsync.loop import RenderLoop
 from workbench.timing import FrameTiming, write_latency_log
 
 log = logging.getLogger(__name__)
@@ -177,11 +179,11 @@ class IdleFrameCache:
 class _Utterance:
     """One reply item's audio on its way through resampling, features, rendering and playback."""
 
-    def __init__(self, item_id: str | None, start_pos: int, frontend: AudioFrontend, lookahead: int, now: float):
+    def __init__(self, item_id: str | None, loop: RenderLoop, now: float):
         self.item_id = item_id
-        self.start_pos = start_pos  # body position of frame 0
-        self.frontend = frontend
-        self.lookahead = lookahead
+        self.loop = loop  # this reply's audio → conditions → frames
+        self.start_pos = loop.start  # body position of frame 0
+        self.lookahead = loop.lookahead_frames
         self.audio24 = np.zeros(SAMPLES_24K_PER_FRAME * 64, np.int16)
         self.n24 = 0  # real (unpadded) 24 kHz samples received
         self.arrivals: list[tuple[int, float]] = []  # (cumulative 24 kHz samples, perf_counter)
@@ -461,7 +463,7 @@ class LipSyncStream:
         if self._fade_out is not None:
             src, src_body, left = self._fade_out
             alpha = left / (self.crossfade_frames + 1)
-            image = self._blend_face(image, body, src, src_body, alpha)
+            image = blend_faces(self.avatar, image, body, src, src_body, alpha)
             self._fade_out = (src, src_body, left - 1) if left > 1 else None
         self._pos += 1
         self._remember(image, body, "idle")
@@ -496,25 +498,7 @@ class LipSyncStream:
         idle = self.idle_cache.image(body)
         if idle is None:
             return image
-        return self._blend_face(image, body, idle, body, w_idle)
-
-    def _blend_face(
-        self, base: np.ndarray, body: int, other: np.ndarray, other_body: int, w_other: float
-    ) -> np.ndarray:
-        """`base` with the union of both face boxes blended toward `other` by weight `w_other`."""
-        if other.shape != base.shape:
-            return base
-        b1, b2 = self.avatar.boxes[body], self.avatar.boxes[other_body]
-        h, w = base.shape[:2]
-        x1, y1 = max(0, int(min(b1[0], b2[0]))), max(0, int(min(b1[1], b2[1])))
-        x2, y2 = min(w, int(max(b1[2], b2[2]))), min(h, int(max(b1[3], b2[3])))
-        if x2 <= x1 or y2 <= y1:
-            return base
-        out = base.copy()
-        a = out[y1:y2, x1:x2].astype(np.float32)
-        b = other[y1:y2, x1:x2].astype(np.float32)
-        out[y1:y2, x1:x2] = np.clip(a + w_other * (b - a) + 0.5, 0, 255).astype(np.uint8)
-        return out
+        return blend_faces(self.avatar, image, body, idle, body, w_idle)
 
     def _update_lead(self, seconds: float) -> None:
         self._lead_ema = seconds if self._lead_ema is None else 0.7 * self._lead_ema + 0.3 * seconds
@@ -547,8 +531,7 @@ class LipSyncStream:
         if self._utterances:
             last = self._utterances[-1]
             start = max(start, last.start_pos + (last.n_total or 0))
-        frontend = self.renderer.new_frontend()
-        u = _Utterance(item_id, start, frontend, int(getattr(frontend, "lookahead_frames", 0)), now)
+        u = _Utterance(item_id, RenderLoop(self.renderer, self.avatar, start=start, lock=self.render_lock), now)
         self._utterances.append(u)
         self.utterance_stats.append(u.stats)
         return u
@@ -609,16 +592,15 @@ class LipSyncStream:
         for c in chunks:
             a16 = u.to16.resample_chunk(c)
             u.fed16 += len(a16)
-            conds += u.frontend.push(a16)
+            conds += u.loop.conditions(a16)
         if flush:
             tail = u.to16.resample_chunk(np.zeros(0, np.float32), last=True)
             target = (u.n_total or 0) * SAMPLES_16K_PER_FRAME
             room = max(0, target - u.fed16)
             tail = tail[:room]
             pad = np.zeros(max(0, room - len(tail)), np.float32)
-            conds += u.frontend.push(np.concatenate([tail, pad]))
+            conds += u.loop.conditions(np.concatenate([tail, pad]), flush=True)
             u.fed16 += room
-            conds += u.frontend.flush()
         t = self.clock()
         with self._cv:
             if self._is_dropped(u):
@@ -640,9 +622,7 @@ class LipSyncStream:
             self._cv.notify_all()
 
     def _render_speech(self, u: _Utterance, take: list[tuple[int, Any, float]]) -> None:
-        indices = [self.avatar.loop_index(u.start_pos + j) for j, _, _ in take]
-        with self.render_lock:
-            images = self.renderer.render(self.avatar, indices, [c for _, c, _ in take])
+        images = u.loop.render([j for j, _, _ in take], [c for _, c, _ in take])
         t = self.clock()
         with self._cv:
             if self._is_dropped(u):

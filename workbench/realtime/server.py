@@ -44,7 +44,7 @@ import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -54,10 +54,13 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from workbench.avatars.model import Avatar
 from workbench.avatars.store import CacheError
-from workbench.config import Settings, get_settings
+from workbench.config import Settings
 from workbench.lipsync.stream import LipSyncStream
 from workbench.realtime.session import ChatSession
 from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
+
+if TYPE_CHECKING:
+    from workbench.engine import Engine
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -128,7 +131,7 @@ class RealtimeManager:
         max_grants: int = MAX_GRANTS,
     ):
         self.engine = engine
-        self.settings = settings or getattr(engine, "settings", None) or get_settings()
+        self.settings = settings or engine.settings
         self.max_sessions = max_sessions
         self.max_video_height = max_video_height
         self.batch_size = batch_size or int(getattr(self.settings, "batch_size", 8))
@@ -219,17 +222,22 @@ class RealtimeManager:
             )
         return req.avatar_id
 
+    def realtime_config(self, requested: RealtimeConfig | None) -> RealtimeConfig:
+        """The browser's choices over this server's settings (model, voice, endpoint)."""
+        s = self.settings
+        base = RealtimeConfig(model=s.realtime_model, voice=s.realtime_voice, base_url=s.openai_base_url)
+        if requested is None:
+            return base
+        return base.model_copy(update=requested.model_dump(include=requested.model_fields_set))
+
     def make_voice(self, req: OfferRequest) -> VoiceSession:
-        config = req.realtime or RealtimeConfig()
+        config = self.realtime_config(req.realtime)
         key = req.api_key if req.api_key and req.api_key.get_secret_value().strip() else None
-        if (
-            req.mode == "openai"
-            and config.base_url
-            and config.base_url != self.settings.openai_base_url
-            and key is None
-        ):
-            # The server's own key only ever goes to the server's configured endpoint.
-            raise HTTPException(400, "a custom Realtime base URL needs your own API key")
+        if req.mode == "openai" and key is None:
+            if config.base_url != self.settings.openai_base_url:
+                # The server's own key only ever goes to the server's configured endpoint.
+                raise HTTPException(400, "a custom Realtime base URL needs your own API key")
+            key = self.settings.openai_api_key
         try:
             return make_voice(req.mode, api_key=key, config=config)
         except VoiceError as exc:
@@ -370,7 +378,7 @@ class RealtimeManager:
 
 
 def mount_realtime(
-    app: FastAPI, engine: Any, settings: Settings | None = None, *, prefix: str = "/rtc", **manager_options: Any
+    app: FastAPI, engine: Engine, settings: Settings | None = None, *, prefix: str = "/rtc", **manager_options: Any
 ) -> RealtimeManager:
     """Add the realtime routes and the chat page to `app`; returns the session manager.
 

@@ -20,7 +20,6 @@ import base64
 import contextlib
 import itertools
 import logging
-import os
 import random
 import re
 from abc import ABC, abstractmethod
@@ -34,7 +33,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from workbench.config import REALTIME_SAMPLE_RATE, get_settings
+from workbench.config import REALTIME_SAMPLE_RATE, Settings
 from workbench.realtime import tts
 
 log = logging.getLogger(__name__)
@@ -231,8 +230,9 @@ def _pcm_to_b64(pcm: np.ndarray) -> str:
 class RealtimeConfig(BaseModel):
     """What a user may set for an OpenAI Realtime session (no secret in here)."""
 
-    model: str = Field(default_factory=lambda: get_settings().realtime_model)
-    voice: str = Field(default_factory=lambda: get_settings().realtime_voice)
+    # Defaults are Settings' defaults; a server fills in its own settings (`RealtimeManager.realtime_config`).
+    model: str = Settings.model_fields["realtime_model"].default
+    voice: str = Settings.model_fields["realtime_voice"].default
     instructions: str = DEFAULT_INSTRUCTIONS
     # "none": no server VAD; the client's energy VAD finds turns, commits them and asks for a response.
     turn_detection: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
@@ -242,7 +242,7 @@ class RealtimeConfig(BaseModel):
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     interrupt_response: bool = True
     transcription_model: str | None = None  # e.g. "gpt-4o-mini-transcribe" for user transcripts
-    base_url: str | None = Field(default_factory=lambda: get_settings().openai_base_url)
+    base_url: str | None = None
     max_retries: int = Field(5, ge=0, le=50)
     initial_backoff_s: float = Field(0.5, gt=0.0, le=60.0)
     max_backoff_s: float = Field(8.0, gt=0.0, le=300.0)
@@ -336,11 +336,6 @@ class OpenAIRealtimeVoice(VoiceSession):
         self.config = config or RealtimeConfig()
         if isinstance(api_key, str):
             api_key = SecretStr(api_key) if api_key.strip() else None
-        if api_key is None:
-            env = get_settings().openai_api_key or (
-                SecretStr(os.environ["OPENAI_API_KEY"]) if os.environ.get("OPENAI_API_KEY") else None
-            )
-            api_key = env
         if api_key is None and client is None:
             raise VoiceError("an OpenAI API key is needed: set OPENAI_API_KEY or enter one in the key field")
         self._key = api_key

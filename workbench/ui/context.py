@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
@@ -24,6 +24,10 @@ from workbench.config import Settings
 from workbench.media import MediaError
 from workbench.ui.library import AccessError, Library, short_id  # noqa: F401  (re-exported for the tabs)
 from workbench.weights import WeightsError
+
+if TYPE_CHECKING:
+    from workbench.engine import Engine
+    from workbench.realtime.server import RealtimeManager
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +47,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass
 class UIContext:
-    engine: Any  # workbench.engine.Engine (typed loosely so tests can pass a stand-in)
+    engine: Engine
     library: Library
     settings: Settings
     extra_user_errors: tuple[type[BaseException], ...] = ()
     # workbench.realtime.server.RealtimeManager serving /rtc, which grants the chat page its avatar;
     # None when the Blocks are built without the realtime routes (build_ui alone).
-    realtime: Any = None
+    realtime: RealtimeManager | None = None
     # Components several tabs refresh when the session's avatar list changes (filled by build_ui).
     avatar_dropdowns: list = field(default_factory=list)
     # Scratch space for clips, report zips and unpacked manifests; removed when the process ends.

@@ -263,8 +263,8 @@ class EvalTab:
         suite = select_cases(self.suite_for(which, upload), case_ids, float(seconds) if seconds else None)
         out = run_suite(
             suite,
+            self.ctx.engine,
             runs_dir=self.session_runs_dir(session),
-            settings=self.ctx.settings,
             jobs=1,
             progress=gr_progress(progress),
         )

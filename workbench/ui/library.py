@@ -8,7 +8,6 @@ into `<cache_dir>/uploads/<content sha256>/` so an avatar can be prepared again 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -16,10 +15,14 @@ import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.avatars.model import Avatar
 from workbench.avatars.store import AvatarInfo, AvatarNotFoundError
 from workbench.media import IMAGE_EXTS, VIDEO_EXTS
+
+if TYPE_CHECKING:
+    from workbench.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ def safe_name(name: str) -> str:
 class Library:
     """Avatar visibility and source lookup for the UI. Thread-safe; shared by every session."""
 
-    def __init__(self, engine, samples_dir: Path | None = None, show_all: bool = False, keep_loaded: int = 4):
+    def __init__(self, engine: Engine, samples_dir: Path | None = None, show_all: bool = False, keep_loaded: int = 4):
         self.engine = engine
         self.samples_dir = samples_dir
         self.show_all = show_all  # single-user local use: show every cached avatar
@@ -109,17 +112,9 @@ class Library:
         return dest
 
     # --- avatars ------------------------------------------------------------------------------
-    def _meta(self, avatar_id: str) -> dict:
-        if not self.engine.cache.has(avatar_id):  # also refuses anything that is not an id (no paths)
-            raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r}")
-        path = self.engine.cache.avatars_dir / avatar_id / "meta.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r}") from e
-
     def digest_of(self, avatar_id: str) -> str | None:
-        return self._meta(avatar_id).get("extras", {}).get("source_digest")
+        # The store refuses anything that is not an avatar id (no paths).
+        return self.engine.avatar_info(avatar_id).source_digest
 
     def is_sample(self, avatar_id: str) -> bool:
         return self.digest_of(avatar_id) in self.sample_digests()

@@ -9,7 +9,7 @@ import numpy as np
 
 from workbench.avatars.model import Avatar, PrepParams
 from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, check_upload, kind_of
-from workbench.ui import overlays
+from workbench.ui import overlays, prep_inputs
 from workbench.ui.context import (
     UIContext,
     dropdown_update,
@@ -229,32 +229,17 @@ class PrepareTab:
                         info="frames taken from the video (the idle loop ping-pongs them)",
                         elem_id="prep-max-frames",
                     )
-                    bbox_shift = gr.Slider(
-                        -40,
-                        40,
-                        value=0,
-                        step=1,
-                        label="bbox_shift",
-                        info="moves the mask's upper edge; positive opens the mouth more",
+                    bbox_shift = prep_inputs.slider(
+                        "bbox_shift", info="moves the mask's upper edge; positive opens the mouth more"
                     )
-                    extra_margin = gr.Slider(
-                        0, 40, value=10, step=1, label="extra_margin (v1.5)", info="pixels added below the chin"
+                    extra_margin = prep_inputs.slider(
+                        "extra_margin", "extra_margin (v1.5)", info="pixels added below the chin"
                     )
-                    parsing_mode = gr.Radio(["jaw", "raw"], value="jaw", label="parsing mode (v1.5)")
-                    with gr.Row():
-                        left_cheek = gr.Slider(20, 160, value=90, step=1, label="left cheek width")
-                        right_cheek = gr.Slider(20, 160, value=90, step=1, label="right cheek width")
-                    detector = gr.Radio(
-                        ["dlib", "dwpose"],
-                        value="dlib",
-                        label="landmark detector",
-                        info="dwpose is MuseTalk's (needs its weights)",
-                    )
-                    mask_source = gr.Radio(
-                        ["auto", "landmarks", "bisenet"],
-                        value="auto",
-                        label="mask source",
-                        info="auto uses BiSeNet face parsing when its weights are present",
+                    parsing_mode = prep_inputs.parsing_mode("parsing mode (v1.5)")
+                    left_cheek, right_cheek = prep_inputs.cheek_widths()
+                    detector = prep_inputs.detector(info="dwpose is MuseTalk's (needs its weights)")
+                    mask_source = prep_inputs.mask_source(
+                        info="auto uses BiSeNet face parsing when its weights are present"
                     )
                 prepare_btn = gr.Button("Prepare avatar", variant="primary", elem_id="prep-button")
             with gr.Column(scale=3, min_width=360):

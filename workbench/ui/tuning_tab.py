@@ -18,7 +18,7 @@ import numpy as np
 from workbench.avatars.model import Avatar, PrepParams, describe_acting
 from workbench.config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from workbench.media import MediaError, check_upload, is_silent, load_audio, probe, write_video
-from workbench.ui import overlays
+from workbench.ui import overlays, prep_inputs
 from workbench.ui.context import UIContext, dropdown_update, gr_progress, new_session, remember, short_id, user_errors
 from workbench.ui.library import AUDIO_EXTS
 
@@ -319,11 +319,9 @@ class TuningTab:
                 )
             with gr.Column(scale=1, min_width=300):
                 with gr.Accordion("v1.5 mask parameters", open=True):
-                    extra_margin = gr.Slider(0, 40, value=10, step=1, label="extra_margin")
-                    parsing_mode = gr.Radio(["jaw", "raw"], value="jaw", label="parsing mode")
-                    with gr.Row():
-                        left_cheek = gr.Slider(20, 160, value=90, step=1, label="left cheek width")
-                        right_cheek = gr.Slider(20, 160, value=90, step=1, label="right cheek width")
+                    extra_margin = prep_inputs.slider("extra_margin")
+                    parsing_mode = prep_inputs.parsing_mode()
+                    left_cheek, right_cheek = prep_inputs.cheek_widths()
                 with gr.Row():
                     make_clip = gr.Checkbox(False, label="also a looping clip", min_width=120)
                     clip_seconds = gr.Slider(1, 2, value=1.0, step=0.2, label="clip length (s)")

@@ -1,4 +1,4 @@
-"""Helpers shared by the realtime and streaming tests (this module holds no tests of its own).
+"""Helpers shared by the realtime and streaming tests: a readable renderer, sessions, a fake engine, a peer.
 
 `LevelRenderer` satisfies the renderer contract with a condition anyone can read back from the
 picture: each frame's condition is the RMS of its 640 samples of 16 kHz audio, drawn as the grey
@@ -9,12 +9,16 @@ without trusting any bookkeeping of the code under test.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import time
 from collections.abc import Sequence
 
+import httpx
 import numpy as np
 import pytest
+from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from workbench.avatars.model import Avatar, PrepParams
 from workbench.config import CROP_SIZE, SAMPLES_PER_FRAME
@@ -224,3 +228,89 @@ def make_session(voice, renderer=None, avatar=None, session_id="test"):
     stream = LipSyncStream(renderer or LevelRenderer(), avatar or make_avatar(), name=session_id)
     stream.warm_idle()
     return ChatSession(session_id, stream, voice)
+
+
+class FakeEngine:
+    """The two things the realtime endpoint needs from `workbench.engine.Engine`."""
+
+    def __init__(self, avatars):
+        self.renderer = LevelRenderer()
+        self.avatars = {a.avatar_id: a for a in avatars}
+
+    def list_avatars(self):
+        class Info:
+            def __init__(self, avatar_id):
+                self.avatar_id = avatar_id
+
+        return [Info(i) for i in self.avatars]
+
+    def load_avatar(self, avatar_id):
+        if avatar_id not in self.avatars:
+            raise KeyError(avatar_id)
+        return self.avatars[avatar_id]
+
+
+class Peer:
+    """An aiortc browser stand-in: receives the avatar's tracks, sends a (silent) microphone."""
+
+    def __init__(self, http: httpx.AsyncClient):
+        self.http = http
+        self.pc = RTCPeerConnection()
+        self.video, self.audio, self.messages = [], [], []
+        self.session_id = None
+
+    async def connect(self, **body) -> httpx.Response:
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTrack(AudioStreamTrack())
+        self.channel = self.pc.createDataChannel("chat")
+        self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
+
+        @self.pc.on("track")
+        def _on_track(track):
+            async def pull():
+                while True:
+                    try:
+                        frame = await track.recv()
+                    except Exception:
+                        return
+                    (self.video if track.kind == "video" else self.audio).append((time.perf_counter(), frame))
+
+            asyncio.ensure_future(pull())
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        res = await self.http.post("/rtc/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer", **body})
+        if res.status_code == 200:
+            answer = res.json()
+            self.session_id = answer["session_id"]
+            await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+            await self.until(lambda: self.channel.readyState == "open", 10)
+        return res
+
+    async def until(self, predicate, timeout=20.0):
+        deadline = time.perf_counter() + timeout
+        while not predicate():
+            if time.perf_counter() > deadline:
+                raise AssertionError(f"timed out; messages: {[m.get('type') for m in self.messages]}")
+            await asyncio.sleep(0.02)
+
+    def said(self, text):
+        self.channel.send(json.dumps({"type": "text", "text": text}))
+
+    def of(self, type_):
+        return [m for m in self.messages if m.get("type") == type_]
+
+    def fps(self, t0, t1):
+        """Frames received per second of wall time."""
+        return sum(1 for t, _ in self.video if t0 <= t < t1) / (t1 - t0)
+
+    def media_fps(self, t0, t1):
+        """Frames per second of the sender's clock, from the timestamps: 25 whatever the network did."""
+        pts = [f.pts for t, f in self.video if t0 <= t < t1]
+        return (pts[-1] - pts[0]) / 3600 / (t1 - t0) if len(pts) > 1 else 0.0
+
+    def audio_energy(self, t0, t1):
+        chunks = [f.to_ndarray().astype(np.float64) for t, f in self.audio if t0 <= t < t1]
+        return float(np.sqrt(np.mean(np.concatenate(chunks, axis=None) ** 2))) if chunks else 0.0
+
+    async def close(self):
+        await self.pc.close()
