@@ -76,11 +76,94 @@ def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     return np.concatenate(out)[:n_total].astype(np.float32)
 
 
-def load_avatar(frames: int) -> Avatar:
+def load_avatar(frames: int | None, path: Path = SAMPLES / "yongen.mp4") -> Avatar:
     from workbench.avatars.pipeline import prepare_avatar
     from workbench.faces.landmarks import get_detector
 
-    return prepare_avatar(SAMPLES / "yongen.mp4", PrepParams(max_frames=frames), get_detector("dlib"))
+    return prepare_avatar(path, PrepParams(max_frames=frames), get_detector("dlib"))
+
+
+QUALITY_SETS = {  # avatar → (video, driving audio, role). Design: looked at while building; held out: reported.
+    "sun": (SAMPLES / "sun.mp4", "sun.wav", "design"),
+    "talk1": (SAMPLES / "calibration" / "talk1.mp4", "eng.wav", "design"),
+    "talk2": (SAMPLES / "calibration" / "talk2.mp4", "eng.wav", "design"),
+    "talk3": (SAMPLES / "calibration" / "talk3.mp4", "eng.wav", "held out"),
+    "talk4": (SAMPLES / "calibration" / "talk4.mp4", "eng.wav", "held out"),
+    "talk5": (SAMPLES / "calibration" / "talk5.mp4", "eng.wav", "held out"),
+}
+QUALITY_SECONDS = 8  # of the driving audio (eng.wav from 20 s: not the avatar's own speech)
+
+
+def bench_quality(frames: int | None = 300) -> dict:
+    import librosa
+    import soundfile as sf
+
+    out = {}
+    for name, (video, wav, role) in QUALITY_SETS.items():
+        audio, sr = sf.read(SAMPLES / wav, dtype="float32")
+        if audio.ndim > 1:
+            audio = audio.mean(axis=1)
+        if sr != SAMPLE_RATE:
+            audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE)
+        start = 20 * SAMPLE_RATE if wav == "eng.wav" else 0
+        audio = audio[start : start + QUALITY_SECONDS * SAMPLE_RATE]
+        res = quality(load_avatar(frames, video), audio)
+        res.update({"role": role, "audio": f"{wav} [{start // SAMPLE_RATE}s, +{QUALITY_SECONDS}s]"})
+        out[name] = res
+    return out
+
+
+def scaled_avatar(avatar: Avatar, size: tuple[int, int]) -> Avatar:
+    """`avatar` with its frames resized to `size` (width, height): boxes and landmarks scaled, crops re-cut; the
+    crop-space masks carry over unchanged. The renderer's per-frame cost depends on these, not on detection."""
+    import dataclasses
+
+    import cv2
+
+    from workbench.avatars.pipeline import crop_faces
+
+    h, w = avatar.frame_size
+    sx, sy = size[0] / w, size[1] / h
+    frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in avatar.frames])
+    boxes = np.round(avatar.boxes * [sx, sy, sx, sy]).astype(np.int32)
+    return dataclasses.replace(
+        avatar,
+        avatar_id=f"{avatar.avatar_id}-{size[0]}x{size[1]}",
+        frames=frames,
+        boxes=boxes,
+        landmarks=(avatar.landmarks * [sx, sy]).astype(np.float32),
+        crops=crop_faces(frames, boxes),
+    )
+
+
+def bench_speed(avatars: dict[str, Avatar] | None = None, seconds: int = 12) -> dict:
+    """Steady-state frames/s, render + paste-back, of a drawn-mouth avatar (yongen) and a mouth-bank avatar
+    (talk4) at 704x1216 and 1080x1920 (frames scaled from the prepared avatars)."""
+    import soundfile as sf
+
+    eng, _ = sf.read(SAMPLES / "eng.wav", dtype="float32")
+    eng = eng[: seconds * SAMPLE_RATE]
+    if avatars is None:
+        avatars = {
+            "yongen (drawn)": load_avatar(100),
+            "talk4 (bank)": load_avatar(100, SAMPLES / "calibration" / "talk4.mp4"),
+        }
+    out = {}
+    for label, base in avatars.items():
+        for size in ((704, 1216), (1080, 1920)):
+            av = scaled_avatar(base, size)
+            t = bench_throughput(av, eng)
+            out[f"{label} {size[0]}x{size[1]}"] = {
+                "fps_wall": t["fps_wall"],
+                "fps_cpu_bound": t["fps_cpu_bound"],
+                "cpu_ms_per_frame": t["cpu_ms_per_frame"],
+                "render_ms_p50": t["render_ms_p50"],
+                "render_ms_p95": t["render_ms_p95"],
+                "box": [int(v) for v in av.boxes[0]],
+                "bank": bool(CPURenderer()._rig(av).bank_enabled),
+            }
+            del av
+    return out
 
 
 def bench_throughput(avatar: Avatar, audio: np.ndarray) -> dict:
@@ -265,51 +348,208 @@ def bench_audio_drive(avatar: Avatar, seconds: int = 20) -> dict:
     }
 
 
-def make_figures(out_dir: Path, frames: int) -> list[Path]:
-    """README strips: closed / open / rounded / spread mouths, chosen from the states eng.wav really produces."""
+def xcorr(mouth: np.ndarray, env: np.ndarray, max_lag: int = 5) -> dict[int, float]:
+    """Correlation of mouth[k] with env[k - lag]: a positive lag means the mouth follows the audio late."""
+    n = min(len(mouth), len(env))
+    mouth, env = mouth[:n], env[:n]
+    out = {}
+    for lag in range(-max_lag, max_lag + 1):
+        a, b = (mouth[lag:], env[: n - lag]) if lag >= 0 else (mouth[:lag], env[-lag:])
+        out[lag] = float(np.corrcoef(a, b)[0, 1])
+    return out
+
+
+def envelope(audio: np.ndarray, n: int) -> np.ndarray:
+    a = np.pad(audio, (0, max(0, n * SAMPLES_PER_FRAME - len(audio))))[: n * SAMPLES_PER_FRAME]
+    return np.sqrt(np.mean(a.reshape(n, SAMPLES_PER_FRAME) ** 2, axis=1))
+
+
+def quality(avatar: Avatar, audio: np.ndarray, batch: int = 8) -> dict:
+    """Realism and sync of `avatar` driven by `audio`, judged on dlib's re-detection of every rendered frame.
+
+    Inner-mouth colour share: the palette is built from the even source frames; the source's own score is
+    taken on its odd frames (frames the palette never saw), the render's on every rendered frame. Mouth
+    sharpness: rendered mean over the source's mean. Sync: re-detected opening against the audio envelope.
+    """
     import cv2
+    import dlib
+
+    from workbench.faces.landmarks import dlib_model_dir, get_detector
+    from workbench.lipsync import mouth_quality as mq
+
+    det = get_detector("dlib")
+    predictor = dlib.shape_predictor(str(dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"))
+    rects = []
+    for k, f in enumerate(avatar.frames):
+        d = det.detect(f)
+        rects.append(d.box if d is not None else rects[-1] if rects else None)
+        if rects[-1] is None:
+            raise RuntimeError(f"dlib finds no face on frame {k} of {avatar.source}")
+
+    def landmarks(frame: np.ndarray, i: int) -> np.ndarray:
+        x1, y1, x2, y2 = (int(round(v)) for v in rects[i])
+        s = predictor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), dlib.rectangle(x1, y1, x2, y2))
+        return np.array([(p.x, p.y) for p in s.parts()], np.float64)
+
+    src_lms = [landmarks(f, i) for i, f in enumerate(avatar.frames)]
+    palette = mq.build_palette(avatar.frames[0::2], src_lms[0::2])
+    src_share = mq.colour_share(avatar.frames[1::2], src_lms[1::2], palette)
+    src_sharp = mq.mean_sharpness(avatar.frames, src_lms)
+
+    r = CPURenderer()
+    states = r.new_frontend().process(audio)
+    n = len(states)
+    idx = [avatar.loop_index(k) for k in range(n)]
+    out_lms, hits, totals, sharp, n_open, banked = [], 0, 0, [], 0, 0
+    for b in range(0, n, batch):
+        sel = r.source_frames(avatar, idx[b : b + batch], states[b : b + batch])
+        r._rig(avatar).bank.reset() if sel[0] is not None else None  # source_frames carried; render re-chooses
+        frames = r.render(avatar, idx[b : b + batch], states[b : b + batch])
+        banked += sum(s is not None and s != i for s, i in zip(sel, idx[b : b + batch], strict=True))
+        for f, i in zip(frames, idx[b : b + batch], strict=True):
+            lm = landmarks(f, i)
+            out_lms.append(lm)
+            sh = mq.colour_share([f], [lm], palette)
+            if sh["pixels"]:
+                hits += sh["share"] * sh["pixels"]
+                totals += sh["pixels"]
+                n_open += 1
+            sharp.append(mq.mouth_sharpness(f, lm))
+    opening = measure_openness(np.asarray(out_lms))
+    c = xcorr(opening, envelope(audio, n))
+    best = max(c, key=c.get)
+    rend_share = hits / totals if totals else float("nan")
+    rend_sharp = float(np.nanmean(sharp))
+    return {
+        "source": avatar.source,
+        "frames": len(avatar),
+        "frame_size": list(avatar.frame_size),
+        "rendered_frames": n,
+        "bank_enabled": bool(r._rig(avatar).bank_enabled),
+        "colour_share_source": src_share["share"],
+        "colour_share_rendered": rend_share,
+        "colour_share_ratio": rend_share / src_share["share"],
+        "open_frames_rendered": n_open,
+        "sharpness_source": src_sharp,
+        "sharpness_rendered": rend_sharp,
+        "sharpness_ratio": rend_sharp / src_sharp,
+        "sync_best_lag": best,
+        "sync_corr_best": c[best],
+        "opening_std": float(opening.std()),
+    }
+
+
+FIGURE_AVATARS = {  # README contact sheets: name → (video, avatar frames used)
+    "yongen": (SAMPLES / "yongen.mp4", 100),
+    "sun": (SAMPLES / "sun.mp4", 300),
+    "talk4": (SAMPLES / "calibration" / "talk4.mp4", None),
+}
+
+
+def figure_states(r: CPURenderer) -> dict:
+    """Closed / mid / open / rounded mouth states, chosen from those eng.wav really produces."""
     import soundfile as sf
+
+    audio, _ = sf.read(SAMPLES / "eng.wav", dtype="float32")
+    states = r.new_frontend().process(audio)
+    arr = np.array([s.as_tuple() for s in states])
+    o, wd, rd = arr[:, 0], arr[:, 1], arr[:, 2]
+    return {
+        "closed": r.silence_condition(),
+        "mid": states[int(np.argmin(np.abs(o - 0.45) + wd + rd))],
+        "open": states[int(np.argmin(np.abs(o - 0.9) + wd + rd))],
+        "rounded": states[int(np.argmax(rd - np.abs(o - 0.4)))],
+    }
+
+
+def contact_sheet(avatar: Avatar, r: CPURenderer, picks: dict, i: int, tile_w: int = 256) -> np.ndarray:
+    """Top row: the source frame i (and, for a bank avatar, the source frame each mouth came from);
+    bottom row: the rendered frame i, for each picked state. Crops of the lower face."""
+    import cv2
+
+    x1, y1, x2, y2 = (int(v) for v in avatar.boxes[i])
+    h, w = avatar.frame_size
+    m = (x2 - x1) // 8
+    cx0, cx1 = max(0, x1 - m), min(w, x2 + m)
+    cy0, cy1 = max(0, y1 + (y2 - y1) // 3), min(h, y2 + m)
+    tile_h = round(tile_w * (cy1 - cy0) / (cx1 - cx0))
+
+    def tile(img: np.ndarray, text: str) -> np.ndarray:
+        t = cv2.resize(img[cy0:cy1, cx0:cx1], (tile_w, tile_h), interpolation=cv2.INTER_AREA)
+        cv2.rectangle(t, (0, 0), (tile_w, 16), (0, 0, 0), -1)
+        cv2.putText(t, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (255, 255, 255), 1, cv2.LINE_AA)
+        return t
+
+    top, bottom = [], []
+    for label, st in picks.items():
+        r._rig(avatar).bank.reset()
+        src = r.source_frames(avatar, [i], [st])[0]
+        r._rig(avatar).bank.reset()
+        frame = r.render(avatar, [i], [st])[0]
+        shown = i if src is None else src
+        top.append(tile(avatar.frames[shown], f"source frame {shown}" + ("" if src is None else " (mouth bank)")))
+        bottom.append(tile(frame, f"rendered {label}: open {st.open:.2f} width {st.width:.2f} round {st.round:.2f}"))
+    return np.vstack([np.hstack(top), np.hstack(bottom)])
+
+
+def make_figures(out_dir: Path, frames: int | None = None) -> list[Path]:
+    """README contact sheets: source vs rendered, closed / mid / open / rounded, for each FIGURE_AVATARS entry."""
+    import cv2
 
     from workbench.avatars.pipeline import prepare_avatar
     from workbench.faces.landmarks import get_detector
 
-    audio, _ = sf.read(SAMPLES / "eng.wav", dtype="float32")
     r = CPURenderer()
-    states = r.new_frontend().process(audio)
-    arr = np.array([s.as_tuple() for s in states])
-    o, wd, rd = arr[:, 0], arr[:, 1], arr[:, 2]
-    picks = {
-        "closed (silence)": r.silence_condition(),
-        "open": states[int(np.argmin(np.abs(o - 0.85) + wd + rd))],
-        "rounded": states[int(np.argmax(rd - np.abs(o - 0.45)))],
-        "spread": states[int(np.argmax(wd - np.abs(o - 0.55)))],
-    }
+    picks = figure_states(r)
     written = []
     det = get_detector("dlib")
-    for name in ("yongen.mp4", "sun.mp4"):
-        avatar = prepare_avatar(SAMPLES / name, PrepParams(max_frames=frames), det)
-        i = min(10, len(avatar) - 1)
-        x1, y1, x2, y2 = (int(v) for v in avatar.boxes[i])
-        h, w = avatar.frame_size
-        m = (x2 - x1) // 6
-        # The lower two thirds of the face box, where the renderer works, with a margin.
-        cx0, cx1 = max(0, x1 - m), min(w, x2 + m)
-        cy0, cy1 = max(0, y1 + (y2 - y1) // 3), min(h, y2 + m)
-        tiles = []
-        for label, st in picks.items():
-            frame = r.render(avatar, [i], [st])[0][cy0:cy1, cx0:cx1]
-            tile = cv2.resize(frame, (320, round(320 * (cy1 - cy0) / (cx1 - cx0))), interpolation=cv2.INTER_AREA)
-            text = f"{label}: open {st.open:.2f} width {st.width:.2f} round {st.round:.2f}"
-            cv2.rectangle(tile, (0, 0), (320, 20), (0, 0, 0), -1)
-            cv2.putText(tile, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
-            tiles.append(tile)
-        path = out_dir / f"cpu-renderer-{Path(name).stem}.png"
-        ok, buf = cv2.imencode(".png", np.hstack(tiles))
+    for name, (path, n) in FIGURE_AVATARS.items():
+        avatar = prepare_avatar(path, PrepParams(max_frames=frames or n), det)
+        sheet = contact_sheet(avatar, r, picks, min(10, len(avatar) - 1))
+        out = out_dir / f"cpu-renderer-{name}.png"
+        ok, buf = cv2.imencode(".png", sheet)
         if not ok:
-            raise RuntimeError(f"could not encode {path}")
-        atomic.write_bytes(path, buf.tobytes())
-        written.append(path)
+            raise RuntimeError(f"could not encode {out}")
+        atomic.write_bytes(out, buf.tobytes())
+        written.append(out)
     return written
+
+
+def run_realism(out: Path, console) -> None:
+    import json
+
+    from rich.table import Table
+
+    speed = bench_speed()
+    qual = bench_quality()
+    prev = json.loads(out.read_text()) if out.exists() else {}
+    prev.update({"realism": qual, "speed_by_size": speed, "loadavg_realism": os.getloadavg()})
+    atomic.write_json(out, prev)
+    tab = Table(title="CPU renderer realism (dlib re-detection; source = the avatar video's own frames)")
+    for col in ("avatar", "role", "bank", "colour share (src)", "ratio", "sharpness ratio", "sync lag / corr"):
+        tab.add_column(col)
+    for name, q in qual.items():
+        tab.add_row(
+            name,
+            q["role"],
+            "yes" if q["bank_enabled"] else "no",
+            f"{q['colour_share_rendered']:.2f} ({q['colour_share_source']:.2f})",
+            f"{q['colour_share_ratio']:.2f}",
+            f"{q['sharpness_ratio']:.2f}",
+            f"{q['sync_best_lag']:+d} / {q['sync_corr_best']:.2f}",
+        )
+    console.print(tab)
+    sp = Table(title="frames/s per stream, render + paste-back")
+    for col in ("avatar", "fps wall", "fps on a free core", "p50 / p95 ms"):
+        sp.add_column(col)
+    for name, v in speed.items():
+        sp.add_row(
+            name,
+            f"{v['fps_wall']:.0f}",
+            f"{v['fps_cpu_bound']:.0f}",
+            f"{v['render_ms_p50']:.1f} / {v['render_ms_p95']:.1f}",
+        )
+    console.print(sp)
 
 
 def main() -> None:
@@ -319,6 +559,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1-minute memory run, no audio-drive measurement")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--figures", type=Path, default=None, help="only write the README figures into this folder")
+    ap.add_argument(
+        "--realism",
+        action="store_true",
+        help="only the realism and speed sections (sun, calibration faces; 704x1216 and 1080x1920), merged into --out",
+    )
     args = ap.parse_args()
     if not SAMPLES.is_dir():
         raise SystemExit(f"sample media not found at {SAMPLES}")
@@ -331,6 +576,9 @@ def main() -> None:
     from rich.table import Table
 
     console = Console()
+    if args.realism:
+        run_realism(args.out, console)
+        return
     load0 = os.getloadavg()
     t = time.perf_counter()
     avatar = load_avatar(args.frames)

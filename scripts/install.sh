@@ -2,9 +2,11 @@
 # Install everything the workbench needs into .venv. Safe to run again: what is there is kept.
 #   TORCH='torch==2.13.0'  the torch requirement installed first (default); set another for your GPU/CUDA
 #   SKIP_APT=1             do not apt-get (you installed ffmpeg, espeak-ng, chromium yourself)
+#   EXTRAS='dev,ray'       the optional extras installed (default; CI needs both: ray runs the distributed eval test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH="${TORCH:-torch==2.13.0}"
+EXTRAS="${EXTRAS:-dev,ray}"
 
 need=()
 for cmd in ffmpeg espeak-ng chromium; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
@@ -19,5 +21,5 @@ fi
 .venv/bin/pip install -q --upgrade pip
 # torch first and pinned, so no dependency drags in a multi-GB CUDA build on a CPU machine.
 .venv/bin/pip install -q "$TORCH"
-.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/pip install -q -e ".[$EXTRAS]"
 echo "installed: $(.venv/bin/python -c 'import torch, diffusers, gradio; print("torch", torch.__version__, "diffusers", diffusers.__version__, "gradio", gradio.__version__)')"

@@ -4,7 +4,9 @@ It speaks the same events as the real service, so the real `openai` client talks
 (`AsyncOpenAI(websocket_base_url=server.url)`): `session.created/updated`, `input_audio_buffer.*`
 with an energy-based server VAD (`speech_started`/`speech_stopped`, interrupting a reply in
 progress), `conversation.item.create/truncate/delete`, `response.create/cancel` and the whole
-`response.*` sequence with real speech audio from espeak-ng, and `error` events for bad input.
+`response.*` sequence with real speech audio from the neural hibari voice (espeak-ng when it cannot
+load), offline transcription of the committed user audio with Whisper tiny.en (when the session asks
+for `audio.input.transcription`, or always with `transcribe=True`), and `error` events for bad input.
 For tests and demos it records what it received, can refuse handshakes, inject errors and drop
 every connection on demand.
 
@@ -39,6 +41,20 @@ from workbench.realtime.voice import OPENAI_VOICES, EnergyVAD, redacting_logger
 log = logging.getLogger(__name__)
 Responder = Callable[[str | None], str]
 AudioSource = Callable[[str], np.ndarray]
+Recogniser = Callable[[np.ndarray], str]  # int16 24 kHz → text
+
+
+def neural_speech(text: str) -> np.ndarray:
+    """The local voice's speaker: hibari's neural voice, or espeak-ng when it cannot load."""
+    from workbench.voice.tts import load_speaker
+
+    return load_speaker()[0].synthesize(text)
+
+
+def whisper_transcript(pcm: np.ndarray) -> str:
+    from workbench.voice.asr import shared_transcriber
+
+    return shared_transcriber().transcribe(pcm, REALTIME_SAMPLE_RATE).text
 
 
 def default_responder(user_text: str | None) -> str:
@@ -110,6 +126,8 @@ class FakeRealtimeServer:
         api_key: str | None = None,
         responder: Responder = default_responder,
         audio_source: AudioSource | None = None,
+        transcribe: bool = False,
+        recogniser: Recogniser | None = None,
         speed_factor: float = 8.0,
         chunk_ms: int = 100,
         host: str = "127.0.0.1",
@@ -119,7 +137,10 @@ class FakeRealtimeServer:
             raise ValueError("the fake Realtime server only binds to loopback")
         self.api_key = api_key
         self.responder = responder
-        self.audio_source = audio_source or tts.synthesize
+        self.audio_source = audio_source or neural_speech
+        self.transcribe = transcribe  # transcribe every committed turn, even when the session did not ask
+        self.recogniser = recogniser or whisper_transcript
+        self.transcripts: list[str] = []
         self.speed_factor = speed_factor
         self.chunk = REALTIME_SAMPLE_RATE * chunk_ms // 1000
         self.host, self.port = host, port
@@ -378,10 +399,28 @@ class FakeRealtimeServer:
             "status": "completed",
             "content": [{"type": "input_audio", "transcript": None}],
         }
+        pcm = np.frombuffer(bytes(c.buffer), dtype="<i2")
         c.buffer.clear()
-        c.last_user_text = None  # the stand-in cannot recognise speech
+        c.last_user_text = None
         await self._send(c, {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         await self._add_item(c, item, previous)
+        asked = c.session["audio"]["input"].get("transcription")
+        if (asked or self.transcribe) and len(pcm):
+            # Awaited before any response starts, so the responder answers what was said.
+            text = await asyncio.to_thread(self.recogniser, pcm)
+            self.transcripts.append(text)
+            c.last_user_text = text or None
+            item["content"][0]["transcript"] = text
+            if asked:
+                await self._send(
+                    c,
+                    {
+                        "type": "conversation.item.input_audio_transcription.completed",
+                        "item_id": item_id,
+                        "content_index": 0,
+                        "transcript": text,
+                    },
+                )
 
     async def _add_item(self, c: _Conn, item: dict[str, Any], previous: str | None) -> None:
         c.items[item["id"]] = item

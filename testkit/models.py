@@ -254,3 +254,54 @@ def weights_checksum(models_dir: Path | str) -> dict[str, str]:
             h.update(state[k].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         out[p.relative_to(root).as_posix()] = h.hexdigest()[:16]
     return out
+
+
+# madebyollin/taesd config.json (AutoencoderTiny's defaults); tiny: narrow, one block per stage, same 8x upsampling
+TAESD_CONFIG_FULL: dict = {
+    "act_fn": "relu",
+    "decoder_block_out_channels": [64, 64, 64, 64],
+    "encoder_block_out_channels": [64, 64, 64, 64],
+    "force_upcast": False,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "latent_magnitude": 3,
+    "latent_shift": 0.5,
+    "num_decoder_blocks": [3, 3, 3, 1],
+    "num_encoder_blocks": [1, 3, 3, 3],
+    "out_channels": 3,
+    "scaling_factor": 1.0,
+    "upsampling_scaling_factor": 2,
+}
+TAESD_CONFIG_TINY: dict = {
+    **TAESD_CONFIG_FULL,
+    "decoder_block_out_channels": [8, 8, 8, 8],
+    "encoder_block_out_channels": [8, 8, 8, 8],
+    "num_decoder_blocks": [1, 1, 1, 1],
+    "num_encoder_blocks": [1, 1, 1, 1],
+}
+
+
+def make_taesd(models_dir: Path | str, size: Size = "tiny", seed: int = 0) -> Path:
+    """Random-init AutoencoderTiny saved as madebyollin/taesd ships it: taesd/{config.json,
+    diffusion_pytorch_model.safetensors}; returns models_dir."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed + 300)
+    taesd = AutoencoderTiny(**(TAESD_CONFIG_FULL if size == "full" else TAESD_CONFIG_TINY))
+    taesd.save_pretrained(Path(models_dir) / "taesd", safe_serialization=True)
+    return Path(models_dir)
+
+
+def make_unet_vae(size: Size = "tiny", seed: int = 0):
+    """(UNet2DConditionModel, AutoencoderKL) built in memory from the configs above, in eval mode: for tests
+    and benchmarks that need the models but not the files or Whisper."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    full = size == "full"
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**(UNET_CONFIG_FULL if full else UNET_CONFIG_TINY))
+    torch.manual_seed(seed + 100)
+    vae = AutoencoderKL(**(VAE_CONFIG_FULL if full else VAE_CONFIG_TINY))
+    return unet.eval().requires_grad_(False), vae.eval().requires_grad_(False)

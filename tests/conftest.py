@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 SAMPLES_DIR = Path(__file__).parents[1].parent / "shared" / "samples"
+EXAMPLES_DIR = Path(__file__).parents[1] / "examples"  # bundled with the repository: always there
 AVATAR_FRAMES = 50
 
 
@@ -21,6 +22,13 @@ def samples_dir() -> Path:
     if not SAMPLES_DIR.is_dir():
         pytest.skip(f"sample media not found at {SAMPLES_DIR} (expected ../shared/samples beside the repository)")
     return SAMPLES_DIR
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    """The example media bundled in the repository (yongen.mp4, sun.mp4 — the same files as in the samples —
+    and short speech clips); tests that need only these run without `../shared`."""
+    return EXAMPLES_DIR
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +67,12 @@ def _prepare(samples_dir: Path, name: str, detector):
 
 
 @pytest.fixture(scope="session")
-def yongen_avatar(samples_dir, dlib_detector):
+def yongen_avatar(examples_dir, dlib_detector):
     """yongen.mp4 (painted portrait, 704x1216) prepared with default PrepParams, first 50 frames."""
-    return _prepare(samples_dir, "yongen.mp4", dlib_detector)
+    return _prepare(examples_dir, "yongen.mp4", dlib_detector)
 
 
 @pytest.fixture(scope="session")
-def sun_avatar(samples_dir, dlib_detector):
+def sun_avatar(examples_dir, dlib_detector):
     """sun.mp4 (a real person, 576x768) prepared with default PrepParams, first 50 frames."""
-    return _prepare(samples_dir, "sun.mp4", dlib_detector)
+    return _prepare(examples_dir, "sun.mp4", dlib_detector)

@@ -460,17 +460,33 @@ def test_cli_flags():
 
 
 def test_builds_without_sample_media(app_dirs, tmp_path, monkeypatch):
-    """A deployment without the samples (a bare Space): the app still builds and says what is missing."""
+    """A deployment without the samples (a bare Space): the bundled examples are offered; without them too,
+    the app still builds and says what is missing."""
     from workbench.engine import Engine
     from workbench.ui.app import WorkbenchUI
 
     settings = Settings(cache_dir=tmp_path / "cache", models_dir=app_dirs / "models", runs_dir=tmp_path / "runs")
+    space = WorkbenchUI(Engine(settings, renderer="cpu"), samples_dir=tmp_path / "no-samples")
+    space.build()
+    assert {"yongen.mp4", "sun.mp4"} <= {p.name for p in space.library.sample_sources()}
+    assert {"speech_en.ogg", "speech_zh.ogg"} <= {p.name for p in space.library.sample_audio()}
+    # The example suite offers only the cases whose media are here: the generated ones on the bundled clips.
+    ids = [c.id for c in space.eval_tab.suite_for("example", None).cases]
+    assert "yongen_eng" in ids
+    assert all(
+        all(p.exists() for p in s.files_of(c).values())
+        for s in [space.eval_tab.suite_for("example", None)]
+        for c in s.cases
+    )
+
     bare = WorkbenchUI(Engine(settings, renderer="cpu"), samples_dir=tmp_path / "no-samples")
+    bare.library.examples_dir = None
+    bare.library._sample_digests = None
     bare.build()
     assert bare.library.sample_sources() == [] and bare.library.visible([]) == []
     with pytest.raises(gr.Error, match="Pick a sample or upload"):
         bare.prepare_tab.prepare(None, None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, new_session(), progress=None)
-    # The example suite names the samples by relative path; here they resolve to nothing.
+    # A suite whose every case names missing media says so.
     suite = tmp_path / "suites" / "example.yaml"
     suite.parent.mkdir()
     suite.write_text("name: example\ncases:\n  - id: ref\n    kind: reference\n    video: ../gone/clip.avi\n")

@@ -6,12 +6,22 @@ import numpy as np
 import pytest
 
 import workbench.avatars.store as cache_mod
+from workbench.avatars.frames import PACK_NAME
 from workbench.avatars.model import PrepParams
 from workbench.avatars.pipeline import avatar_id_for, prepare_avatar
 from workbench.avatars.store import AvatarCache, AvatarNotFoundError
 from workbench.faces.landmarks import LandmarkDetector
 
 N = 6
+MIN_PSNR_DB = 40.0  # stored frames are JPEG q95 4:4:4: visually lossless, measured ~47 dB on the examples
+
+
+def assert_visually_lossless(stored, original) -> None:
+    import cv2
+
+    assert stored.shape == original.shape
+    for i in range(len(original)):
+        assert cv2.PSNR(np.asarray(stored[i]), np.asarray(original[i])) > MIN_PSNR_DB, f"frame {i}"
 
 
 class CountingDetector(LandmarkDetector):
@@ -35,22 +45,23 @@ def counting(dlib_detector):
     return CountingDetector(dlib_detector)
 
 
-def test_second_preparation_reuses_everything(tmp_cache, samples_dir, counting):
-    src = samples_dir / "sun.mp4"
+def test_second_preparation_reuses_everything(tmp_cache, examples_dir, counting):
+    src = examples_dir / "sun.mp4"
     first = prepare_avatar(src, PrepParams(max_frames=N), counting, store=tmp_cache)
     assert counting.calls == N
     again = prepare_avatar(src, PrepParams(max_frames=N), counting, store=tmp_cache)
     assert counting.calls == N, "a cached avatar must not run the detector"
     assert again.avatar_id == first.avatar_id
-    for name in ("frames", "boxes", "landmarks", "has_face", "crops", "masks"):
+    for name in ("boxes", "landmarks", "has_face", "crops", "masks"):
         assert np.array_equal(getattr(again, name), getattr(first, name)), name
+    assert_visually_lossless(again.frames, first.frames)
     assert again.params == first.params and again.bbox_range == first.bbox_range
     # a fresh cache object on the same folder finds it on disk
     assert AvatarCache(tmp_cache.root).load(first.avatar_id).avatar_id == first.avatar_id
 
 
-def test_new_bbox_shift_runs_no_detection(tmp_cache, samples_dir, counting):
-    src = samples_dir / "sun.mp4"
+def test_new_bbox_shift_runs_no_detection(tmp_cache, examples_dir, counting):
+    src = examples_dir / "sun.mp4"
     a = prepare_avatar(src, PrepParams(max_frames=N), counting, store=tmp_cache)
     b = prepare_avatar(src, PrepParams(max_frames=N, bbox_shift=7), counting, store=tmp_cache)
     c = prepare_avatar(src, PrepParams(max_frames=N, parsing_mode="raw"), counting, store=tmp_cache)
@@ -59,16 +70,16 @@ def test_new_bbox_shift_runs_no_detection(tmp_cache, samples_dir, counting):
     assert np.array_equal(b.boxes[:, 1], a.boxes[:, 1] + 14)
     assert not np.array_equal(a.masks, c.masks)
     # the frames are stored once and hard-linked
-    fa = tmp_cache.avatars_dir / a.avatar_id / "frames.npy"
-    fb = tmp_cache.avatars_dir / b.avatar_id / "frames.npy"
+    fa = tmp_cache.avatars_dir / a.avatar_id / PACK_NAME
+    fb = tmp_cache.avatars_dir / b.avatar_id / PACK_NAME
     assert fa.stat().st_ino == fb.stat().st_ino
     # another frame cap is another detection
     prepare_avatar(src, PrepParams(max_frames=N - 2), counting, store=tmp_cache)
     assert counting.calls == N + N - 2
 
 
-def test_key_covers_models_and_content(tmp_cache, samples_dir, counting, tmp_path):
-    src = samples_dir / "sun.mp4"
+def test_key_covers_models_and_content(tmp_cache, examples_dir, counting, tmp_path):
+    src = examples_dir / "sun.mp4"
 
     class Enc:
         def __init__(self, identity):
@@ -94,8 +105,8 @@ def test_key_covers_models_and_content(tmp_cache, samples_dir, counting, tmp_pat
     assert loaded.latents.shape == (2, 8, 32, 32)
 
 
-def test_interrupted_preparation_leaves_no_half_cache(tmp_cache, samples_dir, counting, monkeypatch):
-    src = samples_dir / "sun.mp4"
+def test_interrupted_preparation_leaves_no_half_cache(tmp_cache, examples_dir, counting, monkeypatch):
+    src = examples_dir / "sun.mp4"
     real_save = np.save
 
     def failing_save(path, arr, *a, **kw):
@@ -122,8 +133,8 @@ def test_interrupted_preparation_leaves_no_half_cache(tmp_cache, samples_dir, co
     assert counting.calls == calls and len(ok) == 3
 
 
-def test_list_and_delete(tmp_cache, samples_dir, counting):
-    src = samples_dir / "sun.mp4"
+def test_list_and_delete(tmp_cache, examples_dir, counting):
+    src = examples_dir / "sun.mp4"
     a = prepare_avatar(src, PrepParams(max_frames=3), counting, store=tmp_cache)
     b = prepare_avatar(src, PrepParams(max_frames=3, bbox_shift=-4), counting, store=tmp_cache)
     infos = tmp_cache.list()
@@ -131,7 +142,8 @@ def test_list_and_delete(tmp_cache, samples_dir, counting):
     info = infos[1]
     assert (info.source, info.n_frames, info.params["bbox_shift"]) == ("sun.mp4", 3, -4)
     assert info.bbox_range == a.bbox_range and info.frame_size == (768, 576) and info.fps == 25
-    assert info.size_bytes > a.frames.nbytes and info.created and not info.has_latents
+    assert info.size_bytes > a.crops.nbytes + a.masks.nbytes and info.created and not info.has_latents
+    assert info.size_bytes < a.frames.nbytes, "the full frames are stored compressed"
     assert info.mask_kind == "landmarks"
     tmp_cache.delete(a.avatar_id)
     assert [i.avatar_id for i in tmp_cache.list()] == [b.avatar_id]
@@ -144,12 +156,12 @@ def test_list_and_delete(tmp_cache, samples_dir, counting):
         tmp_cache.load("../../etc")
 
 
-def test_loaded_frames_are_read_only(tmp_cache, samples_dir, counting):
-    a = prepare_avatar(samples_dir / "sun.mp4", PrepParams(max_frames=2), counting, store=tmp_cache)
+def test_loaded_frames_are_read_only(tmp_cache, examples_dir, counting):
+    a = prepare_avatar(examples_dir / "sun.mp4", PrepParams(max_frames=2), counting, store=tmp_cache)
     loaded = tmp_cache.load(a.avatar_id)
     with pytest.raises(ValueError):
         loaded.frames[0, 0, 0, 0] = 1
-    assert np.array_equal(tmp_cache.load(a.avatar_id, mmap=False).frames, a.frames)
+    assert_visually_lossless(tmp_cache.load(a.avatar_id, mmap=False).frames, a.frames)
 
 
 def test_no_face_is_not_cached(tmp_cache, counting):

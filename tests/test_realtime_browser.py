@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from testkit.realtime import need_espeak
+from testkit.speech import word_errors
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
@@ -50,7 +51,9 @@ def server(yongen_avatar, tmp_path):
 
     from workbench.config import Settings
     from workbench.realtime.server import mount_realtime
+    from workbench.voice import preload
 
+    preload()  # the speech models load before the page connects (their loading would stall the handshake)
     app = FastAPI()
     manager = mount_realtime(app, Engine(yongen_avatar), Settings(runs_dir=tmp_path / "runs"), open_avatars=True)
     manager.add_avatar(yongen_avatar)
@@ -137,3 +140,132 @@ def test_chromium_receives_25fps_video_and_audio_for_a_local_reply(server, tmp_p
     assert speech_rate > 0 and speech_rate > 10 * idle_rate, (speech_rate, idle_rate)
     assert b["frameHeight"] == 720 and b["frameWidth"] == 416  # 704x1216 scaled to the 720-line cap
     assert session_stats["mic_seconds"] > 1.0  # the fake microphone reached the server
+
+
+QUESTION = "How does lip sync work?"
+QUESTION_PERIOD_S = 30.0  # Chromium loops the file: one question every 30 s, silence in between
+QUESTION_AT_S = 4.0  # the call connects after the fake microphone starts: ask once it surely has
+
+# Mean absolute change of the mouth region between captures 120 ms apart, in the page.
+_MOUTH_MOTION = """async ([box, n]) => {
+    const v = document.getElementById('avatar');
+    const c = document.createElement('canvas');
+    c.width = v.videoWidth; c.height = v.videoHeight;
+    const g = c.getContext('2d', { willReadFrequently: true });
+    const [x, y, w, h] = box;
+    let prev = null, total = 0;
+    for (let k = 0; k <= n; k++) {
+        g.drawImage(v, 0, 0);
+        const d = g.getImageData(x, y, w, h).data;
+        if (prev) { let s = 0; for (let i = 0; i < d.length; i += 4) s += Math.abs(d[i] - prev[i]) + Math.abs(d[i + 1] - prev[i + 1]); total += s / (d.length / 2); }
+        prev = d;
+        await new Promise((r) => setTimeout(r, 120));
+    }
+    return total / n;
+}"""
+
+
+def _question_wav(path: Path) -> Path:
+    """The spoken question in the neural voice, `QUESTION_AT_S` in, room noise around it to the end of the period."""
+    from workbench.voice.tts import load_speaker
+
+    speech = load_speaker("heart", fallback=False)[0].synthesize(QUESTION).astype(np.float32) / 32768.0
+    rng = np.random.default_rng(0)
+    out = rng.standard_normal(int(24_000 * QUESTION_PERIOD_S)).astype(np.float32) * 0.001
+    at = int(24_000 * QUESTION_AT_S)
+    out[at : at + len(speech)] += speech
+    sf.write(path, out, 24_000, subtype="PCM_16")
+    return path
+
+
+def _mouth_box(avatar, scale: float) -> list[int]:
+    """The mouth landmarks' (48-67) bounding box over all frames, padded, in the received video's pixels."""
+    pts = avatar.landmarks[:, 48:68].reshape(-1, 2)
+    x1, y1 = pts.min(axis=0) - 12
+    x2, y2 = pts.max(axis=0) + 12
+    return [int(x1 * scale), int(y1 * scale), max(4, int((x2 - x1) * scale)), max(4, int((y2 - y1) * scale))]
+
+
+def test_a_spoken_question_is_recognised_and_answered_aloud_with_lip_sync(server, yongen_avatar, tmp_path):
+    """Chromium's fake microphone asks a question; the FAQ voice hears it, answers aloud, and the mouth moves."""
+    pytest.importorskip("faster_whisper", reason="faster-whisper is not installed")
+    pytest.importorskip("hibari", reason="hibari-tts is not installed")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    from workbench.realtime.voice import DEFAULT_FAQ
+
+    url, manager, avatar_id = server
+    wav = _question_wav(tmp_path / "question.wav")
+    ARTIFACTS.mkdir(exist_ok=True)
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(f"{url}/rtc/chat?mode=faq&autostart=1&avatar={avatar_id}")
+            assert "English only" in page.inner_text("#localHint")
+            page.wait_for_function(
+                "window.rtcChat && window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
+                timeout=30_000,
+            )
+            # Heard, transcribed and answered: both turns in the transcript, labelled by the page. The fake
+            # microphone starts before the call does, so its first question may be cut; a later one is whole.
+            deadline = time.time() + 2 * QUESTION_PERIOD_S
+            said = answer = None
+            while answer is None:
+                if time.time() > deadline:
+                    sess = manager.sessions.get(page.evaluate("window.rtcChat.state.sessionId"))
+                    heard = sess and (sess.stats()["mic_seconds"], sess.voice.hearing, sess.voice.turns.windows)
+                    raise AssertionError(f"no answer to the spoken question: {page.inner_text('#log')} {heard}")
+                time.sleep(0.3)
+                log = page.evaluate(
+                    "Array.from(document.querySelectorAll('#log > div')).map(d => [d.className, d.textContent])"
+                )
+                for k, (cls, text) in enumerate(log):
+                    if "spoken" in cls and word_errors(QUESTION, text) <= 1:
+                        said = text
+                        answer = next((t for c, t in log[k + 1 :] if c == "assistant" and t.strip()), None)
+                        break
+            sid = page.evaluate("window.rtcChat.state.sessionId")
+            session = manager.sessions[sid]
+            height = page.evaluate("document.getElementById('avatar').videoHeight")
+            box = _mouth_box(yongen_avatar, height / yongen_avatar.frame_size[0])
+            stats = lambda: page.evaluate("window.rtcChat.stats()")  # noqa: E731
+            a = stats()
+            speaking_motion = page.evaluate(_MOUTH_MOTION, [box, 16])
+            b = stats()
+            # After the answer: the idle loop, before the fake microphone asks again.
+            deadline = time.time() + 30
+            while (session.stream.speaking or session.voice.response_active) and time.time() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)
+            c = stats()
+            idle_motion = page.evaluate(_MOUTH_MOTION, [box, 16])
+            d = stats()
+            page.screenshot(path=str(ARTIFACTS / "realtime-spoken.png"))
+            log_text = page.inner_text("#log")
+            timings = [t.as_dict() for t in session.voice.timings]
+            if session.voice.last_turn is not None:  # what the recogniser heard, for a failing transcript
+                sf.write(ARTIFACTS / "realtime-spoken-turn.wav", session.voice.last_turn.audio, 16_000)
+            page.evaluate("window.rtcChat.hangup()")
+        finally:
+            browser.close()
+    assert word_errors(QUESTION, said) <= 1, said
+    assert DEFAULT_FAQ["how does lip sync work"].startswith(answer.strip()[:40]), answer
+    speech_rate = (b["totalAudioEnergy"] - a["totalAudioEnergy"]) / ((b["t"] - a["t"]) / 1000)
+    idle_rate = (d["totalAudioEnergy"] - c["totalAudioEnergy"]) / ((d["t"] - c["t"]) / 1000)
+    assert speech_rate > 10 * idle_rate, (speech_rate, idle_rate, a, b, c, d, log_text)  # the answer was heard aloud
+    assert speaking_motion > 1.5 * idle_motion, (speaking_motion, idle_motion, box)  # and the mouth moved with it
+    assert timings and timings[0]["asr_compute_ms"] > 0, timings

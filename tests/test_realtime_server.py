@@ -18,6 +18,14 @@ from workbench.realtime.voice import LocalVoice
 from workbench.timing import read_latency_log
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _speech_models():
+    """The local voice's speech models load before any call: their loading would stall a WebRTC handshake."""
+    from workbench.voice import preload
+
+    preload()
+
+
 def _app(tmp_path, avatars=None, **options):
     engine = FakeEngine(avatars or [make_avatar(avatar_id="alice")])
     settings = Settings(
@@ -197,7 +205,7 @@ def test_tracks_carry_audio_and_video_on_one_timeline():
     need_espeak()
 
     async def main():
-        h = await SessionHarness(make_session(LocalVoice("echo", speed_factor=4))).start()
+        h = await SessionHarness(make_session(LocalVoice("echo", speed_factor=4, voice="espeak", listen=False))).start()
         try:
             await h.wait_for(lambda: h.session.voice.status == "connected")
             await h.session.send_text("Timestamps must agree.")

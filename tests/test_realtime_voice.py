@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from testkit.fake_realtime import FakeRealtimeServer
+from testkit.fake_realtime import FakeRealtimeServer, neural_speech
 from testkit.realtime import SessionHarness, make_session, need_espeak
 from workbench.realtime import tts
 from workbench.realtime.voice import OpenAIRealtimeVoice, RealtimeConfig, VoiceAuthError
@@ -27,7 +27,8 @@ def _voice(server: FakeRealtimeServer, key: str = KEY, **config) -> OpenAIRealti
 
 
 def _expected_audio(text: str) -> np.ndarray:
-    return np.concatenate([tts.synthesize(s) for s in tts.split_sentences(text)])
+    # The stand-in server speaks each sentence with the local voice's speaker (neural, else espeak-ng).
+    return np.concatenate([neural_speech(s) for s in tts.split_sentences(text)])
 
 
 def _loud(seconds: float) -> np.ndarray:

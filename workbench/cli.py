@@ -1,4 +1,4 @@
-"""`workbench` command line: prepare avatars, render lip-synced video, manage weights, evaluate."""
+"""`workbench` command line: prepare avatars, render lip-synced video, manage weights, evaluate, offline speech."""
 
 from __future__ import annotations
 
@@ -142,13 +142,17 @@ def render(
     source: Annotated[Path | None, typer.Option("--source", help="or a video/photo to prepare first")] = None,
     renderer: Annotated[str, typer.Option(help=", ".join(RENDERERS))] = "auto",
     batch_size: Annotated[int | None, typer.Option(help="frames per renderer batch")] = None,
+    decoder: Annotated[str, typer.Option(help="MuseTalk decoder: vae (the reference) or taesd (fast)")] = "vae",
     models_dir: ModelsDir = None,
     cache_dir: CacheDir = None,
 ) -> None:
     """Render a lip-synced 25 fps mp4 with the audio muxed in."""
+    if decoder not in ("vae", "taesd"):
+        raise _fail(ValueError(f"--decoder must be vae or taesd, not {decoder!r}"))
     if (avatar is None) == (source is None):
         raise _fail(ValueError("give exactly one of --avatar ID or --source FILE"))
-    engine = _engine(_settings(models_dir, cache_dir, batch_size=batch_size), _choice(renderer, RendererName))
+    settings = _settings(models_dir, cache_dir, batch_size=batch_size, decoder=decoder)
+    engine = _engine(settings, _choice(renderer, RendererName))
     try:
         av = engine.load_avatar(avatar) if avatar else engine.prepare(source)
         with _Bar(f"render ({engine.renderer.describe()})") as bar:
@@ -250,6 +254,16 @@ def _mount_eval() -> None:
 
 
 _mount_eval()
+
+
+def _mount_voice() -> None:
+    """`workbench voice say|transcribe` (the speech models load only when a command runs)."""
+    from workbench.voice.cli import voice_app
+
+    app.add_typer(voice_app, name="voice")
+
+
+_mount_voice()
 
 if __name__ == "__main__":
     app()

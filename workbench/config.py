@@ -7,6 +7,7 @@ Only the entry points (app.py, the CLI, an evaluation worker process) build one;
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -42,24 +43,57 @@ DETECTORS: tuple[str, ...] = get_args(DetectorName)
 MASK_SOURCES: tuple[str, ...] = get_args(MaskSource)
 
 
+# A Hugging Face Space with persistent storage mounts it at /data; everything else there is lost on restart.
+SPACE_DATA_DIR = Path("/data")
+
+
+def persistent_root(data_dir: Path | None = None) -> Path | None:
+    """Where downloads, prepared avatars and runs survive a restart: the Space's /data volume when it is
+    mounted and writable, else None (paths stay relative to the working folder)."""
+    d = Path(data_dir) if data_dir is not None else SPACE_DATA_DIR
+    return d if d.is_dir() and os.access(d, os.W_OK) else None
+
+
+def _default_dir(name: str) -> Path:
+    root = persistent_root()
+    return root / "workbench" / name if root is not None else Path(name)
+
+
 class Settings(BaseSettings):
     """User settings; every field can be set as WORKBENCH_<NAME> in the environment."""
 
     model_config = SettingsConfigDict(env_prefix="WORKBENCH_", env_file=".env", extra="ignore")
 
-    models_dir: Path = Field(default=Path("models"), description="MuseTalk's models/ layout")
-    cache_dir: Path = Field(default=Path("cache"), description="prepared avatars and detections")
-    runs_dir: Path = Field(default=Path("runs"), description="evaluation run folders")
-    samples_dir: Path | None = Field(default=None, description="sample media; default: samples/ or ../shared/samples")
+    # Defaults: models/, cache/, runs/ here, or /data/workbench/… on a Space with persistent storage.
+    models_dir: Path = Field(default_factory=lambda: _default_dir("models"), description="MuseTalk's models/ layout")
+    cache_dir: Path = Field(default_factory=lambda: _default_dir("cache"), description="prepared avatars, detections")
+    runs_dir: Path = Field(default_factory=lambda: _default_dir("runs"), description="evaluation run folders")
+    cache_max_mb: int = Field(
+        default=3000,
+        ge=0,
+        description="prepared avatars beyond this many MB evict the least recently used (never the examples); 0: no limit",
+    )
+    prepare_example: bool = Field(
+        default=True, description="app: prepare the default example avatar in the background on start"
+    )
+    samples_dir: Path | None = Field(
+        default=None, description="sample media; default: samples/, else ../shared/samples, else examples/"
+    )
     renderer: RendererName = "auto"
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', …")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    decoder: Literal["vae", "taesd"] = Field(
+        default="vae", description="MuseTalk latent decoder: vae (the reference) or taesd (fast, approximate)"
+    )
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=64)
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
     max_upload_mb: int = 200
     max_upload_seconds: float = 60.0
+    # the Evaluation tab's "Ray cluster" choice: "local" (RAY_ADDRESS, else Ray started here), "auto", HOST:PORT or
+    # ray://HOST:PORT. Set by whoever runs the app, never by a page visitor.
+    eval_ray_address: str = "local"
     # OpenAI Realtime; the key is read from OPENAI_API_KEY too, and never logged or cached.
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")

@@ -26,6 +26,7 @@ from workbench.lipsync.base import Renderer
 from workbench.lipsync.loop import RenderLoop
 from workbench.media import load_audio, write_video
 from workbench.timing import FrameTiming
+from workbench.zerogpu import PREPARE_GPU_S, PREVIEW_GPU_S, RENDER_FILE_GPU_S, gpu
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -43,7 +44,8 @@ class Engine:
     def __init__(self, settings: Settings, renderer: RendererName | None = None):
         self.settings = settings
         self.renderer_choice: RendererName = renderer or self.settings.renderer
-        self.cache = AvatarCache(self.settings.cache_dir)
+        limit_mb = self.settings.cache_max_mb
+        self.cache = AvatarCache(self.settings.cache_dir, max_bytes=limit_mb * 1_000_000 if limit_mb else None)
         self._renderers: dict[str, Renderer] = {}  # by resolved name: each model loaded once
         self._detectors: dict[str, object] = {}
         self._face_parser: object | None = None
@@ -91,7 +93,9 @@ class Engine:
             from workbench.lipsync.musetalk import MuseTalkRenderer
 
             dtype = None if self.settings.dtype == "auto" else self.settings.dtype
-            return MuseTalkRenderer.from_models_dir(self.models_dir, device=self.device, dtype=dtype)
+            return MuseTalkRenderer.from_models_dir(
+                self.models_dir, device=self.device, dtype=dtype, decoder=self.settings.decoder
+            )
         from workbench.lipsync.cpu import CPURenderer
 
         return CPURenderer()
@@ -135,8 +139,21 @@ class Engine:
         params = params or PrepParams()
         if params.model_version is None:
             params = replace(params, model_version=getattr(self.renderer, "version", None))
+        self._load_for_prepare(params)  # models load outside the GPU call (ZeroGPU: workbench.zerogpu)
+        return self._prepare_on_gpu(Path(source), params, progress)
+
+    def _load_for_prepare(self, params: PrepParams) -> None:
+        self.detector(params.detector)
+        self.face_parser(params)
+        self._vae_encoder()
+
+    @gpu(duration=PREPARE_GPU_S)
+    def _prepare_on_gpu(self, source: Path, params: PrepParams, progress: Progress | None) -> Avatar:
+        return self._prepare_loaded(source, params, progress)
+
+    def _prepare_loaded(self, source: Path, params: PrepParams, progress: Progress | None) -> Avatar:
         return prepare_avatar(
-            Path(source),
+            source,
             params,
             self.detector(params.detector),
             vae_encoder=self._vae_encoder(),
@@ -194,6 +211,11 @@ class Engine:
         batch_size: int | None = None,
     ) -> RenderResult:
         """Render a 25 fps mp4 with the driving audio muxed in. `audio` is a file or 16 kHz mono samples."""
+        self.renderer_for(renderer)  # loaded outside the GPU call
+        return self._render_file_on_gpu(avatar, audio, out_path, progress, renderer, batch_size)
+
+    @gpu(duration=RENDER_FILE_GPU_S)
+    def _render_file_on_gpu(self, avatar, audio, out_path, progress, renderer, batch_size) -> RenderResult:
         t0 = time.perf_counter()
         audio16k = load_audio(audio) if not isinstance(audio, np.ndarray) else np.asarray(audio, np.float32)
         total = max(1, int(np.ceil(len(audio16k) / SAMPLES_PER_FRAME)))
@@ -225,13 +247,21 @@ class Engine:
         Each is made exactly as real-time output is: the avatar prepared with those parameters (detections
         come from the cache), the renderer's real audio conditions at `frame_index`, the same compositor.
         """
+        self.renderer  # noqa: B018 - loads the models outside the GPU call
+        for params in params_list:
+            self._load_for_prepare(params)
+        return self._preview_on_gpu(source, params_list, frame_index, audio16k, progress)
+
+    @gpu(duration=PREVIEW_GPU_S)
+    def _preview_on_gpu(self, source, params_list, frame_index, audio16k, progress) -> list[np.ndarray]:
         audio16k = np.asarray(audio16k, dtype=np.float32)
         conditions: list | None = None
         out = []
         for k, params in enumerate(params_list):
             if progress:
                 progress(k / len(params_list), f"bbox_shift={params.bbox_shift}")
-            loop = RenderLoop(self.renderer, self.prepare(source, params), lock=self.render_lock, exact=True)
+            avatar = self._prepare_loaded(Path(source), params, None)
+            loop = RenderLoop(self.renderer, avatar, lock=self.render_lock, exact=True)
             if conditions is None:  # the same audio conditions for every cell of the grid
                 conditions = loop.conditions(audio16k, flush=True)
                 if not conditions:

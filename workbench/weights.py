@@ -6,6 +6,7 @@ The layout is the one the MuseTalk release's `download_weights.sh` makes, plus t
     models/musetalk/{musetalk.json, pytorch_model.bin}      TMElyralab/MuseTalk (v1.0)
     models/sd-vae/{config.json, diffusion_pytorch_model.safetensors | .bin}   stabilityai/sd-vae-ft-mse
     models/whisper/{config.json, model.safetensors | pytorch_model.bin, preprocessor_config.json}  openai/whisper-tiny
+    models/taesd/{config.json, diffusion_pytorch_model.safetensors}   madebyollin/taesd (optional fast decoder)
     models/dwpose/dw-ll_ucoco_384.pth                       yzd-v/DWPose
     models/face-parse-bisent/{79999_iter.pth, resnet18-5c106cde.pth}   Google Drive; download.pytorch.org
     models/syncnet/latentsync_syncnet.pt                    ByteDance/LatentSync (a training loss net)
@@ -185,6 +186,19 @@ COMPONENTS: dict[str, Component] = {
                     alternatives=("whisper/pytorch_model.bin",),
                 ),
                 _hf("whisper/preprocessor_config.json", "openai/whisper-tiny", "preprocessor_config.json", "json"),
+            ),
+        ),
+        Component(
+            "taesd",
+            "TAESD tiny autoencoder (optional fast decoder of the same latents: --decoder taesd)",
+            (
+                _hf("taesd/config.json", "madebyollin/taesd", "config.json", "json"),
+                _hf(
+                    "taesd/diffusion_pytorch_model.safetensors",
+                    "madebyollin/taesd",
+                    "diffusion_pytorch_model.safetensors",
+                    "safetensors",
+                ),
             ),
         ),
         Component(

@@ -283,5 +283,8 @@ def prepare_avatar(
     if store is not None:
         report(0.97, "saving")
         store.save(avatar)
+        # Show the frames as stored (JPEG-packed, decoded on access): a fresh avatar then renders exactly as it
+        # will after a reload, and the decoded frames are not all held in memory.
+        avatar.frames = store.stored_frames(avatar.avatar_id, avatar.frame_size)
     report(1.0, f"prepared {len(avatar)} frames")
     return avatar

@@ -2,13 +2,19 @@
 the preparation pipeline (`workbench.avatars.pipeline.prepare_avatar`) decides what to compute and asks it.
 
 Layout under `root`:
-    avatars/<id>/      meta.json + frames, boxes, landmarks, has_face, crops, masks[, latents] as .npy
+    avatars/<id>/      meta.json + boxes, landmarks, has_face, crops, masks[, latents] as .npy, and the full
+                       frames as JPEGs packed in one file (`avatars/frames.py`; format 1 stored frames.npy,
+                       still read)
     detections/<key>/  meta.json + boxes, landmarks, found as .npy
 
 An avatar id (made by the pipeline) is the sha256 of the source's content plus a hash of its PrepParams
 and of the detector / VAE / face-parser identities. Detections are keyed by content, frame cap and detector
 only, so preparing the same clip with another bbox_shift or mask mode runs no detector at all. Every folder is written through `atomic.atomic_dir`: an interrupted
 preparation leaves no half-written avatar behind.
+
+With `max_bytes` the cache keeps itself under a size: after each save the least recently used avatars
+(by `meta.json`'s mtime, which `load` refreshes) are deleted until it fits, never the one just saved and
+never one whose source digest is pinned (the bundled examples and samples, see `pin_sources`).
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from workbench import atomic
+from workbench.avatars import frames as packed
 from workbench.avatars.model import Avatar, Detections, PrepParams
 from workbench.faces.landmarks import LandmarkDetector
 from workbench.media import source_digest
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-_ARRAYS = ("frames", "boxes", "landmarks", "has_face", "crops", "masks")
+FORMAT_VERSION = 2  # 2: frames as a JPEG pack (frames.py); 1: frames.npy
+_ARRAYS = ("boxes", "landmarks", "has_face", "crops", "masks")  # besides the frames
 _ID_RE = re.compile(r"^[0-9a-f][0-9a-f-]{7,80}$")
 
 
@@ -75,11 +82,17 @@ def _dir_size(path: Path) -> int:
 
 
 class AvatarCache:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, max_bytes: int | None = None):
         self.root = Path(root)
         self.avatars_dir = self.root / "avatars"
         self.detections_dir = self.root / "detections"
+        self.max_bytes = max_bytes  # None: no limit
         self._digests: dict[tuple, str] = {}
+        self._pinned: set[str] = set()
+
+    def pin_sources(self, digests) -> None:
+        """Source digests whose avatars eviction never deletes (the examples every visitor sees)."""
+        self._pinned.update(digests)
 
     # --- keys ---------------------------------------------------------------------------------
     def digest(self, source: str | Path | np.ndarray) -> str:
@@ -145,7 +158,10 @@ class AvatarCache:
         return (self._avatar_path(avatar_id) / "meta.json").is_file()
 
     def _shared_frames(self, avatar: Avatar) -> Path | None:
-        """An existing frames.npy of the same source and frame cap, to hard-link instead of copying."""
+        """The folder of an existing avatar of the same source and frame cap whose packed frames can be
+        hard-linked instead of encoded again."""
+        if isinstance(avatar.frames, packed.EncodedFrames):
+            return avatar.frames.folder
         digest = avatar.extras.get("source_digest")
         if not digest or not self.avatars_dir.is_dir():
             return None
@@ -161,23 +177,32 @@ class AvatarCache:
                 meta.get("extras", {}).get("source_digest") == digest
                 and meta.get("params", {}).get("max_frames") == avatar.params.max_frames
                 and meta.get("n_frames") == len(avatar)
-                and (d / "frames.npy").is_file()
+                and packed.has_frames(d)
             ):
-                return d / "frames.npy"
+                return d
         return None
+
+    @staticmethod
+    def _link_frames(shared: Path, dest: Path) -> bool:
+        """Hard-link (else copy) another avatar's packed frames into `dest`; False if they vanished meanwhile."""
+        try:
+            for name in (packed.PACK_NAME, packed.INDEX_NAME):
+                try:
+                    os.link(shared / name, dest / name)
+                except OSError:
+                    shutil.copyfile(shared / name, dest / name)  # another file system, or no hard links
+            return True
+        except OSError:
+            return False
 
     def save(self, avatar: Avatar) -> Path:
         """Write the avatar atomically; returns its folder."""
         final = self._avatar_path(avatar.avatar_id)
         shared = self._shared_frames(avatar)
         with atomic.atomic_dir(final) as tmp:
+            if shared is None or not self._link_frames(shared, tmp):
+                packed.write_frames(avatar.frames, tmp)
             for name in _ARRAYS:
-                if name == "frames" and shared is not None:
-                    try:
-                        os.link(shared, tmp / "frames.npy")
-                        continue
-                    except OSError:
-                        pass  # another file system or no hard links: write a copy
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(avatar, name)))
             if avatar.latents is not None:
                 np.save(tmp / "latents.npy", np.ascontiguousarray(avatar.latents, dtype=np.float32))
@@ -195,27 +220,40 @@ class AvatarCache:
                     "mask_kind": avatar.mask_kind,
                     "has_latents": avatar.latents is not None,
                     "created": datetime.now(timezone.utc).isoformat(),
+                    "frames_codec": packed.CODEC,
                     "extras": avatar.extras,
                 },
             )
+        if self.max_bytes is not None:
+            self.evict(self.max_bytes, keep={avatar.avatar_id})
         return final
 
+    def stored_frames(self, avatar_id: str, frame_size: tuple[int, int]) -> packed.EncodedFrames | np.ndarray:
+        """A saved avatar's full frames as `load` gives them (decoded on access)."""
+        d = self._avatar_path(avatar_id)
+        if packed.has_frames(d):
+            return packed.EncodedFrames(d, frame_size)
+        return np.load(d / "frames.npy", mmap_mode="r")
+
     def load(self, avatar_id: str, mmap: bool = True) -> Avatar:
-        """A cached avatar. With `mmap` the full frames are mapped read-only rather than read into memory."""
+        """A cached avatar; its full frames decode on access (`EncodedFrames`). An avatar of format 1 has them
+        as frames.npy: with `mmap` mapped read-only rather than read into memory."""
         d = self._avatar_path(avatar_id)
         meta_path = d / "meta.json"
         if not meta_path.is_file():
             raise AvatarNotFoundError(f"no prepared avatar {avatar_id!r} in {self.avatars_dir}")
         try:
             meta = json.loads(meta_path.read_text())
-            arrays = {
-                name: np.load(d / f"{name}.npy", mmap_mode="r" if (mmap and name == "frames") else None)
-                for name in _ARRAYS
-            }
+            arrays = {name: np.load(d / f"{name}.npy") for name in _ARRAYS}
+            if packed.has_frames(d):
+                arrays["frames"] = packed.EncodedFrames(d, tuple(meta["frame_size"]))
+            else:
+                arrays["frames"] = np.load(d / "frames.npy", mmap_mode="r" if mmap else None)
             latents = np.load(d / "latents.npy") if meta.get("has_latents") else None
             params = PrepParams(**meta["params"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CacheError(f"cached avatar {avatar_id} is unreadable ({e}); delete it and prepare again") from e
+        self._touch(meta_path)
         return Avatar(
             avatar_id=meta["avatar_id"],
             source=meta["source"],
@@ -276,6 +314,54 @@ class AvatarCache:
         trash = d.with_name(f".{d.name}.deleted-{os.getpid()}")
         os.replace(d, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+    # --- size limit -----------------------------------------------------------------------------
+    @staticmethod
+    def _touch(meta_path: Path) -> None:
+        """Mark an avatar used now (its meta.json's mtime is the LRU clock)."""
+        try:
+            os.utime(meta_path)
+        except OSError:
+            pass  # a read-only cache still serves; it just cannot keep usage order
+
+    def _last_used(self, avatar_id: str) -> float:
+        try:
+            return (self.avatars_dir / avatar_id / "meta.json").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def total_bytes(self) -> int:
+        return sum(i.size_bytes for i in self.list())
+
+    def evict(self, max_bytes: int, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Delete least recently used avatars until the avatars take at most `max_bytes`; returns the ids deleted.
+        Avatars in `keep` and those of pinned sources stay, even if the cache cannot then fit."""
+        infos = self.list()
+        total = sum(i.size_bytes for i in infos)
+        removable = []
+        for info in infos:
+            if info.avatar_id in keep:
+                continue
+            try:
+                digest = json.loads((self.avatars_dir / info.avatar_id / "meta.json").read_text())
+                digest = digest.get("extras", {}).get("source_digest")
+            except (OSError, ValueError):
+                continue
+            if digest not in self._pinned:
+                removable.append(info)
+        removable.sort(key=lambda i: self._last_used(i.avatar_id))
+        deleted = []
+        for info in removable:
+            if total <= max_bytes:
+                break
+            try:
+                self.delete(info.avatar_id)
+            except (OSError, AvatarNotFoundError):
+                continue  # another process deleted it first
+            total -= info.size_bytes
+            deleted.append(info.avatar_id)
+            log.info("cache over %.0f MB: evicted avatar %s (%s)", max_bytes / 1e6, info.avatar_id, info.source)
+        return deleted
 
     def clear_detections(self) -> None:
         shutil.rmtree(self.detections_dir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """`workbench eval …` (mounted by workbench/cli.py) and `python -m workbench.evaluation …`.
 
     workbench eval SUITE.yaml [--jobs N] [--baseline old/summary.json] [--tolerance metric=0.5 …]
+    workbench eval run SUITE.yaml --ray [ADDRESS] [--ray-media path|store]
     workbench eval gate RUN --baseline old/summary.json
     workbench eval compare RUN_A RUN_B [--out folder]
     workbench eval robustness VIDEO … [--windows 50,75,0] [--shifts -5,0,5] [--out table.md]
@@ -26,13 +27,33 @@ from workbench.evaluation.errors import EvalError
 console = Console()
 
 
+def ray_flag(args: list[str]) -> list[str]:
+    """`--ray` takes an optional address: a bare `--ray` becomes `--ray=local`; `--ray X` keeps X as the address
+    unless X is an option or a file (the suite, as in `--ray suite.yaml`)."""
+    out: list[str] = []
+    k = 0
+    while k < len(args):
+        a = args[k]
+        if a == "--ray":
+            nxt = args[k + 1] if k + 1 < len(args) else None
+            if nxt is None or nxt.startswith("-") or nxt.endswith((".yaml", ".yml")) or Path(nxt).is_file():
+                out.append("--ray=local")
+            else:
+                out.append(f"--ray={nxt}")
+                k += 1
+        else:
+            out.append(a)
+        k += 1
+    return out
+
+
 class _DefaultRun(TyperGroup):
     """A group whose first argument, when it is not a command name, is a suite for `run`."""
 
     def parse_args(self, ctx, args):  # type: ignore[override]
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["run", *args]
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, ray_flag(args))
 
 
 eval_app = typer.Typer(
@@ -106,7 +127,9 @@ def _print_cases(rows: list[dict]) -> None:
 @eval_app.command("run")
 def run_cmd(
     suite: Annotated[Path, typer.Argument(help="suite manifest (YAML)")],
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="cases in parallel processes")] = 1,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, help="cases in parallel processes (Ray: at most N workers)")
+    ] = None,
     baseline: Annotated[
         Path | None, typer.Option(help="a previous run's summary.json (or folder) to gate against")
     ] = None,
@@ -115,6 +138,25 @@ def run_cmd(
     name: Annotated[str | None, typer.Option(help="run folder name (default: SUITE-timestamp)")] = None,
     models_dir: Annotated[Path | None, typer.Option(help="models/ folder (SyncNet under syncnet_eval/)")] = None,
     face_detector: Annotated[str, typer.Option(help="auto (S3FD when present), s3fd or dlib")] = "auto",
+    skip_missing: Annotated[
+        bool, typer.Option("--skip-missing", help="leave out cases whose media are absent (else it is an error)")
+    ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="run cases on a Ray cluster: bare --ray uses RAY_ADDRESS or starts Ray here; "
+            "auto = the cluster `ray start` runs on this machine; HOST:PORT or ray://HOST:PORT. "
+            "--jobs then caps the workers (default: as many as the cluster holds)",
+        ),
+    ] = None,
+    ray_media: Annotated[
+        str, typer.Option(help="with --ray: path (shared storage, same paths on every node) or store (object store)")
+    ] = "path",
+    ray_gpus_per_worker: Annotated[
+        float, typer.Option(min=0.05, max=8, help="with --ray: GPUs each GPU worker holds (0.5: two per GPU)")
+    ] = 1.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a suite into a new run folder; with --baseline, exit 1 when a metric regressed."""
@@ -126,8 +168,19 @@ def run_cmd(
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tols = _tolerances(tolerance)
+    if ray_media not in ("path", "store"):
+        raise typer.BadParameter("path or store", param_hint="--ray-media")
+    options = None
+    if ray is not None:
+        from workbench.evaluation.distributed import RayOptions
+
+        options = RayOptions(address=ray, media=ray_media, gpus_per_worker=ray_gpus_per_worker)
     try:
-        manifest = load_suite(suite)
+        manifest = load_suite(suite, check_files=not skip_missing)
+        if skip_missing:
+            manifest, skipped = manifest.available()
+            if skipped:
+                typer.echo(f"skipping {', '.join(skipped)}: media not found")
         base = load_summary(baseline) if baseline is not None else None
     except EvalError as e:
         raise _fail(e) from e
@@ -144,15 +197,19 @@ def run_cmd(
     n = len(manifest.cases)
     with Progress(*columns, console=console) as bar:
         task = bar.add_task(f"eval {manifest.name}", total=n, msg="")
-        out = run_suite(
-            manifest,
-            engine,
-            runs_dir,
-            jobs=jobs,
-            face_detector=face_detector,
-            run_name=name,
-            progress=lambda f, m="": bar.update(task, completed=round(f * n, 2), msg=m[:60]),
-        )
+        try:
+            out = run_suite(
+                manifest,
+                engine,
+                runs_dir,
+                jobs=jobs or (0 if options else 1),
+                face_detector=face_detector,
+                run_name=name,
+                progress=lambda f, m="": bar.update(task, completed=round(f * n, 2), msg=m[:60]),
+                ray=options,
+            )
+        except EvalError as e:
+            raise _fail(e) from e
     _print_cases(out.rows)
     for note in out.summary.get("notes", []):
         console.print(f"[yellow]note:[/yellow] {note}")

@@ -7,10 +7,14 @@ A case is one of
 - latency_log: a streaming session's latency log (JSON lines), measured for latency only.
 
 Relative paths resolve against the manifest's folder. See suites/example.yaml.
+
+Large test sets: `case_lists` names CSV files of cases (columns id, video, and optionally audio, start, seconds),
+each with a `kind` (reference or generated) and `defaults` applied to every row, so 400 clips are one CSV line each.
 """
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -115,6 +119,15 @@ class Suite(BaseModel):
         names = {"generated": ("source", "audio"), "reference": ("video", "audio"), "latency_log": ("log",)}[case.kind]
         return {n: self.resolve(getattr(case, n)) for n in names if getattr(case, n) is not None}
 
+    def available(self) -> tuple[Suite, list[str]]:
+        """This suite without the cases whose files do not exist here, and the ids left out."""
+        kept = [c for c in self.cases if all(p.exists() for p in self.files_of(c).values())]
+        kept_ids = {c.id for c in kept}
+        skipped = [c.id for c in self.cases if c.id not in kept_ids]
+        if not kept:
+            raise ManifestError("no case of the suite has its files here: " + "; ".join(self.missing_files()))
+        return (self.model_copy(update={"cases": kept}) if skipped else self), skipped
+
     def missing_files(self) -> list[str]:
         """'case: field -> path' for every file a case names that does not exist."""
         out = []
@@ -125,16 +138,100 @@ class Suite(BaseModel):
         return out
 
 
-def parse_suite(data: dict, root: str | Path) -> Suite:
+CSV_COLUMNS = ("id", "video", "audio", "start", "seconds")
+CSV_REQUIRED = ("id", "video")
+
+
+class CaseList(BaseModel):
+    """A CSV of cases: one row per clip, the columns of CSV_COLUMNS; `defaults` are fields shared by every row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    csv: Path
+    kind: Literal["reference", "generated"] = "reference"
+    defaults: dict = Field(default_factory=dict)
+
+
+def _csv_case(row: dict[str, str], kind: str, folder: Path) -> dict:
+    """One CSV row as a case mapping. Paths resolve against the CSV's folder.
+
+    A generated row renders `video` (the avatar source) driven by `audio`, or by the video's own audio track when the
+    audio cell is empty (the usual reconstruction protocol); `start`/`seconds` select the driving audio (generated)
+    or the scored window (reference)."""
+
+    def path(v: str) -> Path:
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else (folder / p).resolve()
+
+    video = path(row["video"])
+    audio = path(row["audio"]) if row.get("audio") else None
+    case: dict = {"id": row["id"], "kind": kind}
+    if kind == "generated":
+        case.update(source=video, audio=audio or video)
+        if row.get("start"):
+            case["audio_start"] = row["start"]
+    else:
+        case.update(video=video, audio=audio)
+        if row.get("start"):
+            case["start"] = row["start"]
+    if row.get("seconds"):
+        case["max_seconds"] = row["seconds"]
+    return case
+
+
+def read_case_list(spec: CaseList, root: Path, allowed: list[Path] | None = None) -> list[dict]:
+    """The cases of one CSV case list (mappings, validated with the rest of the suite).
+
+    `allowed`: folders the CSV must lie in (an uploaded manifest may not read the server's other files)."""
+    path = spec.csv.expanduser()
+    path = (path if path.is_absolute() else (root / path)).resolve()
+    if allowed is not None and not any(path.is_relative_to(a.resolve()) for a in allowed):
+        raise ManifestError(f"case list {spec.csv} is outside the uploaded suite's folders")
+    if not path.is_file():
+        raise ManifestError(f"case list not found: {path}")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in CSV_REQUIRED if c not in header]
+        unknown = [c for c in header if c not in CSV_COLUMNS]
+        if missing or unknown:
+            raise ManifestError(
+                f"{path}: columns must be {', '.join(CSV_COLUMNS)} (id and video required); "
+                + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}")
+            )
+        cases = []
+        for line, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            if not any(row.values()):
+                continue  # blank line
+            if not row.get("id") or not row.get("video"):
+                raise ManifestError(f"{path}:{line}: id and video are required")
+            cases.append({**spec.defaults, **_csv_case(row, spec.kind, path.parent.resolve())})
+    if not cases:
+        raise ManifestError(f"{path}: the case list has no rows")
+    return cases
+
+
+def parse_suite(data: dict, root: str | Path, csv_roots: list[Path] | None = None) -> Suite:
+    """A suite from a manifest's mapping; `csv_roots` confines its CSV case lists (see read_case_list)."""
     if not isinstance(data, dict):
         raise ManifestError("a suite manifest must be a YAML mapping with 'name' and 'cases'")
+    root = Path(root).resolve()
+    data = dict(data)
     try:
-        return Suite(**{**data, "root": Path(root).resolve()})
+        lists = [CaseList(**spec) for spec in (data.pop("case_lists", None) or [])]
+    except (TypeError, ValidationError) as e:
+        raise ManifestError(f"invalid case_lists entry: {e}") from e
+    listed = [case for spec in lists for case in read_case_list(spec, root, csv_roots)]
+    if listed:
+        data["cases"] = [*(data.get("cases") or []), *listed]
+    try:
+        return Suite(**{**data, "root": root})
     except ValidationError as e:
         raise ManifestError(f"invalid suite manifest: {e}") from e
 
 
-def load_suite(path: str | Path, check_files: bool = True) -> Suite:
+def load_suite(path: str | Path, check_files: bool = True, csv_roots: list[Path] | None = None) -> Suite:
     """Read and validate a manifest; with `check_files`, a missing media file is an error naming case and path."""
     p = Path(path)
     if not p.is_file():
@@ -143,7 +240,7 @@ def load_suite(path: str | Path, check_files: bool = True) -> Suite:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ManifestError(f"{p} is not valid YAML: {e}") from e
-    suite = parse_suite(data, p.parent)
+    suite = parse_suite(data, p.parent, csv_roots)
     if check_files:
         missing = suite.missing_files()
         if missing:

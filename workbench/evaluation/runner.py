@@ -3,7 +3,8 @@
 Generated cases render through the engine the caller passes (the app's, the CLI's): its renderers and
 its render lock, so an evaluation loads no second copy of a model. Each case runs inside its own try: a
 crashed case becomes a failed row with its error and the others finish. `jobs > 1` runs cases in parallel
-worker processes (spawned, so no torch or dlib state is shared by fork), each with one engine of its own.
+worker processes (spawned, so no torch or dlib state is shared by fork), each with one engine of its own;
+`ray=RayOptions(...)` runs them on a Ray cluster instead (workbench/evaluation/distributed.py), same run folder.
 The run folder is written through `workbench.atomic.atomic_dir`: it appears complete or not at all.
 """
 
@@ -33,6 +34,7 @@ from workbench.evaluation.scoring import Scorers, score_clip
 
 if TYPE_CHECKING:
     from workbench.engine import Engine
+    from workbench.evaluation.distributed import RayOptions
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -239,8 +241,12 @@ def run_suite(
     face_detector: str = "auto",
     run_name: str | None = None,
     progress: Progress | None = None,
+    ray: RayOptions | None = None,
 ) -> RunOutput:
-    """Evaluate every case of a suite into a new run folder under `runs_dir` and write its reports."""
+    """Evaluate every case of a suite into a new run folder under `runs_dir` and write its reports.
+
+    With `ray`, cases run on a Ray cluster whose workers build engines of their own from `engine.settings`
+    (`jobs` caps the workers; 0 or less: as many as the cluster holds); the driver writes the same run folder."""
     from workbench.evaluation.report import summarise, write_run
 
     if not isinstance(suite, Suite):
@@ -252,8 +258,16 @@ def run_suite(
     t0 = time.perf_counter()
     outputs: dict[str, CaseOutput] = {}
     n = len(suite.cases)
+    extra_meta: dict = {}
+    extra_notes: list[str] = []
     with atomic.atomic_dir(final) as tmp:
-        if jobs <= 1:
+        if ray is not None:
+            from workbench.evaluation.distributed import run_cases_on_ray
+
+            dist = run_cases_on_ray(suite, tmp, settings, face_detector, ray, max_workers=jobs, progress=progress)
+            outputs, weights, syncnet_note = dist.outputs, dist.weights, dist.syncnet_note
+            jobs, extra_meta, extra_notes = dist.workers, {"ray": dist.metadata}, dist.notes
+        elif jobs <= 1:
             scorers = Scorers(settings.models_dir, _device(settings), face_detector)
             for k, case in enumerate(suite.cases):
                 sub = (lambda f, m="", k=k, c=case.id: progress((k + f) / n, f"{c}: {m}")) if progress else None
@@ -296,9 +310,11 @@ def run_suite(
         rows = [outputs[c.id].row for c in suite.cases]
         details = {c.id: outputs[c.id].details for c in suite.cases}
         summary = summarise(rows)
-        if syncnet_note:
-            summary["notes"] = [syncnet_note]
+        notes = ([syncnet_note] if syncnet_note else []) + extra_notes
+        if notes:
+            summary["notes"] = notes
         metadata = run_metadata(suite, settings, jobs, face_detector, weights, rows, time.perf_counter() - t0)
+        metadata["parameters"].update(extra_meta)
         write_run(tmp, rows, summary, metadata, details)
     return RunOutput(final, rows, summary, metadata)
 

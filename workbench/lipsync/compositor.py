@@ -47,6 +47,48 @@ class Compositor:
         region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
         return out
 
+    def paste_change(
+        self, i: int, face: np.ndarray, reference: np.ndarray, box: tuple[int, int, int, int] | None = None
+    ) -> np.ndarray:
+        """A copy of avatar frame i with only the change `face - reference` (both 256x256 crops) blended in.
+
+        A renderer that edits the avatar's own crop (the CPU renderer) uses this: where it left the crop alone
+        the frame keeps its full-resolution pixels instead of the crop's resampled copy. `box` (x0, y0, x1, y1,
+        crop pixels) bounds the edit; the change is resampled onto exactly the frame pixels that box covers,
+        on the same pixel grid `paste` uses, through the same mask."""
+        out = self.avatar.frames[i].copy()
+        x1, y1, x2, y2 = (int(v) for v in self.avatar.boxes[i])
+        h, w = y2 - y1, x2 - x1
+        if h <= 0 or w <= 0:
+            return out
+        size = face.shape[0]
+        cx0, cy0, cx1, cy1 = box if box is not None else (0, 0, size, size)
+        if cx1 <= cx0 or cy1 <= cy0:
+            return out
+        sx, sy = size / w, size / h
+        # Frame pixels whose centres fall inside the edited crop box, widened by one for the interpolation.
+        fx0 = max(0, int(np.floor((cx0 - 1) / sx)))
+        fy0 = max(0, int(np.floor((cy0 - 1) / sy)))
+        fx1 = min(w, int(np.ceil((cx1 + 1) / sx)))
+        fy1 = min(h, int(np.ceil((cy1 + 1) / sy)))
+        if fx1 <= fx0 or fy1 <= fy0:
+            return out
+        delta = face.astype(np.float32) - reference.astype(np.float32)
+        # Frame pixel X (box-local) samples the crop at (X + 0.5) * s - 0.5, as cv2.resize does.
+        m = np.array([[sx, 0.0, (fx0 + 0.5) * sx - 0.5], [0.0, sy, (fy0 + 0.5) * sy - 0.5]])
+        d = cv2.warpAffine(
+            delta,
+            m,
+            (fx1 - fx0, fy1 - fy0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        a = self.alpha(i)[fy0:fy1, fx0:fx1]
+        region = out[y1 + fy0 : y1 + fy1, x1 + fx0 : x1 + fx1]
+        region[...] = np.clip(region.astype(np.float32) + a * d + 0.5, 0, 255).astype(np.uint8)
+        return out
+
 
 def blend_faces(
     avatar: Avatar, base: np.ndarray, body: int, other: np.ndarray, other_body: int, w_other: float

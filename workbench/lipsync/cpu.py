@@ -34,15 +34,21 @@ from workbench.config import CROP_SIZE, N_LANDMARKS
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
 from workbench.lipsync.mouth import MouthFrontend, MouthState
+from workbench.lipsync.mouth_bank import GAP_MAX as MOUTH_GAP_MAX
+from workbench.lipsync.mouth_bank import MouthBank, stable_similarity
 
 # --- the mouth model, in interocular distances (D) ------------------------------------------
-GAP_MAX = 0.26  # inner-lip gap at open=1
+GAP_MAX = MOUTH_GAP_MAX  # inner-lip gap at open=1
 JAW_ROOM_USE = 0.6  # the chin may use this share of the room between it and the crop's lower edge
-BANK_MIN_OPEN = 0.3  # the bank is used when the avatar shows at least a few frames this open …
-BANK_MIN_FRAMES = 3  # … this many …
-BANK_MIN_RANGE = 0.25  # … and its mouth really moves: 10th to 90th percentile of openness at least this far apart
-BANK_TOLERANCE = 0.12  # bank candidates lie within this openness of the target
+BANK_REGION_GROW = 1.2  # the bank mouth replaces the outer lips grown by this factor about their centre …
+BANK_REGION_MARGIN = 0.16  # … and this many interocular distances further out …
+BANK_REGION_SIGMA = 0.04  # … feathered over this many interocular distances
+NEAR_RIGID = 0.01  # head similarity this close to a pure shift (rotation/scale terms) is pasted as a pixel shift
 SYNTH_MIN_GAP_PX = 1.5  # below this target gap (crop pixels) no inner mouth is drawn
+REST_OPEN_MAX = 0.7  # a resting opening above this (GAP_MAX units) is a mouth caught open, not a rest pose
+TEETH_SOURCE_MIN_GAP = 0.05  # (D) a source frame this open shows teeth worth keeping over a drawn interior
+TEETH_SPLIT = 0.8  # share of the source's inner-lip gap that belongs to the upper teeth (a smile shows mostly those)
+TEETH_REVEAL = 0.3  # the teeth rows grow by up to this share as the lips open beyond the source
 SEAM_MIN_SQUEEZE_PX = 1.5  # closing a source's lips by more than this draws the seam where they meet …
 SEAM_MAX_GAP = 0.05  # … while the target gap is below this (in D)
 
@@ -130,6 +136,7 @@ class _FrameRig:
     gap: float  # measured inner-lip gap, crop px
     jaw_room: float  # px the chin may still drop inside the crop
     lip_bgr: np.ndarray  # mean colour of the lips
+    inner_dark: np.ndarray | None  # the source's own inner-mouth shadow colours (darkest, next): its cavity palette
     skin_bgr: np.ndarray  # mean colour of the skin above the upper lip
 
 
@@ -214,28 +221,16 @@ class _AvatarRig:
         self.alpha: dict[int, np.ndarray] = {}  # the compositor's resized masks
         self.frames: dict[int, _FrameRig] = {}
         self.lock = threading.Lock()
-        # The bank: every frame's own openness, and a pose descriptor to pick the frame most like this one.
-        crop_lms = _crop_landmarks(avatar)
-        self.openness = measure_openness(crop_lms)
-        self.pose = self._pose_descriptors(crop_lms)
-        lo, hi = np.percentile(self.openness, [10, 90])
-        self.bank_enabled = bool(
-            int(np.sum(self.openness >= BANK_MIN_OPEN)) >= BANK_MIN_FRAMES and hi - lo >= BANK_MIN_RANGE
-        )
+        # The bank: every frame's mouth descriptors, for picking the source frame of each output mouth.
+        self.crop_lms = _crop_landmarks(avatar)
+        self.openness = measure_openness(self.crop_lms)
+        self.bank = MouthBank(self.crop_lms)
+        # The resting mouth (median opening): a smile that shows teeth at rest keeps them at a closed target.
+        self.rest_open = float(np.median(self.openness))
 
-    @staticmethod
-    def _pose_descriptors(lms: np.ndarray) -> np.ndarray:
-        """Landmarks that do not move with the mouth (jaw ends, brows, nose, eyes), in eye-normalised coordinates."""
-        keep = np.r_[0:2, 15:48]
-        left, right = lms[:, 36:42].mean(axis=1), lms[:, 42:48].mean(axis=1)
-        centre = (left + right) / 2
-        v = right - left
-        iod = np.maximum(np.linalg.norm(v, axis=1), 1e-6)
-        c, s = v[:, 0] / iod, v[:, 1] / iod
-        rel = lms[:, keep] - centre[:, None]
-        x = (rel[..., 0] * c[:, None] + rel[..., 1] * s[:, None]) / iod[:, None]
-        y = (-rel[..., 0] * s[:, None] + rel[..., 1] * c[:, None]) / iod[:, None]
-        return np.concatenate([x, y], axis=1)
+    @property
+    def bank_enabled(self) -> bool:
+        return self.bank.enabled
 
     def frame(self, avatar: Avatar, i: int) -> _FrameRig:
         rig = self.frames.get(i)
@@ -268,7 +263,17 @@ class _AvatarRig:
         skin_poly = np.stack([p[31], p[35], p[54] - 0.1 * iod * ey, p[48] - 0.1 * iod * ey])
         cv2.fillPoly(skin_mask, [np.round(skin_poly).astype(np.int32)], 255)
         skin_bgr = np.array(cv2.mean(crop, mask=skin_mask)[:3]) if skin_mask.any() else np.array([150.0, 170.0, 200.0])
+        inner_dark = None
+        if gap >= TEETH_SOURCE_MIN_GAP * iod:
+            inner = np.zeros(crop.shape[:2], np.uint8)
+            cv2.fillPoly(inner, [np.round(p[_INNER_LIP]).astype(np.int32)], 255)
+            px = crop[inner > 0].astype(np.float64)
+            if len(px) >= 20:
+                order = np.argsort(px @ [0.114, 0.587, 0.299])
+                k = max(3, len(px) // 7)
+                inner_dark = np.stack([px[order[:k]].mean(axis=0), px[order[k : 3 * k]].mean(axis=0)])
         return _FrameRig(
+            inner_dark=inner_dark,
             pts=pts,
             tris=tris,
             moving=moving,
@@ -281,22 +286,6 @@ class _AvatarRig:
             skin_bgr=skin_bgr,
         )
 
-    def bank_frame(self, i: int, target: float) -> int:
-        """The avatar frame whose mouth texture best shows openness `target` at frame i's pose (i itself if none better)."""
-        own_err = abs(self.openness[i] - target)
-        if not self.bank_enabled or own_err <= BANK_TOLERANCE:
-            return i  # the frame's own mouth, warped, is close enough: no texture swap, no flicker
-        # Quantise so small changes of the target do not flip between bank frames every frame.
-        t = round(target * 20) / 20
-        err = np.abs(self.openness - t)
-        cand = np.flatnonzero(err <= BANK_TOLERANCE)
-        if cand.size == 0:
-            j = int(np.argmin(err))
-            return j if err[j] < own_err - BANK_TOLERANCE else i
-        pose = np.sqrt(np.mean((self.pose[cand] - self.pose[i]) ** 2, axis=1))
-        score = pose / 0.02 + err[cand] / BANK_TOLERANCE
-        return int(cand[np.argmin(score)])
-
 
 def _bbox(pts: np.ndarray, margin: float, limit: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """Integer box around pts grown by margin, clipped to limit (x0, y0, x1, y1)."""
@@ -306,6 +295,22 @@ def _bbox(pts: np.ndarray, margin: float, limit: tuple[int, int, int, int]) -> t
     x1 = int(np.clip(np.ceil(pts[:, 0].max() + margin) + 1, lx0, lx1))
     y1 = int(np.clip(np.ceil(pts[:, 1].max() + margin) + 1, ly0, ly1))
     return x0, y0, x1, y1
+
+
+def _shifted(img: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """img[y0:y0+h, x0:x0+w], edge pixels repeated where the window leaves the image."""
+    ys = np.clip(np.arange(y0, y0 + h), 0, img.shape[0] - 1)
+    xs = np.clip(np.arange(x0, x0 + w), 0, img.shape[1] - 1)
+    return img[ys[:, None], xs[None, :]]
+
+
+def _match_rim(src: np.ndarray, base: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """src shifted in colour so that its mean on the blend's rim (where it fades in) equals base's there."""
+    rim = ((alpha > 0.05) & (alpha < 0.6)).astype(np.uint8)
+    if rim.any():
+        shift = np.subtract(cv2.mean(base, mask=rim)[:3], cv2.mean(src, mask=rim)[:3]).astype(np.float32)
+        src = src + shift[None, None, :]
+    return src
 
 
 def _feather(mask: np.ndarray, sigma: float) -> np.ndarray:
@@ -344,32 +349,73 @@ class CPURenderer(Renderer):
         if len(frame_indices) != len(conditions):
             raise RenderInputError(f"{len(frame_indices)} frame indices but {len(conditions)} conditions")
         rig = self._rig(avatar)
-        compositor = Compositor(avatar, alpha_cache=rig.alpha)
-        out = []
         for i, cond in zip(frame_indices, conditions, strict=True):
-            face = self._render_face(avatar, rig, int(i), cond)
-            out.append(compositor.paste(int(i), face))
+            self._check(rig, int(i), cond)
+        compositor = Compositor(avatar, alpha_cache=rig.alpha)
+        sources = self._sources(rig, frame_indices, conditions)
+        out = []
+        for i, cond, j in zip(frame_indices, conditions, sources, strict=True):
+            # With a bank source the full-resolution pass pastes its mouth; the crop only moves the jaw.
+            face, dst_lm, box = self._render_face(avatar, rig, int(i), cond, j, full_res_follows=j is not None)
+            frame = compositor.paste_change(int(i), face, avatar.crops[int(i)], box)
+            if j is not None:
+                self._paste_bank_mouth(frame, avatar, rig, compositor, int(i), j, dst_lm)
+            out.append(frame)
         return out
 
-    def target_landmarks(self, avatar: Avatar, i: int, state: MouthState) -> np.ndarray:
-        """(68, 2) full-frame landmarks of frame i with its mouth moved to `state`: the shape render draws."""
+    def _sources(
+        self, rig: _AvatarRig, frame_indices: Sequence[int], conditions: Sequence[MouthState]
+    ) -> list[int | None]:
+        """The bank frame each output mouth comes from, or None where the mouth is warped and drawn."""
+        if not (self.use_bank and rig.bank_enabled):
+            return [None] * len(frame_indices)
+        with rig.lock:
+            return list(rig.bank.select([int(i) for i in frame_indices], [c.as_tuple() for c in conditions]))
+
+    def source_frames(self, avatar: Avatar, frame_indices: Sequence[int], conditions: Sequence[MouthState]) -> list:
+        """Which avatar frame each output mouth would come from (None: warped and drawn), as `render` chooses."""
+        return self._sources(self._rig(avatar), frame_indices, conditions)
+
+    def target_landmarks(self, avatar: Avatar, i: int, state: MouthState, source: int | None = None) -> np.ndarray:
+        """(68, 2) full-frame landmarks of frame i with its mouth moved to `state` (or to bank frame `source`'s mouth):
+        the shape render draws."""
         rig = self._rig(avatar)
         fr = rig.frame(avatar, int(i))
-        crop_lm = self._mouth_shape(fr, state)
+        crop_lm = self._mouth_shape(rig, fr, state) if source is None else self._bank_shape(rig, int(i), int(source))
         x1, y1, x2, y2 = (float(v) for v in avatar.boxes[int(i)])
         return crop_lm / CROP_SIZE * [max(x2 - x1, 1.0), max(y2 - y1, 1.0)] + [x1, y1]
 
     @staticmethod
-    def _mouth_shape(fr: _FrameRig, state: MouthState) -> np.ndarray:
-        open_ = float(np.clip(state.open, 0.0, 1.0))
+    def _target_gap(rig: _AvatarRig, fr: _FrameRig, state: MouthState) -> float:
+        """Inner-lip gap (crop px) for a drawn mouth: from the avatar's resting opening (silence) to GAP_MAX."""
+        # A frame already at or below the rest keeps its own mouth at silence (nothing moves).
+        rest = min(min(rig.rest_open, REST_OPEN_MAX) * GAP_MAX * fr.iod, fr.gap)
+        return rest + float(np.clip(state.open, 0.0, 1.0)) * max(0.0, GAP_MAX * fr.iod - rest)
+
+    def _mouth_shape(self, rig: _AvatarRig, fr: _FrameRig, state: MouthState) -> np.ndarray:
         width = float(np.clip(state.width, 0.0, 1.0))
         rnd = float(np.clip(state.round, 0.0, 1.0))
-        target_gap = open_ * GAP_MAX * fr.iod
+        target_gap = self._target_gap(rig, fr, state)
         return _displace(fr.pts[:N_LANDMARKS], fr.ex, fr.ey, fr.iod, target_gap - fr.gap, fr.jaw_room, width, rnd)
 
-    def render_face(self, avatar: Avatar, i: int, state: MouthState) -> np.ndarray:
-        """The 256x256 crop of frame i with the mouth in `state`, before paste-back."""
-        return self._render_face(avatar, self._rig(avatar), int(i), state)
+    @staticmethod
+    def _bank_shape(rig: _AvatarRig, i: int, j: int) -> np.ndarray:
+        """Frame i's crop landmarks with lips and jaw taken from frame j, carried over by the head's similarity."""
+        out = rig.crop_lms[i].copy()
+        if j != i:
+            a = stable_similarity(rig.crop_lms[j], rig.crop_lms[i])
+            src = rig.crop_lms[j][_MOVES]
+            out[_MOVES] = src @ a[:, :2].T + a[:, 2]
+        return out
+
+    def render_face(self, avatar: Avatar, i: int, state: MouthState, source: int | None = None) -> np.ndarray:
+        """The 256x256 crop of frame i with the mouth in `state` (from bank frame `source` if given), before
+        paste-back. Without `source` the mouth is warped and drawn whatever the avatar."""
+        rig = self._rig(avatar)
+        self._check(rig, int(i), state)
+        if source is not None and not 0 <= int(source) < rig.n:
+            raise RenderInputError(f"source frame {source} outside the avatar's {rig.n} frames")
+        return self._render_face(avatar, rig, int(i), state, None if source is None else int(source))[0]
 
     # --- internals --------------------------------------------------------------------------
     def _rig(self, avatar: Avatar) -> _AvatarRig:
@@ -391,22 +437,41 @@ class CPURenderer(Renderer):
             if entry is not None and entry[0] is ref:
                 del self._rigs[key]
 
-    def _render_face(self, avatar: Avatar, rig: _AvatarRig, i: int, state: MouthState) -> np.ndarray:
+    @staticmethod
+    def _check(rig: _AvatarRig, i: int, state: object) -> None:
         if not isinstance(state, MouthState):
             raise RenderInputError(f"the CPU renderer takes MouthState conditions, got {type(state).__name__}")
         if not 0 <= i < rig.n:
             raise RenderInputError(f"frame index {i} outside the avatar's {rig.n} frames")
+
+    def _render_face(
+        self,
+        avatar: Avatar,
+        rig: _AvatarRig,
+        i: int,
+        state: MouthState,
+        source: int | None,
+        full_res_follows: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+        """Frame i's crop with its lower face moved to the target and the mouth texture in place, the crop
+        landmarks it was moved to, and the crop box outside which nothing changed. With a bank `source` the
+        target is that frame's own mouth and jaw."""
         fr = rig.frame(avatar, i)
         crop = avatar.crops[i]
-        open_ = float(np.clip(state.open, 0.0, 1.0))
-        target_gap = open_ * GAP_MAX * fr.iod
-        dst_lm = self._mouth_shape(fr, state)
+        if source is None:
+            dst_lm = self._mouth_shape(rig, fr, state)
+            target_gap = self._target_gap(rig, fr, state)
+        else:
+            dst_lm = self._bank_shape(rig, i, source)
+            target_gap = _lip_gap(dst_lm, fr.ey)
+        if source == i:
+            return crop.copy(), dst_lm, (0, 0, 0, 0)  # its own mouth: nothing moves
         dst = np.concatenate([dst_lm, _ANCHORS])
 
         tris = fr.tris[fr.moving]
         x0, y0, x1, y1 = _bbox(dst[tris].reshape(-1, 2), 1.0, (0, 0, CROP_SIZE, CROP_SIZE))
         if x1 <= x0 or y1 <= y0:
-            return crop.copy()
+            return crop.copy(), dst_lm, (0, 0, 0, 0)
 
         # Which moving triangle covers each pixel of the warped box (-1: none, the pixel stays).
         label = np.full((y1 - y0, x1 - x0), -1, np.int32)
@@ -428,41 +493,95 @@ class CPURenderer(Renderer):
 
         face = crop.copy()
         face[y0:y1, x0:x1] = warp(crop, fr.pts, (x0, y0, x1, y1))
-        src_gap = fr.gap
-        lip_bgr, skin_bgr = fr.lip_bgr, fr.skin_bgr
 
-        j = rig.bank_frame(i, open_) if self.use_bank else i
-        if j != i:
-            frj = rig.frame(avatar, j)
-            # Lip region, grown around the mouth centre, feathered; the bank's colour is matched on its rim.
-            centre = dst_lm[_OUTER_LIP].mean(axis=0)
-            region_pts = centre + 1.45 * (dst_lm[_OUTER_LIP] - centre) + 0.05 * fr.iod * fr.ey
-            sigma = 0.06 * fr.iod
-            box = _bbox(region_pts, 3.0 * sigma + 2.0, (x0, y0, x1, y1))
-            bx0, by0, bx1, by1 = box
+        if source is not None and not full_res_follows:
+            # The bank frame's mouth over the moved lower face: lips grown around their centre, feathered, its
+            # colour matched to this frame on the region's rim. The full-resolution pass repeats this after paste.
+            frj = rig.frame(avatar, source)
+            region_pts = self._bank_region(dst_lm, fr.iod, fr.ey)
+            sigma = BANK_REGION_SIGMA * fr.iod
+            bx0, by0, bx1, by1 = box = _bbox(region_pts, 3.0 * sigma + 2.0, (x0, y0, x1, y1))
             if bx1 > bx0 and by1 > by0:
-                bank = warp(avatar.crops[j], frj.pts, box).astype(np.float32)
+                bank = warp(avatar.crops[source], frj.pts, box).astype(np.float32)
                 base = face[by0:by1, bx0:bx1].astype(np.float32)
                 alpha = _feather(_fill(region_pts - [bx0, by0], by1 - by0, bx1 - bx0), sigma)
-                rim = (alpha > 0.05) & (alpha < 0.6)
-                if rim.any():
-                    bank += (base[rim].mean(axis=0) - bank[rim].mean(axis=0))[None, None, :]
+                bank = _match_rim(bank, base, alpha)
                 base += alpha[..., None] * (bank - base)
                 face[by0:by1, bx0:bx1] = np.clip(base + 0.5, 0, 255).astype(np.uint8)
-                src_gap = frj.gap * fr.iod / max(frj.iod, 1e-6)
-                lip_bgr = frj.lip_bgr
+        if source is not None:
+            return face, dst_lm, (x0, y0, x1, y1)
 
-        if target_gap >= SYNTH_MIN_GAP_PX:
-            # Draw an inner mouth where the texture source was not open as wide as the target.
-            synth_w = float(np.clip(1.6 * (1.0 - src_gap / target_gap), 0.0, 1.0))
-            if synth_w > 0.0:
-                self._inner_mouth(face, dst_lm, fr, target_gap, synth_w, lip_bgr, skin_bgr)
+        src_gap = fr.gap
+        if target_gap >= SYNTH_MIN_GAP_PX and target_gap > src_gap + 0.5:
+            if src_gap >= TEETH_SOURCE_MIN_GAP * fr.iod:
+                # The source shows its teeth: they stay with the lips that hold them, a cavity opens between.
+                self._split_interior(face, crop, dst_lm, fr, state)
+            else:
+                # Nothing inside the source's lips to reuse: draw the inner mouth where the target opens wider.
+                synth_w = float(np.clip(1.6 * (1.0 - src_gap / target_gap), 0.0, 1.0))
+                self._inner_mouth(face, dst_lm, fr, target_gap, synth_w, fr.lip_bgr, fr.skin_bgr, state)
         if src_gap - target_gap > SEAM_MIN_SQUEEZE_PX and target_gap < SEAM_MAX_GAP * fr.iod:
             # Lips pressed together over an open source leave its teeth squeezed into a line: cover it with the seam.
             seam_w = float(np.clip((src_gap - target_gap) / (3.0 * SEAM_MIN_SQUEEZE_PX), 0.0, 1.0))
             seam_w *= float(np.clip(1.0 - target_gap / (SEAM_MAX_GAP * fr.iod), 0.0, 1.0))
-            self._lip_seam(face, dst_lm, fr, seam_w, lip_bgr)
-        return face
+            self._lip_seam(face, dst_lm, fr, seam_w, fr.lip_bgr)
+        return face, dst_lm, (x0, y0, x1, y1)
+
+    @staticmethod
+    def _bank_region(lm: np.ndarray, iod: float, ey: np.ndarray) -> np.ndarray:
+        centre = lm[_OUTER_LIP].mean(axis=0)
+        rel = lm[_OUTER_LIP] - centre
+        unit = rel / np.maximum(np.linalg.norm(rel, axis=1, keepdims=True), 1e-6)
+        return centre + BANK_REGION_GROW * rel + BANK_REGION_MARGIN * iod * unit + 0.03 * iod * ey
+
+    def _paste_bank_mouth(
+        self,
+        frame: np.ndarray,
+        avatar: Avatar,
+        rig: _AvatarRig,
+        compositor: Compositor,
+        i: int,
+        j: int,
+        dst_lm: np.ndarray,
+    ) -> None:
+        """Put bank frame j's mouth region into the composited frame i at full resolution, in place.
+
+        The 256x256 crop is smaller than a face box on large video, so the crop's mouth comes back soft; here the
+        same region is taken straight from frame j's full-resolution pixels by the head's similarity (one
+        interpolation), blended through the region's feather times the avatar's paste mask."""
+        x1, y1, x2, y2 = (int(v) for v in avatar.boxes[i])
+        bw, bh = x2 - x1, y2 - y1
+        if bw <= 0 or bh <= 0:
+            return
+        scale = np.array([bw / CROP_SIZE, bh / CROP_SIZE])
+        fr = rig.frame(avatar, i)
+        region = self._bank_region(dst_lm, fr.iod, fr.ey) * scale + [x1, y1]
+        sigma = BANK_REGION_SIGMA * fr.iod * float(scale.mean())
+        rx0, ry0, rx1, ry1 = _bbox(region, 3.0 * sigma + 2.0, (x1, y1, x2, y2))
+        if rx1 <= rx0 or ry1 <= ry0:
+            return
+        lm_i = avatar.landmarks[i].astype(np.float64)
+        lm_j = avatar.landmarks[j].astype(np.float64)
+        a = stable_similarity(lm_j, lm_i)
+        h, w = ry1 - ry0, rx1 - rx0
+        if np.abs(a[:, :2] - np.eye(2)).max() < NEAR_RIGID:
+            # The head barely turned or scaled: a whole-pixel shift, no resampling at all (interpolating at a
+            # sub-pixel offset is a low-pass filter the source never went through).
+            # The shift the similarity makes at the mouth (its rotation and scale move far-off points more).
+            m = lm_j[48:68].mean(axis=0)
+            dx, dy = (int(round(v)) for v in a[:, :2] @ m + a[:, 2] - m)
+            bank = _shifted(avatar.frames[j], rx0 - dx, ry0 - dy, w, h).astype(np.float32)
+        else:
+            a[:, 2] -= [rx0, ry0]  # into the region's own pixel grid
+            bank = cv2.warpAffine(
+                avatar.frames[j], a, (w, h), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT101
+            ).astype(np.float32)
+        base = frame[ry0:ry1, rx0:rx1].astype(np.float32)
+        alpha = _feather(_fill(region - [rx0, ry0], h, w), sigma)
+        alpha *= compositor.alpha(i)[ry0 - y1 : ry1 - y1, rx0 - x1 : rx1 - x1, 0]
+        bank = _match_rim(bank, base, alpha)
+        base += alpha[..., None] * (bank - base)
+        frame[ry0:ry1, rx0:rx1] = np.clip(base + 0.5, 0, 255).astype(np.uint8)
 
     @staticmethod
     def _lip_seam(face: np.ndarray, lm: np.ndarray, fr: _FrameRig, weight: float, lip_bgr: np.ndarray) -> None:
@@ -478,6 +597,61 @@ class CPURenderer(Renderer):
         roi += alpha * (seam - roi)
         face[by0:by1, bx0:bx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
 
+    @staticmethod
+    def _palette(fr: _FrameRig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Cavity core, cavity rim, tongue and tooth colours (BGR) for this frame's lighting.
+
+        A real open mouth is a dark red-brown cavity, a pink tongue dimmed by the lips' shadow, and teeth of
+        a warm off-white a little below the lit skin. The lips' own colour carries the light's tint and level."""
+        lip = fr.lip_bgr
+        light = float(np.clip(np.dot(fr.skin_bgr, [0.114, 0.587, 0.299]) / 180.0, 0.35, 1.3))
+        if fr.inner_dark is not None:
+            # The source shows the inside of its mouth: its own shadows are the right colours for the depth.
+            core, rim = 0.85 * fr.inner_dark[0], fr.inner_dark[1]
+        else:
+            core = 0.16 * lip + light * np.array([3.0, 3.0, 6.0])
+            rim = 0.42 * lip
+        tongue = 0.58 * lip + light * np.array([4.0, 8.0, 18.0])
+        lum = float(np.dot(fr.skin_bgr, [0.114, 0.587, 0.299]))
+        tooth = np.clip(1.08 * lum * np.array([0.86, 0.94, 1.0]), 0, 240)
+        return core, rim, tongue, tooth
+
+    @staticmethod
+    def _cavity(lens: _MouthLens, u: np.ndarray, v: np.ndarray, fr: _FrameRig, state: MouthState) -> np.ndarray:
+        """(h, w, 3) float BGR of the open mouth's inside: dark at its depth, lighter at the lips, a tongue low
+        in it when the jaw is well down (less when the lips are rounded)."""
+        core, rim, tongue_bgr, _ = CPURenderer._palette(fr)
+        up, lo = lens.upper(u), lens.lower(u)
+        height = np.maximum(lo - up, 1e-3)
+        t = np.clip((v - up) / height, 0.0, 1.0)
+        side = np.clip(np.abs(u) / lens.half_width, 0.0, 1.0)
+        depth = (np.sin(np.pi * t) ** 0.8) * np.sqrt(np.clip(1.0 - side**2, 0.0, 1.0))
+        fill = rim[None, None, :] + depth[..., None] * (core - rim)[None, None, :]
+        open_ = float(np.clip(state.open, 0.0, 1.0))
+        reach = (0.22 + 0.18 * open_) * (1.0 - 0.6 * float(np.clip(state.round, 0.0, 1.0)))
+        if open_ > 0.25 and reach > 0.05:
+            # The tongue: a mound from the lower lip, highest in the middle, lit from the front.
+            top = 1.0 - reach * (1.0 - 0.8 * side**2)
+            soft = 0.12 + 1.5 / float(height.max())
+            a_t = np.clip((t - top) / soft + 0.5, 0.0, 1.0) * np.clip(1.0 - side, 0.0, 1.0) ** 0.5
+            lit = 0.8 + 0.3 * np.clip((t - top) / max(reach, 1e-3), 0.0, 1.0) ** 0.5
+            fill += (0.9 * a_t)[..., None] * (tongue_bgr[None, None, :] * lit[..., None] - fill)
+        return fill
+
+    @staticmethod
+    def _tooth_structure(u: np.ndarray, half_width: float) -> np.ndarray:
+        """Brightness of a row of teeth across the mouth: each tooth rounded (lit in its middle), a dark line
+        between neighbours; incisors widest, narrowing towards the corners."""
+        un = np.abs(u) / max(half_width, 1.0)
+        edges = np.array([0.0, 0.24, 0.44, 0.6, 0.74, 0.86, 1.2])
+        k = np.clip(np.searchsorted(edges, un) - 1, 0, len(edges) - 2)
+        lo, hi = edges[k], edges[k + 1]
+        phase = (un - lo) / (hi - lo)
+        rounded = 0.9 + 0.1 * np.sin(np.pi * phase)
+        px = np.minimum(un - lo, hi - un) * half_width  # px to the nearest tooth boundary
+        line = 1.0 - 0.2 * np.exp(-((px / 0.6) ** 2))
+        return rounded * line
+
     def _inner_mouth(
         self,
         face: np.ndarray,
@@ -487,49 +661,81 @@ class CPURenderer(Renderer):
         weight: float,
         lip_bgr: np.ndarray,
         skin_bgr: np.ndarray,
+        state: MouthState,
     ) -> None:
-        """Draw a shaded cavity, tongue and a hint of upper teeth inside the inner lips of `face`, in place."""
+        """Draw the inside of the mouth within the inner lips of `face`, in place, for a source that never opens:
+        a shaded cavity, a tongue, and teeth with individual structure."""
         lens0 = _MouthLens(lm, fr.ex, fr.ey)
         bx0, by0, bx1, by1 = _bbox(lens0.outline(), 3.0 + 0.9 * gap, (0, 0, CROP_SIZE, CROP_SIZE))
-        if bx1 <= bx0 or by1 <= by0:
+        if bx1 <= bx0 or by1 <= by0 or weight <= 0.0:
             return
         h, w = by1 - by0, bx1 - bx0
         lens = _MouthLens(lm - [bx0, by0], fr.ex, fr.ey)
         roi = face[by0:by1, bx0:bx1].astype(np.float32)
         mask = _fill(lens.outline(), h, w)
         alpha = _feather(mask, 0.7)
-        # Deeper inside is darker: a blurred copy of the mask stands in for depth.
-        depth = _feather(mask, max(0.8, 0.3 * gap))
-        dark = 0.26 * lip_bgr + np.array([0.0, 0.0, 6.0])
-        edge = 0.55 * lip_bgr
-        fill = edge[None, None, :] + np.clip(1.6 * depth[..., None], 0, 1) * (dark - edge)[None, None, :]
-        if gap > 0.12 * fr.iod:
-            # The tongue: a soft, dull-red mound rising from the lower lip in a wide-open mouth.
-            tongue = _fill(lens.band(0.6, lower=True, height=0.3 * gap), h, w)
-            t_alpha = _feather(tongue, 0.12 * gap) * 0.6
-            tongue_bgr = 0.6 * lip_bgr + np.array([0.0, 0.0, 12.0])
-            fill = fill + t_alpha[..., None] * (tongue_bgr[None, None, :] - fill)
+        u, v = lens.coords(w, h)
+        fill = self._cavity(lens, u, v, fr, state)
         if self.teeth:
-            lum = float(np.dot(skin_bgr, [0.114, 0.587, 0.299]))
-            # Off-white a little brighter than the skin, barely warm; the mouth's shade does the rest.
-            tooth = np.clip(1.06 * lum * np.array([0.84, 0.94, 1.0]), 0, 250)
-            u, v = lens.coords(w, h)
+            _, _, _, tooth = self._palette(fr)
             side = np.clip(np.abs(u) / lens.half_width, 0, 1) ** 2
-            # Upper teeth hang from under the upper lip, about half the opening, at most ~0.08 D showing.
-            upper_h = min(0.45 * gap, 0.08 * fr.iod)
-            t_alpha = _feather(_fill(lens.band(0.66, lower=False, height=upper_h), h, w), 0.5 + 0.06 * upper_h) * alpha
-            shade = (1.0 - 0.5 * side) * (0.82 + 0.18 * np.clip((v - lens.upper(u)) / max(upper_h, 1e-3), 0, 1))
-            fill = fill + (0.95 * t_alpha[..., None]) * (tooth[None, None, :] * shade[..., None] - fill)
+            structure = self._tooth_structure(u, lens.half_width)
+            # Upper teeth hang from under the upper lip, about half the opening, at most ~0.09 D showing; the lip
+            # shades their roots, their biting edges are a little translucent.
+            upper_h = min(0.45 * gap, 0.09 * fr.iod)
+            t_alpha = _feather(_fill(lens.band(0.7, lower=False, height=upper_h), h, w), 0.45) * alpha
+            dv = np.clip((v - lens.upper(u)) / max(upper_h, 1e-3), 0, 1)
+            shade = (1.0 - 0.45 * side) * (0.72 + 0.28 * np.clip(2.5 * dv, 0, 1)) * (1.0 - 0.12 * dv**4) * structure
+            fill = fill + (0.97 * t_alpha[..., None]) * (tooth[None, None, :] * shade[..., None] - fill)
             if gap > 0.14 * fr.iod:
                 # Lower teeth: a dimmer, thinner row behind the lower lip of a wide-open mouth.
-                lower_h = min(0.15 * gap, 0.03 * fr.iod)
-                l_alpha = (
-                    _feather(_fill(lens.band(0.5, lower=True, height=lower_h), h, w), 0.5 + 0.06 * lower_h) * alpha
-                )
-                l_shade = 0.62 * (1.0 - 0.5 * side)
-                fill = fill + (0.8 * l_alpha[..., None]) * (tooth[None, None, :] * l_shade[..., None] - fill)
+                lower_h = min(0.15 * gap, 0.035 * fr.iod)
+                l_alpha = _feather(_fill(lens.band(0.5, lower=True, height=lower_h), h, w), 0.45) * alpha
+                l_shade = 0.6 * (1.0 - 0.5 * side) * structure
+                fill = fill + (0.85 * l_alpha[..., None]) * (tooth[None, None, :] * l_shade[..., None] - fill)
         a = (weight * alpha)[..., None]
         roi += a * (fill - roi)
+        face[by0:by1, bx0:bx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
+
+    def _split_interior(
+        self, face: np.ndarray, crop: np.ndarray, lm: np.ndarray, fr: _FrameRig, state: MouthState
+    ) -> None:
+        """The inside of a source mouth that shows its teeth, opened wider, in place.
+
+        The upper part of the source's opening (upper teeth) is carried with the upper lip, the lower part with
+        the lower lip, each at its own size; the opening between them is the shaded cavity. The teeth are the
+        person's own pixels, one resampling from the source crop."""
+        lens_t0 = _MouthLens(lm, fr.ex, fr.ey)
+        bx0, by0, bx1, by1 = _bbox(lens_t0.outline(), 3.0, (0, 0, CROP_SIZE, CROP_SIZE))
+        if bx1 <= bx0 or by1 <= by0:
+            return
+        h, w = by1 - by0, bx1 - bx0
+        lens_t = _MouthLens(lm - [bx0, by0], fr.ex, fr.ey)
+        lens_s = _MouthLens(fr.pts[:N_LANDMARKS], fr.ex, fr.ey)
+        u, v = lens_t.coords(w, h)
+        us = u * (lens_s.half_width / lens_t.half_width)
+        up_t, lo_t = lens_t.upper(u), lens_t.lower(u)
+        up_s, lo_s = lens_s.upper(us), lens_s.lower(us)
+        hs = np.maximum(lo_s - up_s, 0.0)
+        # The teeth show a little more of themselves as the lips part (the lips, not the teeth, hide them).
+        extra = float(np.clip((lens_t.height() - lens_s.height()) / max(lens_s.height(), 1.0), 0.0, 1.0))
+        stretch = 1.0 + TEETH_REVEAL * extra
+        split = TEETH_SPLIT * hs * stretch
+        low = (1.0 - TEETH_SPLIT) * hs * stretch
+        d_up, d_lo = v - up_t, lo_t - v
+        a_up = np.clip((split - d_up) / 0.8 + 0.5, 0.0, 1.0)
+        a_lo = np.clip((low - d_lo) / 0.8 + 0.5, 0.0, 1.0) * (1.0 - a_up)
+        vs = np.where(d_up <= split, up_s + d_up / stretch, lo_s - d_lo / stretch)
+        pts = lens_s.c[:, None, None] + (us + lens_s.u0)[None] * fr.ex[:, None, None] + vs[None] * fr.ey[:, None, None]
+        teeth = cv2.remap(
+            crop, pts[0].astype(np.float32), pts[1].astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+        ).astype(np.float32)
+        fill = self._cavity(lens_t, u, v, fr, state)
+        a_teeth = (a_up + a_lo)[..., None]
+        fill += a_teeth * (teeth - fill)
+        alpha = _feather(_fill(lens_t.outline(), h, w), 0.7)[..., None]
+        roi = face[by0:by1, bx0:bx1].astype(np.float32)
+        roi += alpha * (fill - roi)
         face[by0:by1, bx0:bx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -554,6 +760,10 @@ class _MouthLens:
 
     def upper(self, u: np.ndarray) -> np.ndarray:
         return np.polyval(self._up, u)
+
+    def height(self) -> float:
+        """The opening's height in the middle, px."""
+        return float(max(0.0, np.polyval(self._lo, 0.0) - np.polyval(self._up, 0.0)))
 
     def lower(self, u: np.ndarray) -> np.ndarray:
         return np.maximum(np.polyval(self._lo, u), self.upper(u))

@@ -5,6 +5,7 @@ The mouth state is read off the speech signal with classical measures, no learne
 * openness from loudness: the level of the frame against a running speech reference (so the mapping
   does not depend on recording gain), gated so silence and room noise keep the mouth shut, and
   lowered on fricatives (/s/, /f/, /sh/ are made with the teeth nearly together);
+* no faster than real lips: the opening changes by a bounded amount per frame, more at a plosive release;
 * width and roundness from spectral balance of voiced sound: front vowels (/i/, /e/) put their second
   formant high (energy 1.7–3.5 kHz), rounded back vowels (/u/, /o/) keep nearly all energy below 1.7 kHz.
 
@@ -95,6 +96,13 @@ class MouthParams:
     balance_init_spread_db: float = -12.0
     balance_knee_db: float = 2.0  # deviation from the average before the lips start to spread or round
     balance_span_db: float = 8.0  # further deviation for fully spread or rounded
+    # Lips and jaw have mass: per 40 ms frame the opening changes at most this much (0..1 scale). A jaw drops
+    # from closed to a loud vowel in about 120 ms and closes about as fast; a plosive release (/p/, /b/, /t/:
+    # loudness jumping from near silence) snaps the lips apart faster.
+    open_rate: float = 0.35
+    close_rate: float = 0.3
+    plosive_rate: float = 0.7
+    plosive_jump_db: float = 12.0  # level rise within one frame that counts as a release
 
 
 def _smoothing_weights() -> np.ndarray:
@@ -193,6 +201,8 @@ class MouthFrontend(AudioFrontend):
         self._ref_db = self.params.ref_init_db
         self._round_mean = self.params.balance_init_round_db
         self._spread_mean = self.params.balance_init_spread_db
+        self._prev_open = 0.0
+        self._prev_level = -120.0
         self._flushed = False
 
     # --- feature extraction -----------------------------------------------------------------
@@ -240,6 +250,10 @@ class MouthFrontend(AudioFrontend):
         fricness = fric / (voiced + fric + 1e-12)
         openness = float(np.clip(x, 0.0, 1.0)) ** prm.curve * gate * (1.0 - prm.fric_damp * fricness)
         openness = float(np.clip(openness, 0.0, 1.0))
+        # Rate limits (sequential per frame, so any chunking gives the same states).
+        up = prm.plosive_rate if level - self._prev_level >= prm.plosive_jump_db else prm.open_rate
+        openness = float(np.clip(openness, self._prev_open - prm.close_rate, self._prev_open + up))
+        self._prev_open, self._prev_level = openness, level
         # Lip shape only means something while sound is voiced and the mouth is moving.
         shape_gain = min(1.0, 2.5 * openness) * (1.0 - fricness)
         eps = 1e-12

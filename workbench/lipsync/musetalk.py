@@ -160,10 +160,14 @@ class MuseTalkRenderer(Renderer):
         batch_size: int = 8,
         block_params: BlockParams | None = None,
         models_dir: Path | str | None = None,
+        decoder=None,
     ):
         import torch
 
+        from workbench.lipsync.decoders import VaeDecoder
+
         self.unet, self.vae, self.whisper = unet, vae, whisper
+        self.decoder = decoder if decoder is not None else VaeDecoder(vae)  # latents -> [-1, 1] images
         self.device, self.dtype, self.version = device, dtype, version
         self.batch_size = max(1, int(batch_size))
         self.block_params = block_params or BlockParams()
@@ -185,8 +189,14 @@ class MuseTalkRenderer(Renderer):
         version: str = "v15",
         batch_size: int | None = None,
         block_params: BlockParams | None = None,
+        decoder: str = "vae",
     ) -> MuseTalkRenderer:
-        """Load from MuseTalk's models/ layout; raises MissingWeightsError (with the download command) if absent."""
+        """Load from MuseTalk's models/ layout; raises MissingWeightsError (with the download command) if absent.
+
+        `decoder` is "vae" (the reference) or "taesd" (workbench.lipsync.decoders, the fast approximation).
+        """
+        from workbench.lipsync.decoders import make_decoder
+
         models_dir = Path(models_dir)
         if version not in UNET_FILES:
             raise ValueError(f"unknown MuseTalk version {version!r}; expected one of {sorted(UNET_FILES)}")
@@ -195,8 +205,10 @@ class MuseTalkRenderer(Renderer):
         unet = load_unet(models_dir, version, dev, dt)
         vae = load_vae(models_dir, dev, dt)
         whisper = WhisperEncoderRunner.from_dir(models_dir / "whisper", dev, dt)
-        log.info("MuseTalk %s loaded from %s on %s (%s)", version, models_dir, dev, dt)
-        return cls(unet, vae, whisper, dev, dt, version, batch_size or DEFAULT_BATCH_SIZE, block_params, models_dir)
+        dec = make_decoder(decoder, vae, models_dir, dev, dt)
+        log.info("MuseTalk %s loaded from %s on %s (%s, %s decoder)", version, models_dir, dev, dt, dec.name)
+        bs = batch_size or DEFAULT_BATCH_SIZE
+        return cls(unet, vae, whisper, dev, dt, version, bs, block_params, models_dir, decoder=dec)
 
     @property
     def identity(self) -> str:
@@ -206,7 +218,8 @@ class MuseTalkRenderer(Renderer):
         return self._identity
 
     def describe(self) -> str:
-        return f"MuseTalk {self.version} on {self.device} ({str(self.dtype).replace('torch.', '')})"
+        dec = "" if self.decoder.name == "vae" else f", {self.decoder.name} decoder"
+        return f"MuseTalk {self.version} on {self.device} ({str(self.dtype).replace('torch.', '')}{dec})"
 
     # --- audio ----------------------------------------------------------------------------------
 
@@ -277,7 +290,7 @@ class MuseTalkRenderer(Renderer):
         import torch
 
         with torch.inference_mode():
-            img = self.vae.decode(pred.to(self.dtype) / VAE_SCALING_FACTOR).sample
+            img = self.decoder(pred)
             img = (img.float() / 2 + 0.5).clamp(0, 1)
             if raw:
                 return img

@@ -254,7 +254,8 @@ class LipSyncStream:
 
     Thread model: `push_audio`, `end_utterance`, `interrupt` and `next_frame` may be called from any
     one thread (usually the event loop); a worker thread does the heavy work. Renderer calls can be
-    serialised across streams with a shared `render_lock`.
+    serialised across streams with a shared `render_lock`, or handed to a shared `batcher`
+    (`workbench.lipsync.batcher.RenderBatcher`) that batches the due frames of every stream in one model call.
     """
 
     def __init__(
@@ -268,6 +269,7 @@ class LipSyncStream:
         lead_frames: int | None = None,
         idle_prefetch: int = 8,
         render_lock: AbstractContextManager[Any] | None = None,
+        batcher: Any = None,
         clock: Callable[[], float] = time.perf_counter,
         max_log_frames: int = 25 * 60 * 60,
         name: str = "stream",
@@ -283,6 +285,7 @@ class LipSyncStream:
         self._lead_ema: float | None = None  # seconds from first audio to first frame ready
         self.idle_prefetch = max(1, int(idle_prefetch))
         self.render_lock = render_lock or threading.Lock()
+        self.batcher = batcher  # a RenderBatcher: renders go to its worker instead of under render_lock
         self.clock = clock
         self.name = name
         self.idle_cache = IdleFrameCache.shared(renderer, avatar)
@@ -531,7 +534,8 @@ class LipSyncStream:
         if self._utterances:
             last = self._utterances[-1]
             start = max(start, last.start_pos + (last.n_total or 0))
-        u = _Utterance(item_id, RenderLoop(self.renderer, self.avatar, start=start, lock=self.render_lock), now)
+        lock = self.render_lock if self.batcher is None else self.batcher.frontend_lock
+        u = _Utterance(item_id, RenderLoop(self.renderer, self.avatar, start=start, lock=lock), now)
         self._utterances.append(u)
         self.utterance_stats.append(u.stats)
         return u
@@ -621,8 +625,18 @@ class LipSyncStream:
                     u.n_conditions += 1
             self._cv.notify_all()
 
+    def _due(self, pos: int) -> float:
+        """perf_counter time body position `pos` is shown if the clock keeps time (the batcher's deadline)."""
+        return time.perf_counter() + max(0, pos - self._pos) * FRAME_SECONDS
+
     def _render_speech(self, u: _Utterance, take: list[tuple[int, Any, float]]) -> None:
-        images = u.loop.render([j for j, _, _ in take], [c for _, c, _ in take])
+        js, conds = [j for j, _, _ in take], [c for _, c, _ in take]
+        if self.batcher is None:
+            images = u.loop.render(js, conds)
+        else:
+            images = self.batcher.render(
+                self.avatar, [u.loop.body(j) for j in js], conds, deadline=self._due(u.start_pos + js[0]), session=self
+            )
         t = self.clock()
         with self._cv:
             if self._is_dropped(u):
@@ -635,8 +649,14 @@ class LipSyncStream:
             self._cv.notify_all()
 
     def _render_idle(self, indices: list[int]) -> None:
-        with self.render_lock:
-            images = self.renderer.render(self.avatar, indices, [self._silence] * len(indices))
+        conds = [self._silence] * len(indices)
+        if self.batcher is not None:
+            # Idle frames are due after the lead and the frames already cached: behind any speech frame.
+            due = self._due(self._pos + self.lead_frames + 1)
+            images = self.batcher.render(self.avatar, indices, conds, deadline=due, session=self)
+        else:
+            with self.render_lock:
+                images = self.renderer.render(self.avatar, indices, conds)
         for i, image in zip(indices, images, strict=True):
             self.idle_cache.put(i, image)
 

@@ -5,7 +5,8 @@
     gr.HTML(embed_html(avatar_id=...))               # the chat page inside a Gradio tab
 
 Modules: `voice` (OpenAIRealtimeVoice, LocalVoice), `session` (ChatSession and its tracks),
-`server` (RealtimeManager, routes), `tts` (espeak-ng). The local Realtime protocol server for tests and demos is `testkit.fake_realtime`.
+`server` (RealtimeManager, routes), `tts` (espeak-ng, the fallback voice); the offline speech models are in
+`workbench.voice`. The local Realtime protocol server for tests and demos is `testkit.fake_realtime`.
 The transport-free lip-sync stream is `workbench.lipsync.stream.LipSyncStream`.
 """
 

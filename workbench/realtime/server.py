@@ -46,6 +46,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
@@ -55,9 +56,11 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from workbench.avatars.model import Avatar
 from workbench.avatars.store import CacheError
 from workbench.config import Settings
+from workbench.lipsync.batcher import RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
 from workbench.realtime.session import ChatSession
 from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
+from workbench.zerogpu import on_zerogpu
 
 if TYPE_CHECKING:
     from workbench.engine import Engine
@@ -88,6 +91,14 @@ class OfferRequest(BaseModel):
 
 class TextRequest(BaseModel):
     text: str = Field(max_length=4000)
+
+
+def face_fraction(avatar: Avatar) -> list[float]:
+    """The avatar's face box over all its frames (median corners) as fractions [x0, y0, x1, y1] of the frame, so
+    the chat page can zoom on the face whatever size the video is sent at."""
+    h, w = avatar.frame_size
+    x0, y0, x1, y1 = (float(v) for v in np.median(np.asarray(avatar.boxes, np.float64), axis=0))
+    return [round(x0 / w, 4), round(y0 / h, 4), round(x1 / w, 4), round(y1 / h, 4)]
 
 
 def parse_ice_servers(raw: str) -> list[dict[str, Any]]:
@@ -251,12 +262,20 @@ class RealtimeManager:
             avatar = await self.avatar(self.requested_avatar(req))
             voice = self.make_voice(req)
             sid = secrets.token_urlsafe(9)
-            renderer = await asyncio.to_thread(lambda: self.engine.renderer)  # the first call may load a model
+            # The first call may load a model. ZeroGPU cannot hold a stream: the CPU renderer runs there.
+            choice = "cpu" if on_zerogpu() else None
+            renderer = await asyncio.to_thread(
+                lambda: self.engine.renderer_for(choice) if choice else self.engine.renderer
+            )
             serialize = self.serialize_renders
             if serialize is None:
                 serialize = getattr(renderer, "name", "") != "cpu"
             lock = getattr(self.engine, "render_lock", None) if serialize else None
-            stream = LipSyncStream(renderer, avatar, batch_size=self.batch_size, render_lock=lock, name=sid)
+            # A model on a device: one batcher renders the due frames of every session together.
+            batcher = RenderBatcher.shared(renderer, lock=lock) if serialize and has_device_stage(renderer) else None
+            stream = LipSyncStream(
+                renderer, avatar, batch_size=self.batch_size, render_lock=lock, batcher=batcher, name=sid
+            )
             session = ChatSession(
                 sid,
                 stream,
@@ -280,7 +299,12 @@ class RealtimeManager:
         self._reapers.add(reaper)  # the loop keeps only weak references to tasks
         reaper.add_done_callback(self._reapers.discard)
         log.info("realtime session %s opened (%s, avatar %s)", sid, voice.describe(), avatar.avatar_id)
-        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": sid}
+        return {
+            "sdp": pc.localDescription.sdp,
+            "type": pc.localDescription.type,
+            "session_id": sid,
+            "face": face_fraction(avatar),  # for the page's face zoom
+        }
 
     def _forget(self, session: ChatSession) -> None:
         self.sessions.pop(session.id, None)
@@ -378,13 +402,25 @@ class RealtimeManager:
 
 
 def mount_realtime(
-    app: FastAPI, engine: Engine, settings: Settings | None = None, *, prefix: str = "/rtc", **manager_options: Any
+    app: FastAPI,
+    engine: Engine,
+    settings: Settings | None = None,
+    *,
+    prefix: str = "/rtc",
+    preload_speech: bool = True,
+    **manager_options: Any,
 ) -> RealtimeManager:
     """Add the realtime routes and the chat page to `app`; returns the session manager.
 
     Call it before mounting Gradio at "/", whose catch-all mount would otherwise shadow `prefix`.
-    Sessions are closed when the app shuts down.
+    Sessions are closed when the app shuts down. `preload_speech` loads the local voice's speech
+    models in the background now, so the first keyless conversation neither waits for them nor has
+    its WebRTC handshake stalled by their loading.
     """
+    if preload_speech:
+        from workbench.voice import preload
+
+        threading.Thread(target=preload, name="speech-preload", daemon=True).start()
     manager = RealtimeManager(engine, settings, **manager_options)
     app.include_router(manager.router(), prefix=prefix)
     app.mount(f"{prefix}/static", StaticFiles(directory=STATIC_DIR), name="realtime-static")

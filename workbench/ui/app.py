@@ -18,12 +18,14 @@ from workbench.ui.eval_tab import EvalTab
 from workbench.ui.library import Library, find_samples_dir
 from workbench.ui.prepare_tab import PrepareTab
 from workbench.ui.tuning_tab import TuningTab
+from workbench.ui.warmup import ExampleWarmup
 from workbench.ui.weights_panel import WeightsPanel
 
 log = logging.getLogger(__name__)
 
 TITLE = "Talking-head workbench"
 HEADER_TTL_S = 60.0
+WARMUP_POLL_S = 1.0  # how often a page refreshes the banner while the example avatar is being prepared
 CSS = (
     header.HEADER_CSS
     + """
@@ -55,6 +57,7 @@ class WorkbenchUI:
         samples_dir: Path | None = None,
         show_all_avatars: bool = False,
         realtime: RealtimeManager | None = None,
+        prepare_example: bool = False,
     ):
         self.engine = engine
         self.settings: Settings = engine.settings
@@ -63,23 +66,49 @@ class WorkbenchUI:
             samples_dir if samples_dir is not None else find_samples_dir(engine.settings.samples_dir),
             show_all=show_all_avatars,
         )
-        self.ctx = UIContext(engine=engine, library=self.library, settings=self.settings, realtime=realtime)
+        self.library.sample_digests()  # hash the samples now: pins their avatars before anything is saved
+        example = self.library.default_example() if prepare_example else None
+        # Started by create_app once the server is built (`start_warmup`); None: no background preparation.
+        self.warmup = ExampleWarmup(engine, example) if example is not None else None
+        self.ctx = UIContext(
+            engine=engine,
+            library=self.library,
+            settings=self.settings,
+            realtime=realtime,
+            preferred_avatar=self.example_avatar_id,
+        )
         self.prepare_tab = PrepareTab(self.ctx)
         self.tuning_tab = TuningTab(self.ctx)
         self.chat_tab = ChatTab(self.ctx)
         self.eval_tab = EvalTab(self.ctx)
-        self._header: tuple[float, str] | None = None
+        self._header: tuple[float, str, object] | None = None  # (time, renderer, weights report)
         self.weights_panel = WeightsPanel(self.ctx, lambda: self.header_html(fresh=True))
+
+    def example_avatar_id(self) -> str | None:
+        state = self.warmup.state() if self.warmup is not None else None
+        return state.avatar_id if state is not None and state.status == "ready" else None
+
+    def start_warmup(self) -> None:
+        if self.warmup is not None:
+            self.warmup.start()
 
     def header_html(self, fresh: bool = False) -> str:
         """The banner; the weights check behind it (format probes, hashes) is reused for a minute per process."""
         now = time.monotonic()
         if fresh or self._header is None or now - self._header[0] > HEADER_TTL_S:
-            html = header.header_html(
-                self.engine.resolved_renderer_name(), self.engine.weights_report(), openai_configured(self.settings)
-            )
-            self._header = (now, html)
-        return self._header[1]
+            self._header = (now, self.engine.resolved_renderer_name(), self.engine.weights_report())
+        _, renderer, report = self._header
+        example = self.warmup.state() if self.warmup is not None else None
+        return header.header_html(
+            renderer, report, openai_configured(self.settings), example, decoder=self.settings.decoder
+        )
+
+    def warmup_tick(self, session: dict | None):
+        """While the example avatar is prepared: the banner's progress; once it is done, the avatar lists (the
+        chat tab then selects it) and the timer stops."""
+        if self.warmup is None or self.warmup.state().busy:
+            return (self.header_html(), *(gr.update() for _ in self.ctx.avatar_dropdowns), gr.update())
+        return (self.header_html(), *self.refresh_all(session), gr.Timer(active=False))
 
     def refresh_all(self, session: dict | None):
         session = session or new_session()
@@ -117,6 +146,9 @@ class WorkbenchUI:
                 show_progress="hidden",
             )
             demo.load(lambda: self.header_html(), None, banner, show_progress="hidden")
+            if self.warmup is not None:
+                timer = gr.Timer(WARMUP_POLL_S, active=True)
+                timer.tick(self.warmup_tick, [session], [banner, *dropdowns, timer], show_progress="hidden")
             demo.load(*self.eval_tab.load_runs, show_progress="hidden")
         return demo
 
@@ -132,7 +164,7 @@ def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool =
     # The chat page reaches only the avatar the chat tab grants it; single-user use opens every avatar,
     # as the library then shows them all.
     realtime = mount_realtime(app, engine, settings, open_avatars=show_all_avatars)
-    ui = WorkbenchUI(engine, samples_dir, show_all_avatars, realtime=realtime)
+    ui = WorkbenchUI(engine, samples_dir, show_all_avatars, realtime=realtime, prepare_example=settings.prepare_example)
     blocks = ui.build()
     app.state.workbench_ui = ui
     gr.mount_gradio_app(
@@ -149,4 +181,5 @@ def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool =
         server_name=settings.host,
         server_port=settings.port,
     )
+    ui.start_warmup()
     return app

@@ -16,8 +16,10 @@ import gradio as gr
 
 from workbench.realtime.server import embed_html
 from workbench.ui.context import UIContext, new_session, user_errors
+from workbench.zerogpu import ZEROGPU_REALTIME_NOTE, on_zerogpu
 
 CHAT_HEIGHT = 720
+
 HELP = (
     "**Local** modes need no key: *echo* speaks back what you type, *FAQ* answers a few questions; the microphone "
     "drives barge-in (start talking while the avatar speaks, or press **Stop**). **OpenAI Realtime** talks with "
@@ -39,7 +41,9 @@ class ChatTab:
         """The chat page for `avatar_id`, embedded; only an avatar this session may see."""
         session = session or new_session()
         if not avatar_id:
-            return notice("Prepare an avatar in the first tab, then choose it here.")
+            return notice(
+                "Prepare an avatar in the first tab, then choose it here (the example avatar appears by itself once the banner says it is ready)."
+            )
         self.ctx.library.check_access(avatar_id, session.get("avatars"))
         if self.ctx.realtime is None:
             return notice("The realtime endpoint is not served with this app (start it with app.py).")
@@ -48,9 +52,11 @@ class ChatTab:
     def build(self, session: gr.State) -> gr.Dropdown:
         with gr.Row():
             avatar = gr.Dropdown([], label="avatar", scale=2, elem_id="chat-avatar")
-            gr.Markdown(HELP, elem_id="chat-help")
+            gr.Markdown(HELP + (f"\n\n**{ZEROGPU_REALTIME_NOTE}**" if on_zerogpu() else ""), elem_id="chat-help")
         page = gr.HTML(
-            notice("Prepare an avatar in the first tab, then choose it here."),
+            notice(
+                "Prepare an avatar in the first tab, then choose it here (the example avatar appears by itself once the banner says it is ready)."
+            ),
             elem_id="chat-frame",
             min_height=CHAT_HEIGHT,
         )

@@ -54,6 +54,8 @@ class UIContext:
     # workbench.realtime.server.RealtimeManager serving /rtc, which grants the chat page its avatar;
     # None when the Blocks are built without the realtime routes (build_ui alone).
     realtime: RealtimeManager | None = None
+    # The avatar a session without a current one starts on (the default example once it is prepared).
+    preferred_avatar: Callable[[], str | None] = lambda: None
     # Components several tabs refresh when the session's avatar list changes (filled by build_ui).
     avatar_dropdowns: list = field(default_factory=list)
     # Scratch space for clips, report zips and unpacked manifests; removed when the process ends.
@@ -144,5 +146,6 @@ def dropdown_update(ctx: UIContext, session: dict, value: str | None = None) -> 
     ids = [c[1] for c in choices]
     want = value if value is not None else session.get("current")
     if want not in ids:
-        want = ids[0] if ids else None
+        preferred = ctx.preferred_avatar()
+        want = preferred if preferred in ids else (ids[0] if ids else None)
     return gr.update(choices=choices, value=want)

@@ -1,5 +1,7 @@
-"""Tab 4, evaluation: run the example suite (or an uploaded manifest), see the table, summary and plots,
-download the report folder, and compare two runs (the regression view).
+"""Tab 4, evaluation: run the example suite (or an uploaded manifest) here or on a Ray cluster, see the table,
+summary and plots, download the report folder, and compare two runs (the regression view).
+
+The Ray cluster's address comes from the app's settings (WORKBENCH_EVAL_RAY_ADDRESS), not from the page.
 
 A session's runs go to `<runs_dir>/sessions/<its random token>/`, so one user never sees another's
 renders; runs directly under `<runs_dir>` (made with `workbench eval`, baselines) are shared read-only.
@@ -55,6 +57,18 @@ def rebase_on_samples(suite: Suite, samples_dir: Path | None) -> Suite:
     return suite.model_copy(update={"cases": cases})
 
 
+def available_cases(suite: Suite) -> tuple[Suite, list[str]]:
+    """The suite without the cases whose media are not on this server (a Space has no ../shared/samples),
+    and the ids left out. None left is an error naming what is missing."""
+    missing = suite.missing_files()
+    if not missing:
+        return suite, []
+    try:
+        return suite.available()
+    except ManifestError as e:
+        raise ManifestError("the example suite needs the sample media: " + "; ".join(missing)) from e
+
+
 def confine(suite: Suite, roots: list[Path]) -> Suite:
     """Refuse a manifest that names files outside its own upload or the samples (no reading server files)."""
     bad = [f"{c.id}: {name}" for c in suite.cases for name, p in suite.files_of(c).items() if not _inside(p, roots)]
@@ -105,7 +119,7 @@ def uploaded_suite(upload: str | Path, workdir: Path, samples_dir: Path | None, 
             raise ManifestError(f"{p.name} is not valid YAML: {e}") from e
         if samples_dir is None:
             raise ManifestError("no sample media on this server: upload a zip with the manifest and its media")
-        return confine(parse_suite(data, samples_dir), roots)
+        return confine(parse_suite(data, samples_dir, csv_roots=roots), roots)
     if ext == ".zip":
         dest = Path(tempfile.mkdtemp(prefix="unpacked-", dir=workdir))
         safe_extract(p, dest, max_bytes)
@@ -113,7 +127,8 @@ def uploaded_suite(upload: str | Path, workdir: Path, samples_dir: Path | None, 
         if not manifests:
             raise ManifestError(f"{p.name} holds no .yaml manifest")
         manifest = min(manifests, key=lambda m: len(m.parts))
-        return confine(load_suite(manifest, check_files=False), [dest.resolve(), *roots])
+        allowed = [dest.resolve(), *roots]
+        return confine(load_suite(manifest, check_files=False, csv_roots=allowed), allowed)
     raise ManifestError(f"{p.name}: upload a .yaml manifest or a .zip of a manifest with its media")
 
 
@@ -231,10 +246,9 @@ class EvalTab:
             return uploaded_suite(upload, self.ctx.scratch_dir("suite-"), samples, max_bytes)
         if not EXAMPLE_SUITE.is_file():
             raise ManifestError(f"the example suite is missing ({EXAMPLE_SUITE})")
-        suite = rebase_on_samples(load_suite(EXAMPLE_SUITE, check_files=False), samples)
-        missing = suite.missing_files()
-        if missing:
-            raise ManifestError("the example suite needs the sample media: " + "; ".join(missing))
+        suite, skipped = available_cases(rebase_on_samples(load_suite(EXAMPLE_SUITE, check_files=False), samples))
+        if skipped:
+            log.info("example suite: not offering %s (media not on this server)", ", ".join(skipped))
         return suite
 
     def cases_update(self, which: str, upload: str | None):
@@ -257,16 +271,24 @@ class EvalTab:
         case_ids: list[str] | None,
         seconds,
         session: dict | None,
+        where: str = "local",
         progress=gr.Progress(),
     ):
         session = session or new_session()
         suite = select_cases(self.suite_for(which, upload), case_ids, float(seconds) if seconds else None)
+        ray = None
+        if where == "ray":
+            from workbench.evaluation.distributed import RayOptions
+
+            # media by path: the suite's files are on this machine, and a cluster of this app shares its storage
+            ray = RayOptions(address=self.ctx.settings.eval_ray_address)
         out = run_suite(
             suite,
             self.ctx.engine,
             runs_dir=self.session_runs_dir(session),
-            jobs=1,
+            jobs=0 if ray else 1,
             progress=gr_progress(progress),
+            ray=ray,
         )
         run = load_run(out.path)
         label = f"mine/{out.path.name}"
@@ -347,6 +369,13 @@ class EvalTab:
                     maximum=60,
                     elem_id="eval-seconds",
                 )
+                where = gr.Radio(
+                    [("this machine", "local"), (f"Ray cluster ({self.ctx.settings.eval_ray_address})", "ray")],
+                    value="local",
+                    label="run on",
+                    info="Ray: each case on a cluster worker (pip install '.[ray]'); same run folder",
+                    elem_id="eval-where",
+                )
                 run_btn = gr.Button("Run evaluation", variant="primary", elem_id="eval-run")
                 with gr.Row():
                     past = gr.Dropdown([], label="open an earlier run", scale=3, elem_id="eval-past")
@@ -376,7 +405,7 @@ class EvalTab:
         upload.change(lambda u: gr.update(value="upload") if u else gr.update(), [upload], [which])
         run_btn.click(
             self.run,
-            [which, upload, cases, seconds, session],
+            [which, upload, cases, seconds, session, where],
             [session, summary, table, *plots, report_zip, candidate, baseline, past],
             concurrency_limit=1,
             concurrency_id="evaluation",

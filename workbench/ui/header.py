@@ -14,11 +14,17 @@ def _badge(text: str, kind: str) -> str:
     return f'<span class="wb-badge wb-{kind}">{html.escape(text)}</span>'
 
 
-def status_lines(renderer: str, report: weights.WeightsReport, openai_configured: bool) -> dict[str, str]:
+def status_lines(
+    renderer: str, report: weights.WeightsReport, openai_configured: bool, decoder: str = "vae"
+) -> dict[str, str]:
     """Plain-text status, one line per subject, shared by the banner and the tests."""
     musetalk_ready = report.has_musetalk()
     if renderer == "musetalk":
-        render_line = "MuseTalk v1.5 renderer active."
+        render_line = "MuseTalk v1.5 renderer active" + (
+            " with the TAESD fast decoder (an approximation of the VAE; judge it with the evaluation)."
+            if decoder == "taesd"
+            else " (VAE decoder, the reference; WORKBENCH_DECODER=taesd for the fast one)."
+        )
     elif musetalk_ready:
         render_line = (
             "CPU renderer active (MuseTalk weights are present; set WORKBENCH_RENDERER=musetalk or auto to use them)."
@@ -44,9 +50,23 @@ def status_lines(renderer: str, report: weights.WeightsReport, openai_configured
     return {"renderer": render_line, "voice": voice_line, "weights": weights_line}
 
 
-def header_html(renderer: str, report: weights.WeightsReport, openai_configured: bool) -> str:
-    """The banner as HTML (escaped; no user input is ever placed in it)."""
-    lines = status_lines(renderer, report, openai_configured)
+def example_line(state) -> tuple[str, str, str] | None:
+    """(badge text, badge kind, note) for the default example avatar's background preparation, or None."""
+    if state is None:
+        return None
+    if state.status == "ready":
+        return ("ready", "ok", f"{state.source} ({state.message}) is selected in the Realtime chat tab: press Connect.")
+    if state.status == "failed":
+        return ("failed", "bad", f"{state.source} could not be prepared: {state.message}. Upload a video instead.")
+    pct = int(round(100 * state.fraction))
+    return (f"preparing {pct}%", "missing", f"{state.source}: {state.message or 'waiting'}…")
+
+
+def header_html(
+    renderer: str, report: weights.WeightsReport, openai_configured: bool, example=None, decoder: str = "vae"
+) -> str:
+    """The banner as HTML (escaped; no user input is ever placed in it). `example`: a warmup.WarmupState."""
+    lines = status_lines(renderer, report, openai_configured, decoder)
     r_badge = _badge("MuseTalk v1.5" if renderer == "musetalk" else "CPU renderer", "on")
     v_badge = _badge("OpenAI Realtime + local voice" if openai_configured else "local voice", "on")
     chips = []
@@ -60,7 +80,13 @@ def header_html(renderer: str, report: weights.WeightsReport, openai_configured:
         f'<div class="wb-row"><b>Renderer</b> {r_badge} <span class="wb-note">{html.escape(lines["renderer"])}</span></div>'
         f'<div class="wb-row"><b>Voice</b> {v_badge} <span class="wb-note">{html.escape(lines["voice"])}</span></div>'
         f'<div class="wb-row"><b>Weights</b> {" ".join(chips)}</div>'
-        "</div>"
+        + (
+            f'<div class="wb-row" id="wb-example"><b>Example avatar</b> {_badge(ex[0], ex[1])} '
+            f'<span class="wb-note">{html.escape(ex[2])}</span></div>'
+            if (ex := example_line(example))
+            else ""
+        )
+        + "</div>"
     )
 
 

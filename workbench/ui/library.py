@@ -1,7 +1,8 @@
 """Which avatars and media a browser session may see, and where each avatar's source lives on disk.
 
-The avatar cache on disk is shared by every session; what a session is shown is the bundled samples'
-avatars plus the ones that session prepared itself. Uploads are copied out of Gradio's temporary folder
+The avatar cache on disk is shared by every session; what a session is shown is the samples' and the
+bundled examples' avatars (`examples/` in the repository, always there, a Space included) plus the ones that
+session prepared itself. The examples' and samples' avatars are pinned: the cache's size limit never evicts them. Uploads are copied out of Gradio's temporary folder
 into `<cache_dir>/uploads/<content sha256>/` so an avatar can be prepared again with other parameters
 (the bbox_shift grid) after Gradio has cleaned its temporary files.
 """
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 AUDIO_EXTS = frozenset({".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".webm"})
 REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES_DIR = REPO_ROOT / "examples"  # media shipped with the repository (examples/README.md)
+DEFAULT_EXAMPLE = "yongen.mp4"  # the avatar the app prepares on start and the chat shows first
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -43,9 +46,9 @@ def short_id(avatar_id: str) -> str:
 
 def find_samples_dir(configured: Path | None = None) -> Path | None:
     """Sample media: the `samples_dir` setting (WORKBENCH_SAMPLES_DIR), else `samples/` in the repository,
-    else `../shared/samples` beside it."""
+    else `../shared/samples` beside it, else the bundled `examples/`."""
     candidates = [Path(configured)] if configured else []
-    candidates += [REPO_ROOT / "samples", REPO_ROOT.parent / "shared" / "samples"]
+    candidates += [REPO_ROOT / "samples", REPO_ROOT.parent / "shared" / "samples", EXAMPLES_DIR]
     return next((c for c in candidates if c.is_dir()), None)
 
 
@@ -58,9 +61,17 @@ def safe_name(name: str) -> str:
 class Library:
     """Avatar visibility and source lookup for the UI. Thread-safe; shared by every session."""
 
-    def __init__(self, engine: Engine, samples_dir: Path | None = None, show_all: bool = False, keep_loaded: int = 4):
+    def __init__(
+        self,
+        engine: Engine,
+        samples_dir: Path | None = None,
+        show_all: bool = False,
+        keep_loaded: int = 4,
+        examples_dir: Path | None = EXAMPLES_DIR,
+    ):
         self.engine = engine
         self.samples_dir = samples_dir
+        self.examples_dir = examples_dir
         self.show_all = show_all  # single-user local use: show every cached avatar
         self.uploads_dir = Path(engine.settings.cache_dir) / "uploads"
         self._lock = threading.Lock()
@@ -70,9 +81,22 @@ class Library:
 
     # --- media --------------------------------------------------------------------------------
     def _samples(self, exts: frozenset[str]) -> list[Path]:
-        if self.samples_dir is None or not self.samples_dir.is_dir():
-            return []
-        return sorted(p for p in self.samples_dir.iterdir() if p.is_file() and p.suffix.lower() in exts)
+        """Media of these types in the samples folder, then the bundled examples not already there by name."""
+        found: dict[str, Path] = {}
+        for folder in (self.samples_dir, self.examples_dir):
+            if folder is None or not folder.is_dir():
+                continue
+            for p in sorted(folder.iterdir()):
+                if p.is_file() and p.suffix.lower() in exts and p.name not in found:
+                    found[p.name] = p
+        return sorted(found.values(), key=lambda p: p.name)
+
+    def default_example(self) -> Path | None:
+        """The media file of the default example avatar (yongen.mp4), if this deployment has it."""
+        try:
+            return self.sample_path(DEFAULT_EXAMPLE)
+        except FileNotFoundError:
+            return None
 
     def sample_sources(self) -> list[Path]:
         """Sample videos and photos an avatar can be prepared from."""
@@ -97,6 +121,9 @@ class Library:
                 except OSError as e:
                     log.warning("cannot read sample %s: %s", p, e)
             self._sample_digests = digests
+            pin = getattr(self.engine.cache, "pin_sources", None)
+            if pin is not None:
+                pin(digests)  # the cache's size limit never evicts an avatar every visitor sees
         return self._sample_digests
 
     def store_upload(self, path: str | Path) -> Path:

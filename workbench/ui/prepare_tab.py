@@ -23,7 +23,9 @@ from workbench.ui.context import (
 
 UPLOAD_TYPES = sorted(VIDEO_EXTS | IMAGE_EXTS)
 TABLE_HEADERS = ["avatar", "source", "frames", "bbox_shift range", "parameters", "mask", "MB"]
-DEFAULT_MAX_FRAMES = 100  # 4 s at 25 fps: the idle loop ping-pongs them; a 704x1216 frame costs 2.6 MB on disk
+DEFAULT_MAX_FRAMES = 100  # 4 s at 25 fps: the idle loop ping-pongs them; ~0.2 MB per stored 704x1216 frame
+# One-click examples (the bundled clips): source, max frames, bbox_shift (sun's measured range is [-9 ~ 9]).
+EXAMPLES = [["yongen.mp4", DEFAULT_MAX_FRAMES, 0], ["sun.mp4", DEFAULT_MAX_FRAMES, 5]]
 
 
 def validate_upload(path: str | Path, max_mb: float, max_seconds: float) -> Path:
@@ -242,6 +244,14 @@ class PrepareTab:
                         info="auto uses BiSeNet face parsing when its weights are present"
                     )
                 prepare_btn = gr.Button("Prepare avatar", variant="primary", elem_id="prep-button")
+                examples = [e for e in EXAMPLES if e[0] in samples]
+                if examples:
+                    gr.Examples(
+                        examples,
+                        [sample, max_frames, bbox_shift],
+                        label="Examples (bundled clips; then press Prepare avatar)",
+                        elem_id="prep-examples",
+                    )
             with gr.Column(scale=3, min_width=360):
                 overlay = gr.Image(
                     label="Frame with face box, landmarks and blending mask",

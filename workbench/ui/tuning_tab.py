@@ -23,6 +23,7 @@ from workbench.ui.context import UIContext, dropdown_update, gr_progress, new_se
 from workbench.ui.library import AUDIO_EXTS
 
 MAX_VALUES = 8  # previews per grid: beyond this the faces get too small to judge
+EXAMPLE_AUDIO = ("speech_en.ogg", "speech_zh.ogg", "sun_speech.ogg")  # bundled in examples/: English, Chinese, Sun's
 CONTEXT_FRAMES = 2  # real audio rendered either side of a clip so its first and last frames have full windows
 TAIL_FRAMES = 10  # audio kept after the chosen moment for the renderer's look-ahead
 
@@ -285,7 +286,7 @@ class TuningTab:
     def build(self, session: gr.State) -> gr.Dropdown:
         audio_samples = [p.name for p in self.ctx.library.sample_audio()]
         first_audio = next(
-            (a for a in ("eng.wav", "syncnet_example_speech.wav") if a in audio_samples),
+            (a for a in ("eng.wav", "speech_en.ogg", "syncnet_example_speech.wav") if a in audio_samples),
             audio_samples[0] if audio_samples else None,
         )
         with gr.Row(equal_height=False):
@@ -317,6 +318,11 @@ class TuningTab:
                     info="the speech every preview's mouth follows (starts at the loudest moment)",
                     elem_id="tune-moment",
                 )
+                examples = [[a] for a in EXAMPLE_AUDIO if a in audio_samples]
+                if examples:
+                    gr.Examples(
+                        examples, [sample_audio], label="Example speech (bundled clips)", elem_id="tune-examples"
+                    )
             with gr.Column(scale=1, min_width=300):
                 with gr.Accordion("v1.5 mask parameters", open=True):
                     extra_margin = prep_inputs.slider("extra_margin")

@@ -38,7 +38,9 @@ class WeightsPanel:
                 f"MuseTalk needs `musetalkV15`, `sd-vae` and `whisper` under `{self.ctx.engine.models_dir}`. "
                 f"Fetch them here (from Hugging Face, with progress) or run `{weights.DOWNLOAD_COMMAND}`; "
                 "the app switches to MuseTalk once they are present. Set WORKBENCH_MODELS_DIR (or --models-dir) "
-                "to use weights stored elsewhere."
+                "to use weights stored elsewhere. Optional: `taesd` (madebyollin/taesd, "
+                f"`{weights.DOWNLOAD_COMMAND} taesd`), a fast approximate decoder of the same latents, "
+                "used when WORKBENCH_DECODER=taesd (default `vae`, the reference)."
             )
             table = gr.Dataframe(
                 self.rows(), headers=["component", "status", "what it is"], interactive=False, wrap=True

@@ -52,7 +52,12 @@
     if (cfg.server_key) $("apiKey").placeholder = "optional: the server has a key";
     if (params.get("mode")) $("mode").value = params.get("mode");
     if (params.get("mic") === "0") $("useMic").checked = false;
+    showMode();
+  }
+
+  function showMode() {
     $("openai").hidden = $("mode").value !== "openai";
+    $("localHint").hidden = $("mode").value === "openai";
   }
 
   function offerBody(sdp) {
@@ -135,6 +140,8 @@
     }
     const answer = await res.json();
     state.sessionId = answer.session_id;
+    state.face = Array.isArray(answer.face) && answer.face.length === 4 ? answer.face : null;
+    $("faceZoom").disabled = !state.face;
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
   }
 
@@ -151,7 +158,10 @@
         state.assistant.textContent += m.text;
         break;
       case "user_transcript":
-        log(m.text, "user");
+        log(m.text, "user spoken");
+        break;
+      case "note":
+        log(m.text, "note");
         break;
       case "user_text":
         log(m.text, "user");
@@ -222,7 +232,7 @@
     state.lastStats = s;
   }, 1000);
 
-  $("mode").addEventListener("change", () => { $("openai").hidden = $("mode").value !== "openai"; });
+  $("mode").addEventListener("change", showMode);
   $("setup").addEventListener("submit", (e) => { e.preventDefault(); connect().catch((err) => { log(String(err), "error"); hangup(); }); });
   $("hangup").addEventListener("click", hangup);
   $("say").addEventListener("submit", (e) => {
@@ -233,7 +243,40 @@
   $("stop").addEventListener("click", () => state.dc && state.dc.readyState === "open" && state.dc.send(JSON.stringify({ type: "interrupt" })));
   $("avatar").addEventListener("click", () => $("avatar").play());
 
-  window.rtcChat = { state, stats, send, connect, hangup };
+  // Face zoom: the server sends the face box as fractions of the frame; the page draws that region of the
+  // video, grown to a 4:5 window with a margin, onto a canvas at the canvas's own pixel size.
+  const ZOOM_MARGIN = 0.35;  // of the face box, each side
+  function zoomRect(vw, vh) {
+    const [fx0, fy0, fx1, fy1] = state.face;
+    const cx = (fx0 + fx1) / 2 * vw, cy = (fy0 + fy1) / 2 * vh;
+    let w = (fx1 - fx0) * vw * (1 + 2 * ZOOM_MARGIN), h = (fy1 - fy0) * vh * (1 + 2 * ZOOM_MARGIN);
+    if (w / h > 4 / 5) h = w * 5 / 4; else w = h * 4 / 5;
+    w = Math.min(w, vw); h = Math.min(h, vh);
+    const x = Math.min(Math.max(0, cx - w / 2), vw - w), y = Math.min(Math.max(0, cy - h / 2), vh - h);
+    return [x, y, w, h];
+  }
+  function drawZoom() {
+    const video = $("avatar"), canvas = $("zoom");
+    if (!$("faceZoom").checked || !state.face) return;
+    if (video.videoWidth > 0) {
+      const r = canvas.getBoundingClientRect();
+      const dpr = window.devicePixelRatio || 1;
+      const cw = Math.max(1, Math.round(r.width * dpr)), ch = Math.max(1, Math.round(r.height * dpr));
+      if (canvas.width !== cw || canvas.height !== ch) { canvas.width = cw; canvas.height = ch; }
+      const ctx = canvas.getContext("2d");
+      ctx.imageSmoothingQuality = "high";
+      ctx.drawImage(video, ...zoomRect(video.videoWidth, video.videoHeight), 0, 0, cw, ch);
+    }
+    requestAnimationFrame(drawZoom);
+  }
+  $("faceZoom").addEventListener("change", () => {
+    const on = $("faceZoom").checked && !!state.face;
+    $("zoom").hidden = !on;
+    $("avatar").classList.toggle("zoomed", on);
+    if (on) requestAnimationFrame(drawZoom);
+  });
+
+  window.rtcChat = { state, stats, send, connect, hangup, zoomRect };
   loadConfig().then(() => { if (params.get("autostart") === "1") $("connect").click(); })
     .catch((err) => log(`cannot load the realtime config: ${err}`, "error"));
 })();

@@ -1,0 +1,106 @@
+"""Measures of how real a rendered mouth looks next to the source video's own frames.
+
+Both take 68-point landmarks re-detected on the frames being judged (an independent detector, not the
+renderer's own target shape), so a mouth drawn in the wrong place is judged where it really is.
+
+* inner-mouth colour share: a palette of the colours that are common inside the source's own open mouths
+  (the quantised colours that together hold `PALETTE_MASS` of the pixels inside the inner lips, points
+  60–67, of the source frames given), and for any set of frames the share of their inner-lip pixels whose
+  colour is in that palette. A flat maroon cavity or a grey band of "teeth" scores low on a real person;
+  the person's own mouth scores about `PALETTE_MASS` (on frames the palette was not built from);
+* mouth sharpness: the variance of the Laplacian of the grey image over the mouth's box (outer lips grown
+  by a quarter of the interocular distance), averaged over frames. A mouth pasted from a 256x256 crop into
+  a larger face box, or smeared by warping, loses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import cv2
+import numpy as np
+
+from workbench.lipsync.mouth_bank import raw_openness
+
+LEVELS = 12  # colour quantisation per BGR channel (256 / 12 ≈ 21 grey levels a bin)
+PALETTE_MASS = 0.9  # the palette: the most frequent bins holding this share of the source's inner-mouth pixels
+OPEN_MIN = 0.25  # frames count as open from this openness (GAP_MAX units: inner-lip gap over 0.26 iod)
+MIN_PIXELS = 12  # an inner-lip polygon smaller than this many pixels is not measured
+MOUTH_BOX_GROW = 0.25  # interocular distances around the outer lips for the sharpness box
+
+
+def _iod(lm: np.ndarray) -> float:
+    return float(np.linalg.norm(lm[42:48].mean(axis=0) - lm[36:42].mean(axis=0)))
+
+
+def inner_pixels(frame: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """(n, 3) BGR pixels inside the inner lips (points 60–67) of one frame."""
+    m = np.zeros(frame.shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.round(lm[60:68]).astype(np.int32)], 1)
+    return frame[m.astype(bool)]
+
+
+def _bins(pixels: np.ndarray) -> np.ndarray:
+    q = (pixels.astype(np.int32) * LEVELS) // 256
+    return (q[:, 0] * LEVELS + q[:, 1]) * LEVELS + q[:, 2]
+
+
+def open_frames(landmarks: Iterable[np.ndarray]) -> np.ndarray:
+    lms = np.asarray(list(landmarks), np.float64)
+    return raw_openness(lms) >= OPEN_MIN if len(lms) else np.zeros(0, bool)
+
+
+def build_palette(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray]) -> np.ndarray:
+    """(LEVELS**3,) bool: the colour bins common inside the open mouths of these (source) frames."""
+    counts = np.zeros(LEVELS**3, np.int64)
+    for f, lm in zip(frames, landmarks, strict=True):
+        lm = np.asarray(lm, np.float64)
+        if raw_openness(lm[None])[0] < OPEN_MIN:
+            continue
+        px = inner_pixels(f, lm)
+        if len(px) >= MIN_PIXELS:
+            counts += np.bincount(_bins(px), minlength=LEVELS**3)
+    if counts.sum() == 0:
+        raise ValueError("no open mouth in the source frames: nothing to build an inner-mouth palette from")
+    order = np.argsort(counts)[::-1]
+    cum = np.cumsum(counts[order]) / counts.sum()
+    keep = order[: int(np.searchsorted(cum, PALETTE_MASS)) + 1]
+    palette = np.zeros(LEVELS**3, bool)
+    palette[keep] = True
+    return palette
+
+
+def colour_share(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray], palette: np.ndarray) -> dict:
+    """Share of inner-lip pixels of the open frames whose colour is in `palette` (pooled over pixels)."""
+    hit = total = n_open = 0
+    for f, lm in zip(frames, landmarks, strict=True):
+        lm = np.asarray(lm, np.float64)
+        if raw_openness(lm[None])[0] < OPEN_MIN:
+            continue
+        px = inner_pixels(f, lm)
+        if len(px) < MIN_PIXELS:
+            continue
+        n_open += 1
+        hit += int(palette[_bins(px)].sum())
+        total += len(px)
+    return {"share": hit / total if total else float("nan"), "open_frames": n_open, "pixels": total}
+
+
+def mouth_sharpness(frame: np.ndarray, lm: np.ndarray) -> float:
+    """Laplacian variance of the grey mouth box of one frame."""
+    lm = np.asarray(lm, np.float64)
+    g = MOUTH_BOX_GROW * _iod(lm)
+    x0, y0 = np.floor(lm[48:60].min(axis=0) - g).astype(int)
+    x1, y1 = np.ceil(lm[48:60].max(axis=0) + g).astype(int)
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return float("nan")
+    grey = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def mean_sharpness(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray]) -> float:
+    vals = [mouth_sharpness(f, lm) for f, lm in zip(frames, landmarks, strict=True)]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
