@@ -83,7 +83,6 @@ def bench_config(models_dir: Path, label: str, args, sync) -> dict:
     res["features_s_per_audio_s"] = ts[0] / seconds
     res["block_params"] = {
         "hop_frames": params.hop_frames,
-        "left_frames": params.left_frames,
         "right_frames": params.right_frames,
     }
     res["lookahead_ms_best_worst"] = list(params.lookahead_ms)

@@ -208,6 +208,54 @@ def make_synthetic_avatar(
     )
 
 
+def make_bisenet_files(folder: Path | str, seed: int = 0) -> Path:
+    """Random BiSeNet face-parsing weights in the release's two files (79999_iter.pth, resnet18-5c106cde.pth).
+
+    The parser's own file holds every key (its backbone included), so the ResNet-18 file only has to have
+    torchvision's keys (ImageNet classifier included, no num_batches_tracked, as in 2017's release).
+    """
+    import torch
+
+    from workbench.faces import bisenet
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed + 300)
+    net = bisenet.BiSeNet()
+    torch.save(net.state_dict(), folder / "79999_iter.pth")
+    resnet = bisenet.ResNet18()
+    state = {k: v for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state["fc.weight"] = torch.randn(1000, 512) * 0.01
+    state["fc.bias"] = torch.zeros(1000)
+    torch.save(state, folder / "resnet18-5c106cde.pth")
+    return folder
+
+
+def weights_checksum(models_dir: Path | str) -> dict[str, str]:
+    """sha256 (first 16 hex digits) of every tensor of every weight file under `models_dir`, by relative path:
+    the same seed gives the same weights only on the same torch RNG, and this says when it does not."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    out = {}
+    root = Path(models_dir)
+    for p in sorted(root.rglob("*")):
+        if p.suffix == ".safetensors":
+            state = load_file(p)
+        elif p.suffix in (".pth", ".bin"):
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        else:
+            continue
+        h = hashlib.sha256()
+        for k in sorted(state):
+            h.update(k.encode())
+            h.update(state[k].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        out[p.relative_to(root).as_posix()] = h.hexdigest()[:16]
+    return out
+
+
 # madebyollin/taesd config.json (AutoencoderTiny's defaults); tiny: narrow, one block per stage, same 8x upsampling
 TAESD_CONFIG_FULL: dict = {
     "act_fn": "relu",

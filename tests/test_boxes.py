@@ -65,6 +65,10 @@ def test_box_is_clipped_to_the_frame():
     lm = hand_landmarks(x0=-12, x1=700)
     box = face_box(lm, FRAME)
     assert box.tolist() == [0, 100, 640, 300]
+    # past the left edge MuseTalk takes the detector's box instead (get_landmark_and_bbox: x1 < 0)
+    assert face_box(lm, FRAME, detector_box=np.array([5.0, 90, 600, 310])).tolist() == [5, 90, 600, 310]
+    # past the right edge only: the landmark box, clipped (the reference keeps x2 beyond the frame)
+    assert face_box(hand_landmarks(x0=10, x1=700), FRAME, detector_box=np.array([5.0, 90, 600, 310]))[0] == 10
 
 
 def test_recommended_range_is_the_truncated_mean_of_nose_spacings():

@@ -18,7 +18,7 @@ from workbench.lipsync.musetalk import MuseTalkRenderer, positional_encoding, re
 from workbench.lipsync.whisper_features import BlockParams
 from workbench.weights import MissingWeightsError, WeightsError
 
-FAST = BlockParams(hop_frames=8, left_frames=25, right_frames=3)
+FAST = BlockParams(hop_frames=10, right_frames=3)
 
 
 @pytest.fixture(scope="module")

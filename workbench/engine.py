@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +144,18 @@ class Engine:
     ) -> Avatar:
         """Prepare an avatar from a video, photo or frames folder, or reuse its cached copy.
 
+        Parameters act as the loaded weights' reference does (PrepParams.effective) unless they name a version.
         `owner` (who may delete it) and `name` are recorded when it is created; `save=False` leaves the cache
         as it was (previews)."""
-        params = params or PrepParams()
+        params = self._for_renderer(params or PrepParams())
         self._load_for_prepare(params)  # models load outside the GPU call (ZeroGPU: workbench.zerogpu)
         return self._prepare_on_gpu(Path(source), params, progress, owner=owner, name=name, save=save)
+
+    def _for_renderer(self, params: PrepParams) -> PrepParams:
+        """`params` stamped with the loaded weights' version (v1.0/v1.5) unless they name one."""
+        if params.model_version is None:
+            params = replace(params, model_version=getattr(self.renderer, "version", None))
+        return params
 
     def _load_for_prepare(self, params: PrepParams) -> None:
         self.detector(params.detector)
@@ -209,7 +216,7 @@ class Engine:
         batch_size: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Lip-synced full frames for a whole clip, one per 40 ms of audio, in batches (see `RenderLoop`)."""
-        loop = RenderLoop(self.renderer_for(renderer), avatar, start=start, lock=self.render_lock)
+        loop = RenderLoop(self.renderer_for(renderer), avatar, start=start, lock=self.render_lock, exact=True)
         yield from loop.iter_file(audio16k, batch_size or self.settings.batch_size, timings)
 
     def render_frames(
@@ -270,6 +277,7 @@ class Engine:
         come from the cache), the renderer's real audio conditions at `frame_index`, the same compositor.
         """
         self.renderer  # noqa: B018 - loads the models outside the GPU call
+        params_list = [self._for_renderer(p) for p in params_list]
         for params in params_list:
             self._load_for_prepare(params)
         return self._preview_on_gpu(source, params_list, frame_index, audio16k, progress)
@@ -283,7 +291,7 @@ class Engine:
             if progress:
                 progress(k / len(params_list), f"bbox_shift={params.bbox_shift}")
             avatar = self._prepare_loaded(Path(source), params, None, save=False)  # previews add no avatar
-            loop = RenderLoop(self.renderer, avatar, lock=self.render_lock)
+            loop = RenderLoop(self.renderer, avatar, lock=self.render_lock, exact=True)
             if conditions is None:  # the same audio conditions for every cell of the grid
                 conditions = loop.conditions(audio16k, flush=True)
                 if not conditions:

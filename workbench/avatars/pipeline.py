@@ -190,9 +190,10 @@ def build_avatar(
     mask_kind = resolve_mask_kind(params.mask_source, face_parser)
     det_boxes, landmarks, has_face = fill_missing(detections, source)
     shape = frames.shape[1:3]
+    acting = params.effective()  # v1.5 ignores bbox_shift, v1.0 extra_margin, as the reference does
     boxes = np.stack(
         [
-            face_box(lm, shape, params.bbox_shift, params.extra_margin, db)
+            face_box(lm, shape, acting.bbox_shift, acting.extra_margin, db)
             for lm, db in zip(landmarks, det_boxes, strict=True)
         ]
     )
@@ -202,9 +203,9 @@ def build_avatar(
         frames,
         boxes,
         landmarks,
-        params.parsing_mode,
-        params.left_cheek_width,
-        params.right_cheek_width,
+        acting.parsing_mode,
+        acting.left_cheek_width,
+        acting.right_cheek_width,
         face_parser if mask_kind == "bisenet" else None,
         _scaled(progress, 0.0, 0.3 if has_vae else 1.0),
     )

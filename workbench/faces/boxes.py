@@ -43,12 +43,16 @@ def face_box(
 ) -> np.ndarray:
     """The crop box (4,) int32 x1, y1, x2, y2 inside a frame of `frame_shape` (H, W, ...).
 
-    A degenerate landmark box (a shift that pushes the middle below the chin, landmarks off-frame) falls
-    back to the detector's box, as MuseTalk does; v1.5's `extra_margin` then extends the bottom either way.
+    A degenerate landmark box (a shift that pushes the middle below the chin, landmarks off-frame) or one
+    reaching past the left edge falls back to the detector's box, as MuseTalk does; v1.5's `extra_margin` then extends the bottom either way.
     """
     height, width = int(frame_shape[0]), int(frame_shape[1])
-    box = _clip(landmark_box(landmarks, bbox_shift), height, width)
-    if _degenerate(box):
+    raw = landmark_box(landmarks, bbox_shift)
+    box = _clip(raw, height, width)
+    # The reference also falls back when the landmarks reach past the left edge (x1 < 0). Past the right or
+    # bottom edge it keeps the box and stretches the frame-clipped crop into it; here the box is clipped
+    # instead (a deliberate deviation, see the README), so crop and box always agree.
+    if _degenerate(box) or (raw[0] < 0 and detector_box is not None):
         if detector_box is None:
             raise ValueError(f"the landmark box {box} is empty and there is no detector box to fall back on")
         box = _clip(tuple(int(v) for v in np.clip(np.asarray(detector_box, dtype=np.float64), 0, None)), height, width)

@@ -44,6 +44,11 @@ class Renderer(ABC):
     def new_frontend(self) -> AudioFrontend:
         """A fresh frontend for one audio stream."""
 
+    def file_frontend(self) -> AudioFrontend:
+        """The frontend for whole files (rendering, previews, evaluation cases): the model's reference
+        computation where that differs from streaming; by default the streaming one."""
+        return self.new_frontend()
+
     @abstractmethod
     def silence_condition(self) -> Any:
         """The condition of one frame of silence (closed mouth), used for the idle face."""

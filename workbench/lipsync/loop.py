@@ -33,13 +33,21 @@ class RenderLoop:
     """
 
     def __init__(
-        self, renderer: Renderer, avatar: Avatar, *, start: int = 0, lock: AbstractContextManager[Any] | None = None
+        self,
+        renderer: Renderer,
+        avatar: Avatar,
+        *,
+        start: int = 0,
+        lock: AbstractContextManager[Any] | None = None,
+        exact: bool = False,
     ):
+        """`exact`: the renderer's whole-file frontend (for MuseTalk the reference's 30 s segments) instead of
+        the streaming one; files, previews and evaluation cases use it, the realtime stream does not."""
         self.renderer = renderer
         self.avatar = avatar
         self.start = int(start)
         self.lock = lock if lock is not None else threading.Lock()
-        self.frontend = renderer.new_frontend()
+        self.frontend = renderer.file_frontend() if exact else renderer.new_frontend()
         self.lookahead_frames = int(getattr(self.frontend, "lookahead_frames", 0))
 
     def conditions(self, audio16k: np.ndarray | None, flush: bool = False) -> list[Any]:

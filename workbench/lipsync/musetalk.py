@@ -32,7 +32,13 @@ from workbench.config import (
 )
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
-from workbench.lipsync.whisper_features import BlockParams, WhisperEncoderRunner, WhisperFrontend, silence_condition
+from workbench.lipsync.whisper_features import (
+    EXACT,
+    BlockParams,
+    WhisperEncoderRunner,
+    WhisperFrontend,
+    silence_condition,
+)
 from workbench.weights import WeightsError, require_musetalk
 
 log = logging.getLogger(__name__)
@@ -218,11 +224,16 @@ class MuseTalkRenderer(Renderer):
     # --- audio ----------------------------------------------------------------------------------
 
     def new_frontend(self, block_params: BlockParams | None = None) -> WhisperFrontend:
+        """The streaming frontend (bounded look-ahead), for the realtime path."""
         return WhisperFrontend(self.whisper, block_params or self.block_params)
 
+    def file_frontend(self) -> WhisperFrontend:
+        """The reference computation (whole 30 s segments), for files, previews and evaluation cases."""
+        return WhisperFrontend(self.whisper, EXACT)
+
     def audio_conditions(self, audio16k: np.ndarray) -> np.ndarray:
-        """Whole-file conditions (T, 50, 384), the same computation the streaming frontend does."""
-        conds = WhisperFrontend(self.whisper, self.block_params).process(audio16k)
+        """Whole-file conditions (T, 50, 384): the reference computation."""
+        conds = self.file_frontend().process(audio16k)
         return np.stack(conds) if conds else np.zeros((0, AUDIO_TOKENS_PER_FRAME, WHISPER_DIM), np.float32)
 
     def silence_condition(self) -> np.ndarray:
@@ -245,7 +256,9 @@ class MuseTalkRenderer(Renderer):
         with torch.inference_mode():
             for s in range(0, len(crops), self.batch_size):
                 rgb = torch.from_numpy(np.ascontiguousarray(crops[s : s + self.batch_size, :, :, ::-1]))
-                x = rgb.to(self.device).permute(0, 3, 1, 2).float() / 255.0
+                # contiguous(): the permuted view is channels-last, and the CPU GroupNorm kernel for that layout
+                # is inaccurate (latents off by up to 8.6e-4 against the reference's NCHW tensors).
+                x = rgb.to(self.device).permute(0, 3, 1, 2).contiguous().float() / 255.0
                 masked = x.clone()
                 masked[:, :, CROP_SIZE // 2 :, :] = 0  # MuseTalk keeps the upper half only
                 both = torch.cat([masked, x]) * 2.0 - 1.0
@@ -259,7 +272,9 @@ class MuseTalkRenderer(Renderer):
         import torch
 
         lat = self._tensor(latents).to(self.dtype)
-        audio = (self._tensor(conditions).float() + self._pe).to(self.dtype)
+        # As the reference (realtime_inference.py: pe.half(), features in the weights' dtype): the encoding
+        # is added in the model's dtype, so half-precision runs round as MuseTalk's do.
+        audio = self._tensor(conditions).to(self.dtype) + self._pe.to(self.dtype)
         with torch.inference_mode():
             return self.unet(lat, self._timestep, encoder_hidden_states=audio).sample
 

@@ -8,29 +8,38 @@ zeros; the (10, 5, 384) window is flattened time-major to (50, 384). A clip has 
 
 Why blocks. Whisper's encoder takes exactly 30 s of log-mel (HF pads every input to 30 s) and attends over
 all of it, and the log-mel itself is clamped relative to the loudest bin of the whole window, so a step's
-features depend on everything in its window. MuseTalk encodes the file in consecutive 30 s windows; that
-cannot stream. Here every feature step belongs to exactly one *block*:
+features depend on everything in its window and on its *position* in it (learned positional embeddings).
+MuseTalk (`get_audio_feature`) cuts the file into consecutive 30 s segments [s*30 s, (s+1)*30 s), encodes
+each zero-padded to 30 s and concatenates: step t sits at encoder position t mod 1500 of segment t // 1500.
+A step encoded at any other position gets features the UNet was never trained on.
 
-    block b owns the steps of audio [b*H, (b+1)*H)                          H = hop
-    and is computed from the window audio[max(0, b*H - L) : (b+1)*H + R]   L = left context, R = right context
-    zero-padded at the end to 30 s, exactly as HF pads any short input.
+Here every feature step belongs to exactly one *block*, and every block lies inside one reference segment:
 
-The whole-file path is the same computation (`process` = push everything, then flush), so chunked streaming
-gives the same features as the file in one piece, for any chunking. At the end of a stream the last blocks
-see zeros where audio has not arrived, which is also what the whole-file path sees.
+    block b owns the steps of audio [b*H, (b+1)*H)                                 H = hop
+    and is computed from the window audio[S : min((b+1)*H + R, S + 30 s)]           R = right context
+    where S = the start of the 30 s segment holding the block,                      zero-padded to 30 s
 
-Trade-offs of (H, L, R):
+so each step is encoded at the position the reference gives it, with all of its segment's past as context
+(the look-back never leaves the segment, as in the reference). H must divide the segment (750 frames).
+
+- `EXACT` (H = one whole segment, R = 0) *is* the reference computation: each window is the full segment.
+  File rendering, the tuning grid and evaluation cases use it (`exact_conditions`).
+- Streaming (the defaults, H = 2 frames = 80 ms, R = 3 frames = 120 ms) sees zeros where the rest of the
+  segment has not arrived yet; what that costs against the exact computation is measured in
+  bench/musetalk_streaming_cost.py and stated in the README. The realtime path uses it.
+
+The whole-file form of a frontend is the same computation (`process` = push everything, then flush), so
+chunked streaming gives the same features as the file in one piece for the same parameters, for any chunking.
+
+Trade-offs of (H, R) for streaming:
 - Latency: frame i can be emitted once its last step's block is complete: AUDIO_PAD_RIGHT frames of
   MuseTalk's own look-ahead, plus up to H - 1 frames waiting for the block to fill, plus R.
-  The defaults (H = 2 frames = 80 ms, R = 3 frames = 120 ms) give 5-6 frames = 200-240 ms of look-ahead.
+  The defaults give 5-6 frames = 200-240 ms of look-ahead.
 - Cost: every block is one full 30 s encoder pass whatever H is, so cost per second of audio is
-  (encode time) / H: 0.27-0.37 s per block on 2 CPU cores (~10 ms of it the log-mel), so 4-5 s of compute
-  per second of audio at the defaults; far from real time on a CPU, where MuseTalk's UNet + VAE decode
-  (~6.5 s per frame) is slower still. On a GPU a block is a few ms. A bigger H is cheaper and later.
-- Quality: R is what a step sees of the future (Whisper's encoder is bidirectional; its convolutions alone
-  reach 12.5 ms ahead), L what it sees of the past. L costs nothing (the window is 30 s anyway) and keeps
-  the encoder in the regime it was trained in (speech with context, not a sliver of audio in silence), so
-  it defaults to 4 s. L + H + R must fit in 30 s.
+  (encode time) / H: 0.27-0.37 s per block on 2 CPU cores, so 4-5 s of compute per second of audio at the
+  defaults; far from real time on a CPU, where MuseTalk's UNet + VAE decode is slower still. On a GPU a
+  block is a few ms. A bigger H is cheaper and later.
+- Quality: R is what a step sees of the future beyond its block (Whisper's encoder is bidirectional).
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ log = logging.getLogger(__name__)
 SAMPLES_PER_STEP = SAMPLE_RATE // WHISPER_HZ  # 320
 WHISPER_WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's fixed input
 STEPS_PER_WINDOW = 30 * WHISPER_HZ  # 1500 encoder positions
+SEGMENT_FRAMES = WHISPER_WINDOW_SAMPLES // SAMPLES_PER_FRAME  # 750 video frames per reference segment
 WINDOW_STEPS = (AUDIO_PAD_LEFT + 1 + AUDIO_PAD_RIGHT) * WHISPER_STEPS_PER_FRAME  # 10 steps per video frame
 
 
@@ -211,22 +221,20 @@ class BlockParams:
     """How audio is cut into encoder blocks, in video frames (640 samples each). See the module docstring."""
 
     hop_frames: int = 2  # H: new audio per encoder pass
-    left_frames: int = 100  # L: past context in each window (4 s)
-    right_frames: int = 3  # R: future context in each window
+    right_frames: int = 3  # R: future context in each window (capped at the end of the 30 s segment)
 
     def __post_init__(self):
-        if self.hop_frames < 1 or self.left_frames < 0 or self.right_frames < 0:
+        if self.hop_frames < 1 or self.right_frames < 0:
             raise ValueError(f"invalid block parameters {self}")
-        if (self.left_frames + self.hop_frames + self.right_frames) * SAMPLES_PER_FRAME > WHISPER_WINDOW_SAMPLES:
-            raise ValueError(f"left + hop + right must fit in Whisper's 30 s window: {self}")
+        if SEGMENT_FRAMES % self.hop_frames:
+            raise ValueError(
+                f"hop_frames must divide the reference's 30 s segment ({SEGMENT_FRAMES} frames) so that no block "
+                f"straddles two segments: {self}"
+            )
 
     @property
     def hop(self) -> int:
         return self.hop_frames * SAMPLES_PER_FRAME
-
-    @property
-    def left(self) -> int:
-        return self.left_frames * SAMPLES_PER_FRAME
 
     @property
     def right(self) -> int:
@@ -236,9 +244,15 @@ class BlockParams:
     def hop_steps(self) -> int:
         return self.hop_frames * WHISPER_STEPS_PER_FRAME
 
+    @property
+    def exact(self) -> bool:
+        """True when every window is a whole reference segment: the reference computation itself."""
+        return self.hop_frames == SEGMENT_FRAMES
+
     def window(self, b: int) -> tuple[int, int]:
-        """Sample range [start, end) of block b's encoder window."""
-        return max(0, b * self.hop - self.left), (b + 1) * self.hop + self.right
+        """Sample range [start, end) of block b's encoder window: from the start of its 30 s segment."""
+        start = (b * self.hop) // WHISPER_WINDOW_SAMPLES * WHISPER_WINDOW_SAMPLES
+        return start, min((b + 1) * self.hop + self.right, start + WHISPER_WINDOW_SAMPLES)
 
     def frame_ready_at(self, i: int) -> int:
         """Samples that must have arrived before frame i can be emitted (streaming)."""
@@ -256,6 +270,10 @@ class BlockParams:
         """(best, worst) look-ahead in milliseconds over a hop's worth of frames."""
         la = [self.frame_ready_at(i) - (i + 1) * SAMPLES_PER_FRAME for i in range(self.hop_frames)]
         return 1000 * min(la) / SAMPLE_RATE, 1000 * max(la) / SAMPLE_RATE
+
+
+# The reference computation: one block per 30 s segment, nothing beyond it (musetalk/utils/audio_processor.py).
+EXACT = BlockParams(hop_frames=SEGMENT_FRAMES, right_frames=0)
 
 
 class WhisperFrontend(AudioFrontend):
@@ -361,11 +379,16 @@ class WhisperFrontend(AudioFrontend):
 def whisper_conditions(
     runner: WhisperEncoderRunner, audio16k: np.ndarray, params: BlockParams | None = None
 ) -> np.ndarray:
-    """Whole-file conditions (T, 50, 384) float32, T = floor(len / 640): the streaming computation in one go."""
+    """Whole-file conditions (T, 50, 384) float32, T = floor(len / 640), with `params` (default: streaming)."""
     conds = WhisperFrontend(runner, params).process(audio16k)
     if not conds:
         return np.zeros((0, AUDIO_TOKENS_PER_FRAME, WHISPER_DIM), np.float32)
     return np.stack(conds)
+
+
+def exact_conditions(runner: WhisperEncoderRunner, audio16k: np.ndarray) -> np.ndarray:
+    """The reference's conditions (T, 50, 384): whole 30 s segments, as `get_audio_feature` + `get_whisper_chunk`."""
+    return whisper_conditions(runner, audio16k, EXACT)
 
 
 def silence_condition(runner: WhisperEncoderRunner, params: BlockParams | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from workbench.avatars.model import Avatar, PrepParams
+from workbench.avatars.model import Avatar, PrepParams, describe_acting
 from workbench.config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from workbench.media import MediaError, check_upload, is_silent, load_audio, probe, write_video
 from workbench.ui import overlays, prep_inputs
@@ -99,7 +99,9 @@ def variants(
         left_cheek_width=int(left_cheek),
         right_cheek_width=int(right_cheek),
     )
-    return [replace(base, bbox_shift=s, **common) for s in shifts]
+    # On v1.5 weights the reference forces bbox_shift to 0; a grid of shifts there is an explicit experiment.
+    force = base.model_version == "v15" and any(s != 0 for s in shifts)
+    return [replace(base, bbox_shift=s, force_bbox_shift=force or base.force_bbox_shift, **common) for s in shifts]
 
 
 class TuningTab:
@@ -141,7 +143,13 @@ class TuningTab:
         p = avatar.params
         info = (
             f"Measured bbox_shift range [{lo} ~ {hi}]; this avatar uses bbox_shift {p.bbox_shift}, "
-            f"extra_margin {p.extra_margin}, {p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}."
+            f"extra_margin {p.extra_margin}, {p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}. "
+            + describe_acting(p.model_version)
+            + (
+                " A grid of non-zero bbox_shift values on v1.5 is rendered as that experiment."
+                if p.model_version == "v15"
+                else ""
+            )
         )
         n = len(avatar)
         return (
