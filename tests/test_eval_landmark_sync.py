@@ -162,7 +162,8 @@ def test_rendered_clip_offset_and_injected_shifts(rendered, renderer, source, au
     for shift in (5, -5):
         r = landmark_sync(lm, shift_audio(audio, shift))
         assert abs(r.offset - shift) <= TOL, f"audio shifted {shift:+d} found {r.offset:+d}"
-        assert r.confidence < r0.confidence
+        # The calibrated evidence (what decides reported vs undetermined) is weaker once the audio is moved.
+        assert r.evidence < r0.evidence
 
 
 # --- the real talking clip ------------------------------------------------------------------------
