@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from testkit.browser import CHROMIUM_ARGS
 from testkit.realtime import need_espeak
 from testkit.speech import word_errors
 
@@ -87,17 +88,7 @@ def test_chromium_receives_25fps_video_and_audio_for_a_local_reply(server, tmp_p
     url, manager, avatar_id = server
     wav = _quiet_wav(tmp_path / "mic.wav")
     ARTIFACTS.mkdir(exist_ok=True)
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-        "--autoplay-policy=no-user-gesture-required",
-    ]
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:
@@ -199,17 +190,7 @@ def test_a_spoken_question_is_recognised_and_answered_aloud_with_lip_sync(server
     url, manager, avatar_id = server
     wav = _question_wav(tmp_path / "question.wav")
     ARTIFACTS.mkdir(exist_ok=True)
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-        "--autoplay-policy=no-user-gesture-required",
-    ]
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:

@@ -14,6 +14,7 @@ Both decode the same SD latent space the UNet predicts in (already multiplied by
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,15 +28,17 @@ DECODERS: tuple[str, ...] = ("vae", "taesd")
 TAESD_FOLDER = "taesd"  # under the models directory, next to sd-vae/
 
 
-class _Decoder:
+class _Decoder(ABC):
+    """A latent decoder behind one call: (B, 4, 32, 32) latents in the model's dtype → decoded images."""
+
     name = "base"
 
     def __init__(self, model: Any):
         self.model = model
         self._fn = self._decode
 
-    def _decode(self, latents):
-        raise NotImplementedError
+    @abstractmethod
+    def _decode(self, latents): ...
 
     def __call__(self, latents):
         return self._fn(latents.to(self.model.dtype))
