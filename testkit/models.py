@@ -310,6 +310,16 @@ def make_unet_vae(size: Size = "tiny", seed: int = 0):
 # --- SyncNet evaluation weights ------------------------------------------------------------------
 SYNCNET_EVAL_SEED = 0
 SYNCNET_FIRE_HEAD = 4  # S3FD head of stride 64 (anchor 256 at detection scale 0.25: ~1024 px boxes)
+# Random S3FD's default init shrinks the signal layer by layer until its deep maps are their biases: every frame
+# scores the same. So the trunk (VGG and extras) is redrawn He-normal without biases, which carries the picture to
+# the stride-64 head (its scores move ~10 % with the frame), conv1_1 divided by 128 for pixels of +-128.
+# The firing head's face logit is a bias plus a random 3x3 conv (background logit 0): on the parity clips the
+# conv spreads it by ~0.5 around the bias, so the best anchor sits well above the protocol's 0.9, the others
+# spread below it (no ties for an unstable sort to break), and the loc head regresses offsets of ~0.2 (boxes
+# ~1000 px that move with the picture and stay trackable).
+SYNCNET_FIRE_LOGIT = 3.0
+SYNCNET_FIRE_WEIGHT_STD = 0.1
+SYNCNET_LOC_WEIGHT_STD = 0.03
 
 
 def state_digest(state: dict) -> str:
@@ -327,8 +337,9 @@ def state_digest(state: dict) -> str:
 def make_syncnet_eval_weights(folder: Path | str, seed: int = SYNCNET_EVAL_SEED) -> dict[str, str]:
     """Write syncnet_v2.model and sfd_face.pth (random init from `seed`, official formats) into `folder`; returns
     their `state_digest`s. Random S3FD finds no face, so every confidence head is silenced except the stride-64
-    one, which fires everywhere: one ~1024 px box per frame (at the protocol's detection scale 0.25) that the
-    reference and the project must track and crop identically. Used for the SyncNet parity fixtures."""
+    one, which fires with distinct, content-dependent scores (`SYNCNET_FIRE_*`): ~1000 px boxes (at the protocol's
+    detection scale 0.25) that the reference and the project must pick, track and crop identically. Used for the
+    SyncNet parity fixtures."""
     import torch
 
     from workbench.evaluation.syncnet import SyncNetS
@@ -340,7 +351,17 @@ def make_syncnet_eval_weights(folder: Path | str, seed: int = SYNCNET_EVAL_SEED)
     syncnet = SyncNetS().state_dict()
     torch.manual_seed(seed + 1)
     sfd = S3FDNet().state_dict()
+    gen = torch.Generator().manual_seed(seed + 2)
+
+    def normal(shape, std):
+        return torch.randn(shape, generator=gen) * std
+
     with torch.no_grad():
+        for k in sorted(sfd):  # sorted: the draw order, hence the weights, do not depend on the dict's order
+            if k.startswith(("vgg.", "extras.")) and k.endswith(".weight"):
+                fan_in = sfd[k][0].numel()
+                sfd[k].copy_(normal(sfd[k].shape, (2.0 / fan_in) ** 0.5 / (128.0 if k == "vgg.0.weight" else 1.0)))
+                sfd[k[: -len("weight")] + "bias"].zero_()
         for i in range(6):
             sfd[f"conf.{i}.weight"].zero_()
             sfd[f"conf.{i}.bias"].zero_()
@@ -348,7 +369,13 @@ def make_syncnet_eval_weights(folder: Path | str, seed: int = SYNCNET_EVAL_SEED)
                 sfd["conf.0.bias"][:3] = 5.0
             else:
                 sfd[f"conf.{i}.bias"][0] = 5.0
-        sfd[f"conf.{SYNCNET_FIRE_HEAD}.bias"][:] = torch.tensor([-5.0, 5.0])
+        head = SYNCNET_FIRE_HEAD
+        face = sfd[f"conf.{head}.weight"][1]
+        face.copy_(normal(face.shape, SYNCNET_FIRE_WEIGHT_STD))
+        sfd[f"conf.{head}.bias"][:] = torch.tensor([0.0, SYNCNET_FIRE_LOGIT])
+        loc = sfd[f"loc.{head}.weight"]
+        loc.copy_(normal(loc.shape, SYNCNET_LOC_WEIGHT_STD))
+        sfd[f"loc.{head}.bias"].zero_()
     torch.save(syncnet, folder / "syncnet_v2.model")
     torch.save(sfd, folder / "sfd_face.pth")
     return {"syncnet_v2.model": state_digest(syncnet), "sfd_face.pth": state_digest(sfd)}

@@ -188,24 +188,36 @@ class S3FDNet(nn.Module):
 
 
 def prior_boxes(feature_sizes: Sequence[tuple[int, int]], image_hw: tuple[int, int]) -> np.ndarray:
-    """(P, 4) priors (cx, cy, w, h) normalised by the image size, row-major per map, maps in order."""
+    """(P, 4) priors (cx, cy, w, h) normalised by the image size, row-major per map, maps in order.
+
+    Computed as syncnet_python's PriorBox computes them, (j + 0.5) / (imw / step) in doubles rounded to float32, so
+    the boxes agree with the reference's to the bit rather than to a float32 ulp (a crop edge rounds on them)."""
     imh, imw = image_hw
     out = []
     for k, (fh, fw) in enumerate(feature_sizes):  # the first len(feature_sizes) of the six maps
         step, size = STEPS[k], MIN_SIZES[k]
         ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
-        cx = (xs.ravel() + 0.5) * step / imw
-        cy = (ys.ravel() + 0.5) * step / imh
+        cx = (xs.ravel() + 0.5) / (imw / step)
+        cy = (ys.ravel() + 0.5) / (imh / step)
         wh = np.broadcast_to([size / imw, size / imh], (cx.size, 2))
         out.append(np.column_stack([cx, cy, wh]))
     return np.concatenate(out).astype(np.float32)
 
 
 def decode_boxes(loc: np.ndarray, priors: np.ndarray, variances: tuple[float, float] = VARIANCES) -> np.ndarray:
-    """SSD box decoding: offsets (P, 4) relative to priors (cx, cy, w, h) → corners (x1, y1, x2, y2)."""
-    centers = priors[:, :2] + loc[:, :2] * variances[0] * priors[:, 2:]
-    sizes = priors[:, 2:] * np.exp(loc[:, 2:] * variances[1])
-    return np.concatenate([centers - sizes / 2, centers + sizes / 2], axis=1)
+    """SSD box decoding: offsets (P, 4) relative to priors (cx, cy, w, h) → corners (x1, y1, x2, y2).
+
+    In torch and in the published order (x2 = x1 + w, not cx + w / 2; torch's exp), as both S3FD pipelines decode,
+    so the corners are theirs to the bit."""
+    loc_t = torch.from_numpy(np.ascontiguousarray(loc))
+    pri = torch.from_numpy(np.ascontiguousarray(priors)).to(loc_t.dtype)
+    boxes = torch.cat(
+        (pri[:, :2] + loc_t[:, :2] * variances[0] * pri[:, 2:], pri[:, 2:] * torch.exp(loc_t[:, 2:] * variances[1])),
+        1,
+    )
+    boxes[:, :2] -= boxes[:, 2:] / 2
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes.numpy()
 
 
 def nms(
