@@ -12,10 +12,12 @@ crop video, cropped audio) and `SyncNetInstance.evaluate` on each crop video, an
 tests/fixtures/syncnet/<clip>.json: crop boxes, per-offset mean distances, LSE-D, LSE-C and the AV offset.
 
 Weights are random (no pretrained files can be downloaded here) but in the official formats: `syncnet_v2.model` is
-`SyncNetS`'s state dict, `sfd_face.pth` S3FDNet's. Random S3FD finds no face, so its stride-64 head is made to fire
-everywhere with a fixed bias (and its other heads silenced): the reference and the project then track the same one
-large box per frame, and every media step after detection is exercised. `tests/test_syncnet_parity.py` rebuilds
-the same weights from the seed and checks the project reproduces these numbers.
+`SyncNetS`'s state dict, `sfd_face.pth` S3FDNet's. Random S3FD finds no face, so `make_syncnet_eval_weights` redraws
+its trunk He-normal (so the picture reaches the deep maps), silences every confidence head but the stride-64 one and
+gives that one a bias plus a random conv: distinct, frame-dependent scores around 0.8-0.97, so the reference's and
+the project's S3FD must rank, suppress, track and crop the same ~1000 px boxes, and every media step after
+detection is exercised. `tests/test_syncnet_parity.py` rebuilds the same weights from the seed and checks the
+project reproduces these numbers, with the reference's detections and with its own S3FD.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -38,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from testkit.models import SYNCNET_EVAL_SEED as SEED  # noqa: E402
 from testkit.models import SYNCNET_FIRE_HEAD as FIRE_HEAD  # noqa: E402
+from testkit.models import SYNCNET_FIRE_LOGIT, SYNCNET_FIRE_WEIGHT_STD, SYNCNET_LOC_WEIGHT_STD  # noqa: E402
 from testkit.models import make_syncnet_eval_weights as make_weights  # noqa: E402
 
 CLIPS = {
@@ -61,6 +66,11 @@ def make_clip(src: Path, delay_ms: int, dst: Path) -> Path:
         check=True,
     )  # fmt: skip
     return dst
+
+
+def _ffmpeg_version() -> str:
+    out = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, check=True).stdout
+    return out.split("\n", 1)[0].split(" ")[2]
 
 
 def _duration(path: Path) -> str:
@@ -182,13 +192,27 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.clips:
             src, delay = CLIPS[name]
             clip = make_clip(args.samples / src, delay, tmp / f"{name}{'.mkv' if delay else Path(src).suffix}")
+            start = time.monotonic()
             res = run_reference(ref_dir, clip, name, tmp / "work", tmp / "weights", args.pythonpath)
+            elapsed = time.monotonic() - start
             fixture = {
                 "reference": {"repository": "joonson/syncnet_python", "commit": commit or "unknown"},
                 "made_by": "scripts/make_syncnet_fixtures.py",
                 "clip": {"source": src, "audio_delay_ms": delay},
-                "weights": {"seed": SEED, "fire_head": FIRE_HEAD, "state_sha256": digests},
+                "weights": {
+                    "seed": SEED,
+                    "fire_head": FIRE_HEAD,
+                    "fire_logit": SYNCNET_FIRE_LOGIT,
+                    "fire_weight_std": SYNCNET_FIRE_WEIGHT_STD,
+                    "loc_weight_std": SYNCNET_LOC_WEIGHT_STD,
+                    "state_sha256": digests,
+                },
                 "torch": torch.__version__,
+                # the lossy steps (MPEG-4, JPEG, XVID) are these builds' own: another build may move them
+                "ffmpeg": _ffmpeg_version(),
+                "opencv": cv2.__version__,
+                "numpy": np.__version__,
+                "reference_seconds": round(elapsed, 1),
                 **res,
             }
             (args.out / f"{name}.json").write_text(json.dumps(fixture, indent=1) + "\n")
