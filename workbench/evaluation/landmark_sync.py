@@ -9,7 +9,7 @@ corners, median-filtered over half a second so that landmark jitter does not mod
 - "inner": the inner-lip gap, averaged over 7 upper/lower pairs of the mesh (3 pairs of dlib's points).
 
 The audio signal is the speech's loudness per video frame: the mean over 40 mel bands (80-7600 Hz) of their log
-power, each floored 50 dB under the loudest so that digital silence cannot dominate. It follows vowels and
+power, floored 50 dB under the clip's loudest band and instant so that digital silence cannot dominate. It follows vowels and
 closures on a perceptual scale; the speech-band log energy of the first version is kept for the baselines.
 
 The "fused" method (the default) correlates both the levels and the frame-to-frame changes of a mouth signal with
