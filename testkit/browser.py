@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -45,6 +50,62 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
             pass
         time.sleep(1)
     raise TimeoutError(f"app.py did not answer on {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def room_noise_wav(path: Path, seconds: float, level: float, seed: int = 0, rate: int = 48_000) -> Path:
+    """White noise at `level` (RMS, full scale 1) for the fake microphone: a live input that no VAD takes for speech."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    sf.write(path, (rng.standard_normal(int(rate * seconds)) * level).astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+@contextlib.contextmanager
+def app_process(cmd: list[str], cwd: Path, env: dict, url: str, log: Path, timeout: float, artifact: str) -> Iterator:
+    """`cmd` (an app.py) running until the block ends, once `url` answers; its log is copied to test-artifacts/."""
+    if shutil.which("ffmpeg") is None:
+        import pytest
+
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(url, proc, log, timeout)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log.exists():
+            ARTIFACTS.mkdir(exist_ok=True)
+            shutil.copyfile(log, ARTIFACTS / artifact)
+
+
+@contextlib.contextmanager
+def chromium_page(url: str, mic: Path | None = None, viewport: tuple[int, int] = (1400, 1000)) -> Iterator:
+    """A headless Chromium page at `url` (skips when Chromium or Playwright is missing); `mic` is the WAV the fake
+    microphone plays. Uncaught page errors collect in `page.errors`."""
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    args = [*CHROMIUM_ARGS, *([f"--use-file-for-fake-audio-capture={mic}"] if mic else [])]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            page = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}).new_page()
+            page.errors = []
+            page.on("pageerror", lambda e: page.errors.append(str(e)))
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
 
 
 def shot(page, name: str) -> None:

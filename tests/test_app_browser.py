@@ -10,26 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from testkit.browser import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     REPO,
+    app_process,
+    chromium_page,
     free_port,
     poll,
+    room_noise_wav,
     shot,
     text,
     video_sample,
-    wait_http,
     wait_text,
 )
 
@@ -41,8 +36,6 @@ PREP_FRAMES = 25
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, samples_dir):
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
     tmp = tmp_path_factory.mktemp("app-server")
     port = free_port()
     env = dict(os.environ)
@@ -55,57 +48,19 @@ def server(tmp_path_factory, samples_dir):
         GRADIO_ANALYTICS_ENABLED="False",
     )
     env.pop("OPENAI_API_KEY", None)
-    log = tmp / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_http(url, proc, log, SERVER_START_S)
+    cmd = [sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
+    with app_process(cmd, REPO, env, url, tmp / "server.log", SERVER_START_S, "app_server.log"):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log.exists():
-            ARTIFACTS.mkdir(exist_ok=True)
-            shutil.copyfile(log, ARTIFACTS / "app_server.log")
 
 
 @pytest.fixture(scope="module")
 def page(server, tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    import soundfile as sf
-
     # The fake microphone plays a near-silent hiss: live input, below the local voice's speech threshold.
-    mic = tmp_path_factory.mktemp("mic") / "hiss.wav"
-    rng = np.random.default_rng(0)
-    sf.write(mic, (rng.standard_normal(48_000 * 2) * 5e-4).astype(np.float32), 48_000, subtype="PCM_16")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={mic}"]
-        )
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        pg = context.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(server)
+    mic = room_noise_wav(tmp_path_factory.mktemp("mic") / "hiss.wav", seconds=2, level=5e-4)
+    with chromium_page(server, mic) as pg:
         pg.wait_for_selector("#prep-button", timeout=60_000)
-        pg.errors = errors
         yield pg
-        context.close()
-        browser.close()
 
 
 def _image_hashes(page, selector: str) -> list[str]:

@@ -20,13 +20,13 @@ except ImportError:
         raise
     pytest.skip("Ray is an optional extra: pip install '.[ray]'", allow_module_level=True)
 
+from testkit.runs import session_latency_log  # noqa: E402
 from workbench.config import Settings  # noqa: E402
 from workbench.engine import Engine  # noqa: E402
 from workbench.evaluation.distributed import CaseWorker, RayOptions  # noqa: E402
 from workbench.evaluation.manifest import load_suite  # noqa: E402
 from workbench.evaluation.report import load_run  # noqa: E402
 from workbench.evaluation.runner import run_suite  # noqa: E402
-from workbench.timing import FrameTiming, write_latency_log  # noqa: E402
 
 # wall-clock columns: they differ between any two runs, local or not
 TIMED = ("seconds", "render_seconds")
@@ -157,26 +157,9 @@ class CrashingWorker(CaseWorker):
         return super().run(case, suite, media)
 
 
-def _session_log(path: Path) -> Path:
-    """A streaming session's latency log: a case that needs no media decoding, so these tests stay quick."""
-    timings = [
-        FrameTiming(
-            frame=k,
-            audio_in=k / 25,
-            features_ready=k / 25 + 0.005,
-            rendered=k / 25 + 0.035,
-            composited=k / 25 + 0.037,
-            sent=k / 25 + 0.038,
-        )
-        for k in range(40)
-    ]
-    write_latency_log(path, timings, meta={"renderer": "cpu"})
-    return path
-
-
 def test_lost_worker_retried_once_then_failed(cluster, tmp_path):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    log = _session_log(tmp_path / "session.jsonl")
+    log = session_latency_log(tmp_path / "session.jsonl")
     (tmp_path / "suite.yaml").write_text(f"""name: crashes
 cases:
   - id: fine
@@ -228,7 +211,7 @@ def test_cli_ray_flag(cluster, tmp_path):
 cases:
   - id: session
     kind: latency_log
-    log: {_session_log(tmp_path / "session.jsonl")}
+    log: {session_latency_log(tmp_path / "session.jsonl")}
 """)
     # Ray is already initialised by the fixture, so the run uses that cluster whatever the address says
     res = CliRunner().invoke(
@@ -258,7 +241,7 @@ def test_evaluation_tab_runs_on_ray(cluster, tmp_path, samples_dir):
     bundle = tmp_path / "bundle.zip"
     with zipfile.ZipFile(bundle, "w") as zf:
         zf.writestr("suite/suite.yaml", "name: tab\ncases:\n  - id: session\n    kind: latency_log\n    log: s.jsonl\n")
-        zf.write(_session_log(tmp_path / "s.jsonl"), "suite/s.jsonl")
+        zf.write(session_latency_log(tmp_path / "s.jsonl"), "suite/s.jsonl")
     session = new_session()
     out = ui.eval_tab.run("upload", str(bundle), None, None, session, "ray", progress=None)
     summary, table = out[1], out[2]
@@ -271,7 +254,7 @@ def test_evaluation_tab_runs_on_ray(cluster, tmp_path, samples_dir):
 def test_object_store_limit_is_a_clear_error(cluster, tmp_path):
     from workbench.evaluation.errors import ManifestError
 
-    log = _session_log(tmp_path / "session.jsonl")
+    log = session_latency_log(tmp_path / "session.jsonl")
     (tmp_path / "suite.yaml").write_text(f"name: s\ncases:\n  - id: session\n    kind: latency_log\n    log: {log}\n")
     settings = Settings(models_dir=tmp_path / "no-models", cache_dir=tmp_path / "cache")
     with pytest.raises(ManifestError, match="over the object-store limit .* use media=path"):

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from testkit.runs import session_latency_log
 from workbench.config import Settings
 from workbench.engine import Engine
 from workbench.evaluation.compare import compare_runs
 from workbench.evaluation.manifest import load_suite
 from workbench.evaluation.report import load_run
 from workbench.evaluation.runner import run_suite
-from workbench.timing import FrameTiming, write_latency_log
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "eval_report.ipynb"
 
@@ -28,18 +28,7 @@ def _suite(folder: Path, samples_dir: Path) -> Path:
     """Five cases: a live-session latency log, a clip the engine renders, a real face with speech (2 s),
     a corrupt video, a faceless video."""
     folder.mkdir(parents=True, exist_ok=True)
-    timings = [
-        FrameTiming(
-            frame=k,
-            audio_in=k / 25,
-            features_ready=k / 25 + 0.005,
-            rendered=k / 25 + 0.035,
-            composited=k / 25 + 0.037,
-            sent=k / 25 + 0.038,
-        )
-        for k in range(40)
-    ]
-    write_latency_log(folder / "session.jsonl", timings, meta={"renderer": "cpu"})
+    session_latency_log(folder / "session.jsonl")
     (folder / "corrupt.mp4").write_bytes(b"this is not a video")
     vw = cv2.VideoWriter(str(folder / "noface.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (160, 120))
     for _ in range(40):

@@ -6,8 +6,6 @@ the avatar is a real prepared sample rendered by the CPU renderer; the voice is 
 
 from __future__ import annotations
 
-import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,13 +14,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from testkit.browser import CHROMIUM_ARGS
+from testkit.browser import ARTIFACTS, chromium_page, free_port, room_noise_wav
 from testkit.realtime import need_espeak
 from testkit.speech import word_errors
 
 pytestmark = pytest.mark.browser
-ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 class Engine:
@@ -39,12 +35,6 @@ class Engine:
         raise KeyError(avatar_id)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(yongen_avatar, tmp_path):
     import uvicorn
@@ -58,7 +48,7 @@ def server(yongen_avatar, tmp_path):
     app = FastAPI()
     manager = mount_realtime(app, Engine(yongen_avatar), Settings(runs_dir=tmp_path / "runs"), open_avatars=True)
     manager.add_avatar(yongen_avatar)
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -72,56 +62,39 @@ def server(yongen_avatar, tmp_path):
     thread.join(timeout=15)
 
 
-def _quiet_wav(path: Path) -> Path:
-    # Room noise around -60 dBFS: a live microphone, but nothing the local VAD takes for speech.
-    rng = np.random.default_rng(0)
-    sf.write(path, (rng.standard_normal(48_000 * 3) * 0.001).astype(np.float32), 48_000, subtype="PCM_16")
-    return path
-
-
 def test_chromium_receives_25fps_video_and_audio_for_a_local_reply(server, tmp_path):
     need_espeak()
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     url, manager, avatar_id = server
-    wav = _quiet_wav(tmp_path / "mic.wav")
-    ARTIFACTS.mkdir(exist_ok=True)
-    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.goto(f"{url}/rtc/chat?mode=echo&autostart=1&avatar={avatar_id}")
-            page.wait_for_function(
-                "window.rtcChat && window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
-                timeout=30_000,
-            )
-            page.wait_for_function(
-                "window.rtcChat.state.lastStats && window.rtcChat.state.lastStats.framesDecoded > 25", timeout=30_000
-            )
-            stats = lambda: page.evaluate("window.rtcChat.stats()")  # noqa: E731
-            idle = stats()
-            time.sleep(1.5)
-            idle_end = stats()  # 1.5 s of the idle loop, before any reply exists
-            page.fill(
-                "#text",
-                "Hello! I am speaking to you from a headless browser. This reply is long enough "
-                "to measure the frame rate while my mouth moves.",
-            )
-            page.click("#send")
-            page.wait_for_function("document.querySelector('#log .assistant') !== null", timeout=20_000)
-            time.sleep(0.5)
-            a = stats()
-            time.sleep(3.0)
-            b = stats()
-            page.screenshot(path=str(ARTIFACTS / "realtime-browser.png"))
-            sid = page.evaluate("window.rtcChat.state.sessionId")
-            session_stats = manager.sessions[sid].stats()
-            page.evaluate("window.rtcChat.hangup()")
-        finally:
-            browser.close()
+    # Room noise around -60 dBFS: a live microphone, but nothing the local VAD takes for speech.
+    wav = room_noise_wav(tmp_path / "mic.wav", seconds=3, level=1e-3)
+    chat = f"{url}/rtc/chat?mode=echo&autostart=1&avatar={avatar_id}"
+    with chromium_page(chat, wav, viewport=(1100, 900)) as page:
+        page.wait_for_function(
+            "window.rtcChat && window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
+            timeout=30_000,
+        )
+        page.wait_for_function(
+            "window.rtcChat.state.lastStats && window.rtcChat.state.lastStats.framesDecoded > 25", timeout=30_000
+        )
+        stats = lambda: page.evaluate("window.rtcChat.stats()")  # noqa: E731
+        idle = stats()
+        time.sleep(1.5)
+        idle_end = stats()  # 1.5 s of the idle loop, before any reply exists
+        page.fill(
+            "#text",
+            "Hello! I am speaking to you from a headless browser. This reply is long enough "
+            "to measure the frame rate while my mouth moves.",
+        )
+        page.click("#send")
+        page.wait_for_function("document.querySelector('#log .assistant') !== null", timeout=20_000)
+        time.sleep(0.5)
+        a = stats()
+        time.sleep(3.0)
+        b = stats()
+        page.screenshot(path=str(ARTIFACTS / "realtime-browser.png"))
+        sid = page.evaluate("window.rtcChat.state.sessionId")
+        session_stats = manager.sessions[sid].stats()
+        page.evaluate("window.rtcChat.hangup()")
     fps = (b["framesDecoded"] - a["framesDecoded"]) / ((b["t"] - a["t"]) / 1000)
     assert fps >= 24, (fps, session_stats)
     assert b["audioPackets"] - a["audioPackets"] >= 120  # 50 Opus packets a second
@@ -181,68 +154,57 @@ def test_a_spoken_question_is_recognised_and_answered_aloud_with_lip_sync(server
     """Chromium's fake microphone asks a question; the FAQ voice hears it, answers aloud, and the mouth moves."""
     pytest.importorskip("faster_whisper", reason="faster-whisper is not installed")
     pytest.importorskip("hibari", reason="hibari-tts is not installed")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     from workbench.realtime.voice import DEFAULT_FAQ
 
     url, manager, avatar_id = server
     wav = _question_wav(tmp_path / "question.wav")
-    ARTIFACTS.mkdir(exist_ok=True)
-    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.goto(f"{url}/rtc/chat?mode=faq&autostart=1&avatar={avatar_id}")
-            assert "English only" in page.inner_text("#localHint")
-            page.wait_for_function(
-                "window.rtcChat && window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
-                timeout=30_000,
+    chat = f"{url}/rtc/chat?mode=faq&autostart=1&avatar={avatar_id}"
+    with chromium_page(chat, wav, viewport=(1100, 900)) as page:
+        assert "English only" in page.inner_text("#localHint")
+        page.wait_for_function(
+            "window.rtcChat && window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
+            timeout=30_000,
+        )
+        # Heard, transcribed and answered: both turns in the transcript, labelled by the page. The fake
+        # microphone starts before the call does, so its first question may be cut; a later one is whole.
+        deadline = time.time() + 2 * QUESTION_PERIOD_S
+        said = answer = None
+        while answer is None:
+            if time.time() > deadline:
+                sess = manager.sessions.get(page.evaluate("window.rtcChat.state.sessionId"))
+                heard = sess and (sess.stats()["mic_seconds"], sess.voice.hearing, sess.voice.turns.windows)
+                raise AssertionError(f"no answer to the spoken question: {page.inner_text('#log')} {heard}")
+            time.sleep(0.3)
+            log = page.evaluate(
+                "Array.from(document.querySelectorAll('#log > div')).map(d => [d.className, d.textContent])"
             )
-            # Heard, transcribed and answered: both turns in the transcript, labelled by the page. The fake
-            # microphone starts before the call does, so its first question may be cut; a later one is whole.
-            deadline = time.time() + 2 * QUESTION_PERIOD_S
-            said = answer = None
-            while answer is None:
-                if time.time() > deadline:
-                    sess = manager.sessions.get(page.evaluate("window.rtcChat.state.sessionId"))
-                    heard = sess and (sess.stats()["mic_seconds"], sess.voice.hearing, sess.voice.turns.windows)
-                    raise AssertionError(f"no answer to the spoken question: {page.inner_text('#log')} {heard}")
-                time.sleep(0.3)
-                log = page.evaluate(
-                    "Array.from(document.querySelectorAll('#log > div')).map(d => [d.className, d.textContent])"
-                )
-                for k, (cls, text) in enumerate(log):
-                    if "spoken" in cls and word_errors(QUESTION, text) <= 1:
-                        said = text
-                        answer = next((t for c, t in log[k + 1 :] if c == "assistant" and t.strip()), None)
-                        break
-            sid = page.evaluate("window.rtcChat.state.sessionId")
-            session = manager.sessions[sid]
-            height = page.evaluate("document.getElementById('avatar').videoHeight")
-            box = _mouth_box(yongen_avatar, height / yongen_avatar.frame_size[0])
-            stats = lambda: page.evaluate("window.rtcChat.stats()")  # noqa: E731
-            a = stats()
-            speaking_motion = page.evaluate(_MOUTH_MOTION, [box, 16])
-            b = stats()
-            # After the answer: the idle loop, before the fake microphone asks again.
-            deadline = time.time() + 30
-            while (session.stream.speaking or session.voice.response_active) and time.time() < deadline:
-                time.sleep(0.1)
-            time.sleep(0.5)
-            c = stats()
-            idle_motion = page.evaluate(_MOUTH_MOTION, [box, 16])
-            d = stats()
-            page.screenshot(path=str(ARTIFACTS / "realtime-spoken.png"))
-            log_text = page.inner_text("#log")
-            timings = [t.as_dict() for t in session.voice.timings]
-            if session.voice.last_turn is not None:  # what the recogniser heard, for a failing transcript
-                sf.write(ARTIFACTS / "realtime-spoken-turn.wav", session.voice.last_turn.audio, 16_000)
-            page.evaluate("window.rtcChat.hangup()")
-        finally:
-            browser.close()
+            for k, (cls, text) in enumerate(log):
+                if "spoken" in cls and word_errors(QUESTION, text) <= 1:
+                    said = text
+                    answer = next((t for c, t in log[k + 1 :] if c == "assistant" and t.strip()), None)
+                    break
+        sid = page.evaluate("window.rtcChat.state.sessionId")
+        session = manager.sessions[sid]
+        height = page.evaluate("document.getElementById('avatar').videoHeight")
+        box = _mouth_box(yongen_avatar, height / yongen_avatar.frame_size[0])
+        stats = lambda: page.evaluate("window.rtcChat.stats()")  # noqa: E731
+        a = stats()
+        speaking_motion = page.evaluate(_MOUTH_MOTION, [box, 16])
+        b = stats()
+        # After the answer: the idle loop, before the fake microphone asks again.
+        deadline = time.time() + 30
+        while (session.stream.speaking or session.voice.response_active) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        c = stats()
+        idle_motion = page.evaluate(_MOUTH_MOTION, [box, 16])
+        d = stats()
+        page.screenshot(path=str(ARTIFACTS / "realtime-spoken.png"))
+        log_text = page.inner_text("#log")
+        timings = [t.as_dict() for t in session.voice.timings]
+        if session.voice.last_turn is not None:  # what the recogniser heard, for a failing transcript
+            sf.write(ARTIFACTS / "realtime-spoken-turn.wav", session.voice.last_turn.audio, 16_000)
+        page.evaluate("window.rtcChat.hangup()")
     assert word_errors(QUESTION, said) <= 1, said
     assert DEFAULT_FAQ["how does lip sync work"].startswith(answer.strip()[:40]), answer
     speech_rate = (b["totalAudioEnergy"] - a["totalAudioEnergy"]) / ((b["t"] - a["t"]) / 1000)
@@ -256,37 +218,26 @@ def test_a_spoken_question_is_recognised_and_answered_aloud_with_lip_sync(server
 def test_chromium_shows_the_face_zoomed(server, tmp_path):
     """The shipped page in headless Chromium: with face zoom on, the canvas shows the face region of the live
     video (the server's face box), not a blank canvas."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     url, _, avatar_id = server
-    args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.goto(f"{url}/rtc/chat?mode=echo&autostart=1&avatar={avatar_id}")
-            page.uncheck("#useMic")
-            page.wait_for_function(
-                "window.rtcChat && window.rtcChat.state.lastStats && window.rtcChat.state.lastStats.framesDecoded > 10",
-                timeout=30_000,
-            )
-            face = page.evaluate("window.rtcChat.state.face")
-            page.check("#faceZoom")
-            page.wait_for_timeout(800)
-            spread = page.evaluate(
-                """() => { const c = document.getElementById('zoom');
-                  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                  let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i+1]); hi = Math.max(hi, d[i+1]); }
-                  return [c.width, c.height, hi - lo]; }"""
-            )
-            rect = page.evaluate("window.rtcChat.zoomRect(416, 720)")
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "chat-face-zoom.png"))
-            page.evaluate("window.rtcChat.hangup()")
-        finally:
-            browser.close()
+    with chromium_page(f"{url}/rtc/chat?mode=echo&autostart=1&avatar={avatar_id}", viewport=(1100, 900)) as page:
+        page.uncheck("#useMic")
+        page.wait_for_function(
+            "window.rtcChat && window.rtcChat.state.lastStats && window.rtcChat.state.lastStats.framesDecoded > 10",
+            timeout=30_000,
+        )
+        face = page.evaluate("window.rtcChat.state.face")
+        page.check("#faceZoom")
+        page.wait_for_timeout(800)
+        spread = page.evaluate(
+            """() => { const c = document.getElementById('zoom');
+              const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+              let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i+1]); hi = Math.max(hi, d[i+1]); }
+              return [c.width, c.height, hi - lo]; }"""
+        )
+        rect = page.evaluate("window.rtcChat.zoomRect(416, 720)")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "chat-face-zoom.png"))
+        page.evaluate("window.rtcChat.hangup()")
     assert face and 0 <= face[0] < face[2] <= 1 and 0 <= face[1] < face[3] <= 1
     assert spread[0] > 100 and spread[1] > 100 and spread[2] > 60  # a picture, not an empty canvas
     x, y, w, h = rect

@@ -19,25 +19,24 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from testkit.browser import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    REPO,
+    app_process,
+    chromium_page,
     free_port,
     poll,
+    room_noise_wav,
     shot,
     text,
     video_sample,
-    wait_http,
     wait_text,
 )
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
 # A cold start must have the example avatar ready within a minute on a 2-core CPU Space. Wall time on a shared CI
 # machine says more about the neighbours than about the app, so the bound is on the CPU time the app's process
 # spent (all its threads) from start to ready: what a dedicated 2-core machine needs at most, as wall time.
@@ -66,8 +65,6 @@ def _checkout_copy(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
     root = tmp_path_factory.mktemp("space")
     repo = _checkout_copy(root / "app")
     assert not (repo.parent / "shared").exists()
@@ -80,53 +77,26 @@ def space(tmp_path_factory):
         PYTHONPATH=str(repo),  # the copy's package, never this checkout's
         GRADIO_ANALYTICS_ENABLED="False",
     )
-    log = root / "space.log"
-    t0 = time.monotonic()
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    t0 = time.monotonic()
     timings: dict[str, float] = {}
     try:
-        wait_http(url, proc, log, WAIT_S)
-        timings["http_s"] = time.monotonic() - t0
-        yield {"url": url, "repo": repo, "t0": t0, "timings": timings, "pid": proc.pid}
+        with app_process(
+            [sys.executable, "app.py"], repo, env, url, root / "space.log", WAIT_S, "space_rehearsal.log"
+        ) as proc:
+            timings["http_s"] = time.monotonic() - t0
+            yield {"url": url, "repo": repo, "t0": t0, "timings": timings, "pid": proc.pid}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         ARTIFACTS.mkdir(exist_ok=True)
-        if log.exists():
-            shutil.copyfile(log, ARTIFACTS / "space_rehearsal.log")
         (ARTIFACTS / "space_rehearsal.json").write_text(json.dumps(timings, indent=2) + "\n")
 
 
 @pytest.fixture(scope="module")
 def page(space, tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    import soundfile as sf
-
-    mic = tmp_path_factory.mktemp("mic") / "hiss.wav"
-    rng = np.random.default_rng(1)
-    sf.write(mic, (rng.standard_normal(48_000 * 2) * 5e-4).astype(np.float32), 48_000, subtype="PCM_16")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={mic}"]
-        )
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        pg = context.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(space["url"])
+    mic = room_noise_wav(tmp_path_factory.mktemp("mic") / "hiss.wav", seconds=2, level=5e-4, seed=1)
+    with chromium_page(space["url"], mic) as pg:
         pg.wait_for_selector("#wb-header", timeout=60_000)
-        pg.errors = errors
         yield pg
-        context.close()
-        browser.close()
 
 
 def _cpu_seconds(pid: int) -> float | None:

@@ -1,23 +1,34 @@
-"""A weight-free lip-sync metric: how far the mouth's opening is shifted in time from the speech's loudness.
+"""A weight-free lip-sync metric: how far the mouth's movement is shifted in time from the speech's loudness.
 
-Per video frame, the mouth opening is the inner-lip gap (landmarks 61-67, 62-66, 63-65 of the 68-point scheme)
-divided by the face size (RMS spread of all 68 landmarks, median-filtered over half a second so that landmark
-jitter does not modulate it). Per frame, the audio envelope is the log energy of the speech band (300-3000 Hz),
-with a floor 50 dB under the clip's loudest frame so that digital silence cannot dominate.
+Landmarks are either MediaPipe's face mesh, (N, 478, 3) or (N, 468, 3) (`face_mesh.py`, the `mesh` extra), or
+dlib's (N, 68, 2). Each frame gives two mouth signals, both divided by the inter-ocular distance (outer eye
+corners, median-filtered over half a second so that landmark jitter does not modulate it):
 
-The "fused" method (the default) correlates both the levels and the frame-to-frame changes of the two signals,
-each smoothed over 3 frames (120 ms: lips do not move faster), and averages the two correlation curves. Levels
-catch sustained openings (vowels, singing); changes catch articulation (onsets, closures). Each correlation is
-the biased estimate: products summed over the frames that overlap at that lag, divided by the full length, so a
-large lag is supported by fewer frames and scores lower, as SyncNet's zero-padded distances do.
+- "jaw": chin to nose tip. A nod moves the chin against the nose too, so the part of it that follows the nose tip's
+  distance from the eye line (a pitch proxy the mouth does not move) is regressed out;
+- "inner": the inner-lip gap, averaged over 7 upper/lower pairs of the mesh (3 pairs of dlib's points).
+
+The audio signal is the speech's loudness per video frame: the mean over 40 mel bands (80-7600 Hz) of their log
+power, floored 50 dB under the clip's loudest band and instant so that digital silence cannot dominate. It follows vowels and
+closures on a perceptual scale; the speech-band log energy of the first version is kept for the baselines.
+
+The "fused" method (the default) correlates both the levels and the frame-to-frame changes of a mouth signal with
+the loudness, each smoothed over 3 frames (120 ms: lips do not move faster), averages the two curves, and then
+averages the curves of the two mouth signals. Each correlation is the biased estimate: products summed over the
+frames that overlap at that lag, divided by the full length, so a large lag is supported by fewer frames and
+scores lower, as SyncNet's zero-padded distances do.
 
 Offsets follow syncnet_python's sign: video frame i matches audio frame i - offset, so a positive offset means the
 sound comes before the mouth moves. The best offset is the arg-max over -15..+15 frames; the confidence is the
-peak minus the median of the curve (the analogue of LSE-C).
+peak minus the median of the curve (the analogue of LSE-C). The offset is *reported* only when the peak's evidence
+(for dlib: peak minus median times sqrt(frames); for the mesh: that over the curve's median absolute deviation)
+reaches a threshold calibrated per landmark scheme on half of the real clips and checked on the other half
+(bench/bench_sync_calibration.py); otherwise it is undetermined (None). Checked on clips it was not tuned on, a
+reported offset is right only about 6 times in 10 (README): treat it as a hint, not a verdict.
 
 The two simpler methods are kept as baselines for the robustness table: "delta" (Pearson correlation of the
-frame-to-frame changes of opening and speech-band log energy, over the overlap) and "level" (the same on the raw
-signals).
+frame-to-frame changes of the inner-lip opening over face size and the speech-band log energy, over the overlap)
+and "level" (the same on the raw signals). They are not calibrated and never report an offset.
 """
 
 from __future__ import annotations
@@ -35,16 +46,29 @@ from workbench.evaluation.errors import MediaTooShortError
 MAX_OFFSET = 15  # frames, as syncnet_python's vshift
 SPEECH_BAND_HZ = (300.0, 3000.0)
 ENERGY_FLOOR_DB = 50.0
+LOUDNESS_MELS, LOUDNESS_HZ = 40, (80.0, 7600.0)
 SMOOTH_FRAMES = 3
 FACE_SIZE_MEDIAN_FRAMES = 13
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
+# Points of each landmark scheme: inner-lip pairs (upper, lower), chin, nose tip, outer eye corners.
+SCHEMES: dict[str, dict] = {
+    "mesh": {
+        "inner": ((13, 14), (82, 87), (81, 178), (80, 88), (312, 317), (311, 402), (310, 318)),
+        "chin": 152,
+        "nose": 1,
+        "eyes": (33, 263),
+    },
+    "dlib68": {"inner": INNER_LIP_PAIRS, "chin": 8, "nose": 30, "eyes": (36, 45)},
+}
 PEAK_HALF_WIDTH = 2  # frames: a rival peak further than this from the best one counts against it
 # Below this evidence the offset is reported as undetermined. Chosen by bench/bench_sync_calibration.py on the tuning
-# clips only (syncnet_example.avi, calibration/talk1, talk3): the lowest "prominence" at which >= 95 % of reported
-# offsets were within ±2 frames of the injected shift there (16 % of trials reported). On the held-back clips
-# (talk2, talk4, talk5) it is NOT that good: see bench/results/sync_calibration.json and the README.
-EVIDENCE_MEASURE = "prominence"
-EVIDENCE_THRESHOLD: dict[str, float] = {"fused": 5.23, "level": 4.42, "delta": float("inf")}
+# clips only (syncnet_example.avi, calibration/talk1, talk3): per landmark scheme, the measure and the lowest value of
+# it at which >= 95 % of the reported offsets (3 s windows and whole clips pooled) were within ±2 frames of the
+# injected shift; that committed on 50 % (dlib) and 84 % (mesh) of the tuning windows. On the held-back clips
+# (talk2, talk4, talk5) it is NOT that good: right 0.62 (dlib) and 0.45 (mesh) of the time at 84 % coverage of
+# windows (bench/results/sync_calibration.json, README). The baselines were not calibrated: they never report.
+EVIDENCE_MEASURE: dict[str, str] = {"dlib68": "z", "mesh": "prominence"}
+EVIDENCE_THRESHOLD: dict[tuple[str, str], float] = {("fused", "dlib68"): 2.0833, ("fused", "mesh"): 1.9685}
 Method = Literal["fused", "delta", "level"]
 METHODS: tuple[str, ...] = ("fused", "delta", "level")
 
@@ -58,7 +82,8 @@ class LandmarkSyncResult:
     curve: np.ndarray = field(repr=False)  # (2K+1,) correlation at each offset
     n_frames: int = 0
     method: str = "fused"
-    evidence: float = 0.0  # EVIDENCE_MEASURE of the curve (see `evidence_measures`)
+    scheme: str = "dlib68"  # the landmarks scored: "mesh" (MediaPipe) or "dlib68"
+    evidence: float = 0.0  # EVIDENCE_MEASURE[scheme] of the curve (see `evidence_measures`)
     threshold: float = 0.0  # the evidence needed to report the offset
 
     @property
@@ -77,12 +102,13 @@ class LandmarkSyncResult:
             "best_offset": int(self.offset),
             "determined": self.determined,
             "evidence": float(self.evidence),
-            "evidence_measure": EVIDENCE_MEASURE,
+            "evidence_measure": EVIDENCE_MEASURE[self.scheme],
             "threshold": float(self.threshold),
             "peak": float(self.peak),
             "confidence": float(self.confidence),
             "n_frames": int(self.n_frames),
             "method": self.method,
+            "landmarks": self.scheme,
             "offsets": [int(o) for o in self.offsets],
             "curve": [float(c) for c in self.curve],
         }
@@ -117,6 +143,71 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
         raise ValueError(f"landmarks must be (N, 68, 2), got {lm.shape}")
     gap = np.mean([np.linalg.norm(lm[:, a] - lm[:, b], axis=1) for a, b in INNER_LIP_PAIRS], axis=0)
     return _fill_gaps(gap) / face_size(lm)
+
+
+def scheme_of(landmarks: np.ndarray) -> str:
+    """ "mesh" for MediaPipe's (N, 468 or 478, 2 or 3) points, "dlib68" for (N, 68, 2)."""
+    shape = np.shape(landmarks)
+    if len(shape) == 3 and shape[1] in (468, 478) and shape[2] in (2, 3):
+        return "mesh"
+    if len(shape) == 3 and shape[1:] == (68, 2):
+        return "dlib68"
+    raise ValueError(f"landmarks must be (N, 68, 2) (dlib) or (N, 468|478, 3) (face mesh), got {shape}")
+
+
+def _median(x: np.ndarray) -> np.ndarray:
+    k = min(FACE_SIZE_MEDIAN_FRAMES, len(x) if len(x) % 2 else len(x) - 1)
+    return medfilt(x, k) if k >= 3 else x
+
+
+def mouth_signals(landmarks: np.ndarray) -> dict[str, np.ndarray]:
+    """{"jaw", "inner"}: (N,) each, over the inter-ocular distance (see the module docstring); NaN frames (a lost
+    face) are interpolated. The mesh's depth is used where it exists: a turned head then shortens the gaps less."""
+    scheme = scheme_of(landmarks)
+    p = SCHEMES[scheme]
+    lm = np.asarray(landmarks, dtype=np.float64)
+
+    def dist(a: int, b: int) -> np.ndarray:
+        return _fill_gaps(np.linalg.norm(lm[:, a] - lm[:, b], axis=1))
+
+    scale = _median(dist(*p["eyes"]))
+    inner = np.mean([dist(a, b) for a, b in p["inner"]], axis=0) / scale
+    jaw = dist(p["chin"], p["nose"]) / scale
+    eye_line = 0.5 * (lm[:, p["eyes"][0]] + lm[:, p["eyes"][1]])
+    nod = _fill_gaps(np.linalg.norm(lm[:, p["nose"]] - eye_line, axis=1)) / scale
+    nod = nod - nod.mean()
+    if nod.std() > 1e-9:  # least squares: the part of the jaw signal that a nod explains
+        jaw = jaw - nod * float(np.dot(nod, jaw - jaw.mean()) / np.dot(nod, nod))
+    return {"jaw": jaw, "inner": inner}
+
+
+def speech_loudness(
+    audio16k: np.ndarray, n_frames: int | None = None, fps: float = FPS, floor_db: float = ENERGY_FLOOR_DB
+) -> np.ndarray:
+    """(n_frames,) mean log-mel power per video frame (40 bands, 80-7600 Hz, 32 ms windows every 10 ms, floored
+    `floor_db` under the loudest band and hop)."""
+    import librosa
+
+    audio = np.asarray(audio16k, dtype=np.float32).reshape(-1)
+    hop = SAMPLE_RATE // 100
+    per_frame = int(round(SAMPLE_RATE / fps / hop))
+    if n_frames is None:
+        n_frames = len(audio) // int(round(SAMPLE_RATE / fps))
+    audio = np.pad(audio, (0, max(0, n_frames * per_frame * hop - len(audio))))
+    mel = librosa.feature.melspectrogram(
+        y=audio,
+        sr=SAMPLE_RATE,
+        n_fft=512,
+        hop_length=hop,
+        n_mels=LOUDNESS_MELS,
+        fmin=LOUDNESS_HZ[0],
+        fmax=LOUDNESS_HZ[1],
+    )
+    if not np.any(mel > 0):
+        return np.zeros(n_frames)
+    db = librosa.power_to_db(mel, ref=np.max, top_db=floor_db).mean(axis=0)
+    db = np.pad(db[: n_frames * per_frame], (0, max(0, n_frames * per_frame - len(db))), mode="edge")
+    return db.reshape(n_frames, per_frame).mean(axis=1).astype(np.float64)
 
 
 def speech_band_log_energy(
@@ -245,12 +336,14 @@ def evidence_measures(curve: np.ndarray, n_frames: int) -> dict[str, float]:
     }
 
 
-def summarise_curve(curve: np.ndarray, max_offset: int, n_frames: int, method: str) -> LandmarkSyncResult:
+def summarise_curve(
+    curve: np.ndarray, max_offset: int, n_frames: int, method: str, scheme: str = "dlib68"
+) -> LandmarkSyncResult:
     offsets = np.arange(-max_offset, max_offset + 1)
     best = int(np.argmax(curve))
     return LandmarkSyncResult(
-        evidence=evidence_measures(curve, n_frames)[EVIDENCE_MEASURE],
-        threshold=EVIDENCE_THRESHOLD.get(method, float("inf")),
+        evidence=evidence_measures(curve, n_frames)[EVIDENCE_MEASURE[scheme]],
+        threshold=EVIDENCE_THRESHOLD.get((method, scheme), float("inf")),
         offset=int(offsets[best]),
         peak=float(curve[best]),
         confidence=float(curve[best] - np.median(curve)),
@@ -258,6 +351,7 @@ def summarise_curve(curve: np.ndarray, max_offset: int, n_frames: int, method: s
         curve=np.asarray(curve, dtype=np.float64),
         n_frames=n_frames,
         method=method,
+        scheme=scheme,
     )
 
 
@@ -268,17 +362,24 @@ def landmark_sync(
     method: Method = "fused",
     fps: float = FPS,
 ) -> LandmarkSyncResult:
-    """Sync of a face's 68 landmarks per frame (N, 68, 2) with 16 kHz mono audio covering the same frames."""
-    opening = mouth_opening(landmarks)
-    n = min(len(opening), int(len(audio16k) // (SAMPLE_RATE / fps)))
+    """Sync of a face's landmarks per frame, (N, 68, 2) dlib or (N, 478, 3) mesh, with 16 kHz mono audio covering
+    the same frames."""
+    scheme = scheme_of(landmarks)
+    n = min(len(landmarks), int(len(audio16k) // (SAMPLE_RATE / fps)))
     if n < 2 * max_offset + 2:
         raise MediaTooShortError(
             f"the clip has {n} frames with both video and audio; offsets of ±{max_offset} "
             f"need at least {2 * max_offset + 2} (~{(2 * max_offset + 2) / fps:.1f} s)"
         )
-    energy = speech_band_log_energy(audio16k, n, fps)
-    curve = sync_curve(opening[:n], energy, max_offset, method)
-    return summarise_curve(curve, max_offset, n, method)
+    lm = np.asarray(landmarks)[:n]
+    if method == "fused":
+        loud = speech_loudness(audio16k, n, fps)
+        curve = np.mean([sync_curve(sig, loud, max_offset, "fused") for sig in mouth_signals(lm).values()], axis=0)
+    else:
+        if scheme != "dlib68":
+            raise ValueError(f"the {method!r} baseline is defined on dlib's 68 points only")
+        curve = sync_curve(mouth_opening(lm), speech_band_log_energy(audio16k, n, fps), max_offset, method)
+    return summarise_curve(curve, max_offset, n, method, scheme)
 
 
 def track_audio(audio16k: np.ndarray, frames: Sequence[int] | np.ndarray, fps: float = FPS) -> np.ndarray:
