@@ -36,6 +36,13 @@ from workbench.evaluation import landmark_sync as ls  # noqa: E402
 # syncnet_example.avi is the clip the method was first chosen on: it belongs to the tuning half.
 TUNING = ("syncnet_example.avi", "calibration/talk1.mp4", "calibration/talk3.mp4")
 REPORTING = ("calibration/talk2.mp4", "calibration/talk4.mp4", "calibration/talk5.mp4")
+# A third, fresh half, added after the reporting half had been read and scored once with everything above frozen:
+# real talking clips (HDTF footage) with their own audio from two public repositories, never seen by any choice here.
+# Not in ../shared: `--fresh DIR` takes a folder holding them under these names, extracted with
+#   git -C <SadTalker checkout> show cd4c046:examples/ref_video/WDA_KatieHill_000.mp4 > DIR/WDA_KatieHill_000.mp4
+# (OpenTalker/SadTalker cd4c0465; tencent-ailab/V-Express 6814f7db, test_samples/short_case/AOC/gt.mp4 as
+# vexpress_AOC_gt.mp4). V-Express's other gt clips are generated (EMO, VASA-1 demos) and are left out.
+FRESH = ("WDA_AlexandriaOcasioCortez_000.mp4", "WDA_KatieHill_000.mp4", "vexpress_AOC_gt.mp4")
 SHIFTS = (-8, -5, -3, 0, 3, 5, 8)  # frames
 WINDOW = 75  # frames: 3 s
 HOP = 12  # frames between window starts
@@ -152,17 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=Path, default=ROOT.parent / "shared" / "samples")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sync_calibration.json")
+    ap.add_argument("--fresh", type=Path, help="a folder with the FRESH clips: scored once with the chosen thresholds")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/sync_calibration_cache"))
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     clips = {rel: landmarks_of(args.samples, rel, args.cache) for rel in TUNING + REPORTING}
+    fresh = {rel: landmarks_of(args.fresh, rel, args.cache) for rel in FRESH} if args.fresh else {}
     schemes = ["mesh", "dlib68"] if all(c["mesh"] is not None for c in clips.values()) else ["dlib68"]
     result = {"tuning_clips": list(TUNING), "reporting_clips": list(REPORTING), "shifts": list(SHIFTS),
               "window_frames": WINDOW, "hop_frames": HOP, "tolerance_frames": TOLERANCE,
               "target_precision_on_tuning": TARGET_PRECISION, "fps": FPS, "method": "fused",
               "mesh_available": mesh_available(), "track_frames": {k: len(c["dlib68"]) for k, c in clips.items()},
               "schemes": {}}  # fmt: skip
+    if fresh:
+        result["fresh_clips"] = list(FRESH)
     for scheme in schemes:
         tune = [r for rel in TUNING for r in trials(clips[rel], scheme)]
         report = [r for rel in REPORTING for r in trials(clips[rel], scheme)]
@@ -184,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             "reporting_in_sync_offsets": in_sync_offsets(report),
             "reporting_trials": report,
         }
+        if fresh:
+            rows = [r for clip in fresh.values() for r in trials(clip, scheme)]
+            result["schemes"][scheme]["fresh"] = precision_coverage(rows, measure, t)
+            result["schemes"][scheme]["fresh_in_sync_offsets"] = in_sync_offsets(rows)
+            result["schemes"][scheme]["fresh_trials"] = rows
     result["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

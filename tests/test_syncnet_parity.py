@@ -174,7 +174,11 @@ def test_protocol_mode_reproduces_syncnet_python_with_our_s3fd(fixture, weights,
     assert len(found) == len(ref)
     for k, (f, r) in enumerate(zip(found, ref, strict=True)):
         assert f.shape == (len(r), 5), f"frame {k}: {len(f)} faces, the reference {len(r)}"
-        np.testing.assert_allclose(f, np.asarray(r, dtype=np.float64).reshape(-1, 5), atol=1e-4, err_msg=f"frame {k}")
+        # float32 rounding: boxes of ~1000 px carry 1.2e-4 px per ulp, and another CPU's conv kernels round
+        # otherwise (seen: 2 ulp on a fresh machine); far below what moves a 224 crop.
+        r = np.asarray(r, dtype=np.float64).reshape(-1, 5)
+        np.testing.assert_allclose(f[:, :4], r[:, :4], rtol=1e-6, atol=1e-4, err_msg=f"frame {k}: boxes")
+        np.testing.assert_allclose(f[:, 4], r[:, 4], atol=1e-5, err_msg=f"frame {k}: scores")
     _assert_same(got, want)
 
 
