@@ -139,3 +139,38 @@ def test_undetermined_weight_free_offsets_neither_fail_nor_pass_the_gate():
     # every case determined in both: judged as before
     r = compare_summaries({**cur, "ls_determined_rate": 1.0}, base)
     assert set(r.worse) == {"ls_offset_error_mean", "ls_in_sync_rate"} and not r.undetermined
+
+
+def _case(case, ls_offset, expected=0, status="ok"):
+    return {"case": case, "status": status, "ls_offset": ls_offset, "expected_offset": expected}
+
+
+def test_a_case_whose_offset_moved_fails_the_gate_even_when_the_averages_hide_it():
+    """The weight-free offset is read relative to the baseline, case by case: a speaker who sits at +7 as recorded
+    stays at +7, and a change that moves one case by 3 frames while another moves back fails the gate."""
+    from workbench.evaluation.gate import DRIFT_METRIC, case_offsets
+
+    base_rows = [_case("a", 7), _case("b", -3), _case("c", 5, expected=5), _case("d", None), _case("e", 2, status="failed")]
+    base = case_offsets(base_rows)
+    assert base == {"a": 7, "b": -3, "c": 0}  # relative to the injected shift; undetermined and failed left out
+    metrics = {"ls_offset_error_mean": 3.33, "cases_failed": 0}
+    same = compare_summaries(metrics, metrics, offsets=(case_offsets(base_rows), base))
+    assert same.passed and {r.metric: r.status for r in same.rows}[DRIFT_METRIC] == "ok"
+    # a moves +3, b moves -3: the mean absolute error is unchanged, the gate still fails on a and b
+    moved = [_case("a", 10), _case("b", -6), _case("c", 6, expected=5), _case("d", 9)]
+    r = compare_summaries(metrics, metrics, offsets=(case_offsets(moved), base))
+    row = next(x for x in r.rows if x.metric == DRIFT_METRIC)
+    assert r.worse == [DRIFT_METRIC] and row.current == 2.0  # c moved by 1 (allowed); d undetermined before
+    # without both tables (bare summaries) there is no such row
+    assert DRIFT_METRIC not in {x.metric for x in compare_summaries(metrics, metrics, offsets=(None, base)).rows}
+
+
+def test_gate_cli_reads_the_case_tables_beside_the_summaries(tmp_path):
+    for name, offset in (("base", 0), ("same", 1), ("moved", 4)):
+        run = tmp_path / name
+        _write_summary(run / "summary.json", ls_offset_error_mean=0.0, cases_failed=0)
+        (run / "cases.json").write_text(json.dumps([_case("clip", offset)]))
+    r = runner.invoke(eval_app, ["gate", str(tmp_path / "same"), "--baseline", str(tmp_path / "base")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(eval_app, ["gate", str(tmp_path / "moved"), "--baseline", str(tmp_path / "base")])
+    assert r.exit_code == 1 and "ls_offset_drift_cases" in r.output.split("gate failed")[1], r.output

@@ -175,7 +175,7 @@ def run_cmd(
 ) -> None:
     """Run a suite into a new run folder; with --baseline, exit 1 when a metric regressed."""
     from workbench.config import Settings
-    from workbench.evaluation.gate import load_summary
+    from workbench.evaluation.gate import case_offsets, load_case_offsets, load_summary
     from workbench.evaluation.manifest import load_suite
     from workbench.evaluation.runner import run_suite
 
@@ -196,6 +196,7 @@ def run_cmd(
             if skipped:
                 typer.echo(f"skipping {', '.join(skipped)}: media not found")
         base = load_summary(baseline) if baseline is not None else None
+        base_offsets = load_case_offsets(baseline) if baseline is not None else None
     except EvalError as e:
         raise _fail(e) from e
     from workbench.engine import Engine  # the command is an entry point: it builds the one engine
@@ -229,7 +230,7 @@ def run_cmd(
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(f"run folder: [bold]{out.path}[/bold]  (report.md, summary.json, plots/)")
     if base is not None:
-        _gate_or_exit(out.summary["metrics"], base, tols)
+        _gate_or_exit(out.summary["metrics"], base, tols, (case_offsets(out.rows), base_offsets))
 
 
 @eval_app.command("gate")
@@ -239,21 +240,23 @@ def gate_cmd(
     tolerance: Annotated[list[str] | None, typer.Option(help="override a tolerance: metric=0.5 or metric=10%")] = None,
 ) -> None:
     """Compare an existing run with a baseline; exit 1 when a metric is worse than its tolerance."""
-    from workbench.evaluation.gate import load_summary
+    from workbench.evaluation.gate import load_case_offsets, load_summary
 
     tols = _tolerances(tolerance)
     try:
         cur, base = load_summary(current), load_summary(baseline)
+        offsets = (load_case_offsets(current), load_case_offsets(baseline))
     except EvalError as e:
         raise _fail(e) from e
-    _gate_or_exit(cur, base, tols)
+    _gate_or_exit(cur, base, tols, offsets)
 
 
-def _gate_or_exit(current: dict, baseline: dict, tols) -> None:
-    """Print the side-by-side diff; exit 1 when a metric is worse than its tolerance."""
+def _gate_or_exit(current: dict, baseline: dict, tols, offsets=(None, None)) -> None:
+    """Print the side-by-side diff; exit 1 when a metric is worse than its tolerance (or, with both runs' case
+    tables, when a case's weight-free offset moved)."""
     from workbench.evaluation.gate import compare_summaries
 
-    result = compare_summaries(current, baseline, tols)
+    result = compare_summaries(current, baseline, tols, offsets)
     print_gate(result)
     if not result.passed:
         raise typer.Exit(code=1)

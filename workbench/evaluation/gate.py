@@ -7,6 +7,12 @@ on the machine; sync tolerances are absolute.
 The weight-free metric may call a case undetermined (no offset). Its offset metrics are then averages over
 different subsets of cases in the two runs, so when either run has an undetermined case they are marked
 "undetermined": shown, but they neither fail the gate nor count towards passing it.
+
+The weight-free offset is trustworthy as a change, not as an absolute value: on unseen speakers it can sit a few
+frames off as recorded, yet it moves with an injected shift (README, "Does the weight-free metric prove itself?").
+So when both runs' per-case tables are at hand (run folders), the gate also counts the cases whose determined
+offset, relative to the case's injected shift, moved by more than `OFFSET_DRIFT_FRAMES` between the two runs:
+`ls_offset_drift_cases`, which must stay at 0.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "latency_late_total": Tolerance("lower", rel=0.25, abs=2),
 }
 
+
+OFFSET_DRIFT_FRAMES = 1  # a case's offset moving by more than this against the baseline is a sync regression
+DRIFT_METRIC = "ls_offset_drift_cases"
 
 # Averages over the cases whose weight-free offset was determined.
 UNDETERMINED_SENSITIVE = frozenset({"ls_offset_error_mean", "ls_in_sync_rate"})
@@ -133,8 +142,46 @@ def load_summary(path: str | Path) -> dict:
     return data["metrics"]
 
 
-def compare_summaries(current: dict, baseline: dict, tolerances: dict[str, Tolerance] | None = None) -> GateResult:
-    """Side-by-side rows for every metric in either summary; `status == 'worse'` fails the gate."""
+def load_case_offsets(path: str | Path) -> dict[str, int] | None:
+    """Per case, the determined weight-free offset minus the case's injected shift, from the cases.json beside a
+    summary (a run folder or its summary.json); None when there is no such table (a bare summary file)."""
+    p = Path(path)
+    table = (p if p.is_dir() else p.parent) / "cases.json"
+    if not table.is_file():
+        return None
+    try:
+        rows = json.loads(table.read_text())
+    except json.JSONDecodeError as e:
+        raise BaselineError(f"{table} is not JSON: {e}") from e
+    return case_offsets(rows)
+
+
+def case_offsets(rows: list[dict]) -> dict[str, int]:
+    """Per case (rows as in cases.json), the determined weight-free offset minus its injected shift."""
+    out = {}
+    for r in rows:
+        off = r.get("ls_offset")
+        if r.get("status") == "ok" and off is not None and not (isinstance(off, float) and off != off):
+            out[str(r["case"])] = int(off) - int(r.get("expected_offset") or 0)
+    return out
+
+
+def offset_drift_row(current: dict[str, int], baseline: dict[str, int]) -> GateRow:
+    """How many cases determined in both runs moved their offset by more than OFFSET_DRIFT_FRAMES."""
+    both = sorted(set(current) & set(baseline))
+    moved = [c for c in both if abs(current[c] - baseline[c]) > OFFSET_DRIFT_FRAMES]
+    status = "worse" if moved else "ok"
+    return GateRow(DRIFT_METRIC, 0.0, float(len(moved)), float(len(moved)), 0.0, "lower", status)
+
+
+def compare_summaries(
+    current: dict,
+    baseline: dict,
+    tolerances: dict[str, Tolerance] | None = None,
+    offsets: tuple[dict[str, int] | None, dict[str, int] | None] = (None, None),
+) -> GateResult:
+    """Side-by-side rows for every metric in either summary; `status == 'worse'` fails the gate. `offsets`:
+    (current, baseline) per-case offsets (`case_offsets`), when both runs' tables are known."""
     tols = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     # A determined rate below 1 in either run: the offset averages cover different cases.
     shaky = any(_below_one(m.get("ls_determined_rate")) for m in (current, baseline))
@@ -160,4 +207,6 @@ def compare_summaries(current: dict, baseline: dict, tolerances: dict[str, Toler
         worse_by = -delta if tol.direction == "higher" else delta
         status = "worse" if worse_by > allowed + 1e-12 else ("better" if worse_by < -1e-12 else "ok")
         rows.append(GateRow(name, b, c, delta, allowed, better, status))
+    if offsets[0] is not None and offsets[1] is not None:
+        rows.append(offset_drift_row(*offsets))
     return GateResult(rows)
