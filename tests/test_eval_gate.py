@@ -150,7 +150,13 @@ def test_a_case_whose_offset_moved_fails_the_gate_even_when_the_averages_hide_it
     stays at +7, and a change that moves one case by 3 frames while another moves back fails the gate."""
     from workbench.evaluation.gate import DRIFT_METRIC, case_offsets
 
-    base_rows = [_case("a", 7), _case("b", -3), _case("c", 5, expected=5), _case("d", None), _case("e", 2, status="failed")]
+    base_rows = [
+        _case("a", 7),
+        _case("b", -3),
+        _case("c", 5, expected=5),
+        _case("d", None),
+        _case("e", 2, status="failed"),
+    ]
     base = case_offsets(base_rows)
     assert base == {"a": 7, "b": -3, "c": 0}  # relative to the injected shift; undetermined and failed left out
     metrics = {"ls_offset_error_mean": 3.33, "cases_failed": 0}
