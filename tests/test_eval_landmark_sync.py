@@ -110,10 +110,15 @@ def test_opening_is_inner_lip_gap_over_face_size():
     assert np.isfinite(mouth_opening(lm_nan)).all()
 
 
-def test_speech_band_energy_tracks_loudness_and_floors_silence():
+def _loud_silent_quiet() -> np.ndarray:
+    """1 s of a 1 kHz tone, 1 s of digital silence, 1 s of the tone 20 dB quieter (16 kHz)."""
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
-    audio = np.r_[tone * 0.5, np.zeros(SAMPLE_RATE, np.float32), tone * 0.05]
+    return np.r_[tone * 0.5, np.zeros(SAMPLE_RATE, np.float32), tone * 0.05]
+
+
+def test_speech_band_energy_tracks_loudness_and_floors_silence():
+    audio = _loud_silent_quiet()
     e = speech_band_log_energy(audio)
     assert len(e) == 75
     assert e[10] - e[60] == pytest.approx(np.log(100), abs=0.1)  # 20 dB quieter = log(100) in energy
@@ -163,9 +168,7 @@ def test_jaw_signal_loses_the_nod_and_keeps_the_opening():
 
 
 def test_loudness_follows_the_level_and_floors_silence():
-    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
-    audio = np.r_[tone * 0.5, np.zeros(SAMPLE_RATE, np.float32), tone * 0.05]
+    audio = _loud_silent_quiet()
     e = speech_loudness(audio)
     assert len(e) == 75
     assert e[10] > e[60] > e[35]  # 20 dB quieter is quieter; silence is quietest
