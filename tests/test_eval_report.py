@@ -156,6 +156,8 @@ def test_compare_two_runs(runs):
     # for the gate when some was not; confidence and the determined rate are always there
     assert {"ls_confidence_mean", "ls_determined_rate"} <= set(sync["metric"])
     assert set(sync["status"]) <= {"ok", "undetermined", "untracked"}  # the determined rate has no tolerance
+    drift = sync[sync.metric == "ls_offset_drift_cases"]  # per case, from the run tables: nothing moved
+    assert drift["current"].tolist() == [0.0] and drift["status"].tolist() == ["ok"]
     row = cmp.cases[(cmp.cases.case == "sun_speech") & (cmp.cases.metric == "ls_evidence")]
     assert len(row) == 1 and float(row["delta"].iloc[0]) == 0.0
     assert {"sync", "latency"} <= set(cmp.figures)

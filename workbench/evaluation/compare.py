@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from workbench.evaluation.gate import GateResult, Tolerance, compare_summaries, load_case_offsets
+from workbench.evaluation.gate import GateResult, Tolerance, case_offsets, compare_summaries
 from workbench.evaluation.report import Run, _subplots, latency_cdf_axes, load_run
 
 CASE_METRICS = (
@@ -105,7 +105,7 @@ def compare_runs(
     """Compare run A (baseline) with run B (candidate)."""
     ra = a if isinstance(a, Run) else load_run(a)
     rb = b if isinstance(b, Run) else load_run(b)
-    offsets = (load_case_offsets(rb.path), load_case_offsets(ra.path))
+    offsets = tuple(case_offsets(r.table.to_dict("records")) for r in (rb, ra))
     gate = compare_summaries(rb.summary["metrics"], ra.summary["metrics"], tolerances, offsets)
     cases = case_diff(ra.table, rb.table)
     figures = {"sync": plot_sync_comparison(ra, rb), "latency": plot_latency_comparison(ra, rb)}

@@ -156,13 +156,18 @@ def load_case_offsets(path: str | Path) -> dict[str, int] | None:
     return case_offsets(rows)
 
 
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)  # null in cases.json, NaN in cases.csv
+
+
 def case_offsets(rows: list[dict]) -> dict[str, int]:
-    """Per case (rows as in cases.json), the determined weight-free offset minus its injected shift."""
+    """Per case (rows as in cases.json or a run's loaded table), the determined weight-free offset minus its
+    injected shift."""
     out = {}
     for r in rows:
-        off = r.get("ls_offset")
-        if r.get("status") == "ok" and off is not None and not (isinstance(off, float) and off != off):
-            out[str(r["case"])] = int(off) - int(r.get("expected_offset") or 0)
+        off, shift = r.get("ls_offset"), r.get("expected_offset")
+        if r.get("status") == "ok" and not _missing(off):
+            out[str(r["case"])] = int(off) - (0 if _missing(shift) else int(shift))
     return out
 
 

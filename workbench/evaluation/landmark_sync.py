@@ -127,13 +127,17 @@ def _fill_gaps(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _median(x: np.ndarray) -> np.ndarray:
+    """Median over ~half a second (FACE_SIZE_MEDIAN_FRAMES, shortened to an odd length for short clips)."""
+    k = min(FACE_SIZE_MEDIAN_FRAMES, len(x) if len(x) % 2 else len(x) - 1)
+    return medfilt(x, k) if k >= 3 else x
+
+
 def face_size(landmarks: np.ndarray) -> np.ndarray:
     """(N,) RMS distance of the 68 landmarks from their centroid, median-filtered over ~half a second."""
     lm = np.asarray(landmarks, dtype=np.float64)
     centred = lm - lm.mean(axis=1, keepdims=True)
-    size = _fill_gaps(np.sqrt((centred**2).sum(axis=2).mean(axis=1)))
-    k = min(FACE_SIZE_MEDIAN_FRAMES, len(size) if len(size) % 2 else len(size) - 1)
-    return medfilt(size, k) if k >= 3 else size
+    return _median(_fill_gaps(np.sqrt((centred**2).sum(axis=2).mean(axis=1))))
 
 
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
@@ -153,11 +157,6 @@ def scheme_of(landmarks: np.ndarray) -> str:
     if len(shape) == 3 and shape[1:] == (68, 2):
         return "dlib68"
     raise ValueError(f"landmarks must be (N, 68, 2) (dlib) or (N, 468|478, 3) (face mesh), got {shape}")
-
-
-def _median(x: np.ndarray) -> np.ndarray:
-    k = min(FACE_SIZE_MEDIAN_FRAMES, len(x) if len(x) % 2 else len(x) - 1)
-    return medfilt(x, k) if k >= 3 else x
 
 
 def mouth_signals(landmarks: np.ndarray) -> dict[str, np.ndarray]:
