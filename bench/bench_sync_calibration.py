@@ -8,7 +8,8 @@ its own audio moved by a known number of frames (`SHIFTS`), as the whole track (
 3 s windows every 0.5 s. A reported offset is right when it is within ±2 frames of the injected shift: the clips
 are taken to be in sync as recorded (news-style footage with its own audio; the in-sync trials check that
 assumption). Beside it, the samples' own criterion for clips whose true offset is unknown: the moved trial's offset
-minus the same span's unmoved offset is the shift ±1 ("recovered"); it is reported, never used to choose anything. Windows of one clip overlap and share a speaker: they are trials, not independent samples.
+minus the same span's unmoved offset is the shift ±1 ("recovered"); it is reported, never used to choose anything.
+Windows of one clip overlap and share a speaker: they are trials, not independent samples.
 
 The evidence measures are computed by `workbench.evaluation.landmark_sync`; per scheme and measure, the threshold is
 the lowest value at which precision on the TUNING clips (windows and clips pooled) reaches `TARGET_PRECISION`
