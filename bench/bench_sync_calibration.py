@@ -44,6 +44,12 @@ REPORTING = ("calibration/talk2.mp4", "calibration/talk4.mp4", "calibration/talk
 # (OpenTalker/SadTalker cd4c0465; tencent-ailab/V-Express 6814f7db, test_samples/short_case/AOC/gt.mp4 as
 # vexpress_AOC_gt.mp4). V-Express's other gt clips are generated (EMO, VASA-1 demos) and are left out.
 FRESH = ("WDA_AlexandriaOcasioCortez_000.mp4", "WDA_KatieHill_000.mp4", "vexpress_AOC_gt.mp4")
+# A fourth half, registered (and committed) before any clip of it was read, for scoring the metric's second
+# version once, after everything it chooses was fixed on TUNING and confirmed on REPORTING and FRESH: four more
+# real HDTF clips with their own audio (512x512, 25 fps, 8 s), `--fresh2 DIR`, extracted with
+#   git -C <SadTalker checkout> show 68651eb:test/examples/source_image/RD_Radio2_000.mp4 > DIR/RD_Radio2_000.mp4
+# (OpenTalker/SadTalker 68651ebaa6fedad57ca9c878221f9b57212040cb, folder test/examples/source_image/).
+FRESH2 = ("RD_Radio2_000.mp4", "RD_Radio34_000.mp4", "WDA_BobMenendez_000.mp4", "WDA_EdMarkey0_000.mp4")
 SHIFTS = (-8, -5, -3, 0, 3, 5, 8)  # frames
 WINDOW = 75  # frames: 3 s
 HOP = 12  # frames between window starts
