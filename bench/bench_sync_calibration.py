@@ -1,21 +1,26 @@
 """Calibrate the weight-free sync metric's "undetermined" threshold on one half of the real clips, report on the other.
 
-    PYTHONPATH=. python bench/bench_sync_calibration.py [--samples ../shared/samples] [--out bench/results/sync_calibration.json]
+    PYTHONPATH=. python bench/bench_sync_calibration.py --fresh DIR --fresh2 DIR2 [--samples ../shared/samples]
+        [--out bench/results/sync_calibration.json]
 
 Trials: each clip's main face track (dlib HOG boxes), scored with both landmark schemes the metric knows —
 MediaPipe's face mesh (the `mesh` extra; skipped with a note when it is not installed) and dlib's 68 points — against
-its own audio moved by a known number of frames (`SHIFTS`), as the whole track (the clips are 5-6.6 s long) and as
-3 s windows every 0.5 s. A reported offset is right when it is within ±2 frames of the injected shift: the clips
-are taken to be in sync as recorded (news-style footage with its own audio; the in-sync trials check that
-assumption). Beside it, the samples' own criterion for clips whose true offset is unknown: the moved trial's offset
-minus the same span's unmoved offset is the shift ±1 ("recovered"); it is reported, never used to choose anything.
-Windows of one clip overlap and share a speaker: they are trials, not independent samples.
+its own audio moved by a known number of frames (`SHIFTS`), as the whole track (the clips are 5-8 s long) and as
+3 s windows every 0.5 s. A reported offset is "right" when it is within ±2 frames of the injected shift, taking the
+clips to be in sync as recorded (the in-sync trials check that assumption). Beside it, the samples' own criterion
+for clips whose true offset is unknown: the moved trial's offset minus the same span's unmoved offset is the shift
+±1 ("recovered"). Windows of one clip overlap and share a speaker: they are trials, not independent samples.
 
-The evidence measures are computed by `workbench.evaluation.landmark_sync`; per scheme and measure, the threshold is
-the lowest value at which precision on the TUNING clips (windows and clips pooled) reaches `TARGET_PRECISION`
-(above the 0.90 promised, to leave room for the shift to unseen footage). Per scheme, the measure with the best
-tuning coverage is chosen, and only then is it applied to the REPORTING clips, whose numbers go to the README.
-Nothing is chosen on the reporting half. The split was fixed before any of these features were tried.
+Four halves, each named below with when it was first read:
+1. TUNING: per scheme and evidence measure (`landmark_sync.evidence_measures`), the threshold is the lowest value
+   at which precision on these clips (windows and clips pooled) reaches `TARGET_PRECISION` (above the 0.90
+   promised, to leave room for the shift to unseen footage).
+2. REPORTING and 3. FRESH: the confirmation halves. The first version of the metric chose its measure on tuning
+   coverage and was then scored on these (README). The second version (a peak must be an interior maximum; the
+   measure is chosen here) picks, among the measures calibrated on TUNING, the one whose reported windows recover
+   the injected shift most often on REPORTING + FRESH pooled, at >= `MIN_CONFIRMATION_COVERAGE`. Their numbers
+   are therefore no longer clean.
+4. FRESH2: registered before it was read, scored once at the end with everything fixed: the clean numbers.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ TOLERANCE = 2  # frames: a reported offset within this of the injected shift is 
 # audio moved k frames minus the offset of the same span unmoved is k within this.
 RECOVERY_TOLERANCE = 1
 TARGET_PRECISION = 0.95
+MIN_CONFIRMATION_COVERAGE = 0.2  # a measure that commits on fewer confirmation windows than this is not chosen
 
 
 def landmarks_of(samples: Path, rel: str, cache: Path) -> dict:
@@ -167,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=Path, default=ROOT.parent / "shared" / "samples")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sync_calibration.json")
     ap.add_argument("--fresh", type=Path, help="a folder with the FRESH clips: scored once with the chosen thresholds")
+    ap.add_argument("--fresh2", type=Path, help="a folder with the FRESH2 clips: scored once, last")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/sync_calibration_cache"))
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     clips = {rel: landmarks_of(args.samples, rel, args.cache) for rel in TUNING + REPORTING}
     fresh = {rel: landmarks_of(args.fresh, rel, args.cache) for rel in FRESH} if args.fresh else {}
+    fresh2 = {rel: landmarks_of(args.fresh2, rel, args.cache) for rel in FRESH2} if args.fresh2 else {}
     schemes = ["mesh", "dlib68"] if all(c["mesh"] is not None for c in clips.values()) else ["dlib68"]
     result = {"tuning_clips": list(TUNING), "reporting_clips": list(REPORTING), "shifts": list(SHIFTS),
               "window_frames": WINDOW, "hop_frames": HOP, "tolerance_frames": TOLERANCE,
@@ -181,14 +189,26 @@ def main(argv: list[str] | None = None) -> int:
               "schemes": {}}  # fmt: skip
     if fresh:
         result["fresh_clips"] = list(FRESH)
+    if fresh2:
+        result["fresh2_clips"] = list(FRESH2)
     for scheme in schemes:
         tune = [r for rel in TUNING for r in trials(clips[rel], scheme)]
         report = [r for rel in REPORTING for r in trials(clips[rel], scheme)]
+        rows_fresh = [r for clip in fresh.values() for r in trials(clip, scheme)]
+        confirm = report + rows_fresh
         candidates, best = {}, None
         for measure in ls.evidence_measures(np.zeros(31), 100):
             t = calibrate(tune, measure)
-            candidates[measure] = {"threshold": t, "tuning": precision_coverage(tune, measure, t)}
-            key = candidates[measure]["tuning"]["all"]["coverage"] if np.isfinite(t) else -1.0
+            candidates[measure] = {
+                "threshold": t,
+                "tuning": precision_coverage(tune, measure, t),
+                "confirmation": precision_coverage(confirm, measure, t),
+            }
+            # Chosen on the confirmation halves (REPORTING + FRESH): the best shift recovery on the windows they
+            # report (the samples' criterion for clips whose true offset is unknown), at >= 20 % coverage.
+            w = candidates[measure]["confirmation"]["window"]
+            ok = np.isfinite(t) and (w["coverage"] or 0) >= MIN_CONFIRMATION_COVERAGE
+            key = w["recovered_when_reported"] if ok and w["recovered_when_reported"] is not None else -1.0
             if best is None or key > best[0]:
                 best = (key, measure, t)
         _, measure, t = best
@@ -197,16 +217,19 @@ def main(argv: list[str] | None = None) -> int:
             "chosen": {"measure": measure, "threshold": t},
             "tuning": precision_coverage(tune, measure, t),
             "tuning_in_sync_offsets": in_sync_offsets(tune),
-            # Read only after the threshold above was fixed:
             "reporting": precision_coverage(report, measure, t),
             "reporting_in_sync_offsets": in_sync_offsets(report),
             "reporting_trials": report,
         }
         if fresh:
-            rows = [r for clip in fresh.values() for r in trials(clip, scheme)]
-            result["schemes"][scheme]["fresh"] = precision_coverage(rows, measure, t)
-            result["schemes"][scheme]["fresh_in_sync_offsets"] = in_sync_offsets(rows)
-            result["schemes"][scheme]["fresh_trials"] = rows
+            result["schemes"][scheme]["fresh"] = precision_coverage(rows_fresh, measure, t)
+            result["schemes"][scheme]["fresh_in_sync_offsets"] = in_sync_offsets(rows_fresh)
+            result["schemes"][scheme]["fresh_trials"] = rows_fresh
+        if fresh2:  # read only here, after the measure and threshold above were fixed
+            rows = [r for clip in fresh2.values() for r in trials(clip, scheme)]
+            result["schemes"][scheme]["fresh2"] = precision_coverage(rows, measure, t)
+            result["schemes"][scheme]["fresh2_in_sync_offsets"] = in_sync_offsets(rows)
+            result["schemes"][scheme]["fresh2_trials"] = rows
     result["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

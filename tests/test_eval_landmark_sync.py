@@ -10,6 +10,7 @@ import pytest
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from workbench.evaluation.errors import MediaTooShortError
 from workbench.evaluation.landmark_sync import (
+    EVIDENCE_MEASURE,
     EVIDENCE_THRESHOLD,
     SCHEMES,
     lagged_correlation,
@@ -143,7 +144,7 @@ def test_mesh_landmarks_find_the_offset_with_their_own_threshold():
     r0 = landmark_sync(mesh, audio)
     assert r0.scheme == "mesh" and abs(r0.offset) <= TOL
     assert r0.threshold == EVIDENCE_THRESHOLD[("fused", "mesh")] != EVIDENCE_THRESHOLD[("fused", "dlib68")]
-    assert r0.to_dict()["landmarks"] == "mesh" and r0.to_dict()["evidence_measure"] == "prominence"
+    assert r0.to_dict()["landmarks"] == "mesh" and r0.to_dict()["evidence_measure"] == EVIDENCE_MEASURE["mesh"]
     for shift in (5, -5):
         assert abs(landmark_sync(mesh, shift_audio(audio, shift)).offset - shift) <= TOL
     with pytest.raises(ValueError, match="dlib"):
@@ -267,7 +268,7 @@ def test_fused_beats_delta_baseline_on_real_windows(real_clip):
 
 
 def test_weak_evidence_is_reported_as_undetermined():
-    from workbench.evaluation.landmark_sync import EVIDENCE_MEASURE, evidence_measures, summarise_curve
+    from workbench.evaluation.landmark_sync import evidence_measures, summarise_curve
 
     assert set(EVIDENCE_MEASURE) == set(SCHEMES)
 
@@ -283,11 +284,32 @@ def test_weak_evidence_is_reported_as_undetermined():
     r = summarise_curve(sharp, 15, 75, "fused")
     assert r.determined and r.reported_offset == 5 and r.to_dict()["offset"] == 5
     assert r.evidence == evidence_measures(sharp, 75)[EVIDENCE_MEASURE["dlib68"]]
-    assert summarise_curve(sharp, 15, 75, "fused", "mesh").evidence == evidence_measures(sharp, 75)["prominence"]
+    mesh = summarise_curve(sharp, 15, 75, "fused", "mesh")
+    assert mesh.evidence == evidence_measures(sharp, 75)[EVIDENCE_MEASURE["mesh"]] and mesh.threshold != r.threshold
     # the "delta" baseline was never calibrated: it never commits
     assert summarise_curve(sharp, 15, 75, "delta").reported_offset is None
     # the same curve over fewer frames is weaker evidence by "z" (correlation noise grows as 1/sqrt(n))
     assert evidence_measures(sharp, 50)["z"] < evidence_measures(sharp, 250)["z"]
+    # A peak one syllable (7 frames) from a rival almost as high: the margin says "undetermined", where
+    # peak-over-median evidence would have reported it.
+    rhythm = noise.copy()
+    rhythm[20], rhythm[13] = 1.0, 0.97
+    r = summarise_curve(rhythm, 15, 75, "fused")
+    assert r.offset == 5 and evidence_measures(rhythm, 75)["z"] > 2.0 and r.reported_offset is None
+
+
+def test_the_best_offset_is_an_interior_peak():
+    """A curve still rising at the end of the searched lags (a slow trend) has no peak there: the best offset is
+    the best interior maximum, and its margin over the edge counts against it."""
+    from workbench.evaluation.landmark_sync import best_peak, evidence_measures, summarise_curve
+
+    lags = np.arange(-15, 16)
+    curve = 0.03 * lags + 0.3 * np.exp(-0.5 * ((lags - 2) / 1.5) ** 2)  # a peak at +2 on a rising trend
+    assert curve[-1] > curve[17] and best_peak(curve) == 17
+    r = summarise_curve(curve, 15, 75, "fused")
+    assert r.offset == 2 and r.peak == curve[17]
+    assert evidence_measures(curve, 75)["margin_z"] == pytest.approx((curve[17] - curve[-1]) * np.sqrt(75))
+    assert best_peak(lags.astype(float)) == 30  # monotonic: no interior maximum, the arg-max stands
 
 
 def test_undetermined_offset_is_null_in_cases_json(tmp_path):
