@@ -153,6 +153,7 @@ def make_tiny_models(
     torch.manual_seed(seed + 200)
     wcfg = WhisperConfig(**(WHISPER_CONFIG_FULL if full else WHISPER_CONFIG_TINY))
     whisper = WhisperForConditionalGeneration(wcfg)
+    _redraw_normal_weights(whisper, seed + 200, std=wcfg.init_std)
     wdir = models_dir / "whisper"
     whisper.save_pretrained(wdir)
     if whisper_format == "bin":
@@ -161,6 +162,29 @@ def make_tiny_models(
     (wdir / "generation_config.json").unlink(missing_ok=True)  # the release ships only the three files
     WhisperFeatureExtractor().save_pretrained(wdir)
     return models_dir
+
+
+def _redraw_normal_weights(model, seed: int, std: float) -> None:
+    """Redraw, with numpy's generator, the weights transformers initialises with `normal_` (Linear, Conv1d and
+    Embedding weights; the encoder's fixed sinusoids stay). torch's CPU `normal_` takes a different code path per
+    instruction set (AVX512, AVX2, default), so the same seed gives weights a few ulps apart on different
+    machines, enough to change a checksum; numpy's draws are the same everywhere."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    drawn: set[int] = set()  # storages already drawn: a tied weight (proj_out is the token embedding) once
+    with torch.no_grad():
+        for name, module in sorted(model.named_modules(), key=lambda kv: kv[0]):
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Embedding)):
+                continue
+            w = module.weight
+            if name.endswith("encoder.embed_positions") or w.data_ptr() in drawn:
+                continue
+            drawn.add(w.data_ptr())
+            w.copy_(torch.from_numpy(rng.normal(0.0, std, tuple(w.shape)).astype(np.float32)))
+            if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+                w[module.padding_idx] = 0.0
 
 
 def make_synthetic_avatar(
