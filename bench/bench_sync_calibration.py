@@ -1,7 +1,7 @@
 """Calibrate the weight-free sync metric's "undetermined" threshold on one half of the real clips, report on the other.
 
-    PYTHONPATH=. python bench/bench_sync_calibration.py --fresh DIR --fresh2 DIR2 [--samples ../shared/samples]
-        [--out bench/results/sync_calibration.json]
+    PYTHONPATH=. python bench/bench_sync_calibration.py --fresh DIR --fresh2 DIR2 --fresh3 DIR3
+        [--samples ../shared/samples] [--out bench/results/sync_calibration.json]
 
 Trials: each clip's main face track (dlib HOG boxes), scored with both landmark schemes the metric knows —
 MediaPipe's face mesh (the `mesh` extra; skipped with a note when it is not installed) and dlib's 68 points — against
@@ -20,7 +20,8 @@ Four halves, each named below with when it was first read:
    measure is chosen here) picks, among the measures calibrated on TUNING, the one whose reported windows recover
    the injected shift most often on REPORTING + FRESH pooled, at >= `MIN_CONFIRMATION_COVERAGE`. Their numbers
    are therefore no longer clean.
-4. FRESH2: registered before it was read, scored once at the end with everything fixed: the clean numbers.
+4. FRESH2: registered before it was read, scored once with the second version fixed (its clean numbers).
+5. FRESH3: registered before it was read, after FRESH2 had been: scored once, last, with everything fixed.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ FRESH = ("WDA_AlexandriaOcasioCortez_000.mp4", "WDA_KatieHill_000.mp4", "vexpres
 #   git -C <SadTalker checkout> show 68651eb:test/examples/source_image/RD_Radio2_000.mp4 > DIR/RD_Radio2_000.mp4
 # (OpenTalker/SadTalker 68651ebaa6fedad57ca9c878221f9b57212040cb, folder test/examples/source_image/).
 FRESH2 = ("RD_Radio2_000.mp4", "RD_Radio34_000.mp4", "WDA_BobMenendez_000.mp4", "WDA_EdMarkey0_000.mp4")
+# A fifth half, registered (and committed) before any clip of it was read, for scoring a third version once, after
+# FRESH2 had been read: four real talking clips with their own audio (524-844 px square, 25 and 30 fps, 5-6.6 s),
+# video-retalking's example input faces, `--fresh3 DIR`, extracted with
+#   git -C <video-retalking checkout> show d32e8e5:examples/face/1.mp4 > DIR/vr_face1.mp4
+# (OpenTalker/video-retalking d32e8e58248255e2d243eeaf3cba545dbe505ca8; faces 1, 2, 4 and 5). Face 3 is left out: it
+# is the speaker of WDA_AlexandriaOcasioCortez_000 (FRESH), possibly the same footage.
+FRESH3 = ("vr_face1.mp4", "vr_face2.mp4", "vr_face4.mp4", "vr_face5.mp4")
 SHIFTS = (-8, -5, -3, 0, 3, 5, 8)  # frames
 WINDOW = 75  # frames: 3 s
 HOP = 12  # frames between window starts
@@ -173,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=Path, default=ROOT.parent / "shared" / "samples")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sync_calibration.json")
     ap.add_argument("--fresh", type=Path, help="a folder with the FRESH clips: scored once with the chosen thresholds")
-    ap.add_argument("--fresh2", type=Path, help="a folder with the FRESH2 clips: scored once, last")
+    ap.add_argument("--fresh2", type=Path, help="a folder with the FRESH2 clips")
+    ap.add_argument("--fresh3", type=Path, help="a folder with the FRESH3 clips: scored once, last")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/sync_calibration_cache"))
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -181,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = {rel: landmarks_of(args.samples, rel, args.cache) for rel in TUNING + REPORTING}
     fresh = {rel: landmarks_of(args.fresh, rel, args.cache) for rel in FRESH} if args.fresh else {}
     fresh2 = {rel: landmarks_of(args.fresh2, rel, args.cache) for rel in FRESH2} if args.fresh2 else {}
+    fresh3 = {rel: landmarks_of(args.fresh3, rel, args.cache) for rel in FRESH3} if args.fresh3 else {}
     schemes = ["mesh", "dlib68"] if all(c["mesh"] is not None for c in clips.values()) else ["dlib68"]
     result = {"tuning_clips": list(TUNING), "reporting_clips": list(REPORTING), "shifts": list(SHIFTS),
               "window_frames": WINDOW, "hop_frames": HOP, "tolerance_frames": TOLERANCE,
@@ -191,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         result["fresh_clips"] = list(FRESH)
     if fresh2:
         result["fresh2_clips"] = list(FRESH2)
+    if fresh3:
+        result["fresh3_clips"] = list(FRESH3)
     for scheme in schemes:
         tune = [r for rel in TUNING for r in trials(clips[rel], scheme)]
         report = [r for rel in REPORTING for r in trials(clips[rel], scheme)]
@@ -230,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             result["schemes"][scheme]["fresh2"] = precision_coverage(rows, measure, t)
             result["schemes"][scheme]["fresh2_in_sync_offsets"] = in_sync_offsets(rows)
             result["schemes"][scheme]["fresh2_trials"] = rows
+        if fresh3:  # read only here, after everything above was fixed
+            rows = [r for clip in fresh3.values() for r in trials(clip, scheme)]
+            result["schemes"][scheme]["fresh3"] = precision_coverage(rows, measure, t)
+            result["schemes"][scheme]["fresh3_in_sync_offsets"] = in_sync_offsets(rows)
+            result["schemes"][scheme]["fresh3_trials"] = rows
     result["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
