@@ -225,6 +225,21 @@ def in_sync_offsets(rows: list[dict]) -> dict[str, int]:
     return {r["clip"]: r["found"] for r in rows if r["kind"] == "clip" and r["shift"] == 0}
 
 
+def signal_offsets(clip: dict, scheme: str) -> dict[str, dict]:
+    """The whole track's offset and margin with the audio as recorded, from each mouth signal alone: two different
+    articulators that agree on a non-zero offset point to the recording being off rather than to one signal's own
+    lead over the sound (a hint, not proof)."""
+    landmarks = clip[scheme]
+    n = min(len(landmarks), len(clip["audio"]) // SAMPLES_PER_FRAME)
+    loud = ls.speech_loudness(clip["audio"][: n * SAMPLES_PER_FRAME], n)
+    out = {}
+    for name, signal in ls.mouth_signals(landmarks[:n]).items():
+        curve = ls.sync_curve(signal, loud, ls.MAX_OFFSET, METHOD)
+        out[name] = {"offset": ls.best_peak(curve) - ls.MAX_OFFSET,
+                     "margin_z": round(ls.evidence_measures(curve, n)["margin_z"], 3)}  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from workbench.evaluation.face_mesh import mesh_available
 
@@ -263,19 +278,23 @@ def main(argv: list[str] | None = None) -> int:
             }
             if method == METHOD:
                 out[method]["dev_trials"] = rows
+                out[method]["dev_signal_offsets"] = {k: signal_offsets(c, scheme) for k, c in dev.items()}
         if fresh4:  # read only here, after the method and its threshold above were fixed
             t = out[METHOD]["threshold"]
             rows = [r for clip in fresh4.values() for r in trials(clip, scheme, METHOD)]
             out[METHOD]["fresh4"] = precision_coverage(rows, MEASURE, t)
             out[METHOD]["fresh4_per_clip"] = per_clip(rows, MEASURE, t)
             out[METHOD]["fresh4_in_sync_offsets"] = in_sync_offsets(rows)
+            out[METHOD]["fresh4_signal_offsets"] = {k: signal_offsets(c, scheme) for k, c in fresh4.items()}
             out[METHOD]["fresh4_trials"] = rows
     result["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for scheme, by_method in result["schemes"].items():
         for method, r in by_method.items():
-            print(scheme, method, json.dumps({k: v for k, v in r.items() if not k.endswith("trials")}))
+            print(
+                scheme, method, json.dumps({k: v for k, v in r.items() if not k.endswith(("trials", "signal_offsets"))})
+            )
     return 0
 
 
