@@ -304,3 +304,19 @@ def test_check_upload_limits(samples_dir, ffmpeg):
     with pytest.raises(MediaError, match="limit is 5 s"):
         check_upload(samples_dir / "sun.mp4", max_mb=10, max_seconds=5)
     assert check_upload(samples_dir / "eng.wav", max_mb=10, max_seconds=61).has_audio
+
+
+def test_audio_libraries_are_set_up_before_threads_start():
+    """numba's one-time set-up walks builtins; a pybind11 import on another thread during it killed app start-up.
+    `init_audio_libraries` runs it on the calling thread (a fresh process, so nothing ran it before)."""
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from numba.core import base\n"
+        "from workbench.media import init_audio_libraries\n"
+        "assert not base._load_global_helpers._ran\n"
+        "init_audio_libraries()\n"
+        "assert base._load_global_helpers._ran, 'numba set-up did not run'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=120)

@@ -472,6 +472,17 @@ def _decode_ffmpeg(path: Path, sr: int) -> np.ndarray:
     return np.frombuffer(res.stdout, dtype=np.float32).copy()
 
 
+def init_audio_libraries() -> None:
+    """Run librosa's one-time numba set-up on this thread; call it before a server starts its threads.
+
+    numba's first compile walks `builtins.__dict__`, and the first pybind11 extension a process imports (ctranslate2,
+    dlib) adds a key to it: if another thread imports one during that walk, the compile dies with "dictionary changed
+    size during iteration". That killed `app.py` at start-up when the speech-preload thread imported faster-whisper
+    while the UI was being built. Importing librosa's core compiles its jitted kernels, and numba's set-up runs once.
+    """
+    import librosa.core.audio  # noqa: F401
+
+
 def load_audio(source: str | Path | tuple[np.ndarray, int], sr: int = SAMPLE_RATE) -> np.ndarray:
     """Audio from a file (any format ffmpeg reads, audio tracks of videos too) or an (array, rate) pair,
     as float32 mono at `sr` (16 kHz). Silence is returned, not refused: check it with `is_silent`."""

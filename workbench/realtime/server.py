@@ -65,6 +65,7 @@ from workbench.avatars.store import CacheError
 from workbench.config import Settings
 from workbench.lipsync.batcher import RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
+from workbench.media import init_audio_libraries
 from workbench.realtime.session import ChatSession
 from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
 from workbench.zerogpu import on_zerogpu
@@ -613,6 +614,7 @@ def mount_realtime(
     models in the background now, so the first keyless conversation neither waits for them nor has
     its WebRTC handshake stalled by their loading.
     """
+    init_audio_libraries()  # before any thread of ours imports an extension module (see its docstring)
     if preload_speech:
         from workbench.voice import preload
 
