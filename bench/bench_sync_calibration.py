@@ -231,13 +231,11 @@ def signal_offsets(clip: dict, scheme: str) -> dict[str, dict]:
     lead over the sound (a hint, not proof)."""
     landmarks = clip[scheme]
     n = min(len(landmarks), len(clip["audio"]) // SAMPLES_PER_FRAME)
-    loud = ls.speech_loudness(clip["audio"][: n * SAMPLES_PER_FRAME], n)
-    out = {}
-    for name, signal in ls.mouth_signals(landmarks[:n]).items():
-        curve = ls.sync_curve(signal, loud, ls.MAX_OFFSET, METHOD)
-        out[name] = {"offset": ls.best_peak(curve) - ls.MAX_OFFSET,
-                     "margin_z": round(ls.evidence_measures(curve, n)["margin_z"], 3)}  # fmt: skip
-    return out
+    curves = ls.mouth_curves(landmarks, clip["audio"][: n * SAMPLES_PER_FRAME], n, ls.MAX_OFFSET, METHOD)
+    return {
+        name: {"offset": ls.best_peak(c) - ls.MAX_OFFSET, "margin_z": round(ls.evidence_measures(c, n)["margin_z"], 3)}
+        for name, c in curves.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -393,6 +393,21 @@ def summarise_curve(
     )
 
 
+def mouth_curves(
+    landmarks: np.ndarray,
+    audio16k: np.ndarray,
+    n_frames: int,
+    max_offset: int = MAX_OFFSET,
+    method: Method = "fused",
+    fps: float = FPS,
+) -> dict[str, np.ndarray]:
+    """{"jaw", "inner"}: each mouth signal's curve against the loudness over the first `n_frames` frames (the fused
+    methods average the two; apart, they show whether two articulators agree)."""
+    loud = speech_loudness(audio16k, n_frames, fps)
+    signals = mouth_signals(np.asarray(landmarks)[:n_frames])
+    return {name: sync_curve(signal, loud, max_offset, method) for name, signal in signals.items()}
+
+
 def landmark_sync(
     landmarks: np.ndarray,
     audio16k: np.ndarray,
@@ -411,8 +426,7 @@ def landmark_sync(
         )
     lm = np.asarray(landmarks)[:n]
     if method in FUSED_METHODS:
-        loud = speech_loudness(audio16k, n, fps)
-        curve = np.mean([sync_curve(sig, loud, max_offset, method) for sig in mouth_signals(lm).values()], axis=0)
+        curve = np.mean(list(mouth_curves(lm, audio16k, n, max_offset, method, fps).values()), axis=0)
     else:
         if scheme != "dlib68":
             raise ValueError(f"the {method!r} baseline is defined on dlib's 68 points only")
