@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from workbench.config import Settings
 from workbench.disk_budget import sweep_dead_scratch, sweep_run_tmp
+from workbench.plain import one_line
 from workbench.realtime.server import RealtimeManager, mount_realtime
 from workbench.ui import header
 from workbench.ui.chat_tab import ChatTab
@@ -197,3 +198,25 @@ def guard_file_inputs(blocks: gr.Blocks, ui: WorkbenchUI) -> None:
     the handlers. Files the app itself serves (clips, report zips in its scratch) stay allowed as outputs."""
     blocks.has_launched = True
     blocks.allowed_paths = [*blocks.allowed_paths, ui.ctx.scratch.name]
+    plain_gradio_errors()
+
+
+def plain_gradio_errors() -> None:
+    """Gradio's own refusals (a value not among a dropdown's choices, a file not uploaded) quote the input in
+    full, 100 KB included, with server paths: every error Gradio sends is cut to one plain line as ours are."""
+    import gradio.queueing
+    import gradio.utils
+
+    original = gradio.utils.error_payload
+    if getattr(original, "workbench_plain", False):
+        return
+
+    def error_payload(error, show_error):
+        content = original(error, show_error)
+        if isinstance(content.get("error"), str):
+            content["error"] = one_line(content["error"])
+        return content
+
+    error_payload.workbench_plain = True
+    gradio.utils.error_payload = error_payload
+    gradio.queueing.error_payload = error_payload
