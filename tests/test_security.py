@@ -276,7 +276,7 @@ async def _check(policy, url):
 def test_the_egress_policy_follows_the_operator():
     from workbench.realtime.egress import EgressPolicy
 
-    base = dict(openai_api_key=None, openai_base_url="wss://realtime.internal.example/v1")
+    base = dict(public=True, openai_api_key=None, openai_base_url="wss://realtime.internal.example/v1")
     closed = EgressPolicy.from_settings(Settings(**base))
     listed = EgressPolicy.from_settings(
         Settings(**base, realtime_allowed_base_urls="ws://127.0.0.1:9999/v1, wss://azure.example/openai")
@@ -294,6 +294,8 @@ def test_the_egress_policy_follows_the_operator():
     assert not ok(listed, "ws://127.0.0.1:9999/v1")  # listed, but loopback needs the operator's second yes
     assert ok(listed_private, "ws://127.0.0.1:9999/v1") and not ok(listed_private, "ws://127.0.0.1:9998/v1")
     assert ok(typed, "wss://8.8.8.8/v1")
+    private = EgressPolicy.from_settings(Settings(openai_api_key=None, host="127.0.0.1", public=None))
+    assert ok(private, "wss://8.8.8.8/v1") and not ok(private, "ws://127.0.0.1:9/v1")  # a local user's own choice
     for url in ("ws://10.0.0.5/v1", "ws://[::1]:80", "ws://169.254.169.254", "ws://localhost:8080", "ws://0.0.0.0"):
         assert not ok(typed, url), url
 
@@ -465,3 +467,28 @@ def test_the_operator_token_unlocks_operator_actions():
 def test_the_app_made_nothing_outside_its_folders(site):
     """After every probe: the visitors' disk stays within its budget."""
     assert site.ui.ctx.disk.usage() <= site.ui.ctx.disk.limit_bytes
+
+
+def test_a_caller_who_stopped_asking_does_not_hold_a_free_slot(monkeypatch):
+    """The line's rule on its own clock: a free slot goes to the first caller still asking."""
+    from workbench.realtime import admission
+
+    now = [100.0]
+    monkeypatch.setattr(admission.time, "monotonic", lambda: now[0])
+    line = admission.WaitingLine(keep_s=7.0, per_client=2)
+    for holder in ("a", "b"):
+        with pytest.raises(admission.Busy):
+            line.admit(holder, "1.1.1.1", free=0, max_sessions=1)
+    with pytest.raises(admission.LineFull):
+        line.admit("c", "1.1.1.1", free=0, max_sessions=1)  # a third place for the same address
+    now[0] += 3
+    with pytest.raises(admission.Busy) as b:
+        line.admit("b", "1.1.1.1", free=0, max_sessions=1)  # b keeps asking; a went quiet
+    assert b.value.ahead == 1
+    now[0] += 3  # a has not asked for 6 s (more than a retry and slack), b asked 3 s ago
+    assert line.admit("b", "1.1.1.1", free=1, max_sessions=1) == "b"
+    with pytest.raises(admission.Busy) as a:
+        line.admit("a", "1.1.1.1", free=0, max_sessions=1)  # a came back within keep_s: still first
+    assert a.value.ahead == 0
+    now[0] += 8
+    assert line.admit("d", "2.2.2.2", free=1, max_sessions=1) == "d"  # a's place lapsed

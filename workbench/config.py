@@ -127,10 +127,13 @@ class Settings(BaseSettings):
     # shares this budget; the oldest goes first, swept on start and after each job.
     visitor_disk_mb: int = Field(default=2000, ge=50, description="disk budget for what visitors make")
     # Outbound Realtime connections: the configured base URL (openai_base_url or the OpenAI default) and these
-    # (comma-separated); a base URL typed in the page only when `realtime_visitor_base_url`, and never to a
-    # loopback, private or link-local address unless `realtime_allow_private`.
+    # (comma-separated); a base URL typed in the page only when `realtime_visitor_base_url` (default: on a
+    # private server, off on a public one), and never to a loopback, private or link-local address unless
+    # `realtime_allow_private`.
     realtime_allowed_base_urls: str = Field(default="", description="comma-separated base URLs a call may use")
-    realtime_visitor_base_url: bool = Field(default=False, description="accept a base URL typed in the chat page")
+    realtime_visitor_base_url: bool | None = Field(
+        default=None, description="accept a base URL typed in the chat page (default: only on a private server)"
+    )
     realtime_allow_private: bool = Field(default=False, description="allow loopback/private Realtime endpoints")
     # The waiting line for chat slots: a place is kept this long after the page's last try; one client address
     # holds at most this many places, and one browser session at most `grants_per_session` chat links.

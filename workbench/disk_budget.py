@@ -4,8 +4,8 @@ What visitors make: the upload copies kept for preparation (`cache/uploads`), fa
 (`cache/detections`), the UI's scratch (clips, report zips, unpacked suites) and their evaluation runs
 (`runs/sessions/<token>/<run>`). Prepared avatars have their own limit (`WORKBENCH_CACHE_MAX_MB`, the store's
 LRU). Each top-level entry of these folders is one unit; when the total is over `WORKBENCH_VISITOR_DISK_MB`
-the least recently touched units go first, except those touched within `IN_USE_S` (a job may be reading
-them). The app sweeps on start and after each job.
+the least recently touched units go first, except those touched within `IN_USE_S` and those a running job
+holds (`DiskBudget.hold`). The app sweeps on start and after each job.
 
 On start it also removes what killed processes left: the scratch folders of processes that are gone
 (`workbench-ui-<pid>-…` in the temp folder) and evaluation runs that never finished (`.<run>.….tmp`).
@@ -20,6 +20,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +165,24 @@ class DiskBudget:
         self.limit_bytes = int(limit_bytes)
         self.areas = list(areas)
         self._lock = threading.Lock()
+        self._held: Counter[Path] = Counter()  # folders a running job reads or writes: never evicted
+
+    @contextmanager
+    def hold(self, *paths: Path) -> Iterator[None]:
+        """Keep `paths` (and everything in them) from eviction while the block runs."""
+        held = [Path(p).resolve() for p in paths]
+        with self._lock:
+            self._held.update(held)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.subtract(held)
+                self._held += Counter()  # drop the zeros
+
+    def _is_held(self, unit: Path) -> bool:
+        u = unit.resolve()
+        return any(h == u or h in u.parents or u in h.parents for h in self._held)
 
     def _units(self) -> list[tuple[float, int, Path]]:
         out = []
@@ -184,7 +205,7 @@ class DiskBudget:
             for mtime, size, u in units:
                 if total + reserve <= self.limit_bytes:
                     break
-                if now - mtime < IN_USE_S:
+                if now - mtime < IN_USE_S or self._is_held(u):
                     continue
                 _remove(u)
                 total -= size

@@ -1,8 +1,9 @@
 """Who gets a chat slot and who may open the chat page: the waiting line and the capability grants.
 
 The waiting line is first come, first served among callers who are still there: the page retries every
-`RETRY_AFTER_S` seconds, and a place not asked about for `keep_s` (a few seconds) is gone, so an abandoned tab
-cannot hold a free slot for the callers behind it. One client address holds at most `per_client` places, so
+`RETRY_AFTER_S` seconds; a free slot goes to the first caller who asks for it with nobody ahead who is still
+asking (asked within `ACTIVE_S`), and a place not asked about for `keep_s` (a few seconds) is gone, so an
+abandoned tab cannot hold a free slot for the callers behind it. One client address holds at most `per_client` places, so
 page loads (which are free) cannot fill the line.
 
 Grants are the chat page's tokens (see workbench.realtime.server). One browser session keeps at most
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 
 RETRY_AFTER_S = 3  # what a busy answer tells the page to wait before trying again
+ACTIVE_S = RETRY_AFTER_S + 2.0  # a waiting caller who asked this recently is still there
 
 
 class Busy(Exception):
@@ -79,8 +81,12 @@ class WaitingLine:
         """Take a free slot for `holder` (returned) or raise `Busy` with its place, or `LineFull`."""
         now = time.monotonic()
         self._prune(now)
-        ahead = list(self._line).index(holder) if holder in self._line else len(self._line)
-        if ahead < free:
+        places = list(self._line.items())
+        ahead = [k for k, _ in places].index(holder) if holder in self._line else len(places)
+        # Only callers still asking (within one retry and some slack) hold a free slot back: one who stopped
+        # keeps its place for `keep_s` in case it returns, but does not keep a slot empty meanwhile.
+        asking = sum(1 for _, p in places[:ahead] if now - p.seen <= ACTIVE_S)
+        if asking < free:
             self._line.pop(holder, None)
             return holder
         if holder not in self._line:

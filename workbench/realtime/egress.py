@@ -4,7 +4,7 @@ A chat page may name its own Realtime base URL (Azure or another compatible endp
 would let any visitor make the server connect to an internal host:port and read back what answered there, so:
 the configured endpoint (`WORKBENCH_OPENAI_BASE_URL`, else OpenAI's) is always allowed; other URLs only when the
 operator lists them (`WORKBENCH_REALTIME_ALLOWED_BASE_URLS`) or accepts typed ones
-(`WORKBENCH_REALTIME_VISITOR_BASE_URL`), and those never resolve to a loopback, private or link-local address
+(`WORKBENCH_REALTIME_VISITOR_BASE_URL`; by default only a private server, bound to loopback, does), and those never resolve to a loopback, private or link-local address
 unless `WORKBENCH_REALTIME_ALLOW_PRIVATE` is set. A refusal says the same thing whatever is at the target.
 
 Not covered: a name that resolves to a public address when checked and a private one when the SDK connects
@@ -19,7 +19,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from workbench.config import Settings
+from workbench.config import Settings, is_public
 
 REFUSED = (
     "this server does not connect to that Realtime base URL (its operator allows only its configured endpoint"
@@ -52,7 +52,7 @@ class EgressPolicy:
         return cls(
             configured=normalize(s.openai_base_url),
             allowed=frozenset(u for u in listed if u),
-            visitor_urls=bool(s.realtime_visitor_base_url),
+            visitor_urls=s.realtime_visitor_base_url if s.realtime_visitor_base_url is not None else not is_public(s),
             allow_private=bool(s.realtime_allow_private),
         )
 

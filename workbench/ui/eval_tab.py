@@ -9,6 +9,7 @@ renders; runs directly under `<runs_dir>` (made with `workbench eval`, baselines
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -174,6 +175,14 @@ def uploaded_suite(
     raise ManifestError(f"{p.name}: upload a .yaml manifest or a .zip of a manifest with its media")
 
 
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(UNZIP_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def select_cases(suite: Suite, case_ids: list[str] | None, seconds: float | None) -> Suite:
     """The chosen cases, each cut to at most `seconds` of audio/video when given (a quick run)."""
     chosen = [c for c in suite.cases if not case_ids or c.id in case_ids]
@@ -249,9 +258,10 @@ def zip_run(run_dir: Path, scratch: Path) -> str:
 class EvalTab:
     def __init__(self, ctx: UIContext):
         self.ctx = ctx
-        # (upload path, size, mtime) -> (its unpack folder, the suite): a suite is unpacked once, not per click
+        # (size, sha256) of an upload -> (its unpack folder, the suite): a suite is unpacked once, not per click
         self._unpacked: OrderedDict[tuple, tuple[Path, Suite]] = OrderedDict()
         self._unpack_lock = threading.Lock()
+        self.workdirs: dict[int, Path] = {}  # id(suite) -> the folder it was unpacked in (held during its run)
 
     # --- where runs live ------------------------------------------------------------------------
     def session_runs_dir(self, session: dict) -> Path:
@@ -296,8 +306,8 @@ class EvalTab:
         return suite
 
     def _uploaded(self, upload: Path, samples: Path | None) -> Suite:
-        st = upload.stat()
-        key = (str(upload.resolve()), st.st_size, st.st_mtime_ns)
+        # by content: the same zip uploaded again (another click, another tab) is not unpacked again
+        key = (upload.stat().st_size, file_digest(upload))
         with self._unpack_lock:
             hit = self._unpacked.get(key)
             if hit is not None and hit[0].is_dir() and not hit[1].missing_files():
@@ -311,8 +321,10 @@ class EvalTab:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
             self._unpacked[key] = (workdir, suite)
+            self.workdirs[id(suite)] = workdir
             while len(self._unpacked) > UNPACKED_KEEP:
-                old, _ = self._unpacked.popitem(last=False)[1]
+                old, old_suite = self._unpacked.popitem(last=False)[1]
+                self.workdirs.pop(id(old_suite), None)
                 shutil.rmtree(old, ignore_errors=True)
             return suite
 
@@ -352,7 +364,14 @@ class EvalTab:
                 "running on a Ray cluster is for this server's operator (WORKBENCH_OPERATOR_ACTIONS, or the "
                 "operator token in the Weights panel); choose 'this machine'"
             )
-        suite = select_cases(self.suite_for(which, upload), case_ids, float(seconds) if seconds else None)
+        full = self.suite_for(which, upload)
+        suite = select_cases(full, case_ids, float(seconds) if seconds else None)
+        # the suite's unpacked media and the run folder stay while the run reads and writes them
+        held = [p for p in (self.workdirs.get(id(full)), self.session_runs_dir(session)) if p is not None]
+        with self.ctx.disk.hold(*held):
+            return self._run_suite(suite, session, where, progress)
+
+    def _run_suite(self, suite: Suite, session: dict, where: str, progress):
         ray = None
         if where == "ray":
             from workbench.evaluation.distributed import RayOptions
