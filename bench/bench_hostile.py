@@ -101,9 +101,6 @@ class Hostile:
         self.rtc = self.app.state.realtime
         example = ROOT / "examples" / "yongen.mp4"
         self.avatar_id = engine.prepare(example, PrepParams(max_frames=8), owner="bench").avatar_id
-        self.records = Records()
-        logging.getLogger("uvicorn.error").addHandler(self.records)
-        logging.getLogger().addHandler(self.records)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -113,6 +110,10 @@ class Hostile:
         self.thread.start()
         while not self.server.started:
             time.sleep(0.05)
+        # after uvicorn configured its logging, which replaces the handlers of its own loggers
+        self.records = Records()
+        logging.getLogger("uvicorn.error").addHandler(self.records)
+        logging.getLogger().addHandler(self.records)
         self.base = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:

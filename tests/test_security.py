@@ -160,10 +160,11 @@ def leftovers():
 
 @pytest.fixture(scope="module")
 def site(leftovers, samples_dir, yongen_avatar):
+    s = Site(leftovers[0], samples_dir, yongen_avatar)
+    # after uvicorn configured its logging (which replaces the handlers of its loggers)
     records = _Records()
     for name in ("uvicorn.error", "uvicorn", ""):
         logging.getLogger(name).addHandler(records)
-    s = Site(leftovers[0], samples_dir, yongen_avatar)
     s.records = records
     yield s
     s.close()
