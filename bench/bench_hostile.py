@@ -233,23 +233,34 @@ class Hostile:
         for code, n in codes.items():
             self.count[f"line/ghost/{code}"] += n
         t0 = time.monotonic()
-        ticket, free_since = None, None
-        while time.monotonic() - t0 < 60:
-            if free_since is None and len(self.rtc.sessions) < self.rtc.max_sessions:
-                free_since = time.monotonic()
-            r = self.offer(sdp, holder=f"legit-{t0}", client=LEGIT_IP, ticket=ticket)
-            if r.status_code == 200:
-                now = time.monotonic()
-                self.legit_waits.append(now - t0)
-                if free_since is not None:
-                    self.free_to_admit.append(now - free_since)
-                self.count["line/legit/admitted"] += 1
-                self.http("DELETE", f"/rtc/session/{r.json()['session_id']}", timeout=10)
-                return
-            self.count[f"line/legit/{r.status_code}"] += 1
-            ticket = r.json().get("ticket") or ticket
-            time.sleep(3)
-        self.problems.append("a legitimate caller waited a minute without a slot")
+        ticket, free_since, done = None, [], threading.Event()
+
+        def watch_slots():  # when a slot first stood free while the legitimate caller waited
+            while not done.is_set() and not free_since:
+                if len(self.rtc.sessions) < self.rtc.max_sessions:
+                    free_since.append(time.monotonic())
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch_slots, daemon=True)
+        try:
+            while time.monotonic() - t0 < 60:
+                r = self.offer(sdp, holder=f"legit-{t0}", client=LEGIT_IP, ticket=ticket)
+                if r.status_code == 200:
+                    now = time.monotonic()
+                    self.legit_waits.append(now - t0)
+                    if free_since:
+                        self.free_to_admit.append(now - free_since[0])
+                    self.count["line/legit/admitted"] += 1
+                    self.http("DELETE", f"/rtc/session/{r.json()['session_id']}", timeout=10)
+                    return
+                self.count[f"line/legit/{r.status_code}"] += 1
+                ticket = r.json().get("ticket") or ticket
+                if not watcher.is_alive() and not free_since:
+                    watcher.start()  # from the first refusal on: the caller is waiting
+                time.sleep(3)
+            self.problems.append("a legitimate caller waited a minute without a slot")
+        finally:
+            done.set()
 
     def probe_grants(self) -> None:
         good = self.rtc.grant(self.avatar_id, holder="good-browser", client="198.51.100.1")

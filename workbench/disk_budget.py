@@ -29,6 +29,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 IN_USE_S = 120.0  # a unit touched this recently may be in use by a running job: never evicted
+LEGACY_SCRATCH_S = 24 * 3600  # a pid-less scratch folder (an older version's) untouched a day is abandoned
 STALE_TMP_S = 15 * 60  # a run's temporary folder untouched this long was left by a killed process
 SCRATCH_PREFIX = "workbench-ui-"
 _SCRATCH_RE = re.compile(rf"^{SCRATCH_PREFIX}(\d+)-")
@@ -90,7 +91,7 @@ def _remove(p: Path) -> None:
 
 
 def sweep_dead_scratch(tmp_root: Path | None = None) -> list[str]:
-    """Remove `workbench-ui-<pid>-*` scratch folders whose process is gone (and pid-less ones untouched an hour)."""
+    """Remove `workbench-ui-<pid>-*` scratch folders whose process is gone (and pid-less ones untouched a day)."""
     root = Path(tmp_root or tempfile.gettempdir())
     removed = []
     try:
@@ -101,7 +102,7 @@ def sweep_dead_scratch(tmp_root: Path | None = None) -> list[str]:
         m = _SCRATCH_RE.match(d.name)
         if m is not None and _alive(int(m.group(1))):
             continue
-        if m is None and time.time() - _newest_mtime(d) < 3600:
+        if m is None and time.time() - _newest_mtime(d) < LEGACY_SCRATCH_S:
             continue  # an older version's folder without a pid: only when clearly abandoned
         _remove(d)
         removed.append(d.name)
