@@ -28,7 +28,7 @@ def app_dirs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ui(app_dirs, samples_dir):
+def ui(app_dirs, samples_dir, tmp_path_factory):
     from workbench.engine import Engine
     from workbench.realtime.server import RealtimeManager
     from workbench.ui.app import WorkbenchUI
@@ -43,6 +43,9 @@ def ui(app_dirs, samples_dir):
     )
     engine = Engine(settings, renderer="cpu")
     ui = WorkbenchUI(engine, samples_dir=samples_dir, realtime=RealtimeManager(engine, settings))
+    # The handlers here are called directly with files the tests make (Gradio would have put an upload in its
+    # upload folder): the tests' temporary folder stands in for it.
+    ui.ctx.input_roots.append(tmp_path_factory.getbasetemp())
     ui.demo = ui.build()
     return ui
 

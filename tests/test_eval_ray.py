@@ -238,6 +238,7 @@ def test_evaluation_tab_runs_on_ray(cluster, tmp_path, samples_dir):
     )
     engine = Engine(settings, renderer="cpu")
     ui = WorkbenchUI(engine, samples_dir=samples_dir, realtime=RealtimeManager(engine, settings))
+    ui.ctx.input_roots.append(tmp_path)  # stands in for Gradio's upload folder: the handler is called directly
     bundle = tmp_path / "bundle.zip"
     with zipfile.ZipFile(bundle, "w") as zf:
         zf.writestr("suite/suite.yaml", "name: tab\ncases:\n  - id: session\n    kind: latency_log\n    log: s.jsonl\n")

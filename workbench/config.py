@@ -7,6 +7,7 @@ Only the entry points (app.py, the CLI, an evaluation worker process) build one;
 
 from __future__ import annotations
 
+import hmac
 import os
 from pathlib import Path
 from typing import Literal, get_args
@@ -114,3 +115,50 @@ class Settings(BaseSettings):
     # that would need more memory than `prepare_memory_gb` is refused with the numbers.
     max_source_side: int = Field(default=1920, ge=256, le=8192)
     prepare_memory_gb: float = Field(default=8.0, gt=0)
+    # --- a shared server: what visitors may reach and make (docs/security.md) ---
+    # None: decided from the address: a server bound to loopback without a share link is private, anything
+    # else (0.0.0.0, --share, a Hugging Face Space) is public.
+    public: bool | None = Field(default=None, description="treat the app as reachable by strangers")
+    # Operator-only actions (fetching weights, starting Ray): allowed on a private server; on a public one only
+    # with this setting, or to a page that enters `operator_token`.
+    operator_actions: bool | None = Field(default=None, description="allow weights download / Ray from the page")
+    operator_token: SecretStr | None = Field(default=None, description="unlocks operator actions on a public page")
+    # Everything visitors can make (uploads kept for preparation, face detections, UI scratch, session runs)
+    # shares this budget; the oldest goes first, swept on start and after each job.
+    visitor_disk_mb: int = Field(default=2000, ge=50, description="disk budget for what visitors make")
+    # Outbound Realtime connections: the configured base URL (openai_base_url or the OpenAI default) and these
+    # (comma-separated); a base URL typed in the page only when `realtime_visitor_base_url` (default: on a
+    # private server, off on a public one), and never to a loopback, private or link-local address unless
+    # `realtime_allow_private`.
+    realtime_allowed_base_urls: str = Field(default="", description="comma-separated base URLs a call may use")
+    realtime_visitor_base_url: bool | None = Field(
+        default=None, description="accept a base URL typed in the chat page (default: only on a private server)"
+    )
+    realtime_allow_private: bool = Field(default=False, description="allow loopback/private Realtime endpoints")
+    # The waiting line for chat slots: a place is kept this long after the page's last try; one client address
+    # holds at most this many places, and one browser session at most `grants_per_session` chat links.
+    queue_keep_s: float = Field(default=7.0, gt=0, le=120, description="a waiting place outlives its last poll")
+    queue_per_client: int = Field(default=4, ge=1, le=1000, description="waiting places per client address")
+    grants_per_session: int = Field(default=32, ge=1, le=4096, description="chat links per browser session")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_public(settings: Settings) -> bool:
+    """Whether strangers may reach this app: the `public` setting, else any bind beyond loopback, a share link
+    or a Hugging Face Space."""
+    if settings.public is not None:
+        return settings.public
+    return bool(settings.share or os.environ.get("SPACE_ID") or settings.host not in LOOPBACK_HOSTS)
+
+
+def operator_allowed(settings: Settings, token: str | None = None) -> bool:
+    """Whether the page may run an operator-only action: the setting, else a private server, else the token."""
+    if settings.operator_actions is not None and settings.operator_actions:
+        return True
+    if settings.operator_actions is None and not is_public(settings):
+        return True
+    want = settings.operator_token.get_secret_value() if settings.operator_token is not None else ""
+
+    return bool(want) and bool(token) and hmac.compare_digest(want.encode(), str(token).encode())

@@ -48,7 +48,6 @@ import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,6 +58,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, SecretStr, ValidationError
+from starlette.requests import ClientDisconnect
 
 from workbench.avatars.model import Avatar
 from workbench.avatars.store import CacheError
@@ -66,6 +66,9 @@ from workbench.config import Settings
 from workbench.lipsync.batcher import RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
 from workbench.media import init_audio_libraries
+from workbench.plain import one_line
+from workbench.realtime.admission import RETRY_AFTER_S, Busy, GrantBook, LineFull, WaitingLine  # noqa: F401 (re-exported)
+from workbench.realtime.egress import EgressPolicy, EndpointRefused
 from workbench.realtime.session import ChatSession
 from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
 from workbench.zerogpu import on_zerogpu
@@ -82,8 +85,6 @@ MAX_GRANTS = 4096  # every avatar choice in the app makes one; the oldest go fir
 OFFER_BODY_LIMIT = 256 * 1024  # bytes
 TEXT_BODY_LIMIT = 16 * 1024  # bytes; a typed message is at most 4,000 characters
 MAX_JSON_DEPTH = 16  # our bodies nest 3 deep; deeper JSON is refused before the parser recurses into it
-QUEUE_KEEP_S = 15.0  # a place in the waiting line is kept this long after the caller's last try
-RETRY_AFTER_S = 3  # what a busy answer tells the page to wait before trying again
 WATCH_PERIOD_S = 1.0  # how often a call's idle and length limits are checked
 
 
@@ -101,26 +102,6 @@ class BodyError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class Busy(Exception):
-    """Every call slot is taken: the caller waits in line (`ahead` callers before it) and tries again."""
-
-    def __init__(self, max_sessions: int, ahead: int, ticket: str):
-        self.ahead = ahead
-        self.ticket = ticket
-        who = "nobody" if ahead == 0 else f"{ahead} caller{'s' if ahead != 1 else ''}"
-        super().__init__(
-            f"all {max_sessions} realtime calls are busy; {who} ahead of you. "
-            f"Your place is kept while the page keeps trying (every {RETRY_AFTER_S} s)."
-        )
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(self), "queue_position": self.ahead, "ticket": self.ticket, "retry_after_s": RETRY_AFTER_S},
-            status_code=503,
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
 
 
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
@@ -142,14 +123,22 @@ def json_depth(text: str) -> int:
 async def read_json(request: Request, limit: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """The request's JSON body, read at most `limit` bytes far: a larger body is refused (413) before it is
     parsed or held in full, and JSON nested deeper than `max_depth` is refused (400) before the parser runs."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        # text/plain and form bodies are what another site's page can post here without asking (CORS)
+        raise BodyError(415, "send the body as application/json")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyError(413, f"request body too large ({int(declared)} bytes; the limit is {limit})")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyError(413, f"request body too large (over {limit} bytes)")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BodyError(413, f"request body too large (over {limit} bytes)")
+    except ClientDisconnect:
+        # the client went away mid-body: nobody to answer, and nothing for the server log to trace
+        raise BodyError(400, "the client disconnected while sending the body") from None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -256,16 +245,15 @@ class RealtimeManager:
         self.open_avatars = open_avatars
         self.grant_ttl_s = grant_ttl_s
         self.max_grants = max_grants
-        # token -> (avatar id, holder, expiry on the monotonic clock); oldest first. Granted from Gradio's
-        # worker threads, read on the event loop: hence a thread lock.
-        self._grants: OrderedDict[str, tuple[str, str | None, float]] = OrderedDict()
-        self._grants_lock = threading.Lock()
+        self.grants = GrantBook(grant_ttl_s, max_grants, self.settings.grants_per_session)
+        self._grants = self.grants.entries  # token -> Grant, oldest first
+        self.egress = EgressPolicy.from_settings(self.settings)
         self.sessions: dict[str, ChatSession] = {}
         # One live call per holder (a browser session of the app, or a waiting-line ticket): a new call
         # from the same holder replaces its old one instead of taking a second slot.
         self._holder_of: dict[str, str] = {}  # session id -> holder
-        # Callers refused for want of a slot, in arrival order: key -> when it last asked (monotonic).
-        self._waiting: OrderedDict[str, float] = OrderedDict()
+        # Callers refused for want of a slot, in arrival order (see workbench.realtime.admission).
+        self.line = WaitingLine(self.settings.queue_keep_s, self.settings.queue_per_client)
         self._avatars: dict[str, Avatar] = {}
         self._reapers: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
@@ -297,32 +285,20 @@ class RealtimeManager:
         self._avatars[avatar.avatar_id] = avatar
 
     # ---- capability grants ----------------------------------------------------------------------
-    def grant(self, avatar_id: str, holder: str | None = None) -> str:
+    def grant(self, avatar_id: str, holder: str | None = None, client: str | None = None) -> str:
         """A token that lets the chat page open calls on `avatar_id` (and no other) for `grant_ttl_s`.
 
         The caller decides who may use the avatar (the app's per-session library); this only remembers it.
-        `holder` names who the grant is for (the app's browser session): a holder has one live call at a time.
+        `holder` names who the grant is for (the app's browser session): a holder has one live call at a time
+        and a bounded number of grants; `client` (its address) decides whose grants go first when the book is full.
         """
         if not avatar_id:
             raise ValueError("grant needs an avatar id")
-        token = secrets.token_urlsafe(24)
-        now = time.monotonic()
-        with self._grants_lock:
-            self._grants[token] = (avatar_id, holder, now + self.grant_ttl_s)
-            # Insertion order is expiry order (one TTL), so the expired and the surplus are at the front.
-            while self._grants and (len(self._grants) > self.max_grants or next(iter(self._grants.values()))[2] <= now):
-                self._grants.popitem(last=False)
-        return token
+        return self.grants.add(avatar_id, holder, client)
 
     def _grant_entry(self, token: str) -> tuple[str, str | None] | None:
-        with self._grants_lock:
-            entry = self._grants.get(token)
-            if entry is None:
-                return None
-            if entry[2] <= time.monotonic():
-                del self._grants[token]
-                return None
-            return entry[0], entry[1]
+        entry = self.grants.get(token)
+        return (entry.avatar_id, entry.holder) if entry is not None else None
 
     def granted_avatar(self, token: str) -> str | None:
         """The avatar id `token` grants, or None when it is unknown or expired."""
@@ -359,40 +335,41 @@ class RealtimeManager:
             return base
         return base.model_copy(update=requested.model_dump(include=requested.model_fields_set))
 
-    def make_voice(self, req: OfferRequest) -> VoiceSession:
-        config = self.realtime_config(req.realtime)
+    def voice_key(self, req: OfferRequest, config: RealtimeConfig) -> SecretStr | None:
         key = req.api_key if req.api_key and req.api_key.get_secret_value().strip() else None
         if req.mode == "openai" and key is None:
             if config.base_url != self.settings.openai_base_url:
                 # The server's own key only ever goes to the server's configured endpoint.
                 raise HTTPException(400, "a custom Realtime base URL needs your own API key")
             key = self.settings.openai_api_key
+        return key
+
+    async def check_endpoint(self, req: OfferRequest) -> None:
+        """Refuse (400) an OpenAI call to an endpoint this server may not connect to (see workbench.realtime.egress)."""
+        if req.mode != "openai":
+            return
+        config = self.realtime_config(req.realtime)
+        self.voice_key(req, config)
+        try:
+            await self.egress.check(config.base_url)
+        except EndpointRefused as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    def make_voice(self, req: OfferRequest) -> VoiceSession:
+        config = self.realtime_config(req.realtime)
+        key = self.voice_key(req, config)
         try:
             return make_voice(req.mode, api_key=key, config=config)
         except VoiceError as exc:
             raise HTTPException(400, str(exc)) from exc
 
     # ---- sessions -------------------------------------------------------------------------------
-    def _admit(self, holder: str | None) -> str | None:
-        """Take a slot for `holder` or raise `Busy` with its place in line. First come, first served: a free
-        slot goes to those waiting longest, and a caller keeps its place while it keeps trying."""
-        now = time.monotonic()
-        for key, seen in list(self._waiting.items()):
-            if now - seen > QUEUE_KEEP_S:
-                del self._waiting[key]  # gave up (tab closed): its place goes
-        free = self.max_sessions - len(self.sessions)
-        line = list(self._waiting)
-        ahead = line.index(holder) if holder in self._waiting else len(line)
-        if ahead < free:
-            self._waiting.pop(holder, None)
-            return holder
-        if holder is None:
-            holder = f"ticket:{secrets.token_urlsafe(12)}"
-        self._waiting[holder] = now
-        ahead = list(self._waiting).index(holder)
-        raise Busy(self.max_sessions, ahead, holder.split(":", 1)[1] if holder.startswith("ticket:") else "")
+    def _admit(self, holder: str | None, client: str | None = None) -> str | None:
+        """Take a slot for `holder` or raise `Busy` with its place in line (`LineFull` past the client's places)."""
+        return self.line.admit(holder, client, self.max_sessions - len(self.sessions), self.max_sessions)
 
-    async def open_session(self, req: OfferRequest) -> dict[str, Any]:
+    async def open_session(self, req: OfferRequest, client: str | None = None) -> dict[str, Any]:
+        await self.check_endpoint(req)
         async with self._lock:
             requested = self.requested_avatar(req)
             holder = self.holder_of(req)
@@ -406,8 +383,11 @@ class RealtimeManager:
                     replaced = True
                 self._holder_of.pop(sid, None)
             # A replacement takes over the slot it freed; anyone else waits their turn.
-            holder = holder if replaced else self._admit(holder)
+            holder = holder if replaced else self._admit(holder, client)
             avatar = await self.avatar(requested)
+            if "a=fingerprint:" not in req.sdp:
+                # aiortc would answer it and fail later, inside the connection, with a slot taken meanwhile
+                raise HTTPException(400, "cannot answer this WebRTC offer: the SDP has no DTLS fingerprint")
             voice = self.make_voice(req)
             sid = secrets.token_urlsafe(9)
             # The first call may load a model. ZeroGPU cannot hold a stream: the CPU renderer runs there.
@@ -443,7 +423,7 @@ class RealtimeManager:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # a malformed offer: free the slot and say why
             await session.close()
-            raise HTTPException(400, f"cannot answer this WebRTC offer: {exc}") from exc
+            raise HTTPException(400, f"cannot answer this WebRTC offer: {one_line(str(exc))}") from exc
         await session.start()
         reaper = asyncio.create_task(self._watch(session))
         self._reapers.add(reaper)  # the loop keeps only weak references to tasks
@@ -538,9 +518,9 @@ class RealtimeManager:
             except BodyError as exc:
                 return body_error_response(exc)
             try:
-                return await self.open_session(req)
-            except Busy as busy:
-                return busy.response()
+                return await self.open_session(req, client=request.client.host if request.client else None)
+            except (Busy, LineFull) as refused:
+                return refused.response()
 
         @r.post("/session/{sid}/text", response_model=None)
         async def text(sid: str, request: Request) -> dict[str, Any] | JSONResponse:
@@ -567,8 +547,11 @@ class RealtimeManager:
 
         @r.post("/session/{sid}/latency")
         async def latency(sid: str) -> dict[str, Any]:
-            path = await asyncio.to_thread(self.get(sid).write_latency_log)
-            return {"path": str(path) if path else None}
+            session = self.get(sid)
+            if session.connected_at is None:  # nothing was measured: no log (the disk is for real calls)
+                raise HTTPException(409, "this call never connected; there is no latency to log")
+            path = await asyncio.to_thread(session.write_latency_log)
+            return {"path": path.name if path else None}  # the log's name: server paths stay on the server
 
         @r.delete("/session/{sid}")
         async def close(sid: str) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import gradio as gr
 from fastapi import FastAPI
 
 from workbench.config import Settings
+from workbench.disk_budget import sweep_dead_scratch, sweep_run_tmp
+from workbench.plain import one_line
 from workbench.realtime.server import RealtimeManager, mount_realtime
 from workbench.ui import header
 from workbench.ui.chat_tab import ChatTab
@@ -160,6 +162,9 @@ def build_ui(engine, samples_dir: Path | None = None, show_all_avatars: bool = F
 def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool = False) -> FastAPI:
     """FastAPI with the realtime routes first (Gradio's mount at '/' would shadow them), then the Gradio UI."""
     settings: Settings = engine.settings
+    # Left by killed processes: scratch folders and unfinished evaluation runs (see workbench.disk_budget).
+    sweep_dead_scratch()
+    sweep_run_tmp(Path(settings.runs_dir))
     app = FastAPI(title=TITLE)
     # The chat page reaches only the avatar the chat tab grants it; single-user use opens every avatar,
     # as the library then shows them all.
@@ -181,5 +186,37 @@ def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool =
         server_name=settings.host,
         server_port=settings.port,
     )
+    guard_file_inputs(blocks, ui)
+    ui.ctx.after_job()  # what visitors made before this start, back within its budget
     ui.start_warmup()
     return app
+
+
+def guard_file_inputs(blocks: gr.Blocks, ui: WorkbenchUI) -> None:
+    """What `launch()` sets and `mount_gradio_app` does not: with `has_launched` unset Gradio skips its check
+    that a file named in a request was uploaded by a user, so a request naming any server file was handed to
+    the handlers. Files the app itself serves (clips, report zips in its scratch) stay allowed as outputs."""
+    blocks.has_launched = True
+    blocks.allowed_paths = [*blocks.allowed_paths, ui.ctx.scratch.name]
+    plain_gradio_errors()
+
+
+def plain_gradio_errors() -> None:
+    """Gradio's own refusals (a value not among a dropdown's choices, a file not uploaded) quote the input in
+    full, 100 KB included, with server paths: every error Gradio sends is cut to one plain line as ours are."""
+    import gradio.queueing
+    import gradio.utils
+
+    original = gradio.utils.error_payload
+    if getattr(original, "workbench_plain", False):
+        return
+
+    def error_payload(error, show_error):
+        content = original(error, show_error)
+        if isinstance(content.get("error"), str):
+            content["error"] = one_line(content["error"])
+        return content
+
+    error_payload.workbench_plain = True
+    gradio.utils.error_payload = error_payload
+    gradio.queueing.error_payload = error_payload

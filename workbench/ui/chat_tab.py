@@ -37,7 +37,7 @@ class ChatTab:
         self.ctx = ctx
 
     @user_errors
-    def frame(self, avatar_id: str | None, session: dict | None) -> str:
+    def frame(self, avatar_id: str | None, session: dict | None, request: gr.Request | None = None) -> str:
         """The chat page for `avatar_id`, embedded; only an avatar this session may see."""
         session = session or new_session()
         if not avatar_id:
@@ -48,7 +48,8 @@ class ChatTab:
         if self.ctx.realtime is None:
             return notice("The realtime endpoint is not served with this app (start it with app.py).")
         # The grant names this browser session, so it has one live call at a time (a new one replaces it).
-        token = self.ctx.realtime.grant(avatar_id, holder=session.get("token"))
+        client = request.client.host if request is not None and request.client is not None else None
+        token = self.ctx.realtime.grant(avatar_id, holder=session.get("token"), client=client)
         return embed_html(token=token, height=CHAT_HEIGHT)
 
     def build(self, session: gr.State) -> gr.Dropdown:

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
+from gradio.utils import get_upload_folder as gr_upload_folder
 
 from workbench.avatars.pipeline import NoFaceError, PreparationError
 from workbench.avatars.store import CacheError
 from workbench.config import Settings
+from workbench.disk_budget import Area, DiskBudget, scratch_prefix
 from workbench.media import MediaError
+from workbench.plain import one_line
 from workbench.ui.library import AccessError, Library, short_id  # noqa: F401  (re-exported for the tabs)
 from workbench.weights import WeightsError
 
@@ -58,14 +61,57 @@ class UIContext:
     preferred_avatar: Callable[[], str | None] = lambda: None
     # Components several tabs refresh when the session's avatar list changes (filled by build_ui).
     avatar_dropdowns: list = field(default_factory=list)
-    # Scratch space for clips, report zips and unpacked manifests; removed when the process ends.
+    # Scratch space for clips, report zips and unpacked manifests; removed when the process ends, and by the
+    # next start when the process was killed (its name carries the pid).
     scratch: tempfile.TemporaryDirectory = field(
-        default_factory=lambda: tempfile.TemporaryDirectory(prefix="workbench-ui-")
+        default_factory=lambda: tempfile.TemporaryDirectory(prefix=scratch_prefix())
     )
+    # Folders a handler may open a visitor's file from besides the samples: Gradio's upload folder. A file
+    # path from anywhere else is refused, whatever the page sent (see `checked_input`).
+    input_roots: list[Path] = field(default_factory=lambda: [Path(gr_upload_folder())])
+    disk: DiskBudget | None = None  # set in __post_init__
+    # The weights panel's operator-token box (None until it is built), an input of the operator-only actions.
+    operator_box: object | None = None
+
+    def __post_init__(self) -> None:
+        cache = Path(self.settings.cache_dir)
+        self.disk = DiskBudget(
+            int(self.settings.visitor_disk_mb) * 1024 * 1024,
+            [
+                Area(cache / "uploads"),
+                Area(cache / "detections"),
+                Area(Path(self.scratch.name)),
+                Area(Path(self.settings.runs_dir) / "sessions", depth=2),
+            ],
+        )
 
     def scratch_dir(self, prefix: str) -> Path:
         """A new folder under the scratch space."""
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.scratch.name))
+
+    def checked_input(self, path: str | Path) -> Path:
+        """A visitor's file, only from Gradio's upload folder or the app's own samples and examples; anything
+        else is refused without saying whether it exists."""
+        p = Path(path)
+        roots = [*self.input_roots, self.library.samples_dir, self.library.examples_dir]
+        try:
+            resolved = p.resolve()
+        except (OSError, RuntimeError):
+            resolved = None
+        for root in roots:
+            if root is None or resolved is None:
+                continue
+            r = Path(root).resolve()
+            if resolved == r or r in resolved.parents:
+                return p
+        raise AccessError("this file was not uploaded through this page; upload it, or pick a sample")
+
+    def after_job(self) -> None:
+        """Keep what visitors made within the disk budget (called when a job finishes, failed or not)."""
+        try:
+            self.disk.sweep()
+        except OSError as e:  # a sweep never fails the visitor's job
+            log.warning("disk budget sweep failed: %s", e)
 
     @property
     def runs_dir(self) -> Path:
@@ -118,10 +164,11 @@ def user_errors(fn):
         except gr.Error:
             raise
         except USER_ERRORS as e:
-            raise gr.Error(html.escape(str(e)), print_exception=False) from e
+            log.info("%s refused: %s", fn.__name__, e)
+            raise gr.Error(html.escape(one_line(e)), print_exception=False) from e
         except Exception as e:
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(html.escape(f"{type(e).__name__}: {e}"), print_exception=False) from e
+            raise gr.Error(html.escape(one_line(f"{type(e).__name__}: {e}")), print_exception=False) from e
 
     return wrapper
 

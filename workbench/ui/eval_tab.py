@@ -9,21 +9,28 @@ renders; runs directly under `<runs_dir>` (made with `workbench eval`, baselines
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
+import threading
 import zipfile
+import zlib
+from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 
 import gradio as gr
 import pandas as pd
 import yaml
 
+from workbench.config import operator_allowed
+from workbench.disk_budget import DiskBudget
 from workbench.evaluation.compare import compare_runs
 from workbench.evaluation.errors import EvalError, ManifestError
 from workbench.evaluation.manifest import GeneratedCase, ReferenceCase, Suite, load_suite, parse_suite
 from workbench.evaluation.report import PLOTS, TABLE_COLUMNS, Run, load_run, show_undetermined
 from workbench.evaluation.runner import run_suite
+from workbench.plain import one_line
 from workbench.ui.context import UIContext, gr_progress, new_session, user_errors
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,8 @@ log = logging.getLogger(__name__)
 EXAMPLE_SUITE = Path(__file__).resolve().parents[2] / "suites" / "example.yaml"
 MANIFEST_TYPES = [".yaml", ".yml", ".zip"]
 MAX_ZIP_FILES = 200
+UNZIP_CHUNK = 1 << 20
+UNPACKED_KEEP = 4  # uploaded suites kept unpacked (the case list and the run use the same one)
 SHOWN_PLOTS = ("sync_curves", "latency_cdf", "stage_breakdown")
 SESSIONS = "sessions"
 
@@ -82,11 +91,14 @@ def confine(suite: Suite, roots: list[Path]) -> Suite:
     return suite
 
 
-def safe_extract(archive: Path, dest: Path, max_bytes: int) -> None:
-    """Unzip refusing absolute paths, '..', links and archives that unpack beyond `max_bytes`."""
+def safe_extract(archive: Path, dest: Path, max_bytes: int, budget: DiskBudget | None = None) -> None:
+    """Unzip refusing absolute paths, '..', links and archives that unpack beyond `max_bytes` (or beyond what
+    the visitors' disk budget has left). Entries are streamed and counted as they are written, so an archive
+    that lies about its sizes stops at the limit; a damaged entry (bad CRC) is a one-line error and leaves
+    nothing behind."""
     try:
         zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, OSError) as e:
         raise ManifestError(f"{archive.name} is not a readable zip file") from e
     with zf:
         infos = zf.infolist()
@@ -100,11 +112,42 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> None:
         for info in infos:
             name = PurePosixPath(info.filename)
             if name.is_absolute() or ".." in name.parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise ManifestError(f"{archive.name} contains an unsafe entry {info.filename!r}")
-        zf.extractall(dest)
+                raise ManifestError(f"{archive.name} contains an unsafe entry {info.filename[:100]!r}")
+        if budget is not None and not budget.room_for(total):
+            raise ManifestError(
+                f"{archive.name} unpacks to {total / 1e6:.0f} MB and the space for visitors' files is full "
+                "right now; try again later or upload a smaller suite"
+            )
+        written = 0
+        try:
+            for info in infos:
+                target = dest.joinpath(*PurePosixPath(info.filename).parts)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(UNZIP_CHUNK):
+                        written += len(chunk)
+                        if written > total or written > max_bytes:
+                            raise ManifestError(f"{archive.name} unpacks to more than it declares")
+                        out.write(chunk)
+        except ManifestError:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise ManifestError(
+                f"{archive.name} is damaged ({one_line(e, 120)}); nothing was unpacked: zip the suite again"
+            ) from e
+        except OSError as e:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise ManifestError(f"{archive.name} could not be unpacked here ({type(e).__name__})") from e
 
 
-def uploaded_suite(upload: str | Path, workdir: Path, samples_dir: Path | None, max_bytes: int) -> Suite:
+def uploaded_suite(
+    upload: str | Path, workdir: Path, samples_dir: Path | None, max_bytes: int, budget: DiskBudget | None = None
+) -> Suite:
     """A manifest upload: a YAML file (relative paths resolve against the sample media) or a zip of a
     manifest with its media (relative paths resolve against the manifest inside the zip)."""
     p = Path(upload)
@@ -122,7 +165,7 @@ def uploaded_suite(upload: str | Path, workdir: Path, samples_dir: Path | None, 
         return confine(parse_suite(data, samples_dir, csv_roots=roots), roots)
     if ext == ".zip":
         dest = Path(tempfile.mkdtemp(prefix="unpacked-", dir=workdir))
-        safe_extract(p, dest, max_bytes)
+        safe_extract(p, dest, max_bytes, budget)
         manifests = sorted(dest.rglob("*.yaml")) + sorted(dest.rglob("*.yml"))
         if not manifests:
             raise ManifestError(f"{p.name} holds no .yaml manifest")
@@ -130,6 +173,14 @@ def uploaded_suite(upload: str | Path, workdir: Path, samples_dir: Path | None, 
         allowed = [dest.resolve(), *roots]
         return confine(load_suite(manifest, check_files=False, csv_roots=allowed), allowed)
     raise ManifestError(f"{p.name}: upload a .yaml manifest or a .zip of a manifest with its media")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(UNZIP_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def select_cases(suite: Suite, case_ids: list[str] | None, seconds: float | None) -> Suite:
@@ -207,6 +258,10 @@ def zip_run(run_dir: Path, scratch: Path) -> str:
 class EvalTab:
     def __init__(self, ctx: UIContext):
         self.ctx = ctx
+        # (size, sha256) of an upload -> (its unpack folder, the suite): a suite is unpacked once, not per click
+        self._unpacked: OrderedDict[tuple, tuple[Path, Suite]] = OrderedDict()
+        self._unpack_lock = threading.Lock()
+        self.workdirs: dict[int, Path] = {}  # id(suite) -> the folder it was unpacked in (held during its run)
 
     # --- where runs live ------------------------------------------------------------------------
     def session_runs_dir(self, session: dict) -> Path:
@@ -242,8 +297,7 @@ class EvalTab:
         if which == "upload":
             if not upload:
                 raise ManifestError("upload a manifest (.yaml) or a zip of a manifest with its media")
-            max_bytes = int(self.ctx.settings.max_upload_mb * 1024 * 1024)
-            return uploaded_suite(upload, self.ctx.scratch_dir("suite-"), samples, max_bytes)
+            return self._uploaded(self.ctx.checked_input(upload), samples)
         if not EXAMPLE_SUITE.is_file():
             raise ManifestError(f"the example suite is missing ({EXAMPLE_SUITE})")
         suite, skipped = available_cases(rebase_on_samples(load_suite(EXAMPLE_SUITE, check_files=False), samples))
@@ -251,13 +305,36 @@ class EvalTab:
             log.info("example suite: not offering %s (media not on this server)", ", ".join(skipped))
         return suite
 
+    def _uploaded(self, upload: Path, samples: Path | None) -> Suite:
+        # by content: the same zip uploaded again (another click, another tab) is not unpacked again
+        key = (upload.stat().st_size, file_digest(upload))
+        with self._unpack_lock:
+            hit = self._unpacked.get(key)
+            if hit is not None and hit[0].is_dir() and not hit[1].missing_files():
+                self._unpacked.move_to_end(key)
+                return hit[1]
+            workdir = self.ctx.scratch_dir("suite-")
+            max_bytes = int(self.ctx.settings.max_upload_mb * 1024 * 1024)
+            try:
+                suite = uploaded_suite(upload, workdir, samples, max_bytes, self.ctx.disk)
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            self._unpacked[key] = (workdir, suite)
+            self.workdirs[id(suite)] = workdir
+            while len(self._unpacked) > UNPACKED_KEEP:
+                old, old_suite = self._unpacked.popitem(last=False)[1]
+                self.workdirs.pop(id(old_suite), None)
+                shutil.rmtree(old, ignore_errors=True)
+            return suite
+
     def cases_update(self, which: str, upload: str | None):
         """Case checkboxes for the chosen suite (all ticked)."""
         try:
             suite = self.suite_for(which, upload)
-        except (EvalError, OSError) as e:
+        except (EvalError, OSError, ValueError) as e:
             if which == "upload" and upload:
-                gr.Warning(str(e))
+                gr.Warning(one_line(e))
             return gr.update(choices=[], value=[])
         ids = [c.id for c in suite.cases]
         return gr.update(choices=ids, value=ids)
@@ -272,10 +349,29 @@ class EvalTab:
         seconds,
         session: dict | None,
         where: str = "local",
+        operator_token: str | None = None,
         progress=gr.Progress(),
     ):
+        try:
+            return self._run(which, upload, case_ids, seconds, session, where, operator_token, progress)
+        finally:
+            self.ctx.after_job()  # runs and report zips count against the visitors' disk budget
+
+    def _run(self, which, upload, case_ids, seconds, session, where, operator_token, progress):
         session = session or new_session()
-        suite = select_cases(self.suite_for(which, upload), case_ids, float(seconds) if seconds else None)
+        if where == "ray" and not operator_allowed(self.ctx.settings, operator_token):
+            raise EvalError(
+                "running on a Ray cluster is for this server's operator (WORKBENCH_OPERATOR_ACTIONS, or the "
+                "operator token in the Weights panel); choose 'this machine'"
+            )
+        full = self.suite_for(which, upload)
+        suite = select_cases(full, case_ids, float(seconds) if seconds else None)
+        # the suite's unpacked media and the run folder stay while the run reads and writes them
+        held = [p for p in (self.workdirs.get(id(full)), self.session_runs_dir(session)) if p is not None]
+        with self.ctx.disk.hold(*held):
+            return self._run_suite(suite, session, where, progress)
+
+    def _run_suite(self, suite: Suite, session: dict, where: str, progress):
         ray = None
         if where == "ray":
             from workbench.evaluation.distributed import RayOptions
@@ -376,9 +472,12 @@ class EvalTab:
                     maximum=60,
                     elem_id="eval-seconds",
                 )
+                s = self.ctx.settings
                 where = gr.Radio(
-                    [("this machine", "local"), (f"Ray cluster ({self.ctx.settings.eval_ray_address})", "ray")],
+                    [("this machine", "local"), (f"Ray cluster ({s.eval_ray_address})", "ray")],
                     value="local",
+                    # starting Ray is the operator's: read-only to a visitor of a public server without the token
+                    interactive=operator_allowed(s) or s.operator_token is not None,
                     label="run on",
                     info="Ray: each case on a cluster worker (pip install '.[ray]'); same run folder",
                     elem_id="eval-where",
@@ -412,7 +511,8 @@ class EvalTab:
         upload.change(lambda u: gr.update(value="upload") if u else gr.update(), [upload], [which])
         run_btn.click(
             self.run,
-            [which, upload, cases, seconds, session, where],
+            [which, upload, cases, seconds, session, where]
+            + ([self.ctx.operator_box] if self.ctx.operator_box is not None else []),
             [session, summary, table, *plots, report_zip, candidate, baseline, past],
             concurrency_limit=1,
             concurrency_id="evaluation",

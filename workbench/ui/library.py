@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.avatars.model import Avatar
-from workbench.avatars.store import AvatarInfo, AvatarNotFoundError
+from workbench.avatars.store import AvatarInfo, AvatarNotFoundError, CacheError
 from workbench.media import IMAGE_EXTS, VIDEO_EXTS
 
 if TYPE_CHECKING:
@@ -137,6 +137,16 @@ class Library:
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
         return dest
+
+    def drop_upload(self, kept: Path) -> None:
+        """Remove an upload copy no avatar was made from (a failed preparation), unless an avatar uses it."""
+        digest = kept.parent.name
+        try:
+            if any(i.source_digest == digest for i in self.engine.list_avatars()):
+                return
+        except (OSError, CacheError):
+            return
+        shutil.rmtree(kept.parent, ignore_errors=True)
 
     # --- avatars ------------------------------------------------------------------------------
     def digest_of(self, avatar_id: str) -> str | None:

@@ -133,18 +133,29 @@ class PrepareTab:
     ):
         session = session or new_session()
         s = self.ctx.settings
+        params = params_from_inputs(
+            bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source, max_frames
+        )
+        kept = None
         if upload:
-            source = self.ctx.library.store_upload(validate_upload(upload, s.max_upload_mb, s.max_upload_seconds))
+            checked = validate_upload(self.ctx.checked_input(upload), s.max_upload_mb, s.max_upload_seconds)
+            source = kept = self.ctx.library.store_upload(checked)
         elif sample:
             source = self.ctx.library.sample_path(sample)
         else:
             raise gr.Error("Pick a sample or upload a video or photo first.")
-        params = params_from_inputs(
-            bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source, max_frames
-        )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", MediaWarning)
-            avatar = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", MediaWarning)
+                avatar = self.ctx.engine.prepare(
+                    source, params, progress=gr_progress(progress), owner=session.get("token")
+                )
+        except BaseException:
+            if kept is not None:
+                self.ctx.library.drop_upload(kept)  # no avatar came of it: the copy would only take disk
+            raise
+        finally:
+            self.ctx.after_job()
         for w in caught:  # a truncated file, a downscaled source: said, not silently done
             if issubclass(w.category, MediaWarning):
                 gr.Warning(str(w.message), duration=10)

@@ -19,13 +19,32 @@ from workbench.avatars.model import Avatar, PrepParams, describe_acting
 from workbench.config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from workbench.media import MediaError, check_upload, is_silent, load_audio, probe, write_video
 from workbench.ui import overlays, prep_inputs
-from workbench.ui.context import UIContext, dropdown_update, gr_progress, new_session, remember, short_id, user_errors
+from workbench.ui.context import (
+    AccessError,
+    UIContext,
+    dropdown_update,
+    gr_progress,
+    new_session,
+    remember,
+    short_id,
+    user_errors,
+)
 from workbench.ui.library import AUDIO_EXTS
 
 MAX_VALUES = 8  # previews per grid: beyond this the faces get too small to judge
 EXAMPLE_AUDIO = ("speech_en.ogg", "speech_zh.ogg", "sun_speech.ogg")  # bundled in examples/: English, Chinese, Sun's
 CONTEXT_FRAMES = 2  # real audio rendered either side of a clip so its first and last frames have full windows
 TAIL_FRAMES = 10  # audio kept after the chosen moment for the renderer's look-ahead
+
+
+def audio_upload(p: Path) -> Path:
+    """An uploaded speech clip: only the audio types the workbench reads (gr.Audio has no type filter)."""
+    p = Path(p)
+    if p.suffix.lower() not in AUDIO_EXTS:
+        raise MediaError(
+            f"{p.name}: {p.suffix or 'no extension'} is not a supported audio type ({', '.join(sorted(AUDIO_EXTS))})"
+        )
+    return p
 
 
 def parse_shifts(text: str) -> list[int]:
@@ -116,12 +135,7 @@ class TuningTab:
     def _audio(self, sample_audio: str | None, upload: str | None) -> np.ndarray:
         s = self.ctx.settings
         if upload:
-            p = Path(upload)
-            if p.suffix.lower() not in AUDIO_EXTS:
-                raise MediaError(
-                    f"{p.name}: {p.suffix or 'no extension'} is not a supported audio type "
-                    f"({', '.join(sorted(AUDIO_EXTS))})"
-                )
+            p = audio_upload(self.ctx.checked_input(upload))
             check_upload(p, s.max_upload_mb, s.max_upload_seconds)
             audio = load_audio(p)
         elif sample_audio:
@@ -165,14 +179,17 @@ class TuningTab:
     def audio_length(self, sample_audio: str | None, upload: str | None):
         """The moment slider spans the chosen clip and starts at its loudest moment."""
         try:
-            path = upload or (self.ctx.library.sample_path(sample_audio, audio=True) if sample_audio else None)
+            if upload:
+                path = audio_upload(self.ctx.checked_input(upload))
+            else:
+                path = self.ctx.library.sample_path(sample_audio, audio=True) if sample_audio else None
             if not path:
                 return gr.update()
             duration = probe(path).duration
             if not duration or duration > self.ctx.settings.max_upload_seconds * 4:
                 return gr.update()
             audio = load_audio(path)
-        except (MediaError, FileNotFoundError):
+        except (MediaError, FileNotFoundError, AccessError):
             return gr.update()
         top = min(len(audio) / SAMPLE_RATE, self.ctx.settings.max_upload_seconds)
         return gr.update(maximum=round(max(0.04, top - 0.04), 2), value=round(loudest_moment(audio), 2))
@@ -194,6 +211,43 @@ class TuningTab:
         clip_seconds,
         session,
         progress=gr.Progress(),
+    ):
+        try:
+            return self._grid(
+                avatar_id,
+                frame_index,
+                sample_audio,
+                upload,
+                moment,
+                shifts_text,
+                extra_margin,
+                parsing_mode,
+                left_cheek,
+                right_cheek,
+                make_clip,
+                clip_seconds,
+                session,
+                progress,
+            )
+        finally:
+            self.ctx.after_job()  # the clip went to the scratch space: keep it within the disk budget
+
+    def _grid(
+        self,
+        avatar_id,
+        frame_index,
+        sample_audio,
+        upload,
+        moment,
+        shifts_text,
+        extra_margin,
+        parsing_mode,
+        left_cheek,
+        right_cheek,
+        make_clip,
+        clip_seconds,
+        session,
+        progress,
     ):
         session = session or new_session()
         report = gr_progress(progress)
@@ -268,7 +322,10 @@ class TuningTab:
         avatar = self._avatar(avatar_id, session)
         params = variants(avatar.params, [int(chosen)], extra_margin, parsing_mode, left_cheek, right_cheek)[0]
         source = self.ctx.library.source_path(avatar.avatar_id)
-        new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
+        try:
+            new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
+        finally:
+            self.ctx.after_job()  # its face detections count against the visitors' disk budget
         session = remember(session, new.avatar_id)
         gr.Info(f"Saved: avatar {short_id(new.avatar_id)} uses bbox_shift {params.bbox_shift}.", duration=4)
         msg = (
