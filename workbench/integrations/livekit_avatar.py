@@ -46,8 +46,12 @@ class Tick:
 class LipSyncVideoGenerator(VideoGenerator):
     """Audio frames in, lip-synced video (and the matching audio) out at 25 fps, for `AvatarRunner`."""
 
-    def __init__(self, stream: LipSyncStream, *, keep_ticks: int = 25 * 60):
+    def __init__(self, stream: LipSyncStream, *, max_height: int | None = None, keep_ticks: int = 25 * 60):
         self.stream = stream
+        h, w = stream.avatar.frame_size
+        # A 1080p avatar is sent smaller: the room's encoder and every subscriber pay for each pixel.
+        scale = min(1.0, max_height / h) if max_height else 1.0
+        self.frame_size = (max(2, int(h * scale) // 2 * 2), max(2, int(w * scale) // 2 * 2))  # (H, W), even
         self.ticks: deque[Tick] = deque(maxlen=keep_ticks)
         self.cleared = 0  # barge-ins handled
         self._ids = itertools.count(1)
@@ -97,7 +101,7 @@ class LipSyncVideoGenerator(VideoGenerator):
             elif -wait > MAX_LATE_S:  # the event loop was stalled: keep the 40 ms spacing from now on
                 start = loop.time() - k * FRAME_SECONDS
             f = self.stream.next_frame()
-            yield to_video_frame(f.image)
+            yield to_video_frame(f.image, self.frame_size)
             # Audio goes out with speech pictures, and as silence with the pictures held while the next frame of
             # a reply is late, so the reply's sound never runs ahead of its mouth.
             speaking = f.kind == "speech" or (f.kind == "hold" and self._playing is not None)
@@ -117,8 +121,10 @@ class LipSyncVideoGenerator(VideoGenerator):
             k += 1
 
 
-def to_video_frame(image_bgr: np.ndarray) -> rtc.VideoFrame:
-    h, w = image_bgr.shape[:2]
+def to_video_frame(image_bgr: np.ndarray, size: tuple[int, int] | None = None) -> rtc.VideoFrame:
+    h, w = size or image_bgr.shape[:2]
+    if (h, w) != image_bgr.shape[:2]:
+        image_bgr = cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_AREA)
     return rtc.VideoFrame(w, h, rtc.VideoBufferType.BGRA, cv2.cvtColor(image_bgr, cv2.COLOR_BGR2BGRA).tobytes())
 
 
