@@ -13,7 +13,6 @@ Needs the optional extra `agents` (`livekit-agents`, `livekit`).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator
@@ -24,12 +23,9 @@ import numpy as np
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, VideoGenerator
 
-from workbench.config import FPS, REALTIME_SAMPLE_RATE
+from workbench.config import REALTIME_SAMPLE_RATE
+from workbench.integrations.streams import FRAME_SECONDS, frame_clock, shown
 from workbench.lipsync.stream import SAMPLES_24K_PER_FRAME, FrameKind, LipSyncStream
-
-FRAME_SECONDS = 1.0 / FPS
-# Behind schedule by more than this, the clock starts afresh from now instead of sending a burst of late frames.
-MAX_LATE_S = 0.2
 
 
 @dataclass
@@ -90,16 +86,7 @@ class LipSyncVideoGenerator(VideoGenerator):
         self._closed = True
 
     async def _frames(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        k = 0
-        while not self._closed:
-            due = start + k * FRAME_SECONDS
-            wait = due - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif -wait > MAX_LATE_S:  # the event loop was stalled: keep the 40 ms spacing from now on
-                start = loop.time() - k * FRAME_SECONDS
+        async for k in frame_clock(lambda: not self._closed):
             f = self.stream.next_frame()
             yield to_video_frame(f.image, self.frame_size)
             # Audio goes out with speech pictures, and as silence with the pictures held while the next frame of
@@ -113,12 +100,11 @@ class LipSyncVideoGenerator(VideoGenerator):
             if speaking:
                 yield to_audio_frame(f.audio)
             # A reply is done once the stream has moved past it (its last frame was shown on an earlier tick).
-            while self._ended and self._ended[0] != self.stream.current_item_id:
+            while self._ended and shown(self.stream, self._ended[0]):
                 done = self._ended.popleft()
                 if done == self._playing:
                     self._playing = None
                 yield AudioSegmentEnd()
-            k += 1
 
 
 def to_video_frame(image_bgr: np.ndarray, size: tuple[int, int] | None = None) -> rtc.VideoFrame:

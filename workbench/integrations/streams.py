@@ -7,10 +7,13 @@ balances on is the larger of the batcher's occupancy (how busy the model is) and
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from workbench.avatars.model import Avatar
+from workbench.config import FPS
 from workbench.lipsync.batcher import RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
 
@@ -72,3 +75,31 @@ class StreamPool:
         slots = self.active / self.max_sessions
         busy = self.batcher.occupancy() if self.batcher is not None else 0.0
         return min(1.0, max(slots, busy))
+
+
+FRAME_SECONDS = 1.0 / FPS
+MAX_LATE_S = 0.2  # behind schedule by more than this, the clock starts afresh instead of sending a burst
+
+
+async def frame_clock(running: Callable[[], bool]) -> AsyncIterator[int]:
+    """Tick numbers 0, 1, 2, … at 25 fps on the event loop's clock, while `running()`.
+
+    A stalled loop does not cause a burst of catch-up ticks: once more than MAX_LATE_S behind, the schedule
+    restarts from now, keeping the 40 ms spacing that the pictures' timestamps promise."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    k = 0
+    while running():
+        wait = start + k * FRAME_SECONDS - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        elif -wait > MAX_LATE_S:
+            start = loop.time() - k * FRAME_SECONDS
+        yield k
+        k += 1
+
+
+def shown(stream: LipSyncStream, reply: str | None) -> bool:
+    """Whether a reply that has ended has been shown in full: the stream has moved past it (replies play in order,
+    so the head of its queue is a later one or none). A reply with no audio at all (None) is shown at once."""
+    return reply is None or reply != stream.current_item_id

@@ -1,0 +1,175 @@
+"""The Pipecat video service in a real Pipecat pipeline over `SmallWebRTCTransport`, against an aiortc client on
+127.0.0.1: the client receives lip-synced video (the mouth follows the audio it hears, within one frame)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pipecat", reason="the optional extra 'agents' (pip install -e '.[agents]')")
+
+from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription  # noqa: E402
+from aiortc.jitterbuffer import JitterBuffer  # noqa: E402
+from aiortc.mediastreams import MediaStreamError  # noqa: E402
+from pipecat.frames.frames import (  # noqa: E402
+    EndFrame,
+    InterruptionFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
+from pipecat.pipeline.worker import PipelineWorker  # noqa: E402
+from pipecat.transports.base_transport import TransportParams  # noqa: E402
+from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection  # noqa: E402
+from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport  # noqa: E402
+from pipecat.workers.runner import WorkerRunner  # noqa: E402
+
+from testkit.realtime import LevelRenderer, level_of, make_avatar, read_level, speech_like  # noqa: E402
+from workbench.integrations.pipecat_avatar import LipSyncVideoService  # noqa: E402
+from workbench.lipsync.stream import LipSyncStream  # noqa: E402
+
+
+class Client:
+    """A browser stand-in: sends a silent microphone, receives the avatar's audio and video with arrival times."""
+
+    def __init__(self):
+        self.pc = RTCPeerConnection()
+        self.audio: list[tuple[float, np.ndarray]] = []
+        self.video: list[tuple[float, np.ndarray]] = []
+        self._tasks: list[asyncio.Task] = []
+
+        @self.pc.on("track")
+        def on_track(track):
+            out = self.audio if track.kind == "audio" else self.video
+            self._tasks.append(asyncio.ensure_future(self._pull(track, out)))
+
+    async def _pull(self, track, out):
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.perf_counter()
+            if track.kind == "audio":
+                out.append((now, frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0].copy()))
+            else:
+                out.append((now, frame.to_ndarray(format="bgr24")))
+
+    async def offer(self) -> RTCSessionDescription:
+        self.pc.addTrack(AudioStreamTrack())
+        self.pc.addTransceiver("video", direction="recvonly")
+        # aiortc's receiver holds 4 audio packets (80 ms) before playing them, a browser aligns audio and video with
+        # the sender's RTCP reports; this client plays both as they arrive, so arrival times compare directly.
+        for t in self.pc.getTransceivers():
+            if t.kind == "audio":
+                t.receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=0)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription
+
+    async def close(self):
+        for t in self._tasks:
+            t.cancel()
+        await self.pc.close()
+
+
+def _on_grid(times, values, grid):
+    return np.interp(grid, times, values)
+
+
+def test_a_pipecat_pipeline_over_small_webrtc_delivers_lip_synced_video():
+    avatar = make_avatar()
+    stream = LipSyncStream(LevelRenderer(), avatar, crossfade_frames=0, tail_frames=2, name="pipecat")
+    stream.warm_idle()
+    speech = speech_like(4.0, seed=31)
+
+    async def main():
+        service = LipSyncVideoService(stream)
+        client = Client()
+        offer = await client.offer()
+        connection = SmallWebRTCConnection(ice_servers=[])
+        await connection.initialize(sdp=offer.sdp, type=offer.type)
+        answer = connection.get_answer()
+        transport = SmallWebRTCTransport(
+            webrtc_connection=connection, params=TransportParams(**service.transport_params(audio_in_enabled=True))
+        )
+        task = PipelineWorker(Pipeline([transport.input(), service, transport.output()]))
+        connected = asyncio.Event()
+
+        @transport.event_handler("on_client_connected")
+        async def _connected(transport, client):
+            connected.set()
+
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(task)
+        run = asyncio.create_task(runner.run())
+        await client.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        try:
+            await asyncio.wait_for(connected.wait(), 30)
+            deadline = time.perf_counter() + 60
+            while len(client.video) < 10:  # the idle loop arrives before any reply
+                assert time.perf_counter() < deadline, "no video"
+                await asyncio.sleep(0.02)
+            t_reply = time.perf_counter()
+            frames = [TTSStartedFrame()]
+            for i in range(0, len(speech), 480):  # 20 ms TTS chunks
+                frames.append(TTSAudioRawFrame(speech[i : i + 480].tobytes(), 24_000, 1))
+            frames.append(TTSStoppedFrame())
+            await task.queue_frames(frames)
+            while not stream.speaking:
+                assert time.perf_counter() < deadline, "the reply never reached the avatar"
+                await asyncio.sleep(0.01)
+            while stream.speaking:
+                assert time.perf_counter() < deadline, "the reply never finished"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            t_second = time.perf_counter()
+            # barge-in: a long reply, interrupted
+            await task.queue_frames(
+                [TTSStartedFrame()]
+                + [TTSAudioRawFrame(c.tobytes(), 24_000, 1) for c in np.array_split(speech_like(5.0, seed=2), 250)]
+            )
+            while not stream.speaking:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.6)
+            t_cut = time.perf_counter()
+            await task.queue_frame(InterruptionFrame())
+            await asyncio.sleep(1.0)
+            await task.queue_frame(EndFrame())
+            await asyncio.wait_for(run, 30)
+            return client, t_reply, t_second, t_cut, service
+        finally:
+            await client.close()
+            if not run.done():
+                run.cancel()
+
+    try:
+        client, t_reply, t_second, t_cut, service = asyncio.run(main())
+    finally:
+        stream.close()
+    assert service.interruptions == 1
+    # The mouth (the level the renderer drew) against what the client heard, both on the client's clock.
+    v_t = np.array([t for t, _ in client.video])
+    v_level = np.array([read_level(avatar, img, 0) for _, img in client.video], float)
+    a_t = np.array([t for t, _ in client.audio])
+    a_level = np.array([level_of(np.sqrt(np.mean((a.astype(np.float64) / 32768) ** 2))) for _, a in client.audio])
+    grid = np.arange(t_reply + 0.2, t_reply + 4.0, 0.01)
+    heard = _on_grid(a_t, a_level, grid)
+    seen_lags = {}
+    for lag_ms in range(-200, 201, 10):
+        seen = _on_grid(v_t - lag_ms / 1000, v_level, grid)
+        seen_lags[lag_ms] = float(np.corrcoef(seen, heard)[0, 1])
+    best = max(seen_lags, key=seen_lags.get)
+    fps = (len(v_t) - 1) / (v_t[-1] - v_t[0])
+    print(f"best lag {best} ms, correlation {seen_lags[best]:.2f}, {fps:.1f} fps received")
+    assert fps > 15  # a liveness floor: Pipecat samples the latest picture at ~23 fps here (see docs/agents.md)
+    assert seen_lags[best] > 0.8, seen_lags
+    assert abs(best) <= 40, f"video {best} ms behind the audio: {seen_lags}"
+    # After the barge-in the mouth closes within a few frames and the client hears silence.
+    after = v_level[(v_t > t_cut + 0.3) & (v_t < t_cut + 0.9)]
+    assert len(after) >= 10 and np.median(after) <= 5
+    quiet = a_level[(a_t > t_cut + 0.3) & (a_t < t_cut + 0.9)]
+    assert len(quiet) and np.max(quiet) <= 5
