@@ -173,3 +173,74 @@ def test_a_pipecat_pipeline_over_small_webrtc_delivers_lip_synced_video():
     assert len(after) >= 10 and np.median(after) <= 5
     quiet = a_level[(a_t > t_cut + 0.3) & (a_t < t_cut + 0.9)]
     assert len(quiet) and np.max(quiet) <= 5
+
+
+def test_the_service_pairs_pictures_with_audio_and_holds_tts_stopped_until_shown():
+    """In a plain Pipecat test pipeline: the reply's audio leaves only beside pictures, in order, and
+    TTSStoppedFrame (the transport's "bot stopped speaking") follows the reply's last picture."""
+    from pipecat.frames.frames import OutputImageRawFrame
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from workbench.integrations.pipecat_avatar import AvatarAudioFrame
+
+    avatar = make_avatar()
+    stream = LipSyncStream(LevelRenderer(), avatar, crossfade_frames=0, tail_frames=0, name="pipecat-unit")
+    stream.warm_idle()
+    speech = speech_like(1.0, seed=5)
+    service = LipSyncVideoService(stream)
+    frames = [TTSStartedFrame()]
+    frames += [TTSAudioRawFrame(c.tobytes(), 24_000, 1, context_id="ctx") for c in np.array_split(speech, 50)]
+    frames += [TTSStoppedFrame(), SleepFrame(sleep=2.5)]
+    try:
+        down, _ = asyncio.run(run_test(service, frames_to_send=frames))
+    finally:
+        stream.close()
+    kinds = [type(f) for f in down]
+    audio = [i for i, k in enumerate(kinds) if k is AvatarAudioFrame]
+    assert TTSAudioRawFrame not in kinds  # the TTS's own frames never reach the transport unpaired
+    assert len(audio) == 25 and all(kinds[i - 1] is OutputImageRawFrame for i in audio)
+    assert all(down[i - 1].sync_with_audio for i in audio)
+    played = np.concatenate([np.frombuffer(down[i].audio, np.int16) for i in audio])
+    assert np.array_equal(played, speech)
+    stopped = kinds.index(TTSStoppedFrame)
+    assert stopped > audio[-1] and OutputImageRawFrame in kinds[audio[-1] + 1 : stopped]
+    assert (down[0].size, down[0].format) == ((200, 240), "RGB")
+
+
+def test_the_example_agent_refuses_calls_beyond_the_cap_and_uses_the_realtime_settings():
+    import importlib.util
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from workbench.config import Settings
+    from workbench.integrations.streams import StreamPool
+
+    path = Path(__file__).parent.parent / "examples" / "pipecat_agent.py"
+    spec = importlib.util.spec_from_file_location("pipecat_agent_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    settings = Settings(_env_file=None, OPENAI_API_KEY="sk-test", realtime_reasoning_effort="minimal")
+    voice = example.realtime_voice(settings)
+    props = voice._settings.session_properties
+    assert voice._settings.model == "gpt-realtime-2" and props.reasoning.effort == "minimal"
+    assert props.audio.input.transcription.model == "gpt-realtime-whisper"
+
+    class Engine:
+        renderer = LevelRenderer()
+
+        def list_avatars(self):
+            return []
+
+        def load_avatar(self, avatar_id):
+            return make_avatar(avatar_id=avatar_id)
+
+    pool = StreamPool(Engine(), max_sessions=1, serialize=False)
+    busy = pool.open(pool.avatar("a"), "a")
+    try:
+        client = TestClient(example.make_app(pool, None))
+        assert "RTCPeerConnection" in client.get("/").text
+        refused = client.post("/api/offer", json={"sdp": "v=0", "type": "offer"})
+        assert refused.status_code == 503 and "busy" in refused.json()["detail"]
+    finally:
+        pool.close(busy)
