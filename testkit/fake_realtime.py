@@ -6,7 +6,9 @@ with an energy-based server VAD (`speech_started`/`speech_stopped`, interrupting
 progress), `conversation.item.create/truncate/delete`, `response.create/cancel` and the whole
 `response.*` sequence with real speech audio from the neural hibari voice (espeak-ng when it cannot
 load), offline transcription of the committed user audio with Whisper tiny.en (when the session asks
-for `audio.input.transcription`, or always with `transcribe=True`), and `error` events for bad input.
+for `audio.input.transcription`, or always with `transcribe=True`), and `error` events for bad input:
+the GA session rules of `testkit.ga_session` (no `temperature`, `reasoning.effort` only for gpt-realtime-2 and
+later, known transcription models) and models it does not serve (`models=`, `retired`) reported as the API does.
 For tests and demos it records what it received, can refuse handshakes, inject errors and drop
 every connection on demand.
 
