@@ -127,3 +127,93 @@ def test_livekit_worker_command_says_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setenv("LIVEKIT_API_SECRET", "secret")
     result = CliRunner().invoke(app, ["livekit-worker", "--cache-dir", str(tmp_path), "--renderer", "cpu"])
     assert result.exit_code == 2 and "workbench prepare" in result.output
+
+
+class _Publication:
+    async def wait_for_subscription(self) -> None:
+        return None
+
+
+class _LocalParticipant:
+    def __init__(self):
+        self.tracks = []
+
+    async def publish_track(self, track, options):
+        self.tracks.append(track)
+        return _Publication()
+
+
+class _ConnectedRoom(rtc.EventEmitter):
+    def __init__(self):
+        super().__init__()
+        self.local_participant = _LocalParticipant()
+
+    def isconnected(self) -> bool:
+        return True
+
+
+class _JobContext:
+    def __init__(self, room, metadata: str):
+        self.job = type("Job", (), {"id": "AJ_entry", "metadata": metadata})()
+        self.room = room
+        self.callbacks, self.reasons = [], []
+
+    def add_shutdown_callback(self, callback):
+        self.callbacks.append(callback)
+
+    async def connect(self, **_):
+        return None
+
+    def shutdown(self, reason: str = "") -> None:
+        self.reasons.append(reason)
+
+
+def test_a_job_plays_the_agents_audio_and_frees_its_slot_when_the_agent_leaves(monkeypatch):
+    """The worker's entrypoint with LiveKit's AvatarRunner; the data-stream receiver is replaced by its in-process
+    twin (QueueAudioOutput), the room by a stand-in that accepts the published tracks."""
+    from livekit.agents.voice.avatar import QueueAudioOutput
+
+    from testkit.realtime import speech_like
+    from workbench.integrations import livekit_worker
+
+    senders, outputs = [], []
+
+    def receiver(room, *, sender_identity):
+        senders.append(sender_identity)
+        return outputs[0]
+
+    monkeypatch.setattr(livekit_worker, "DataStreamAudioReceiver", receiver)
+    pool = StreamPool(_Engine(), max_sessions=2, serialize=False)
+    worker = AvatarWorker(pool, default_avatar="sun", max_session_s=600)
+
+    async def main():
+        agent_audio = QueueAudioOutput(sample_rate=24_000)  # made on the loop that runs it
+        outputs.append(agent_audio)
+        room = _ConnectedRoom()
+        ctx = _JobContext(room, AvatarJob(sender_identity="agent-7").to_json())
+        finished = []
+        agent_audio.on("playback_finished", finished.append)
+        await worker.entrypoint(ctx)
+        assert pool.active == 1 and worker.load() == 0.5
+        pcm = speech_like(0.6, seed=4)
+        for i in range(0, len(pcm), 240):
+            chunk = pcm[i : i + 240]
+            await agent_audio.capture_frame(rtc.AudioFrame(chunk.tobytes(), 24_000, 1, len(chunk)))
+        agent_audio.flush()
+        for _ in range(600):
+            if finished:
+                break
+            await asyncio.sleep(0.02)
+        room.emit("participant_disconnected", _Participant("someone-else", {}))
+        room.emit("participant_disconnected", _Participant("agent-7", {}))
+        for callback in ctx.callbacks:
+            await callback("test over")
+        return room, ctx, finished
+
+    room, ctx, finished = asyncio.run(main())
+    assert senders == ["agent-7"]
+    # 0.6 s of speech and the stream's 3 closing-mouth frames (silence) after it
+    assert finished and finished[0].playback_position == pytest.approx(0.6 + 3 * 0.04, abs=0.041)
+    assert ctx.reasons == ["the agent left the room"]
+    assert pool.active == 0
+    assert [type(t).__name__ for t in room.local_participant.tracks] == ["LocalAudioTrack", "LocalVideoTrack"]

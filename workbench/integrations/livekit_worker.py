@@ -67,8 +67,17 @@ class AvatarWorker:
         job = AvatarJob.from_json(ctx.job.metadata)
         avatar = await asyncio.to_thread(self.pool.avatar, job.avatar_id or self.default_avatar)
         stream = self.pool.open(avatar, name=f"livekit-{ctx.job.id}")
-        await asyncio.to_thread(stream.warm_idle)  # the idle loop is ready before the first picture goes out
         generator = LipSyncVideoGenerator(stream, max_height=self.max_video_height)
+        runner: AvatarRunner | None = None
+
+        async def cleanup(*_: Any) -> None:  # registered first: whatever fails below, the slot is freed
+            await generator.aclose()
+            if runner is not None:
+                await runner.aclose()
+            self.pool.close(stream)
+
+        ctx.add_shutdown_callback(cleanup)
+        await asyncio.to_thread(stream.warm_idle)  # the idle loop is ready before the first picture goes out
         await ctx.connect(auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
         h, w = generator.frame_size
         runner = AvatarRunner(
@@ -79,13 +88,6 @@ class AvatarWorker:
                 video_width=w, video_height=h, video_fps=FPS, audio_sample_rate=REALTIME_SAMPLE_RATE, audio_channels=1
             ),
         )
-
-        async def cleanup(*_: Any) -> None:
-            await generator.aclose()
-            await runner.aclose()
-            self.pool.close(stream)
-
-        ctx.add_shutdown_callback(cleanup)
 
         def on_left(p: rtc.RemoteParticipant) -> None:
             if p.identity == job.sender_identity:
