@@ -202,3 +202,31 @@ def test_app_flags_set_the_realtime_models_and_refuse_a_bad_effort(monkeypatch):
     assert "transcription" not in RealtimeConfig.from_settings(s).session_payload()["audio"]["input"]
     bad = runner.invoke(app.cli, ["--reasoning-effort", "extreme"])
     assert bad.exit_code == 2 and "realtime_reasoning_effort" in bad.output
+
+
+def test_each_way_the_api_reports_a_model_becomes_the_same_plain_message():
+    from websockets.exceptions import ConnectionClosedError, InvalidStatus
+    from websockets.frames import Close
+    from websockets.http11 import Response
+
+    from workbench.realtime.openai_errors import error_detail, model_setting
+
+    def http(status: int, body: bytes) -> InvalidStatus:
+        return InvalidStatus(Response(status, "x", [], body))
+
+    body = b'{"error": {"code": "model_not_found", "message": "The model `gpt-realtime` does not exist."}}'
+    for exc in (
+        http(404, body),
+        http(400, body),
+        ConnectionClosedError(Close(1008, "model_not_found: gpt-realtime"), None),
+        ConnectionClosedError(Close(4000, "The model gpt-realtime has been deprecated"), None),
+    ):
+        message, retry, bad_key = error_detail(exc, "gpt-realtime")
+        assert "'gpt-realtime'" in message and "WORKBENCH_REALTIME_MODEL" in message, message
+        assert (retry, bad_key) == (False, False)
+    # Other failures keep their own messages, and retry where that can help.
+    assert error_detail(http(404, b"not a realtime endpoint"), "gpt-realtime-2")[0].endswith("(HTTP 404)")
+    assert error_detail(ConnectionClosedError(Close(1011, "overloaded"), None), "m")[1] is True
+    assert error_detail(http(401, b""), "m")[2] is True
+    assert model_setting("invalid_value", "Invalid value for 'voice'.") is None
+    assert model_setting(None, "The transcription model `whisper-9` does not exist.") == "transcription_model"
