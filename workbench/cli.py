@@ -307,7 +307,7 @@ def livekit_worker(
         float, typer.Option(min=0.05, max=1.0, help="above this load LiveKit sends new sessions elsewhere")
     ] = 0.7,
     dev: Annotated[
-        bool, typer.Option("--dev", help="development mode (livekit-server --dev; no load threshold)")
+        bool, typer.Option("--dev", help="development mode, for livekit-server --dev (verbose logs)")
     ] = False,
     models_dir: ModelsDir = None,
     cache_dir: CacheDir = None,
