@@ -209,7 +209,7 @@ def test_the_service_pairs_pictures_with_audio_and_holds_tts_stopped_until_shown
     """In a plain Pipecat test pipeline: the reply's audio leaves only beside pictures, in order, and
     TTSStoppedFrame (the transport's "bot stopped speaking") follows the reply's last picture."""
     from pipecat.frames.frames import OutputImageRawFrame
-    from pipecat.tests.utils import SleepFrame, run_test
+    from pipecat.tests.utils import run_test
 
     from workbench.integrations.pipecat_avatar import AvatarAudioFrame
 
@@ -220,7 +220,7 @@ def test_the_service_pairs_pictures_with_audio_and_holds_tts_stopped_until_shown
     service = LipSyncVideoService(stream)
     frames = [TTSStartedFrame()]
     frames += [TTSAudioRawFrame(c.tobytes(), 24_000, 1, context_id="ctx") for c in np.array_split(speech, 50)]
-    frames += [TTSStoppedFrame(), SleepFrame(sleep=2.5)]
+    frames += [TTSStoppedFrame()]  # then run_test's EndFrame at once: the reply still plays out before it
     try:
         down, _ = asyncio.run(run_test(service, frames_to_send=frames))
     finally:

@@ -11,7 +11,7 @@ transport receives picture and sound already paired. The pictures are marked `sy
 transport shows each one only after the audio before it has been sent, so network pacing cannot pull them apart.
 `TTSStoppedFrame` is held back until the reply's last picture went out (the transport reads it as "the bot
 stopped speaking"). An `InterruptionFrame` (the user barged in) stops speech at the next tick and drops every
-queued sample and frame; the idle loop goes on.
+queued sample and frame; the idle loop goes on. An `EndFrame` waits for the reply in progress to be shown.
 
 Transport settings it needs: `video_out_enabled=True`, `video_out_is_live=False` (pictures are shown as the audio
 reaches them), `video_out_width/height=service.frame_size[::-1]`, `video_out_framerate=25`,
@@ -46,6 +46,8 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from workbench.config import FPS, REALTIME_SAMPLE_RATE
 from workbench.integrations.streams import frame_clock, shown
 from workbench.lipsync.stream import LipSyncStream
+
+END_DRAIN_S = 30.0  # longest a graceful end waits for the reply in progress to be shown
 
 
 class AvatarAudioFrame(TTSAudioRawFrame):
@@ -102,12 +104,17 @@ class LipSyncVideoService(FrameProcessor):
             self._open = None
             self._held.clear()
             self.interruptions += 1
+        elif isinstance(frame, EndFrame):
+            # A graceful end: the reply in progress (a goodbye) plays out first, for at most END_DRAIN_S.
+            self._end_open()
+            await self._drain()
+            await self._stop()
+        elif isinstance(frame, CancelFrame):
+            await self._stop()
         await self.push_frame(frame, direction)
         if isinstance(frame, StartFrame):
             self._running = True
             self._clock = self.create_task(self._run_clock())
-        elif isinstance(frame, EndFrame | CancelFrame):
-            await self._stop()
 
     def _take_audio(self, frame: OutputAudioRawFrame) -> None:
         pcm = np.frombuffer(frame.audio, dtype=np.int16)
@@ -141,6 +148,12 @@ class LipSyncVideoService(FrameProcessor):
             # A reply has been shown once the stream has moved past it: now the transport may hear it stopped.
             while self._held and shown(self.stream, self._held[0][0]):
                 await self.push_frame(self._held.popleft()[1])
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + END_DRAIN_S
+        while self._clock is not None and (self.stream.speaking or self._held) and loop.time() < deadline:
+            await asyncio.sleep(0.04)
 
     async def _stop(self) -> None:
         self._running = False
