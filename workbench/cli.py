@@ -332,6 +332,7 @@ def livekit_worker(
         pool.avatar(avatar)  # fail now, with the message, if there is no such avatar
     except (LookupError, CacheError) as exc:
         raise _fail(exc) from None
+    engine.renderer  # noqa: B018 (load the model now, not while the first caller waits)
     worker = AvatarWorker(pool, default_avatar=avatar, max_session_s=settings.session_max_s)
     server = make_server(worker, load_threshold=load_threshold)
     console.print(f"LiveKit avatar worker ({engine.resolved_renderer_name()}) for {os.environ['LIVEKIT_URL']}")

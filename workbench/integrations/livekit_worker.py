@@ -66,7 +66,7 @@ class AvatarWorker:
     async def entrypoint(self, ctx: JobContext) -> None:
         job = AvatarJob.from_json(ctx.job.metadata)
         avatar = await asyncio.to_thread(self.pool.avatar, job.avatar_id or self.default_avatar)
-        stream = self.pool.open(avatar, name=f"livekit-{ctx.job.id}")
+        stream = await asyncio.to_thread(self.pool.open, avatar, f"livekit-{ctx.job.id}")  # may load the model
         generator = LipSyncVideoGenerator(stream, max_height=self.max_video_height)
         runner: AvatarRunner | None = None
 
