@@ -61,12 +61,22 @@ def main(
     max_sessions: Annotated[
         int | None, typer.Option(min=1, max=64, help="concurrent realtime calls (default 4, WORKBENCH_MAX_SESSIONS)")
     ] = None,
+    realtime_model: Annotated[
+        str | None, typer.Option(help="OpenAI Realtime model (default gpt-realtime-2, WORKBENCH_REALTIME_MODEL)")
+    ] = None,
+    reasoning_effort: Annotated[
+        str | None, typer.Option(help="gpt-realtime-2's reasoning effort: minimal, low (default), medium or high")
+    ] = None,
+    transcription_model: Annotated[
+        str | None, typer.Option(help="the user's transcript (default gpt-realtime-whisper; 'none' turns it off)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     import uvicorn
+    from pydantic import ValidationError
 
     from workbench.config import Settings
     from workbench.engine import Engine
@@ -80,10 +90,17 @@ def main(
             "runs_dir": runs_dir,
             "renderer": renderer,
             "max_sessions": max_sessions,
+            "realtime_model": realtime_model,
+            "realtime_reasoning_effort": reasoning_effort,
+            "realtime_transcription_model": transcription_model,
         }.items()
         if v is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:  # a bad flag is one line, not a traceback
+        first = exc.errors(include_url=False)[0]
+        raise typer.BadParameter(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     bind_host, bind_port = _server_address(settings, host, port)
     settings = settings.model_copy(update={"host": bind_host, "port": bind_port, "share": share or settings.share})
     engine = Engine(settings)

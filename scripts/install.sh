@@ -2,11 +2,12 @@
 # Install everything the workbench needs into .venv. Safe to run again: what is there is kept.
 #   TORCH='torch==2.13.0'  the torch requirement installed first (default); set another for your GPU/CUDA
 #   SKIP_APT=1             do not apt-get (you installed ffmpeg, espeak-ng, chromium yourself)
-#   EXTRAS='dev,ray'       the optional extras installed (default; CI needs both: ray runs the distributed eval test)
+#   EXTRAS='dev,ray,agents' the optional extras installed (default; CI needs all: ray runs the distributed eval test,
+#                          agents the LiveKit and Pipecat integration tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH="${TORCH:-torch==2.13.0}"
-EXTRAS="${EXTRAS:-dev,ray}"
+EXTRAS="${EXTRAS:-dev,ray,agents}"
 
 need=()
 for cmd in ffmpeg espeak-ng chromium; do command -v "$cmd" >/dev/null || need+=("$cmd"); done

@@ -6,7 +6,9 @@ with an energy-based server VAD (`speech_started`/`speech_stopped`, interrupting
 progress), `conversation.item.create/truncate/delete`, `response.create/cancel` and the whole
 `response.*` sequence with real speech audio from the neural hibari voice (espeak-ng when it cannot
 load), offline transcription of the committed user audio with Whisper tiny.en (when the session asks
-for `audio.input.transcription`, or always with `transcribe=True`), and `error` events for bad input.
+for `audio.input.transcription`, or always with `transcribe=True`), and `error` events for bad input:
+the GA session rules of `testkit.ga_session` (no `temperature`, `reasoning.effort` only for gpt-realtime-2 and
+later, known transcription models) and models it does not serve (`models=`, `retired`) reported as the API does.
 For tests and demos it records what it received, can refuse handshakes, inject errors and drop
 every connection on demand.
 
@@ -26,7 +28,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -34,6 +36,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from testkit.ga_session import REALTIME_MODELS, TRANSCRIPTION_MODELS, check_session_fields, is_reasoning_model
+from testkit.ga_session import BadRequest as _BadRequest
+from testkit.ga_session import model_not_found as _model_not_found
 from workbench.config import REALTIME_SAMPLE_RATE
 from workbench.realtime import tts
 from workbench.realtime.voice import OPENAI_VOICES, EnergyVAD, redacting_logger
@@ -57,6 +62,13 @@ def whisper_transcript(pcm: np.ndarray) -> str:
     return shared_transcriber().transcribe(pcm, REALTIME_SAMPLE_RATE).text
 
 
+def _model_of(path: str) -> str:
+    """The `model` query parameter of a Realtime URL (the API's own default when there is none)."""
+    if "model=" not in path:
+        return "gpt-realtime"
+    return path.split("model=", 1)[1].split("&", 1)[0]
+
+
 def default_responder(user_text: str | None) -> str:
     if user_text:
         return f"You said: {user_text}"
@@ -65,7 +77,7 @@ def default_responder(user_text: str | None) -> str:
 
 def _default_session(model: str) -> dict[str, Any]:
     pcm = {"type": "audio/pcm", "rate": REALTIME_SAMPLE_RATE}
-    return {
+    session = {
         "type": "realtime",
         "object": "realtime.session",
         "id": "sess_local",
@@ -92,12 +104,9 @@ def _default_session(model: str) -> dict[str, Any]:
             "output": {"format": pcm, "voice": "marin", "speed": 1.0},
         },
     }
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, code: str = "invalid_value", param: str | None = None):
-        super().__init__(message)
-        self.code, self.param = code, param
+    if is_reasoning_model(model):
+        session["reasoning"] = {"effort": "low"}  # the API's default for gpt-realtime-2
+    return session
 
 
 @dataclass(eq=False)
@@ -130,12 +139,21 @@ class FakeRealtimeServer:
         recogniser: Recogniser | None = None,
         speed_factor: float = 8.0,
         chunk_ms: int = 100,
+        models: frozenset[str] | set[str] = REALTIME_MODELS,
+        transcription_models: frozenset[str] | set[str] = TRANSCRIPTION_MODELS,
+        unknown_model: Literal["error", "http"] = "error",
         host: str = "127.0.0.1",
         port: int = 0,
     ):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the fake Realtime server only binds to loopback")
         self.api_key = api_key
+        # Models this server serves; any other is refused as the API does: an `error` event (model_not_found)
+        # and a close after the handshake, or with unknown_model="http" a 404 at the handshake itself.
+        self.models = frozenset(models)
+        self.transcription_models = frozenset(transcription_models)
+        self.unknown_model = unknown_model
+        self.retired: set[str] = set()  # served at connect, but every response fails with model_not_found
         self.responder = responder
         self.audio_source = audio_source or neural_speech
         self.transcribe = transcribe  # transcribe every committed turn, even when the session did not ask
@@ -231,6 +249,13 @@ class FakeRealtimeServer:
             return connection.respond(self._refuse.pop(0), "refused by test\n")
         if not request.path.split("?")[0].rstrip("/").endswith("/realtime"):
             return connection.respond(404, "not a realtime endpoint\n")
+        model = _model_of(request.path)
+        if self.unknown_model == "http" and model not in self.models:
+            err = _model_not_found(model)
+            body = {"error": {"type": "invalid_request_error", "code": err.code, "message": str(err), "param": None}}
+            return Response(
+                404, "Not Found", Headers([("Content-Type", "application/json")]), json.dumps(body).encode()
+            )
         if self.api_key is not None:
             auth = request.headers.get("Authorization", "")
             if auth != f"Bearer {self.api_key}":
@@ -273,12 +298,16 @@ class FakeRealtimeServer:
         )
 
     async def _handle(self, ws: ServerConnection) -> None:
-        model = "gpt-realtime"
-        if "model=" in (ws.request.path if ws.request else ""):
-            model = ws.request.path.split("model=", 1)[1].split("&", 1)[0]
+        model = _model_of(ws.request.path if ws.request else "")
         c = _Conn(ws=ws, session=_default_session(model))
         self._conns.add(c)
         try:
+            if model not in self.models:
+                err = _model_not_found(model)
+                await self._error(c, str(err), code=err.code, param=err.param)
+                # The close says why too: a client whose first send fails on the closed socket still learns it.
+                await ws.close(code=1008, reason=f"model_not_found: {model}"[:120])
+                return
             await self._send(c, {"type": "session.created", "session": c.session})
             async for raw in ws:
                 await self._dispatch(c, raw)
@@ -317,7 +346,10 @@ class FakeRealtimeServer:
             raise _BadRequest("Missing required parameter: 'session'.", "missing_required_parameter", "session")
         if s.get("type") != "realtime":
             raise _BadRequest("Invalid value for 'session.type': expected 'realtime'.", param="session.type")
+        check_session_fields(s, c.session["model"], self.transcription_models)
         new = copy.deepcopy(c.session)
+        if "reasoning" in s:
+            new["reasoning"] = dict(s["reasoning"])
         for key in ("instructions", "output_modalities", "tools", "tool_choice", "max_output_tokens"):
             if key in s:
                 new[key] = s[key]
@@ -502,9 +534,21 @@ class FakeRealtimeServer:
         if c.response is not None and not c.response.done():
             await self._cancel(c, reason="turn_detected")
         c.response_id = self._new_id("resp")
+        if c.session["model"] in self.retired:
+            await self._fail_response(c, c.response_id, _model_not_found(c.session["model"]))
+            return
         c.response = asyncio.create_task(self._respond(c, c.response_id))
         # Let the response announce itself before the next client event is read.
         await asyncio.sleep(0)
+
+    async def _fail_response(self, c: _Conn, response_id: str, err: _BadRequest) -> None:
+        """A response that fails at once, as the API reports a model it no longer serves to this key."""
+        failed = {"type": "failed", "error": {"type": "invalid_request_error", "code": err.code, "message": str(err)}}
+        base = {"id": response_id, "object": "realtime.response", "output": [], "output_modalities": ["audio"]}
+        await self._send(c, {"type": "response.created", "response": {**base, "status": "in_progress"}})
+        await self._send(
+            c, {"type": "response.done", "response": {**base, "status": "failed", "status_details": failed}}
+        )
 
     async def _cancel(self, c: _Conn, reason: str) -> None:
         task = c.response

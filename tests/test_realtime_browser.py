@@ -243,3 +243,36 @@ def test_chromium_shows_the_face_zoomed(server, tmp_path):
     x, y, w, h = rect
     assert w < 416 * 0.8 and abs(w / h - 4 / 5) < 0.01  # a real zoom, at the canvas's aspect
     assert x <= face[0] * 416 and x + w >= face[2] * 416  # the face box is inside the zoomed window
+
+
+def test_the_chat_panel_offers_the_current_realtime_models(server):
+    """The page's OpenAI fields start at the server's settings (gpt-realtime-2, reasoning low, gpt-realtime-whisper)
+    and the connection request carries the user's choices; the request is intercepted, nothing reaches OpenAI."""
+    import json
+
+    url, _, avatar_id = server
+    sent = []
+
+    def capture(route):
+        sent.append(json.loads(route.request.post_data))
+        route.fulfill(status=400, content_type="application/json", body=json.dumps({"detail": "stopped by the test"}))
+
+    with chromium_page(f"{url}/rtc/chat?mode=openai&mic=0&avatar={avatar_id}") as page:
+        page.route("**/offer", capture)
+        page.wait_for_function("document.getElementById('reasoning').value === 'low'", timeout=20_000)
+        defaults = page.evaluate(
+            "['model', 'reasoning', 'transcription'].map((id) => document.getElementById(id).value)"
+        )
+        page.select_option("#reasoning", "minimal")
+        page.fill("#transcription", "")
+        page.fill("#apiKey", "sk-test-not-a-key")
+        page.click("#connect")
+        page.wait_for_function("document.getElementById('log').textContent.includes('stopped by the test')")
+    assert defaults == ["gpt-realtime-2", "low", "gpt-realtime-whisper"]
+    realtime = sent[0]["realtime"]
+    assert (realtime["model"], realtime["reasoning_effort"], realtime["transcription_model"]) == (
+        "gpt-realtime-2",
+        "minimal",
+        "none",
+    )
+    assert "temperature" not in realtime

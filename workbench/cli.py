@@ -296,6 +296,59 @@ def _choice(value: str, literal) -> str:
     return value
 
 
+@app.command("livekit-worker")
+def livekit_worker(
+    avatar: Annotated[str | None, typer.Option(help="the avatar a job shows unless the agent names one")] = None,
+    renderer: Annotated[str, typer.Option(help=", ".join(RENDERERS))] = "auto",
+    max_sessions: Annotated[
+        int | None, typer.Option(min=1, max=64, help="avatar sessions (WORKBENCH_MAX_SESSIONS)")
+    ] = None,
+    load_threshold: Annotated[
+        float, typer.Option(min=0.05, max=1.0, help="above this load LiveKit sends new sessions elsewhere")
+    ] = 0.7,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="development mode, for livekit-server --dev (verbose logs)")
+    ] = False,
+    models_dir: ModelsDir = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Serve the avatar to LiveKit Agents: register with LIVEKIT_URL as 'workbench-avatar' (docs/agents.md)."""
+    try:
+        from workbench.integrations.livekit_worker import AvatarWorker, make_server
+        from workbench.integrations.streams import StreamPool
+    except ImportError as exc:
+        raise _fail(RuntimeError(f"LiveKit is not installed ({exc.name}): pip install -e '.[agents]'")) from None
+    missing = [v for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not os.environ.get(v)]
+    if missing:
+        raise _fail(
+            RuntimeError(f"set {', '.join(missing)} (for livekit-server --dev: ws://127.0.0.1:7880, devkey, secret)")
+        )
+    settings = _settings(models_dir, cache_dir, **({"max_sessions": max_sessions} if max_sessions else {}))
+    engine = _engine(settings, _choice(renderer, RendererName))
+    pool = StreamPool(engine, max_sessions=settings.max_sessions, batch_size=settings.batch_size)
+    from workbench.avatars.store import CacheError
+
+    try:
+        pool.avatar(avatar)  # fail now, with the message, if there is no such avatar
+    except (LookupError, CacheError) as exc:
+        raise _fail(exc) from None
+    engine.renderer  # noqa: B018 (load the model now, not while the first caller waits)
+    worker = AvatarWorker(pool, default_avatar=avatar, max_session_s=settings.session_max_s)
+    server = make_server(worker, load_threshold=load_threshold)
+    console.print(f"LiveKit avatar worker ({engine.resolved_renderer_name()}) for {os.environ['LIVEKIT_URL']}")
+
+    async def run() -> None:
+        try:
+            await server.run(devmode=dev)
+        finally:
+            await server.aclose()
+
+    import asyncio
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
 def _mount_eval() -> None:
     """`workbench eval …` comes from the evaluation package; mounted here so there is one command."""
     from workbench.evaluation.cli import eval_app

@@ -37,6 +37,7 @@ ParsingMode = Literal["jaw", "raw"]
 RendererName = Literal["auto", "cpu", "musetalk"]
 DetectorName = Literal["dlib", "dwpose"]
 MaskSource = Literal["auto", "landmarks", "bisenet"]
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]  # gpt-realtime-2's session.reasoning.effort
 # The same choices as tuples, for CLI help, radio buttons and validation: one list, read everywhere.
 PARSING_MODES: tuple[str, ...] = get_args(ParsingMode)
 RENDERERS: tuple[str, ...] = get_args(RendererName)
@@ -98,8 +99,15 @@ class Settings(BaseSettings):
     # OpenAI Realtime; the key is read from OPENAI_API_KEY too, and never logged or cached.
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
-    realtime_model: str = "gpt-realtime"
+    # gpt-realtime shuts down 2027-01-20 (published notice); gpt-realtime-2 is its successor.
+    realtime_model: str = "gpt-realtime-2"
     realtime_voice: str = "marin"
+    realtime_reasoning_effort: ReasoningEffort = Field(
+        default="low", description="gpt-realtime-2 and later: minimal, low, medium or high (older models: not sent)"
+    )
+    realtime_transcription_model: str = Field(
+        default="gpt-realtime-whisper", description="the user's transcript: a transcription model, or 'none'"
+    )
     # ICE servers for WebRTC as JSON (a Space needs a TURN server; localhost needs none)
     ice_servers_json: str = "[]"
     # Realtime calls: how many at once (each holds a lip-sync stream, a voice session and its frames),

@@ -228,6 +228,22 @@ class RenderBatcher:
         with self._cv:
             return sum(len(q) for q in self._queues.values())
 
+    def occupancy(self, window_s: float = 5.0, now: float | None = None) -> float:
+        """How busy the model is, 0..1: the share of the last `window_s` seconds spent in model calls (from
+        the batch records), or 1 when more frames wait than one batch holds (the renderer is falling behind).
+        A dispatcher reads it as this renderer's load (LiveKit's `load_fnc`)."""
+        now = time.perf_counter() if now is None else float(now)
+        start = now - window_s
+        busy = 0.0
+        for r in reversed(list(self.records)):  # a snapshot: the worker appends while we read
+            end = r.started + r.device_s
+            if end <= start:
+                break
+            busy += max(0.0, min(end, now) - max(r.started, start))
+        if self.waiting() > self.max_batch:
+            return 1.0
+        return min(1.0, busy / window_s)
+
     def close(self) -> None:
         with self._cv:
             self._closed = True

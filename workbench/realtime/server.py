@@ -69,6 +69,7 @@ from workbench.media import init_audio_libraries
 from workbench.plain import one_line
 from workbench.realtime.admission import RETRY_AFTER_S, Busy, GrantBook, LineFull, WaitingLine  # noqa: F401 (re-exported)
 from workbench.realtime.egress import EgressPolicy, EndpointRefused
+from workbench.realtime.openai_config import REASONING_EFFORTS
 from workbench.realtime.session import ChatSession
 from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
 from workbench.zerogpu import on_zerogpu
@@ -330,7 +331,7 @@ class RealtimeManager:
     def realtime_config(self, requested: RealtimeConfig | None) -> RealtimeConfig:
         """The browser's choices over this server's settings (model, voice, endpoint)."""
         s = self.settings
-        base = RealtimeConfig(model=s.realtime_model, voice=s.realtime_voice, base_url=s.openai_base_url)
+        base = RealtimeConfig.from_settings(s)
         if requested is None:
             return base
         return base.model_copy(update=requested.model_dump(include=requested.model_fields_set))
@@ -486,9 +487,12 @@ class RealtimeManager:
             "ice_servers": self.ice_servers,
             "modes": ["echo", "faq", "openai"],
             "voices": list(OPENAI_VOICES),
+            "reasoning_efforts": list(REASONING_EFFORTS),
             "defaults": {
                 "model": self.settings.realtime_model,
                 "voice": self.settings.realtime_voice,
+                "reasoning_effort": self.settings.realtime_reasoning_effort,
+                "transcription_model": self.settings.realtime_transcription_model,
                 "turn_detection": "server_vad",
                 "silence_duration_ms": 500,
                 "vad_threshold": 0.5,

@@ -34,10 +34,12 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import SecretStr
 
-from workbench.config import REALTIME_SAMPLE_RATE, Settings
+from workbench.config import REALTIME_SAMPLE_RATE
 from workbench.realtime import tts
+from workbench.realtime.openai_config import DEFAULT_INSTRUCTIONS, RealtimeConfig  # noqa: F401 (re-exported)
+from workbench.realtime.openai_errors import error_detail, model_setting, unknown_model_message
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,6 @@ VoiceEventKind = Literal[
 ConnectionStatus = Literal["idle", "connecting", "connected", "reconnecting", "failed", "closed"]
 
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
-DEFAULT_INSTRUCTIONS = (
-    "You are a friendly digital human on a video call. Speak naturally and briefly, one to three sentences "
-    "at a time, and let the user interrupt you."
-)
 _ids = itertools.count(1)
 
 
@@ -261,98 +259,6 @@ def _pcm_to_b64(pcm: np.ndarray) -> str:
 
 
 # ---- OpenAI Realtime ----------------------------------------------------------------------------
-class RealtimeConfig(BaseModel):
-    """What a user may set for an OpenAI Realtime session (no secret in here)."""
-
-    # Defaults are Settings' defaults; a server fills in its own settings (`RealtimeManager.realtime_config`).
-    model: str = Settings.model_fields["realtime_model"].default
-    voice: str = Settings.model_fields["realtime_voice"].default
-    instructions: str = DEFAULT_INSTRUCTIONS
-    # "none": no server VAD; the client's energy VAD finds turns, commits them and asks for a response.
-    turn_detection: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
-    vad_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    prefix_padding_ms: int = Field(300, ge=0, le=5000)
-    silence_duration_ms: int = Field(500, ge=0, le=10000)
-    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
-    interrupt_response: bool = True
-    transcription_model: str | None = None  # e.g. "gpt-4o-mini-transcribe" for user transcripts
-    base_url: str | None = None
-    max_retries: int = Field(5, ge=0, le=50)
-    initial_backoff_s: float = Field(0.5, gt=0.0, le=60.0)
-    max_backoff_s: float = Field(8.0, gt=0.0, le=300.0)
-    connect_timeout_s: float = Field(15.0, gt=0.0, le=120.0)
-
-    @field_validator("model", "voice")
-    @classmethod
-    def _short_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,80}", v):
-            raise ValueError(f"invalid name {v!r}")
-        return v
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v in (None, ""):
-            return None
-        if not re.match(r"^(https?|wss?)://[^\s]+$", v):
-            raise ValueError("base_url must start with http://, https://, ws:// or wss://")
-        return v.rstrip("/")
-
-    def session_payload(self) -> dict[str, Any]:
-        """The GA `session.update` body."""
-        if self.turn_detection == "server_vad":
-            td: dict[str, Any] | None = {
-                "type": "server_vad",
-                "threshold": self.vad_threshold,
-                "prefix_padding_ms": self.prefix_padding_ms,
-                "silence_duration_ms": self.silence_duration_ms,
-                "create_response": True,
-                "interrupt_response": self.interrupt_response,
-            }
-        elif self.turn_detection == "semantic_vad":
-            td = {
-                "type": "semantic_vad",
-                "eagerness": self.eagerness,
-                "create_response": True,
-                "interrupt_response": self.interrupt_response,
-            }
-        else:
-            td = None
-        pcm = {"type": "audio/pcm", "rate": REALTIME_SAMPLE_RATE}
-        audio_in: dict[str, Any] = {"format": pcm, "turn_detection": td}
-        if self.transcription_model:
-            audio_in["transcription"] = {"model": self.transcription_model}
-        return {
-            "type": "realtime",
-            "instructions": self.instructions,
-            "output_modalities": ["audio"],
-            "audio": {"input": audio_in, "output": {"format": pcm, "voice": self.voice}},
-        }
-
-
-def _error_detail(exc: BaseException | None) -> tuple[str, bool, bool]:
-    """A user-facing message for a failed connection, whether retrying can help, whether it is the key."""
-    from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
-
-    if exc is None:
-        return "the server closed the session", True, False
-    if isinstance(exc, InvalidStatus):
-        code = exc.response.status_code
-        if code in (401, 403):
-            return f"the Realtime server refused the API key (HTTP {code})", False, True
-        if code == 404:
-            return "the Realtime endpoint or model was not found (HTTP 404)", False, False
-        return f"the Realtime server answered HTTP {code}", code in (408, 429) or code >= 500, False
-    if isinstance(exc, ConnectionClosed):
-        code = exc.rcvd.code if exc.rcvd is not None else 1006
-        return f"the connection closed (code {code})", True, False
-    if isinstance(exc, InvalidURI):
-        return f"invalid Realtime URL: {exc}", False, False
-    if isinstance(exc, OSError | asyncio.TimeoutError | TimeoutError):
-        return f"cannot reach the Realtime server: {exc.__class__.__name__}: {exc}", True, False
-    return f"{exc.__class__.__name__}: {exc}", True, False
-
-
 class OpenAIRealtimeVoice(VoiceSession):
     """The OpenAI Realtime API through `AsyncOpenAI().realtime.connect`, with reconnects."""
 
@@ -394,6 +300,7 @@ class OpenAIRealtimeVoice(VoiceSession):
         self._bad_event_noticed = -float("inf")
         self._client_vad = EnergyVAD()  # used when turn_detection is "none"
         self._prefix: deque[np.ndarray] = deque()
+        self._fatal: str | None = None  # set when the API refused the model: no reconnect
 
     def describe(self) -> str:
         where = redact_url(self.config.base_url) if self.config.base_url else "api.openai.com"
@@ -459,7 +366,9 @@ class OpenAIRealtimeVoice(VoiceSession):
                 error = exc
             if self._closing:
                 break
-            detail, retry, bad_key = _error_detail(error)
+            detail, retry, bad_key = error_detail(error, self.config.model)
+            if self._fatal:  # the API refused the model: retrying gets the same answer
+                detail, retry, bad_key = self._fatal, False, False
             detail = redact_url(detail)  # an exception may quote the URL, credentials and all
             if self.response_active:
                 self._emit(VoiceEvent("response_done", status="failed"))
@@ -582,6 +491,9 @@ class OpenAIRealtimeVoice(VoiceSession):
             self._emit(VoiceEvent("response_started", response_id=getattr(event.response, "id", None)))
         elif t == "response.done":
             r = event.response
+            failure = getattr(getattr(r, "status_details", None), "error", None)
+            if failure is not None:
+                await self._model_failure(getattr(failure, "code", None), getattr(failure, "message", None))
             self._emit(
                 VoiceEvent("response_done", response_id=getattr(r, "id", None), status=getattr(r, "status", None))
             )
@@ -592,10 +504,26 @@ class OpenAIRealtimeVoice(VoiceSession):
             if getattr(err, "code", None) == "response_cancel_not_active":
                 log.debug("ignored: %s", err.message)  # a cancel racing the server's own VAD cancel
                 return
+            if await self._model_failure(getattr(err, "code", None), err.message, getattr(err, "param", None)):
+                return
             log.warning("realtime error %s: %s", getattr(err, "code", None), err.message)
             self._emit(
                 VoiceEvent("error", text=err.message, code=getattr(err, "code", None) or getattr(err, "type", None))
             )
+
+    async def _model_failure(self, code: str | None, message: str | None, param: str | None = None) -> bool:
+        """An unknown or retired model ends the session with one plain message naming the setting to change."""
+        setting = model_setting(code, message, param)
+        if setting is None or self._fatal:
+            return setting is not None
+        name = self.config.model if setting == "model" else self.config.transcription_model
+        self._fatal = unknown_model_message(setting, name)
+        log.warning("realtime model refused (%s): %s", code, message)
+        if self._ever_connected:  # before that, connect() raises with this message: the page hears it once
+            self._emit(VoiceEvent("error", text=self._fatal, code="model_not_found"))
+        if self._conn is not None:
+            await self._conn.close()  # ends the receive loop; _run then fails without retrying
+        return True
 
     async def close(self) -> None:
         self._closing = True

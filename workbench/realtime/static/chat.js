@@ -49,6 +49,8 @@
     for (const v of cfg.voices) $("voice").append(new Option(v, v));
     $("voice").value = cfg.defaults.voice;
     $("model").value = cfg.defaults.model;
+    if (cfg.defaults.reasoning_effort) $("reasoning").value = cfg.defaults.reasoning_effort;
+    if (cfg.defaults.transcription_model !== undefined) $("transcription").value = cfg.defaults.transcription_model || "none";
     if (cfg.server_key) $("apiKey").placeholder = "optional: the server has a key";
     if (params.get("mode")) $("mode").value = params.get("mode");
     if (params.get("mic") === "0") $("useMic").checked = false;
@@ -70,6 +72,8 @@
       if (key) body.api_key = key;
       body.realtime = {
         model: $("model").value.trim(),
+        reasoning_effort: $("reasoning").value,
+        transcription_model: $("transcription").value.trim() || "none",
         voice: $("voice").value,
         turn_detection: $("turn").value,
         vad_threshold: Number($("threshold").value),
