@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -299,25 +300,22 @@ class Peer:
     def of(self, type_):
         return [m for m in self.messages if m.get("type") == type_]
 
-    def fps(self, t0, t1):
-        """Frames received per second of wall time."""
-        return sum(1 for t, _ in self.video if t0 <= t < t1) / (t1 - t0)
+    def frames(self, t0, t1):
+        """The video frames received in [t0, t1) of wall time."""
+        return [f for t, f in self.video if t0 <= t < t1]
 
-    def media_fps(self, t0, t1):
-        """The sender's clock in frames per second, from the timestamps of consecutive frames received in [t0, t1):
-        25 whatever the network or the machine's load did (RTP video runs on a 90 kHz clock)."""
-        pts = np.array([f.pts for t, f in self.video if t0 <= t < t1])
-        steps = np.diff(pts)
-        return 90000.0 / float(np.median(steps)) if steps.size and np.median(steps) > 0 else 0.0
+    def clock_fps(self, t0, t1):
+        """The sender's clock in frames per second, from the frames' own timestamps (RTP video runs at 90 kHz): the
+        largest step that divides every gap between frames received in [t0, t1). A frame the network or a loaded
+        machine dropped leaves a gap of two steps, not another clock, so this is 25 whatever the load was."""
+        pts = [f.pts for f in self.frames(t0, t1)]
+        steps = [b - a for a, b in zip(pts, pts[1:], strict=False) if b != a]
+        return 90000.0 / math.gcd(*steps) if steps and math.gcd(*steps) > 0 else 0.0
 
-    def delivered(self, t0, t1):
-        """Of the frames the sender stamped between the first and last frame received in [t0, t1), the fraction that
-        arrived: 1.0 when none was lost, whatever the wall-clock rate was."""
-        pts = [f.pts for t, f in self.video if t0 <= t < t1]
-        if len(pts) < 2:
-            return 0.0
-        step = 90000.0 / self.media_fps(t0, t1)
-        return len(set(pts)) / (round((pts[-1] - pts[0]) / step) + 1)
+    def in_order(self, t0, t1):
+        """Every frame received in [t0, t1) is later in the sender's clock than the one before it."""
+        pts = [f.pts for f in self.frames(t0, t1)]
+        return all(b > a for a, b in zip(pts, pts[1:], strict=False))
 
     def audio_energy(self, t0, t1):
         chunks = [f.to_ndarray().astype(np.float64) for t, f in self.audio if t0 <= t < t1]
