@@ -144,6 +144,23 @@ _MOUTH_MOTION = """async ([box, n]) => {
 }"""
 
 
+# What the page showed while a turn went by: the phases of the pill on the video, and whether the user's bubble
+# (pending) was in the transcript before the avatar's first one.
+_RECORD_PHASES = """() => {
+    window.__phases = [];
+    window.__pendingBeforeAnswer = false;
+    const phase = document.getElementById('phase');
+    new MutationObserver(() => {
+        const p = phase.dataset.phase;
+        if (window.__phases[window.__phases.length - 1] !== p) window.__phases.push(p);
+    }).observe(phase, { attributes: true });
+    new MutationObserver(() => {
+        if (!document.querySelector('#log .assistant') && document.querySelector('#log .user.spoken'))
+            window.__pendingBeforeAnswer = true;
+    }).observe(document.getElementById('log'), { childList: true, subtree: true, characterData: true });
+}"""
+
+
 def _question_wav(path: Path) -> Path:
     """The spoken question in the neural voice, `QUESTION_AT_S` in, room noise around it to the end of the period."""
     from workbench.voice.tts import load_speaker
@@ -176,6 +193,7 @@ def test_a_spoken_question_is_recognised_and_answered_aloud_with_lip_sync(server
     chat = f"{url}/rtc/chat?mode=faq&autostart=1&avatar={avatar_id}"
     with chromium_page(chat, wav, viewport=(1100, 900)) as page:
         assert "English only" in page.inner_text("#localHint")
+        page.evaluate(_RECORD_PHASES)
         page.wait_for_function(
             "window.rtcChat && window.rtcChat.state.dc && window.rtcChat.state.dc.readyState === 'open'",
             timeout=30_000,
@@ -216,6 +234,7 @@ def test_a_spoken_question_is_recognised_and_answered_aloud_with_lip_sync(server
         d = stats()
         page.screenshot(path=str(ARTIFACTS / "realtime-spoken.png"))
         log_text = page.inner_text("#log")
+        phases, pending_first = page.evaluate("[window.__phases, window.__pendingBeforeAnswer]")
         timings = [t.as_dict() for t in session.voice.timings]
         if session.voice.last_turn is not None:  # what the recogniser heard, for a failing transcript
             sf.write(ARTIFACTS / "realtime-spoken-turn.wav", session.voice.last_turn.audio, 16_000)
@@ -227,6 +246,11 @@ def test_a_spoken_question_is_recognised_and_answered_aloud_with_lip_sync(server
     assert speech_rate > 10 * idle_rate, (speech_rate, idle_rate, a, b, c, d, log_text)  # the answer was heard aloud
     assert speaking_motion > 1.5 * idle_motion, (speaking_motion, idle_motion, box)  # and the mouth moved with it
     assert timings and timings[0]["asr_compute_ms"] > 0, timings
+    # Between the end of the question and the answer the page showed that it heard: listening, then thinking, and
+    # the user's bubble (pending, then the transcript) before the avatar's.
+    assert "listening" in phases and "thinking" in phases, phases
+    assert phases.index("listening") < phases.index("thinking") < phases.index("speaking"), phases
+    assert pending_first, log_text
 
 
 @pytest.mark.browser
@@ -258,3 +282,62 @@ def test_chromium_shows_the_face_zoomed(server, tmp_path):
     x, y, w, h = rect
     assert w < 416 * 0.8 and abs(w / h - 4 / 5) < 0.01  # a real zoom, at the canvas's aspect
     assert x <= face[0] * 416 and x + w >= face[2] * 416  # the face box is inside the zoomed window
+
+
+def _zoom_spread(page) -> list[int]:
+    """The zoom canvas's size and the spread of its green channel (a picture, not an empty canvas)."""
+    return page.evaluate(
+        """() => { const c = document.getElementById('zoom');
+          if (c.hidden || !c.width) return [0, 0, 0];
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i+1]); hi = Math.max(hi, d[i+1]); }
+          return [c.width, c.height, hi - lo]; }"""
+    )
+
+
+def test_the_chat_page_is_styled_zooms_when_asked_before_connect_and_shows_a_small_face_large(server):
+    """The page in the app's theme; Face zoom ticked before Connect works once the face box arrives; untouched, a
+    face that is a small part of the frame (yongen: a half-body video) is zoomed by default; a plain status line."""
+    url, _, avatar_id = server
+    with chromium_page(f"{url}/rtc/chat?mode=echo&mic=0&avatar={avatar_id}", viewport=(1100, 760)) as page:
+        style = page.evaluate(
+            """() => { const s = (id, p) => getComputedStyle(document.getElementById(id))[p];
+              return { button: s('connect', 'backgroundColor'), font: s('chat', 'fontFamily'),
+                       body: getComputedStyle(document.body).backgroundColor, input: s('text', 'borderRadius'),
+                       label: getComputedStyle(document.querySelector('.field > span')).color }; }"""
+        )
+        page.check("#faceZoom")  # before Connect: the face box is not known yet
+        page.click("#connect")
+        page.wait_for_function(
+            "window.rtcChat.state.lastStats && window.rtcChat.state.lastStats.framesDecoded > 10", timeout=30_000
+        )
+        page.wait_for_function("document.getElementById('status').innerText.startsWith('Connected')", timeout=30_000)
+        page.wait_for_timeout(600)
+        ticked = _zoom_spread(page)
+        status = page.inner_text("#status")
+        page.evaluate("window.rtcChat.hangup()")
+    assert style["button"] == "rgb(99, 102, 241)" and "system-ui" in style["font"], style  # primary-500, theme font
+    assert style["body"] == "rgb(249, 250, 251)" and style["label"] == "rgb(99, 102, 241)", style
+    assert ticked[0] > 100 and ticked[2] > 60, ticked
+    assert status.startswith("Connected · local echo · voice: ") and "((" not in status and "))" not in status, status
+
+    with chromium_page(f"{url}/rtc/chat?mode=echo&mic=0&autostart=1&avatar={avatar_id}", viewport=(1100, 760)) as page:
+        page.wait_for_function(
+            "window.rtcChat.state.lastStats && window.rtcChat.state.lastStats.framesDecoded > 10", timeout=30_000
+        )
+        page.wait_for_timeout(600)
+        face = page.evaluate("window.rtcChat.state.face")
+        default = [page.is_checked("#faceZoom"), *_zoom_spread(page)]
+        page.fill("#text", "Hello, this is what the chat looks like.")
+        page.click("#send")
+        page.wait_for_function("document.querySelector('#log .assistant') !== null", timeout=30_000)
+        page.wait_for_timeout(1500)
+        bubbles = page.evaluate(
+            """() => ['user', 'assistant'].map(c => { const el = document.querySelector('#log .' + c);
+                 const s = getComputedStyle(el); return [s.alignSelf, s.backgroundColor]; })"""
+        )
+        page.screenshot(path=str(ARTIFACTS / "chat-page.png"))
+        page.evaluate("window.rtcChat.hangup()")
+    assert (face[2] - face[0]) * (face[3] - face[1]) < 0.12, face  # small in the frame
+    assert default[0] and default[1] > 100 and default[3] > 60, default  # so zoomed without asking
+    assert bubbles[0] == ["flex-end", "rgb(99, 102, 241)"] and bubbles[1][0] == "flex-start", bubbles
