@@ -146,9 +146,13 @@ class WorkbenchUI:
                 show_progress="hidden",
             )
             demo.load(lambda: self.header_html(), None, banner, show_progress="hidden")
+            # The preparation tab shows the example avatar when it is ready, at load or when the warm-up ends.
+            show_example = (self.prepare_tab.show_ready_example, [session], self.prepare_tab.shown)
+            demo.load(*show_example, show_progress="hidden")
             if self.warmup is not None:
                 timer = gr.Timer(WARMUP_POLL_S, active=True)
-                timer.tick(self.warmup_tick, [session], [banner, *dropdowns, timer], show_progress="hidden")
+                tick = timer.tick(self.warmup_tick, [session], [banner, *dropdowns, timer], show_progress="hidden")
+                tick.then(*show_example, show_progress="hidden")
             demo.load(*self.eval_tab.load_runs, show_progress="hidden")
         return demo
 
