@@ -15,6 +15,7 @@ from workbench.ui import header
 from workbench.ui.chat_tab import ChatTab
 from workbench.ui.context import UIContext, dropdown_update, new_session
 from workbench.ui.eval_tab import EvalTab
+from workbench.ui.idle import quiet_gradio_queue
 from workbench.ui.library import Library, find_samples_dir
 from workbench.ui.prepare_tab import PrepareTab
 from workbench.ui.tuning_tab import TuningTab
@@ -164,6 +165,7 @@ def build_ui(engine, samples_dir: Path | None = None, show_all_avatars: bool = F
 def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool = False) -> FastAPI:
     """FastAPI with the realtime routes first (Gradio's mount at '/' would shadow them), then the Gradio UI."""
     settings: Settings = engine.settings
+    quiet_gradio_queue()  # with no visitor the app sleeps instead of polling its queue 1,000 times a second
     app = FastAPI(title=TITLE)
     # The chat page reaches only the avatar the chat tab grants it; single-user use opens every avatar,
     # as the library then shows them all.
