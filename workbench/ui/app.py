@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from workbench.config import Settings
 from workbench.realtime.server import RealtimeManager, mount_realtime
-from workbench.ui import header
+from workbench.ui import header, tuning_tiles
 from workbench.ui.chat_tab import ChatTab
 from workbench.ui.context import UIContext, dropdown_update, new_session
 from workbench.ui.eval_tab import EvalTab
@@ -29,6 +29,7 @@ HEADER_TTL_S = 60.0
 WARMUP_POLL_S = 1.0  # how often a page refreshes the banner while the example avatar is being prepared
 CSS = (
     header.HEADER_CSS
+    + tuning_tiles.GALLERY_CSS
     + """
 .gradio-container {max-width: 1320px !important}
 #tune-gallery .caption-label {font-variant-numeric: tabular-nums}

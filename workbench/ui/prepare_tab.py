@@ -95,7 +95,7 @@ def cut_note(source: Path, avatar: Avatar) -> str | None:
         return None
     return (
         f"**Cut to max frames:** the source has about {total} frames ({total / FPS:.1f} s); the first {kept} "
-        f"({kept / FPS:.1f} s) were kept. Raise *max frames* under Preparation parameters to keep more."
+        f"({kept / FPS:.1f} s) were kept; raise *max frames* to keep more."
     )
 
 

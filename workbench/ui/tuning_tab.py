@@ -329,7 +329,7 @@ class TuningTab:
             label="Previews: the same frame and the same audio, one per bbox_shift value (face, then the mouth ×2)",
             columns=5,
             rows=1,
-            height=520,
+            height="auto",
             object_fit="contain",
             allow_preview=True,
             elem_id="tune-gallery",

@@ -15,8 +15,13 @@ from workbench.avatars.model import Avatar
 
 TILE_W = 300
 CAPTION_BAND = 30  # px at the bottom of a tile: the gallery's caption covers this, not the mouth
-DIFF_LEVEL = 12  # grey levels: a change below this is codec noise, not the variant
+DIFF_LEVEL = 20  # grey levels: a change below this is noise or a faint edge, not the variant
+MIN_CHANGE_AREA = 150  # px of the 300x150 mouth view: smaller changed specks are not outlined
 DIFF_COLOUR = (255, 0, 255)  # magenta, BGR and RGB alike
+TILE_H = TILE_W + 4 + TILE_W // 2 + CAPTION_BAND  # face, separator, mouth, caption band
+# Gradio draws gallery thumbnails square, which shrinks a tall tile to a third of its cell: the app's CSS gives
+# the tuning gallery's thumbnails the tiles' own shape.
+GALLERY_CSS = f"#tune-gallery .thumbnail-item {{aspect-ratio: {TILE_W} / {TILE_H}; height: auto}}\n"
 
 
 def face_box(avatar: Avatar, i: int, margin: float = 0.15) -> tuple[int, int, int, int]:
@@ -37,11 +42,11 @@ def mouth_box(avatar: Avatar, i: int) -> tuple[int, int, int, int]:
     """A 2:1 box around frame i's mouth (landmarks 48-67) and the chin below it, inside the frame."""
     pts = np.asarray(avatar.landmarks[i], dtype=np.float32)
     mouth = pts[48:68]
-    mx1, mx2 = mouth[:, 0].min(), mouth[:, 0].max()
-    width = (mx2 - mx1) * 2.0
+    jaw_w = pts[12, 0] - pts[4, 0]  # the jaw's width at mouth height: lips, cheeks and chin all in view
+    width = max(jaw_w, (mouth[:, 0].max() - mouth[:, 0].min()) * 2.0) * 1.1
     height = width / 2
-    cx = (mx1 + mx2) / 2
-    cy = (mouth[:, 1].min() + pts[8, 1]) / 2  # between the upper lip and the chin: the mask's edge moves there
+    cx = (pts[4, 0] + pts[12, 0]) / 2
+    cy = (pts[33, 1] + pts[8, 1]) / 2  # from under the nose to the chin: where the mask's upper edge moves
     h, w = avatar.frame_size
     width, height = min(width, w), min(height, h)
     left = int(np.clip(cx - width / 2, 0, w - width))
@@ -66,10 +71,13 @@ def tiles(avatar: Avatar, i: int, frames: list[np.ndarray]) -> list[np.ndarray]:
         face = _crop(frame, fbox, (TILE_W, TILE_W))
         mouth = _crop(frame, mbox, mouth_size)
         if k > 0:
+            # The region that changed, as one or two smooth outlines (not every pixel of codec-level noise).
             changed = (np.abs(mouth.astype(np.int16) - first).max(axis=2) > DIFF_LEVEL).astype(np.uint8)
             changed = cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+            changed = cv2.morphologyEx(changed, cv2.MORPH_CLOSE, np.ones((15, 15), np.uint8))
             contours, _ = cv2.findContours(changed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(mouth, contours, -1, DIFF_COLOUR, 1, cv2.LINE_AA)
+            big = [c for c in contours if cv2.contourArea(c) >= MIN_CHANGE_AREA]
+            cv2.drawContours(mouth, big, -1, DIFF_COLOUR, 2, cv2.LINE_AA)
         # A thin line between face and mouth, and the band the caption covers.
         sep = np.full((4, TILE_W, 3), 255, np.uint8)
         band = np.full((CAPTION_BAND, TILE_W, 3), 255, np.uint8)
