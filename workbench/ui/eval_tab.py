@@ -442,8 +442,10 @@ class EvalTab:
             pd.DataFrame(columns=EMPTY_TABLE_HEADERS),
             label="per-case results",
             interactive=False,
-            wrap=True,
-            max_chars=60,  # a long renderer description or error wraps in its cell instead of widening the table
+            # Unwrapped: each column as wide as its header and values (wrapped, narrow numeric columns broke their
+            # headers letter by letter); the long renderer description is last and cut, so it never hides a metric.
+            wrap=False,
+            max_chars=60,
             elem_id="eval-table",
         )
         with gr.Row():

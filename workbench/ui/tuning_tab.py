@@ -325,8 +325,13 @@ class TuningTab:
                 run = gr.Button("Render grid", variant="primary", elem_id="tune-run")
                 # Beside the button: the grid's progress shows here, where the user just clicked.
                 status = gr.Markdown("", elem_id="tune-status")
+        # A heading rather than the gallery's label, which Gradio draws over the first tiles.
+        gr.Markdown(
+            "**Previews**: the same frame and the same audio, one per bbox_shift value (face, then the mouth ×2)"
+        )
         gallery = gr.Gallery(
-            label="Previews: the same frame and the same audio, one per bbox_shift value (face, then the mouth ×2)",
+            label="Previews",
+            show_label=False,
             columns=5,
             rows=1,
             height="auto",
