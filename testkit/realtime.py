@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -304,13 +303,17 @@ class Peer:
         """The video frames received in [t0, t1) of wall time."""
         return [f for t, f in self.video if t0 <= t < t1]
 
-    def clock_fps(self, t0, t1):
-        """The sender's clock in frames per second, from the frames' own timestamps (RTP video runs at 90 kHz): the
-        largest step that divides every gap between frames received in [t0, t1). A frame the network or a loaded
-        machine dropped leaves a gap of two steps, not another clock, so this is 25 whatever the load was."""
+    def clock_ticks(self, t0, t1, fps=25):
+        """The gaps between consecutive frames received in [t0, t1), in ticks of an `fps` clock on the frames' own
+        timestamps (RTP video runs at 90 kHz): whole numbers when the sender stamps on that clock. A frame dropped
+        by the network or a loaded machine leaves a gap of two ticks, not another clock."""
         pts = [f.pts for f in self.frames(t0, t1)]
-        steps = [b - a for a, b in zip(pts, pts[1:], strict=False) if b != a]
-        return 90000.0 / math.gcd(*steps) if steps and math.gcd(*steps) > 0 else 0.0
+        return [(b - a) / (90000 / fps) for a, b in zip(pts, pts[1:], strict=False)]
+
+    def on_clock(self, t0, t1, fps=25):
+        """Every frame received in [t0, t1) is a whole number (at least one) of `fps` ticks after the one before."""
+        ticks = self.clock_ticks(t0, t1, fps)
+        return bool(ticks) and all(t >= 1 and t == int(t) for t in ticks)
 
     def in_order(self, t0, t1):
         """Every frame received in [t0, t1) is later in the sender's clock than the one before it."""

@@ -6,7 +6,6 @@ the avatar is a real prepared sample rendered by the CPU renderer; the voice is 
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from testkit.browser import ARTIFACTS, chromium_page, free_port, room_noise_wav
+from testkit.browser import ARTIFACTS, chromium_page, free_port, poll, room_noise_wav
 from testkit.realtime import need_espeak
 from testkit.speech import word_errors
 
@@ -109,9 +108,10 @@ def test_chromium_receives_25fps_video_and_audio_for_a_local_reply(server, tmp_p
         page.evaluate("window.rtcChat.hangup()")
     # Frames per wall second depend on the machine's load (bench_realtime.py measures them); what must hold: the
     # frames Chromium showed came in order on the sender's 25 fps clock, read from their RTP timestamps (90 kHz).
+    # A starved browser presents few of them (3 in 3 s with both cores busy), but each a whole number of 40 ms ticks
+    # after the one before.
     steps = [b_ - a_ for a_, b_ in zip(rtp, rtp[1:], strict=False)]
-    assert len(rtp) >= 5 and all(d >= 0 for d in steps), (rtp[:20], session_stats)
-    assert math.gcd(*[d for d in steps if d]) == 3600, (steps[:40], session_stats)
+    assert len(rtp) >= 2 and all(d > 0 and d % 3600 == 0 for d in steps), (steps[:40], session_stats)
     assert b["framesDecoded"] > a["framesDecoded"] and b["audioPackets"] > a["audioPackets"]
     # Energy per second while the reply plays against the idle loop's (silence): the reply's audio arrived.
     speech_rate = (b["totalAudioEnergy"] - a["totalAudioEnergy"]) / ((b["t"] - a["t"]) / 1000)
@@ -221,6 +221,10 @@ def test_a_spoken_question_is_recognised_and_answered_aloud_with_lip_sync(server
         height = page.evaluate("document.getElementById('avatar').videoHeight")
         box = _mouth_box(yongen_avatar, height / yongen_avatar.frame_size[0])
         stats = lambda: page.evaluate("window.rtcChat.stats()")  # noqa: E731
+        # The answer's text comes before its sound; on a loaded machine by more than the window measured below.
+        # Measure once its audio is playing in the browser (how soon is the benchmark's business).
+        heard_from = stats()["totalAudioEnergy"]
+        poll(lambda: stats()["totalAudioEnergy"] > heard_from + 1e-5, 30, "the answer's audio in the browser")
         a = stats()
         speaking_motion = page.evaluate(_MOUTH_MOTION, [box, 16])
         b = stats()
