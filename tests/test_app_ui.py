@@ -395,7 +395,11 @@ def test_served_app_never_sends_the_key(app_dirs, samples_dir):
 
     secret = "sk-test-NEVER-IN-A-RESPONSE-42"
     settings = Settings(
-        cache_dir=app_dirs / "cache", models_dir=app_dirs / "models", runs_dir=app_dirs / "runs", openai_api_key=secret
+        cache_dir=app_dirs / "cache",
+        models_dir=app_dirs / "models",
+        runs_dir=app_dirs / "runs",
+        openai_api_key=secret,
+        prepare_example=False,  # its background preparation would land in the shared cache during later tests
     )
     app = create_app(Engine(settings, renderer="cpu"), samples_dir=samples_dir)
     with TestClient(app) as client:
