@@ -679,3 +679,24 @@ def test_evaluation_table_has_named_headers_before_any_run(ui):
     table = next(c for c in ui.demo.blocks.values() if getattr(c, "elem_id", None) == "eval-table")
     headers = table.get_config()["value"]["headers"]
     assert headers[:3] == ["case", "kind", "status"] and "1" not in headers
+
+
+def test_tuning_tiles_show_the_whole_face_and_mark_what_differs(ui, prepared):
+    """Thumbnails cut the chin and looked alike: a tile holds every landmark (chin included) and, below, the mouth
+    region large, with the pixels that changed from the first value outlined."""
+    from workbench.ui import tuning_tiles
+
+    avatar = ui.library.load(prepared[0]["current"])
+    i = len(avatar) // 2
+    x1, y1, x2, y2 = tuning_tiles.face_box(avatar, i)
+    pts = avatar.landmarks[i]
+    assert x1 <= pts[:, 0].min() and pts[:, 0].max() <= x2 and y1 <= pts[:, 1].min() and pts[8, 1] <= y2  # chin in
+    mx1, my1, mx2, my2 = tuning_tiles.mouth_box(avatar, i)
+    assert mx1 <= pts[48:68, 0].min() and pts[48:68, 0].max() <= mx2 and my1 <= pts[48:68, 1].min()
+    frame = np.asarray(avatar.frames[i]).copy()
+    other = frame.copy()
+    other[int(pts[57, 1]) - 6 : int(pts[57, 1]) + 6, int(pts[48, 0]) : int(pts[54, 0])] = (0, 0, 0)  # a changed lip
+    same, changed = tuning_tiles.tiles(avatar, i, [frame, frame, other])[1:]
+    assert same.shape == (tuning_tiles.TILE_H, tuning_tiles.TILE_W, 3)
+    magenta = lambda t: int(np.all(t == tuning_tiles.DIFF_COLOUR, axis=2).sum())  # noqa: E731
+    assert magenta(same) == 0 and magenta(changed) > 20
