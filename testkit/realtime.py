@@ -299,25 +299,26 @@ class Peer:
     def of(self, type_):
         return [m for m in self.messages if m.get("type") == type_]
 
-    def fps(self, t0, t1):
-        """Frames received per second of wall time."""
-        return sum(1 for t, _ in self.video if t0 <= t < t1) / (t1 - t0)
+    def frames(self, t0, t1):
+        """The video frames received in [t0, t1) of wall time."""
+        return [f for t, f in self.video if t0 <= t < t1]
 
-    def media_fps(self, t0, t1):
-        """The sender's clock in frames per second, from the timestamps of consecutive frames received in [t0, t1):
-        25 whatever the network or the machine's load did (RTP video runs on a 90 kHz clock)."""
-        pts = np.array([f.pts for t, f in self.video if t0 <= t < t1])
-        steps = np.diff(pts)
-        return 90000.0 / float(np.median(steps)) if steps.size and np.median(steps) > 0 else 0.0
+    def clock_ticks(self, t0, t1, fps=25):
+        """The gaps between consecutive frames received in [t0, t1), in ticks of an `fps` clock on the frames' own
+        timestamps (RTP video runs at 90 kHz): whole numbers when the sender stamps on that clock. A frame dropped
+        by the network or a loaded machine leaves a gap of two ticks, not another clock."""
+        pts = [f.pts for f in self.frames(t0, t1)]
+        return [(b - a) / (90000 / fps) for a, b in zip(pts, pts[1:], strict=False)]
 
-    def delivered(self, t0, t1):
-        """Of the frames the sender stamped between the first and last frame received in [t0, t1), the fraction that
-        arrived: 1.0 when none was lost, whatever the wall-clock rate was."""
-        pts = [f.pts for t, f in self.video if t0 <= t < t1]
-        if len(pts) < 2:
-            return 0.0
-        step = 90000.0 / self.media_fps(t0, t1)
-        return len(set(pts)) / (round((pts[-1] - pts[0]) / step) + 1)
+    def on_clock(self, t0, t1, fps=25):
+        """Every frame received in [t0, t1) is a whole number (at least one) of `fps` ticks after the one before."""
+        ticks = self.clock_ticks(t0, t1, fps)
+        return bool(ticks) and all(t >= 1 and t == int(t) for t in ticks)
+
+    def in_order(self, t0, t1):
+        """Every frame received in [t0, t1) is later in the sender's clock than the one before it."""
+        pts = [f.pts for f in self.frames(t0, t1)]
+        return all(b > a for a, b in zip(pts, pts[1:], strict=False))
 
     def audio_energy(self, t0, t1):
         chunks = [f.to_ndarray().astype(np.float64) for t, f in self.audio if t0 <= t < t1]

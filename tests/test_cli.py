@@ -163,3 +163,62 @@ def test_render_rough_edges_are_clear(samples_dir, ffmpeg, dirs, tmp_path):
         app, ["render", "--avatar", "yongen", "--audio", str(silent), "-o", str(tmp_path / "s.mp4"), *common]
     )
     assert res.exit_code == 0 and "quiet.wav is silent" in _text(res)
+
+
+def _saved_avatars(cache_dir, ids):
+    from testkit.realtime import make_avatar
+    from workbench.avatars.store import AvatarCache
+
+    cache = AvatarCache(cache_dir)
+    for avatar_id in ids:
+        cache.save(make_avatar(n=2, avatar_id=avatar_id))
+    return cache
+
+
+def test_every_id_form_the_app_shows_is_accepted(dirs):
+    """The app shows `1effa9-c0ae0c` (the start of each half of the id); the CLI takes it like the full id."""
+    from workbench.ui.library import short_id
+
+    full, other = "1effa9aa0011-c0ae0cbb22", "1effa9aa0011-77aa00cc11"
+    cache = _saved_avatars(dirs[1], [full, other])
+    assert short_id(full) == "1effa9-c0ae0c"
+    assert cache.resolve("1effa9-c0ae0c") == full and cache.info("1effa9-c0ae0c").avatar_id == full
+    assert cache.resolve("1effa9aa0011-c0a") == full  # a prefix of the full id
+    with pytest.raises(KeyError):
+        cache.info("1effa9")  # both avatars start so: ambiguous, refused
+    res = runner.invoke(app, ["avatars", "delete", "1effa9-c0ae0c", "--cache-dir", dirs[1]])
+    assert res.exit_code == 0, res.output
+    assert [i.avatar_id for i in cache.list()] == [other]
+
+
+def test_listings_keep_whole_cells_in_a_pipe_and_offer_csv_and_json(dirs):
+    long_id = "abcdef0123456789abcdef-0123456789abcdef0123"
+    _saved_avatars(dirs[1], [long_id])
+    res = runner.invoke(app, ["avatars", "list", "--cache-dir", dirs[1]])  # CliRunner's output is not a terminal
+    assert res.exit_code == 0 and long_id in res.output, res.output  # not cut to 80 columns (`abcde…`)
+    as_json = runner.invoke(app, ["avatars", "list", "--format", "json", "--cache-dir", dirs[1]])
+    rows = json.loads(as_json.output)
+    assert rows[0]["id"] == long_id and rows[0]["frames"] == 2
+    as_csv = runner.invoke(app, ["avatars", "list", "--format", "csv", "--cache-dir", dirs[1]])
+    header, row = as_csv.output.strip().splitlines()
+    assert header.startswith("name,id,source,frames") and long_id in row
+    weights = runner.invoke(app, ["weights", "check", "--format", "csv", dirs[2], dirs[3]])
+    assert weights.exit_code == 1 and weights.output.startswith("component,status,files,purpose")
+    assert runner.invoke(app, ["avatars", "list", "--format", "xml", "--cache-dir", dirs[1]]).exit_code == 2
+
+
+def test_help_is_not_cut_to_80_columns_in_a_pipe():
+    import sys
+
+    env = {**os.environ, "COLUMNS": "", "TERMINAL_WIDTH": ""}
+    env.pop("COLUMNS")
+    env.pop("TERMINAL_WIDTH")
+    res = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "render", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert max(len(line) for line in res.stdout.splitlines()) > 80

@@ -281,6 +281,24 @@ def test_write_video_is_playable_h264_with_aac(tmp_path, ffmpeg):
     assert len(heard) == pytest.approx(n / FPS * SAMPLE_RATE, rel=0.05) and not is_silent(heard)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_take_the_umask_like_any_new_file(tmp_path, ffmpeg, umask):
+    """A rendered mp4 (and a report written atomically) gets 0666 less the umask, not mkstemp's 0600."""
+    import os
+    import stat
+
+    from workbench.atomic import write_text
+
+    old = os.umask(umask)
+    try:
+        out = write_video(tmp_path / "clip.mp4", counter_frames(5, h=32, w=32), FPS)
+        write_text(tmp_path / "report.md", "hello")
+    finally:
+        os.umask(old)
+    for f in (out, tmp_path / "report.md"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, (f, oct(f.stat().st_mode))
+
+
 def test_write_video_leaves_nothing_when_frames_fail(tmp_path, ffmpeg):
     def frames():
         yield np.zeros((16, 16, 3), np.uint8)

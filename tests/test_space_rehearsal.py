@@ -116,8 +116,11 @@ def test_example_avatar_is_ready_and_selected(space, page):
     assert "yongen.mp4" in text(page, "#wb-example")
     if cpu is not None:
         assert cpu <= READY_CPU_S, f"the app spent {cpu:.0f} s of CPU before the example avatar was ready"
-    # The first visitor sees the bundled examples and their one-click shortcuts.
+    # The first visitor sees the bundled examples and their one-click shortcuts, and the preparation tab shows the
+    # ready example avatar instead of starting empty.
     assert "yongen.mp4" in text(page, "#prep-examples")
+    wait_text(page, "#prep-summary", "yongen.mp4", 30_000)
+    assert "Measured bbox_shift range" in text(page, "#prep-summary")
     page.get_by_role("tab", name="Realtime chat").click()
     page.wait_for_selector("#chat-frame iframe", timeout=30_000)
     assert "yongen.mp4" in page.locator("#chat-avatar input").input_value()
@@ -186,6 +189,7 @@ def test_example_evaluation_runs_on_bundled_media(space, page):
     wait_text(page, "#eval-summary", "of suite", 180_000)
     space["timings"]["eval_s"] = time.monotonic() - t
     assert "1 ok, 0 failed" in text(page, "#eval-summary")
+    assert "workbench weights download" not in text(page, "#eval-summary")  # a visitor has no shell on the Space
     assert "yongen_eng" in text(page, "#eval-table")
     shot(page, "space_evaluation")
     assert not page.errors, page.errors

@@ -135,7 +135,7 @@ def test_a_spoken_question_gets_a_spoken_faq_answer_and_speech_interrupts_it():
         voice = LocalVoice("faq", speed_factor=2)
         await voice.connect()
         seen = _drain(voice)
-        assert "hears with whisper tiny.en" in voice.describe()
+        assert "hears English (whisper tiny.en)" in voice.describe() and voice.describe().count("(") == 1  # no nesting
         assert any(e.kind == "note" and "English only" in e.text for e in seen)
         await _feed(voice, np.concatenate([_silence(0.5), _speech("How does lip sync work?"), _silence(0.8)]))
         await _until(voice, seen, lambda s: any(e.kind == "audio" for e in s))

@@ -14,10 +14,36 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (os.umask can only set and return)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open()` gives a new file (0o666 less the umask). mkstemp makes its files 0600 whatever the umask,
+    so a file written through a temporary one and renamed would otherwise stay private."""
+    return 0o666 & ~_umask()
+
+
+def mkstemp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A temporary file in `path`'s folder (for an atomic rename onto `path`), with the mode a new file gets."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, file_mode())
+    return fd, tmp
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Annotated, get_args
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from workbench.avatars.model import PrepParams, describe_acting
 from workbench.config import (
@@ -25,13 +23,16 @@ from workbench.config import (
     RendererName,
     Settings,
 )
+from workbench.tables import Format, make_console, print_rows, widen_help
 
+widen_help()
 app = typer.Typer(help="Real-time talking digital human workbench.", no_args_is_help=True, add_completion=False)
 weights_app = typer.Typer(help="MuseTalk, VAE, Whisper, detector and SyncNet weights.", no_args_is_help=True)
 avatars_app = typer.Typer(help="Prepared avatars in the cache.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 app.add_typer(avatars_app, name="avatars")
-console = Console()
+console = make_console()
+OutputFormat = Annotated[Format, typer.Option("--format", help="table (default), csv or json")]
 
 ModelsDir = Annotated[Path | None, typer.Option("--models-dir", help="MuseTalk models/ folder")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="avatar cache folder")]
@@ -209,24 +210,24 @@ def render(
 
 
 @avatars_app.command("list")
-def avatars_list(cache_dir: CacheDir = None) -> None:
+def avatars_list(cache_dir: CacheDir = None, fmt: OutputFormat = Format.table) -> None:
     """List cached avatars."""
     from workbench.avatars.store import AvatarCache
 
-    # The name first: it is short, never cut off, and accepted wherever an id is.
-    table = Table("name", "id", "source", "frames", "bbox range", "params", "MB")
-    table.columns[0].no_wrap = True
-    for info in AvatarCache(_settings(cache_dir=cache_dir).cache_dir).list():
-        table.add_row(
+    # The name first: it is short and accepted wherever an id is (so is the full id, or its short form).
+    rows = [
+        [
             info.name,
             info.avatar_id,
             info.source,
-            str(info.n_frames),
+            info.n_frames,
             f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
             _short_params(info.params),
-            f"{info.size_bytes / 1e6:.1f}",
-        )
-    console.print(table)
+            round(info.size_bytes / 1e6, 1),
+        ]
+        for info in AvatarCache(_settings(cache_dir=cache_dir).cache_dir).list()
+    ]
+    print_rows(console, ["name", "id", "source", "frames", "bbox range", "params", "MB"], rows, fmt)
 
 
 @avatars_app.command("delete")
@@ -244,17 +245,30 @@ def avatars_delete(
 
 
 @weights_app.command("check")
-def weights_check(models_dir: ModelsDir = None) -> None:
+def weights_check(models_dir: ModelsDir = None, fmt: OutputFormat = Format.table) -> None:
     """Show which weight files are present, missing or corrupt. Exits 1 if MuseTalk's are incomplete."""
     from workbench import weights
 
     report = weights.check(_settings(models_dir).models_dir)
-    table = Table("component", "status", "files", "purpose")
-    for comp in report.components.values():
-        colour = {"present": "green", "missing": "yellow"}.get(comp.status, "red")
-        files = "\n".join(f"{f.path} ({f.status}{': ' + f.detail if f.detail else ''})" for f in comp.files)
-        table.add_row(comp.name, f"[{colour}]{comp.status}[/{colour}]", files, comp.description)
-    console.print(table)
+    rows = [
+        [
+            comp.name,
+            comp.status,
+            "\n".join(f"{f.path} ({f.status}{': ' + f.detail if f.detail else ''})" for f in comp.files),
+            comp.description,
+        ]
+        for comp in report.components.values()
+    ]
+    colour = {"present": "green", "missing": "yellow"}
+    print_rows(
+        console,
+        ["component", "status", "files", "purpose"],
+        rows,
+        fmt,
+        style=lambda col, v: colour.get(v, "red") if col == "status" else None,
+    )
+    if fmt is not Format.table:
+        raise typer.Exit(code=0 if report.has_musetalk() else 1)
     if not report.has_musetalk():
         console.print(
             "MuseTalk is not ready; the CPU renderer is used. Get the weights with: workbench weights download"

@@ -531,7 +531,9 @@ def is_silent(audio: np.ndarray, threshold_dbfs: float = SILENCE_DBFS) -> bool:
 
 # --- writing the mp4 ----------------------------------------------------------------------
 def _tmp_beside(path: Path, suffix: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    from workbench.atomic import mkstemp_beside
+
+    fd, tmp = mkstemp_beside(path.with_name(path.stem), suffix)  # the final file's mode, not mkstemp's 0600
     os.close(fd)
     return Path(tmp)
 

@@ -144,17 +144,33 @@ class AvatarCache:
     def _avatar_path(self, avatar_id: str) -> Path:
         if isinstance(avatar_id, str) and not _ID_RE.match(avatar_id) and _NAME_RE.match(avatar_id):
             avatar_id = self.resolve(avatar_id)
+        elif isinstance(avatar_id, str) and _ID_RE.match(avatar_id) and not (self.avatars_dir / avatar_id).is_dir():
+            avatar_id = self._expand_short(avatar_id) or avatar_id
         if not isinstance(avatar_id, str) or not _ID_RE.match(avatar_id):
             raise AvatarNotFoundError(f"{avatar_id!r} is not an avatar id or name")
         return self.avatars_dir / avatar_id
 
+    def _expand_short(self, short: str) -> str | None:
+        """The one avatar id that `short` abbreviates: the app's `<6 hex>-<6 hex>` (the start of each half of
+        `<content hash>-<parameters hash>`) or a plain prefix of the id; None when none or several match."""
+        if not self.avatars_dir.is_dir():
+            return None
+        head, _, tail = short.partition("-")
+        ids = [d.name for d in self.avatars_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        hits = {i for i in ids if i.startswith(short)}
+        if tail:
+            hits |= {i for i in ids if i.partition("-")[0].startswith(head) and i.partition("-")[2].startswith(tail)}
+        return hits.pop() if len(hits) == 1 else None
+
     def resolve(self, name_or_id: str) -> str:
-        """The id of the avatar called `name_or_id` (its readable name or its id)."""
+        """The id of the avatar called `name_or_id`: its readable name, its id, or the short id the app shows."""
         if isinstance(name_or_id, str) and _ID_RE.match(name_or_id) and (self.avatars_dir / name_or_id).is_dir():
             return name_or_id
         for info in self.list():
             if info.name == name_or_id:
                 return info.avatar_id
+        if isinstance(name_or_id, str) and _ID_RE.match(name_or_id) and (full := self._expand_short(name_or_id)):
+            return full
         raise AvatarNotFoundError(f"no prepared avatar named {name_or_id!r} in {self.avatars_dir}")
 
     def unique_name(self, wanted: str, avatar_id: str | None = None) -> str:

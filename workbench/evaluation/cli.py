@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
 from workbench.evaluation.errors import EvalError
+from workbench.tables import make_console
 
-console = Console()
+console = make_console()  # full width in a pipe or CI log, not 80 columns
 
 
 def ray_flag(args: list[str]) -> list[str]:

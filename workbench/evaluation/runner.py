@@ -149,7 +149,8 @@ def _run_generated(
         extra_margin=case.extra_margin,
         batch_size=case.batch_size or engine.settings.batch_size,
     )
-    avatar = engine.prepare(files["source"], params)
+    avatar = engine.prepare(files["source"], params, save=False)  # an evaluation leaves the avatar list as it was
+    row["renderer"] = renderer.describe_for(avatar)
     audio = _trim(load_audio(files["audio"]), case.audio_start, case.max_seconds)
     case_dir.mkdir(parents=True, exist_ok=True)
     result = engine.render_file(

@@ -59,3 +59,7 @@ class Renderer(ABC):
 
     def describe(self) -> str:
         return self.name
+
+    def describe_for(self, avatar: Avatar) -> str:
+        """What actually runs for `avatar` (a renderer may switch a part off for some avatars)."""
+        return self.describe()

@@ -343,6 +343,14 @@ class CPURenderer(Renderer):
     def describe(self) -> str:
         return "cpu (weight-free landmark warping" + (" + mouth bank)" if self.use_bank else ")")
 
+    def describe_for(self, avatar: Avatar) -> str:
+        """The bank is on only for an avatar whose mouth really moves in its video; say which one runs here."""
+        if not self.use_bank:
+            return "cpu: landmark warping (mouth bank off)"
+        if self._rig(avatar).bank_enabled:
+            return "cpu: landmark warping + mouth bank"
+        return "cpu: landmark warping (no mouth bank: the mouth barely moves in this video)"
+
     def render(
         self, avatar: Avatar, frame_indices: Sequence[int], conditions: Sequence[MouthState]
     ) -> list[np.ndarray]:

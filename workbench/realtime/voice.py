@@ -303,8 +303,8 @@ class OpenAIRealtimeVoice(VoiceSession):
         self._fatal: str | None = None  # set when the API refused the model: no reconnect
 
     def describe(self) -> str:
-        where = redact_url(self.config.base_url) if self.config.base_url else "api.openai.com"
-        return f"openai {self.config.model} voice={self.config.voice} at {where}"
+        where = f" · at {redact_url(self.config.base_url)}" if self.config.base_url else ""
+        return f"OpenAI {self.config.model} · voice: {self.config.voice}{where}"
 
     def _make_client(self) -> Any:
         from openai import AsyncOpenAI
@@ -809,9 +809,10 @@ class LocalVoice(VoiceSession):
         return self.transcriber is not None and self.turns is not None
 
     def describe(self) -> str:
+        # One plain line for the page's status: what answers, in which voice, and what it understands.
         speaks = getattr(self.speaker, "name", None) or self.voice
-        ears = f", hears with {self.transcriber.name} (English only)" if self.hearing else ""
-        return f"local {self.mode} ({speaks}{ears})"
+        ears = f"hears English ({self.transcriber.name})" if self.hearing else "typed text only"
+        return f"local {'FAQ' if self.mode == 'faq' else 'echo'} · voice: {speaks} · {ears}"
 
     def _load(self) -> None:
         from workbench.voice import tts as speech

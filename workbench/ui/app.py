@@ -13,10 +13,11 @@ from workbench.config import Settings
 from workbench.disk_budget import sweep_dead_scratch, sweep_run_tmp
 from workbench.plain import one_line
 from workbench.realtime.server import RealtimeManager, mount_realtime
-from workbench.ui import header
+from workbench.ui import header, tuning_tiles
 from workbench.ui.chat_tab import ChatTab
 from workbench.ui.context import UIContext, dropdown_update, new_session
 from workbench.ui.eval_tab import EvalTab
+from workbench.ui.idle import quiet_gradio_queue
 from workbench.ui.library import Library, find_samples_dir
 from workbench.ui.prepare_tab import PrepareTab
 from workbench.ui.tuning_tab import TuningTab
@@ -30,6 +31,7 @@ HEADER_TTL_S = 60.0
 WARMUP_POLL_S = 1.0  # how often a page refreshes the banner while the example avatar is being prepared
 CSS = (
     header.HEADER_CSS
+    + tuning_tiles.GALLERY_CSS
     + """
 .gradio-container {max-width: 1320px !important}
 #tune-gallery .caption-label {font-variant-numeric: tabular-nums}
@@ -148,9 +150,13 @@ class WorkbenchUI:
                 show_progress="hidden",
             )
             demo.load(lambda: self.header_html(), None, banner, show_progress="hidden")
+            # The preparation tab shows the example avatar when it is ready, at load or when the warm-up ends.
+            show_example = (self.prepare_tab.show_ready_example, [session], self.prepare_tab.shown)
+            demo.load(*show_example, show_progress="hidden")
             if self.warmup is not None:
                 timer = gr.Timer(WARMUP_POLL_S, active=True)
-                timer.tick(self.warmup_tick, [session], [banner, *dropdowns, timer], show_progress="hidden")
+                tick = timer.tick(self.warmup_tick, [session], [banner, *dropdowns, timer], show_progress="hidden")
+                tick.then(*show_example, show_progress="hidden")
             demo.load(*self.eval_tab.load_runs, show_progress="hidden")
         return demo
 
@@ -165,6 +171,7 @@ def create_app(engine, samples_dir: Path | None = None, show_all_avatars: bool =
     # Left by killed processes: scratch folders and unfinished evaluation runs (see workbench.disk_budget).
     sweep_dead_scratch()
     sweep_run_tmp(Path(settings.runs_dir))
+    quiet_gradio_queue()  # with no visitor the app sleeps instead of polling its queue 1,000 times a second
     app = FastAPI(title=TITLE)
     # The chat page reaches only the avatar the chat tab grants it; single-user use opens every avatar,
     # as the library then shows them all.

@@ -20,11 +20,12 @@ from workbench.zerogpu import ZEROGPU_REALTIME_NOTE, on_zerogpu
 
 CHAT_HEIGHT = 720
 
+# One statement about the microphone, the same as README's and the page's (LocalVoice: Silero VAD + Whisper tiny.en).
 HELP = (
-    "**Local** modes need no key: *echo* speaks back what you type, *FAQ* answers a few questions; the microphone "
-    "drives barge-in (start talking while the avatar speaks, or press **Stop**). **OpenAI Realtime** talks with "
-    "your voice: paste a key in the panel (sent once to this server for that call only, never stored or shown "
-    "again) or set OPENAI_API_KEY on the server."
+    "**Local** modes need no key and run offline: speak (English only; recognised on the server) or type. *echo* "
+    "says back what it heard or read, *FAQ* answers a few questions. Talk while the avatar speaks to interrupt it, "
+    "or press **Stop**. **OpenAI Realtime** talks with your voice: paste a key in the panel (sent once to this "
+    "server for that call only, never stored or shown again) or set OPENAI_API_KEY on the server."
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import tempfile
 import threading
@@ -200,14 +201,59 @@ def select_cases(suite: Suite, case_ids: list[str] | None, seconds: float | None
 
 
 # --- presenting a run ----------------------------------------------------------------------------
+# The per-case table's columns before any run (an empty Dataframe would be headed "1 2 3"), in display order:
+# the metrics first, the long renderer description after them so it never pushes them off screen.
+TRAILING = ("renderer", "seconds", "error")
+EMPTY_TABLE_HEADERS = [c for c in TABLE_COLUMNS if c not in TRAILING] + ["renderer"]
+GATE_HEADERS = ["metric", "baseline", "current", "delta", "allowed", "better", "status"]
+CASE_DIFF_HEADERS = ["case", "metric", "a", "b", "delta"]
+
+# What each number means, under the summary (the names are the report's; some are not self-explanatory).
+METRIC_HELP = {
+    "ls_offset / ls_offset_error": "weight-free lip-sync offset in frames (audio vs mouth, landmark based; 0 = in "
+    "sync) and its distance from the case's expected offset",
+    "ls_confidence": "how clearly the mouth follows the audio at the best offset (higher is clearer)",
+    "ls_in_sync_rate / ls_determined_rate": "share of cases within one frame of the expected offset / share where "
+    "an offset could be determined at all",
+    "syncnet_lse_d / syncnet_lse_c": "SyncNet's LSE-D (distance, lower is better) and LSE-C (confidence, higher is "
+    "better), as in the MuseTalk/Wav2Lip papers",
+    "latency_first_frame_ms": "time from the first audio to the first rendered frame",
+    "latency_total_p95_ms": "95th percentile of each frame's time from its audio to its output",
+    "latency_sustained_fps": "frames rendered per second once rendering has started (25 keeps up with real time)",
+    "latency_rtf": "real-time factor: render time over audio duration (below 1 is faster than real time)",
+    "latency_dropped / latency_late (_total)": "frames dropped, and frames ready after their 40 ms slot, summed over "
+    "the cases (0 is best)",
+}
+
+
+def metric_help_markdown() -> str:
+    return "\n".join(f"- **{k}**: {v}" for k, v in METRIC_HELP.items())
+
+
+# Advice a visitor of the app cannot follow (they have no shell on the server): said as what the server lacks.
+_CLI_ADVICE = re.compile(
+    r"(?P<r>[Rr])un `workbench weights download[^`]*`(?: on a machine with internet)?(?: \(or fetch .*? into [^)]*\))?"
+)
+
+
+def for_visitor(text: str) -> str:
+    def said(m: re.Match) -> str:
+        return ("This" if m.group("r") == "R" else "this") + " server does not have them (its operator can add them)"
+
+    return _CLI_ADVICE.sub(said, text)
+
+
 def table_for(run: Run) -> pd.DataFrame:
     df = show_undetermined(run.table)
     has_errors = "error" in df.columns and bool(blank_missing(df[["error"]])["error"].astype(str).str.len().any())
-    cols = [c for c in TABLE_COLUMNS if c in df.columns and (c != "error" or has_errors)]
+    cols = [c for c in TABLE_COLUMNS if c in df.columns and c not in TRAILING]
+    cols += [c for c in TRAILING if c in df.columns and (c != "error" or has_errors)]
     out = df[cols].copy()
     for c in out.columns:
         if pd.api.types.is_float_dtype(out[c]):
             out[c] = out[c].round(3)
+    if "error" in out.columns:
+        out["error"] = out["error"].map(lambda v: for_visitor(v) if isinstance(v, str) else v)
     return blank_missing(out)
 
 
@@ -232,7 +278,7 @@ def summary_markdown(run: Run) -> str:
         f"wall time {meta.get('timings', {}).get('total_seconds', '?')} s."
     ]
     for note in s.get("notes", []):
-        lines += ["", f"> {note}"]
+        lines += ["", f"> {for_visitor(note)}"]
     if metrics:
         # Two metric/value pairs per row keeps the summary short enough to sit beside the download.
         items = list(metrics.items())
@@ -242,7 +288,7 @@ def summary_markdown(run: Run) -> str:
             right = items[k + 1] if k + 1 < len(items) else ("", "")
             lines.append(f"| {left[0]} | {_value(left[1])} | {right[0]} | {_value(right[1])} |")
     for case, err in (s.get("failed") or {}).items():
-        lines.append(f"- **{case}** failed: {err}")
+        lines.append(f"- **{case}** failed: {for_visitor(str(err))}")
     return "\n".join(lines)
 
 
@@ -483,13 +529,24 @@ class EvalTab:
                     elem_id="eval-where",
                 )
                 run_btn = gr.Button("Run evaluation", variant="primary", elem_id="eval-run")
-                with gr.Row():
-                    past = gr.Dropdown([], label="open an earlier run", scale=3, elem_id="eval-past")
-                    open_btn = gr.Button("Open", scale=1)
+                # Full width: a run's label is long, and beside a button it ran under the dropdown's arrow.
+                past = gr.Dropdown([], label="open an earlier run", elem_id="eval-past")
+                open_btn = gr.Button("Open", size="sm")
             with gr.Column(scale=3, min_width=360):
                 summary = gr.Markdown("Run an evaluation to see its summary.", elem_id="eval-summary")
+                with gr.Accordion("What the metrics mean", open=False, elem_id="eval-metric-help"):
+                    gr.Markdown(metric_help_markdown())
                 report_zip = gr.File(label="report folder (zip)", interactive=False, elem_id="eval-zip")
-        table = gr.Dataframe(label="per-case results", interactive=False, elem_id="eval-table")
+        table = gr.Dataframe(
+            pd.DataFrame(columns=EMPTY_TABLE_HEADERS),
+            label="per-case results",
+            interactive=False,
+            # Unwrapped: each column as wide as its header and values (wrapped, narrow numeric columns broke their
+            # headers letter by letter); the long renderer description is last and cut, so it never hides a metric.
+            wrap=False,
+            max_chars=60,
+            elem_id="eval-table",
+        )
         with gr.Row():
             plots = [
                 gr.Plot(label=name.replace("_", " "), show_label=False, elem_id=f"eval-plot-{name}")
@@ -501,8 +558,15 @@ class EvalTab:
                 candidate = gr.Dropdown([], label="candidate (B)", elem_id="eval-candidate")
                 compare_btn = gr.Button("Compare", elem_id="eval-compare-btn")
             verdict = gr.Markdown("", elem_id="eval-verdict")
-            gate_table = gr.Dataframe(label="summary metrics: baseline vs candidate", interactive=False, wrap=True)
-            case_table = gr.Dataframe(label="per-case metrics", interactive=False, wrap=True)
+            gate_table = gr.Dataframe(
+                pd.DataFrame(columns=GATE_HEADERS),
+                label="summary metrics: baseline vs candidate",
+                interactive=False,
+                wrap=True,
+            )
+            case_table = gr.Dataframe(
+                pd.DataFrame(columns=CASE_DIFF_HEADERS), label="per-case metrics", interactive=False, wrap=True
+            )
             with gr.Row():
                 sync_cmp = gr.Plot(label="sync curves (A dashed, B solid)", show_label=False, elem_id="eval-cmp-sync")
                 latency_cmp = gr.Plot(label="latency CDF", show_label=False, elem_id="eval-cmp-latency")
@@ -516,6 +580,7 @@ class EvalTab:
             [session, summary, table, *plots, report_zip, candidate, baseline, past],
             concurrency_limit=1,
             concurrency_id="evaluation",
+            show_progress_on=[summary],  # one progress bar, beside the button
         )
         open_btn.click(self.open_run, [past, session], [summary, table, *plots, report_zip])
         compare_btn.click(

@@ -9,7 +9,8 @@ import gradio as gr
 import numpy as np
 
 from workbench.avatars.model import Avatar, PrepParams
-from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaWarning, check_upload, kind_of
+from workbench.config import FPS
+from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaWarning, check_upload, kind_of, probe
 from workbench.ui import overlays, prep_inputs
 from workbench.ui.context import (
     UIContext,
@@ -63,14 +64,42 @@ def params_from_inputs(
     )
 
 
-def renderer_summary(ctx: UIContext) -> str:
+def renderer_summary(ctx: UIContext, avatar: Avatar | None = None) -> str:
     name = ctx.engine.resolved_renderer_name()
     if name == "musetalk":
         return "MuseTalk v1.5 (UNet + sd-vae-ft-mse + Whisper-tiny weights present)"
-    return "CPU renderer (weight-free; MuseTalk weights not present or not selected)"
+    what = "weight-free"
+    if avatar is not None:  # the mouth bank runs only for an avatar whose mouth moves: say which one runs here
+        what = ctx.engine.renderer.describe_for(avatar).removeprefix("cpu: ")
+    return f"CPU renderer ({what}; MuseTalk weights not present or not selected)"
 
 
-def summary_markdown(ctx: UIContext, avatar: Avatar) -> str:
+def source_frame_count(source: Path) -> int | None:
+    """How many frames preparation would read from `source` with no max_frames (25 fps), or None when unknown."""
+    try:
+        if source.is_dir():
+            return sum(1 for f in source.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        if source.suffix.lower() in IMAGE_EXTS:
+            return 1
+        info = probe(source)
+    except (OSError, MediaError):
+        return None
+    return int(round(info.duration * FPS)) if info.duration else None
+
+
+def cut_note(source: Path, avatar: Avatar) -> str | None:
+    """A note when max_frames kept fewer frames than the source has (a silent cut surprises: 125 → 100)."""
+    total, kept = source_frame_count(source), len(avatar)
+    limit = avatar.params.max_frames
+    if total is None or limit is None or kept >= total or kept < limit:
+        return None
+    return (
+        f"**Cut to max frames:** the source has about {total} frames ({total / FPS:.1f} s); the first {kept} "
+        f"({kept / FPS:.1f} s) were kept; raise *max frames* to keep more."
+    )
+
+
+def summary_markdown(ctx: UIContext, avatar: Avatar, note: str | None = None) -> str:
     lo, hi = avatar.bbox_range
     h, w = avatar.frame_size
     n_face = int(np.asarray(avatar.has_face).sum())
@@ -86,7 +115,8 @@ def summary_markdown(ctx: UIContext, avatar: Avatar) -> str:
             f"**Mask:** {avatar.mask_kind} ({p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}, "
             f"extra margin {p.extra_margin}); **detector:** {p.detector}; "
             f"**VAE latents:** {'cached' if avatar.latents is not None else 'none (CPU renderer needs none)'}.",
-            f"**Renderer:** {renderer_summary(ctx)}.",
+            f"**Renderer:** {renderer_summary(ctx, avatar)}.",
+            *([note] if note else []),
         ]
     )
 
@@ -160,7 +190,7 @@ class PrepareTab:
             if issubclass(w.category, MediaWarning):
                 gr.Warning(str(w.message), duration=10)
         session = remember(session, avatar.avatar_id)
-        return self._show(avatar, session)
+        return self._show(avatar, session, cut_note(Path(source), avatar))
 
     @user_errors
     def use(self, avatar_id: str | None, session: dict | None):
@@ -203,11 +233,25 @@ class PrepareTab:
             avatar, i, box="box" in layers, landmarks="landmarks" in layers, mask="mask" in layers
         )
 
-    def _show(self, avatar: Avatar, session: dict):
+    def show_ready_example(self, session: dict | None):
+        """At page load (and when the background preparation finishes): the example avatar, when it is ready and
+        this page shows no avatar yet, so the tab does not start empty."""
+        session = session or new_session()
+        avatar_id = self.ctx.preferred_avatar()
+        if session.get("current") or not avatar_id:
+            return (session, *(gr.update() for _ in range(6)))
+        try:
+            self.ctx.library.check_access(avatar_id, session.get("avatars"))
+            avatar = self.ctx.library.load(avatar_id)
+        except (KeyError, PermissionError, OSError):
+            return (session, *(gr.update() for _ in range(6)))
+        return self._show(avatar, dict(session, current=avatar_id))
+
+    def _show(self, avatar: Avatar, session: dict, note: str | None = None):
         n = len(avatar)
         return (
             session,
-            summary_markdown(self.ctx, avatar),
+            summary_markdown(self.ctx, avatar, note),
             self._overlay(avatar, 0, None),
             overlays.crop_strip(avatar, 0),
             gr.update(maximum=max(1, n - 1), value=0, interactive=n > 1),
@@ -312,8 +356,9 @@ class PrepareTab:
             shown,
             concurrency_limit=1,
             concurrency_id="engine-heavy",
+            show_progress_on=[overlay],  # one progress bar, where the result appears (not over every output)
         )
-        self.used = use_btn.click(self.use, [chosen, session], shown)
+        self.used = use_btn.click(self.use, [chosen, session], shown, show_progress_on=[overlay])
         self.deleted = delete_btn.click(self.delete, [chosen, session], [session, table, chosen])
         refresh_btn.click(self.refresh, [session], [table, chosen])
         frame.change(
@@ -322,4 +367,5 @@ class PrepareTab:
         layers.change(self.frame, [frame, layers, session], [overlay, crop], show_progress="hidden")
         self.chosen = chosen
         self.table = table
+        self.shown = shown
         return chosen

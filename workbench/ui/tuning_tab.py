@@ -18,7 +18,7 @@ import numpy as np
 from workbench.avatars.model import Avatar, PrepParams, describe_acting
 from workbench.config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from workbench.media import MediaError, check_upload, is_silent, load_audio, probe, write_video
-from workbench.ui import overlays, prep_inputs
+from workbench.ui import overlays, prep_inputs, tuning_tiles
 from workbench.ui.context import (
     AccessError,
     UIContext,
@@ -87,17 +87,6 @@ def loudest_moment(audio16k: np.ndarray, within_s: float = 10.0) -> float:
         return 0.0
     frames = np.asarray(audio16k[: n * SAMPLES_PER_FRAME], dtype=np.float32).reshape(n, SAMPLES_PER_FRAME)
     return float(np.argmax(np.sqrt(np.mean(frames**2, axis=1)))) / FPS
-
-
-def focus_box(avatar: Avatar, i: int, margin: float = 0.3) -> tuple[int, int, int, int]:
-    """A square around the face box of frame i, `margin` larger, kept inside the frame: what every preview shows."""
-    x1, y1, x2, y2 = (int(v) for v in avatar.boxes[i])
-    h, w = avatar.frame_size
-    side = min(int(max(x2 - x1, y2 - y1) * (1 + 2 * margin)), h, w)
-    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
-    left = int(np.clip(cx - side // 2, 0, w - side))
-    top = int(np.clip(cy - side // 2, 0, h - side))
-    return left, top, left + side, top + side
 
 
 def zoom(frame_bgr: np.ndarray, box: tuple[int, int, int, int], height: int = 360) -> np.ndarray:
@@ -264,16 +253,18 @@ class TuningTab:
         span = 0.8 if make_clip else 1.0
         step = (lambda fr, m: report(fr * span, m)) if report else None
         frames = self.ctx.engine.preview(source, params_list, f, audio_at(audio, f, t), progress=step)
-        box = focus_box(avatar, f)
-        items = []
-        for s, frame in zip(shifts, frames, strict=True):
-            items.append((overlays.to_rgb(zoom(frame, box)), f"bbox_shift={s}"))
+        box = tuning_tiles.face_box(avatar, f)  # the chin included
+        items = [
+            (overlays.to_rgb(tile), f"bbox_shift={s}")
+            for s, tile in zip(shifts, tuning_tiles.tiles(avatar, f, frames), strict=True)
+        ]
         clip = None
         if make_clip:
             clip = self._clip(source, params_list, shifts, f, t, audio, float(clip_seconds), box, report)
         status = (
             f"{len(items)} previews of avatar frame {f} with the audio at {t / FPS:.2f} s, rendered by "
-            f"{self.ctx.engine.renderer.describe()} through the real-time path."
+            f"{self.ctx.engine.renderer.describe_for(avatar)} through the real-time path. Each shows the face, "
+            f"then the mouth at twice the scale; magenta outlines where it differs from bbox_shift={shifts[0]}."
         )
         return (
             gr.update(value=items, columns=len(items)),
@@ -389,25 +380,33 @@ class TuningTab:
                     make_clip = gr.Checkbox(False, label="also a looping clip", min_width=120)
                     clip_seconds = gr.Slider(1, 2, value=1.0, step=0.2, label="clip length (s)")
                 run = gr.Button("Render grid", variant="primary", elem_id="tune-run")
+                # Beside the button: the grid's progress shows here, where the user just clicked.
+                status = gr.Markdown("", elem_id="tune-status")
+        # A heading rather than the gallery's label, which Gradio draws over the first tiles.
+        gr.Markdown(
+            "**Previews**: the same frame and the same audio, one per bbox_shift value (face, then the mouth ×2)"
+        )
         gallery = gr.Gallery(
-            label="Previews: the same frame and the same audio, one per bbox_shift value",
+            label="Previews",
+            show_label=False,
             columns=5,
             rows=1,
-            height=260,
+            height="auto",
             object_fit="contain",
             allow_preview=True,
             elem_id="tune-gallery",
         )
-        status = gr.Markdown("", elem_id="tune-status")
         with gr.Row(equal_height=False):
-            clip = gr.Video(
-                label="Side-by-side looping clip",
-                autoplay=True,
-                loop=True,
-                interactive=False,
-                scale=2,
-                elem_id="tune-clip",
-            )
+            with gr.Column(scale=2):
+                # A heading, not the video's own label: that label sat over the panels' burnt-in captions.
+                gr.Markdown("**Side-by-side looping clip** (tick *also a looping clip*)")
+                clip = gr.Video(
+                    show_label=False,
+                    autoplay=True,
+                    loop=True,
+                    interactive=False,
+                    elem_id="tune-clip",
+                )
             with gr.Column(scale=1, min_width=280):
                 chosen = gr.Radio([], label="keep bbox_shift", elem_id="tune-chosen")
                 save = gr.Button("Save to avatar", elem_id="tune-save")
@@ -438,6 +437,7 @@ class TuningTab:
             [gallery, clip, status, chosen],
             concurrency_limit=1,
             concurrency_id="engine-heavy",
+            show_progress_on=[status],  # under the button (the gallery may be below the fold)
         )
         self.saved = save.click(
             self.save,

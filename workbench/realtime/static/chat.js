@@ -10,7 +10,10 @@
   const params = new URLSearchParams(location.search);
   // A chat link from the workbench carries a grant for one avatar; the server names no other.
   const grant = params.get("grant");
-  const state = { pc: null, dc: null, mic: null, sessionId: null, config: null, lastStats: null, fps: 0, assistant: null };
+  const state = {
+    pc: null, dc: null, mic: null, sessionId: null, config: null, lastStats: null, fps: 0, assistant: null,
+    face: null, phase: "idle", pendingUser: null, zoomTouched: false,
+  };
 
   function log(text, cls = "") {
     const div = document.createElement("div");
@@ -21,11 +24,45 @@
     return div;
   }
 
-  const status = { rtc: "", voice: "" };
-  function setStatus(text, part = null) {
-    if (part === null) { status.rtc = text; status.voice = ""; } else status[part] = text;
-    $("status").textContent = [status.rtc && `video ${status.rtc}`, status.voice && `voice ${status.voice}`]
-      .filter(Boolean).join(" · ") || text;
+  // The status line says one thing: where the call is (connecting, connected, failed) and, once connected, what
+  // the voice is (the server's own description of it, in lighter type). The pill on the video says what the
+  // avatar is doing with the user's turn: listening, thinking, or nothing while it idles or speaks.
+  const status = { call: "Not connected", voice: "", detail: "" };
+  const PHASES = { listening: "listening…", thinking: "thinking…" };
+  function renderStatus() {
+    const el = $("status");
+    el.textContent = status.call;
+    const detail = status.call === "Connected" && status.voice ? ` · ${status.voice}` : status.detail && ` — ${status.detail}`;
+    if (detail) {
+      const d = document.createElement("span");
+      d.className = "detail";
+      d.textContent = detail;
+      el.appendChild(d);
+    }
+  }
+  function setStatus(call, detail = "") {
+    Object.assign(status, { call, detail });
+    renderStatus();
+  }
+  function setPhase(phase) {
+    state.phase = phase;
+    $("phase").dataset.phase = phase;
+    $("phase").textContent = PHASES[phase] || "";
+  }
+
+  // The user's turn in the transcript from the moment it is heard: a pending bubble that the transcript fills.
+  function userBubble(spoken) {
+    if (state.pendingUser) return state.pendingUser;
+    const div = log(spoken ? "…" : "", spoken ? "user spoken pending" : "user");
+    state.pendingUser = div;
+    return div;
+  }
+  function settleUser(text, spoken) {
+    const div = state.pendingUser || log("", spoken ? "user spoken" : "user");
+    div.textContent = text;
+    div.classList.remove("pending");
+    state.pendingUser = null;
+    $("log").scrollTop = $("log").scrollHeight;
   }
 
   function setConnected(on) {
@@ -98,7 +135,7 @@
   async function connect() {
     setConnected(true);
     $("connect").disabled = true;
-    setStatus("connecting…");
+    setStatus("Connecting…");
     const pc = new RTCPeerConnection({ iceServers: state.config.ice_servers });
     state.pc = pc;
     pc.addTransceiver("video", { direction: "recvonly" });
@@ -121,7 +158,7 @@
     };
     pc.onconnectionstatechange = () => {
       if (pc.connectionState === "failed" || pc.connectionState === "closed") {
-        setStatus(`connection ${pc.connectionState}`);
+        setStatus(pc.connectionState === "failed" ? "Connection failed" : "Not connected");
         setConnected(false);
       }
     };
@@ -142,7 +179,7 @@
       const busy = await res.clone().json().catch(() => null);
       if (!busy || busy.queue_position === undefined) break;
       if (busy.ticket) body.ticket = busy.ticket;
-      setStatus(`waiting: ${busy.queue_position} ahead of you`);
+      setStatus(`Waiting: ${busy.queue_position} ahead of you`);
       log(busy.detail, "note");
       await new Promise((r) => setTimeout(r, 1000 * (busy.retry_after_s || 3)));
       if (state.pc !== pc) return;  // hung up while waiting
@@ -152,21 +189,52 @@
       const err = await res.json().catch(() => ({ detail: res.statusText }));
       const detail = typeof err.detail === "string" ? err.detail : JSON.stringify(err.detail);
       log(detail, "error");
-      setStatus("could not connect");
       hangup();
+      setStatus("Could not connect", detail.slice(0, 160));
       return;
     }
     const answer = await res.json();
     state.sessionId = answer.session_id;
     state.face = Array.isArray(answer.face) && answer.face.length === 4 ? answer.face : null;
     $("faceZoom").disabled = !state.face;
+    // A face that is a small part of the frame (a full-body video) is shown large unless the user said otherwise.
+    if (state.face && !state.zoomTouched && faceIsSmall(state.face)) $("faceZoom").checked = true;
+    applyZoom();  // also when Face zoom was ticked before Connect, while the face box was still unknown
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+  }
+
+  const SMALL_FACE = 0.12;  // of the frame's area: below this the face box is zoomed by default
+  function faceIsSmall([x0, y0, x1, y1]) {
+    return (x1 - x0) * (y1 - y0) < SMALL_FACE;
   }
 
   function onServerMessage(m) {
     switch (m.type) {
       case "status":
-        setStatus(`${m.status}${m.text ? " (" + m.text + ")" : ""}`, "voice");
+        if (m.status === "connected") {
+          status.voice = m.text || "";
+          setStatus("Connected");
+          setPhase("ready");
+        } else if (m.status === "connecting") setStatus("Connecting…", m.text || "");
+        else if (m.status === "reconnecting") setStatus("Voice reconnecting…", m.text || "");
+        else if (m.status === "failed") setStatus("Voice failed", m.text || "");
+        else if (m.status === "closed") setStatus("Not connected");
+        break;
+      case "speech_started":
+        setPhase("listening");
+        userBubble(true);
+        break;
+      case "speech_stopped":
+        setPhase("thinking");
+        userBubble(true);
+        break;
+      case "user_transcript":
+        settleUser(m.text, true);
+        if (state.phase !== "speaking") setPhase("thinking");
+        break;
+      case "user_text":
+        settleUser(m.text, false);
+        setPhase("thinking");
         break;
       case "transcript":
         if (!state.assistant || state.assistant.dataset.item !== m.item_id) {
@@ -174,15 +242,19 @@
           state.assistant.dataset.item = m.item_id;
         }
         state.assistant.textContent += m.text;
+        $("log").scrollTop = $("log").scrollHeight;
+        setPhase("speaking");
         break;
-      case "user_transcript":
-        log(m.text, "user spoken");
+      case "response_done":
+        if (state.phase === "speaking" || state.phase === "thinking") setPhase("ready");
         break;
       case "note":
+        if (state.pendingUser && /short sound|not words/.test(m.text)) {
+          state.pendingUser.remove();  // it was not a turn after all
+          state.pendingUser = null;
+          setPhase("ready");
+        }
         log(m.text, "note");
-        break;
-      case "user_text":
-        log(m.text, "user");
         break;
       case "barge_in":
         log(`(interrupted after ${(m.audio_end_ms / 1000).toFixed(1)} s)`, "note");
@@ -192,9 +264,10 @@
         break;
       case "error":
         log(m.message, "error");
+        if (state.phase === "thinking") setPhase("ready");
         break;
       case "rtc":
-        setStatus(m.state, "rtc");
+        if (m.state === "failed" || m.state === "closed") setStatus(`Video ${m.state}`);
         break;
       default:
         break;
@@ -214,9 +287,11 @@
     if (state.pc) state.pc.close();
     if (state.mic) state.mic.getTracks().forEach((t) => t.stop());
     if (state.sessionId) fetch(`${base}/session/${state.sessionId}`, { method: "DELETE" }).catch(() => {});
-    Object.assign(state, { pc: null, dc: null, mic: null, sessionId: null });
+    Object.assign(state, { pc: null, dc: null, mic: null, sessionId: null, pendingUser: null });
+    status.voice = "";
     setConnected(false);
-    setStatus("not connected");
+    setStatus("Not connected");
+    setPhase("idle");
   }
 
   // Received-media statistics, also read by the browser test.
@@ -245,7 +320,7 @@
     if (state.lastStats) {
       const dt = (s.t - state.lastStats.t) / 1000;
       state.fps = (s.framesDecoded - state.lastStats.framesDecoded) / dt;
-      $("fps").textContent = `${state.fps.toFixed(1)} fps, ${s.frameWidth}x${s.frameHeight}`;
+      $("fps").textContent = `${state.fps.toFixed(1)} fps · ${s.frameWidth}×${s.frameHeight}`;
     }
     state.lastStats = s;
   }, 1000);
@@ -275,7 +350,7 @@
   }
   function drawZoom() {
     const video = $("avatar"), canvas = $("zoom");
-    if (!$("faceZoom").checked || !state.face) return;
+    if (!$("faceZoom").checked || !state.face) { zoomDrawing = false; return; }
     if (video.videoWidth > 0) {
       const r = canvas.getBoundingClientRect();
       const dpr = window.devicePixelRatio || 1;
@@ -287,14 +362,22 @@
     }
     requestAnimationFrame(drawZoom);
   }
-  $("faceZoom").addEventListener("change", () => {
+  let zoomDrawing = false;
+  function applyZoom() {
     const on = $("faceZoom").checked && !!state.face;
     $("zoom").hidden = !on;
     $("avatar").classList.toggle("zoomed", on);
-    if (on) requestAnimationFrame(drawZoom);
+    if (on && !zoomDrawing) {
+      zoomDrawing = true;
+      requestAnimationFrame(drawZoom);
+    }
+  }
+  $("faceZoom").addEventListener("change", () => {
+    state.zoomTouched = true;
+    applyZoom();
   });
 
-  window.rtcChat = { state, stats, send, connect, hangup, zoomRect };
+  window.rtcChat = { state, stats, send, connect, hangup, zoomRect, onServerMessage };
   loadConfig().then(() => { if (params.get("autostart") === "1") $("connect").click(); })
     .catch((err) => log(`cannot load the realtime config: ${err}`, "error"));
 })();
