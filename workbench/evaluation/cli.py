@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
+from workbench.evaluation import metrics
 from workbench.evaluation.errors import EvalError
 
 console = Console()
@@ -115,18 +116,7 @@ def print_gate(result, title: str = "regression gate") -> None:
 
 
 def _print_cases(rows: list[dict]) -> None:
-    cols = {
-        "case": "case",
-        "status": "status",
-        "expected_offset": "expect",
-        "ls_offset": "ls off",
-        "ls_confidence": "ls conf",
-        "syncnet_offset": "SN off",
-        "syncnet_lse_d": "LSE-D",
-        "syncnet_lse_c": "LSE-C",
-        "latency_first_frame_ms": "1st ms",
-        "latency_sustained_fps": "fps",
-    }
+    cols = metrics.cli_columns()  # the registry says which columns the narrow table shows
     table = Table(*cols.values())
     for r in rows:
         if r.get("ls_determined") == 0 and r.get("ls_offset") is None:

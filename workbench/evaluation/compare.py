@@ -9,21 +9,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from workbench.evaluation import metrics
 from workbench.evaluation.gate import GateResult, Tolerance, case_offsets, compare_summaries
 from workbench.evaluation.report import Run, _subplots, latency_cdf_axes, load_run
 
-CASE_METRICS = (
-    "ls_offset",
-    "ls_evidence",
-    "ls_confidence",
-    "syncnet_offset",
-    "syncnet_lse_d",
-    "syncnet_lse_c",
-    "latency_first_frame_ms",
-    "latency_total_p95_ms",
-    "latency_sustained_fps",
-    "latency_rtf",
-)
+CASE_METRICS = metrics.compared_metrics()  # from the registry
 
 
 @dataclass

@@ -24,45 +24,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from workbench import atomic
+from workbench.evaluation import metrics
 from workbench.evaluation.errors import EvalError
 
 STAGE_ORDER = ("features", "render", "composite", "send")
-TABLE_COLUMNS = (
-    "case",
-    "kind",
-    "status",
-    "renderer",
-    "n_frames",
-    "expected_offset",
-    "ls_offset",
-    "ls_confidence",
-    "syncnet_offset",
-    "syncnet_lse_d",
-    "syncnet_lse_c",
-    "latency_first_frame_ms",
-    "latency_total_p95_ms",
-    "latency_sustained_fps",
-    "latency_rtf",
-    "latency_late",
-    "seconds",
-    "error",
-)
-# summary metric -> (column, aggregate)
-SUMMARY_METRICS: dict[str, tuple[str, str]] = {
-    "ls_offset_error_mean": ("ls_offset_error", "mean"),
-    "ls_in_sync_rate": ("ls_in_sync", "mean"),
-    "ls_confidence_mean": ("ls_confidence", "mean"),
-    "ls_determined_rate": ("ls_determined", "mean"),
-    "syncnet_lse_d_mean": ("syncnet_lse_d", "mean"),
-    "syncnet_lse_c_mean": ("syncnet_lse_c", "mean"),
-    "syncnet_offset_error_mean": ("syncnet_offset_error", "mean"),
-    "latency_first_frame_ms_mean": ("latency_first_frame_ms", "mean"),
-    "latency_total_p95_ms_mean": ("latency_total_p95_ms", "mean"),
-    "latency_sustained_fps_mean": ("latency_sustained_fps", "mean"),
-    "latency_rtf_mean": ("latency_rtf", "mean"),
-    "latency_dropped_total": ("latency_dropped", "sum"),
-    "latency_late_total": ("latency_late", "sum"),
-}
+# Column order and suite metrics come from the registry (workbench/evaluation/metrics.py), as every view's do.
+TABLE_COLUMNS = metrics.table_columns()
+SUMMARY_METRICS: dict[str, tuple[str, str]] = metrics.summary_metrics()
 
 
 @dataclass
@@ -90,7 +58,7 @@ def _finite(v) -> bool:
 def summarise(rows: list[dict]) -> dict:
     """Suite-level metrics over the cases that finished; counts of failures."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    metrics: dict[str, float | int] = {
+    out: dict[str, float | int] = {
         "cases_total": len(rows),
         "cases_ok": len(ok),
         "cases_failed": len(rows) - len(ok),
@@ -98,8 +66,8 @@ def summarise(rows: list[dict]) -> dict:
     for name, (col, how) in SUMMARY_METRICS.items():
         vals = [float(r[col]) for r in ok if _finite(r.get(col))]
         if vals:
-            metrics[name] = float(np.sum(vals)) if how == "sum" else float(np.mean(vals))
-    return {"metrics": metrics, "failed": {r["case"]: r.get("error", "") for r in rows if r.get("status") != "ok"}}
+            out[name] = float(np.sum(vals)) if how == "sum" else float(np.mean(vals))
+    return {"metrics": out, "failed": {r["case"]: r.get("error", "") for r in rows if r.get("status") != "ok"}}
 
 
 # --- plots --------------------------------------------------------------------------------------
