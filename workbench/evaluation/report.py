@@ -153,7 +153,29 @@ def plot_stage_breakdown(details: dict) -> Figure:
     return fig
 
 
+def plot_quality(rows: list[dict] | pd.DataFrame) -> Figure:
+    """Per case, the quality scores that are ratios to the source (1 = as the source) and the silence share."""
+    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    names = [m.name for m in metrics.METRICS if m.group == "quality" and m.name in df.columns]
+    fig, ax = _subplots(figsize=(7.5, 4))
+    shown = df[["case", *names]].dropna(how="all", subset=names) if names else df.iloc[0:0]
+    if len(shown):
+        width = 0.8 / max(1, len(names))
+        x = np.arange(len(shown))
+        for k, n in enumerate(names):
+            ax.bar(x + k * width - 0.4 + width / 2, pd.to_numeric(shown[n], errors="coerce"), width, label=n)
+        ax.set_xticks(x, shown["case"], rotation=30, fontsize=7)
+        ax.axhline(1.0, color="0.6", lw=0.8)
+        ax.legend(fontsize=6, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no quality scores", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="what people see: ratios to the source (1 = as the source); shares; grey levels")
+    fig.tight_layout()
+    return fig
+
+
 PLOTS = {"sync_curves": plot_sync_curves, "latency_cdf": plot_latency_cdf, "stage_breakdown": plot_stage_breakdown}
+ROW_PLOTS = {"quality": plot_quality}  # drawn from the per-case rows rather than details.json
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -227,7 +249,8 @@ def render_markdown(table: pd.DataFrame, summary: dict, metadata: dict) -> str:
     lines += ["## Cases", "", markdown_table(show_undetermined(table)[shown]) if len(table) else "(none)", ""]
     if summary.get("failed"):
         lines += ["## Failed cases", ""] + [f"- **{k}**: {v}" for k, v in summary["failed"].items()] + [""]
-    lines += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in PLOTS] + [""]
+    lines += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in [*PLOTS, *ROW_PLOTS]] + [""]
+    lines += ["## What the columns mean", "", metrics.glossary_markdown([c for c in shown if metrics.describe(c)]), ""]
     lines += [
         "Offsets are in frames at 25 fps; positive means the audio is ahead of the video (syncnet_python's sign).",
         "ls_* is the weight-free landmark metric; syncnet_* the SyncNet protocol (LSE-D lower is better, "
@@ -270,6 +293,8 @@ def write_run(folder: str | Path, rows: list[dict], summary: dict, metadata: dic
     atomic.write_json(folder / "details.json", _jsonable(details))
     for name, fn in PLOTS.items():
         save_figure(fn(details), folder / "plots" / f"{name}.png")
+    for name, fn in ROW_PLOTS.items():
+        save_figure(fn(rows), folder / "plots" / f"{name}.png")
     atomic.write_text(folder / "report.md", render_markdown(table, summary, metadata))
     return folder
 

@@ -19,10 +19,11 @@ import gradio as gr
 import pandas as pd
 import yaml
 
+from workbench.evaluation import metrics
 from workbench.evaluation.compare import compare_runs
 from workbench.evaluation.errors import EvalError, ManifestError
 from workbench.evaluation.manifest import GeneratedCase, ReferenceCase, Suite, load_suite, parse_suite
-from workbench.evaluation.report import PLOTS, TABLE_COLUMNS, Run, load_run, show_undetermined
+from workbench.evaluation.report import PLOTS, ROW_PLOTS, TABLE_COLUMNS, Run, load_run, show_undetermined
 from workbench.evaluation.runner import run_suite
 from workbench.ui.context import UIContext, gr_progress, new_session, user_errors
 
@@ -32,6 +33,7 @@ EXAMPLE_SUITE = Path(__file__).resolve().parents[2] / "suites" / "example.yaml"
 MANIFEST_TYPES = [".yaml", ".yml", ".zip"]
 MAX_ZIP_FILES = 200
 SHOWN_PLOTS = ("sync_curves", "latency_cdf", "stage_breakdown")
+SHOWN_ROW_PLOTS = ("quality",)
 SESSIONS = "sessions"
 
 
@@ -196,7 +198,7 @@ def summary_markdown(run: Run) -> str:
 
 
 def plots_for(run: Run) -> list:
-    return [PLOTS[name](run.details) for name in SHOWN_PLOTS]
+    return [PLOTS[name](run.details) for name in SHOWN_PLOTS] + [ROW_PLOTS[n](run.table) for n in SHOWN_ROW_PLOTS]
 
 
 def zip_run(run_dir: Path, scratch: Path) -> str:
@@ -394,8 +396,10 @@ class EvalTab:
         with gr.Row():
             plots = [
                 gr.Plot(label=name.replace("_", " "), show_label=False, elem_id=f"eval-plot-{name}")
-                for name in SHOWN_PLOTS
+                for name in SHOWN_PLOTS + SHOWN_ROW_PLOTS
             ]
+        with gr.Accordion("What the columns mean", open=False, elem_id="eval-glossary"):
+            gr.Markdown(metrics.glossary_markdown([c for c in TABLE_COLUMNS if metrics.describe(c)]))
         with gr.Accordion("Compare with an earlier run (regression view)", open=False, elem_id="eval-compare"):
             with gr.Row():
                 baseline = gr.Dropdown([], label="baseline (A)", elem_id="eval-baseline")
