@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
@@ -268,6 +269,8 @@ def compare_cmd(
     except EvalError as e:
         raise _fail(e) from e
     print_gate(cmp.gate, title=f"{run_a.name} → {run_b.name}")
+    for w in cmp.warnings:
+        console.print(f"[yellow]warning:[/yellow] the runs were made differently: {escape(w)}", soft_wrap=True)
     if len(cmp.cases):
         t = Table("case", "metric", "A", "B", "delta")
         for _, r in cmp.cases.iterrows():

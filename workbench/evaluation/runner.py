@@ -403,14 +403,20 @@ def renderer_weights(settings: Settings, rows: list[dict]) -> dict:
 def run_metadata(
     suite: Suite, settings: Settings, jobs: int, face_detector: str, weights: dict, rows: list[dict], seconds: float
 ) -> dict:
+    from workbench.evaluation.provenance import provenance
+
+    git, machine = git_commit(), machine_info()
+    all_weights = {**weights, **renderer_weights(settings, rows)}
+    used = [str(r["face_detector"]) for r in rows if r.get("face_detector")]
     return {
         "suite": suite.name,
         "suite_root": str(suite.root),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": machine_info(),
+        "git": git,
+        "machine": machine,
+        "provenance": provenance(git, machine, settings.device, face_detector, used, all_weights),
         "renderers": sorted({str(r.get("renderer", "")) for r in rows if r.get("renderer")}),
-        "weights": {**weights, **renderer_weights(settings, rows)},
+        "weights": all_weights,
         "parameters": {
             "jobs": jobs,
             "face_detector": face_detector,

@@ -334,6 +334,8 @@ class EvalTab:
                 "undetermined in some cases, so these averages cover different cases)."
             )
         head = f"Baseline `{c.a.path.name}` → candidate `{c.b.path.name}`. {verdict}"
+        if c.warnings:
+            head += "\n\n**Made differently** (numbers may not compare): " + "; ".join(c.warnings)
         figs = c.figures
         shown = (figs.pop("sync"), figs.pop("latency"))
         import matplotlib.pyplot as plt
