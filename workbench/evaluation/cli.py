@@ -293,6 +293,37 @@ def compare_cmd(
         console.print(f"wrote {out}")
 
 
+@eval_app.command("stages")
+def stages_cmd(
+    source: Annotated[Path, typer.Argument(help="an avatar video or photo (prepared and cached as needed)")],
+    audio: Annotated[Path, typer.Option("--audio", help="driving speech")],
+    seconds: Annotated[float, typer.Option(min=1, max=60, help="seconds of the audio rendered")] = 8.0,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="avatar frames taken from the source")] = 50,
+    renderer: Annotated[str, typer.Option(help="auto, musetalk or cpu")] = "auto",
+    runs_dir: Annotated[Path | None, typer.Option(help="where stages/latest.json goes (default: settings)")] = None,
+    models_dir: Annotated[Path | None, typer.Option(help="models/ folder")] = None,
+) -> None:
+    """Per-stage milliseconds per frame (features, mouth/UNet, decode, paste-back, encode) and 25 fps sessions held,
+    with the hardware recorded; the Evaluation tab shows the latest."""
+    from workbench.avatars.model import PrepParams
+    from workbench.config import Settings
+    from workbench.engine import Engine
+    from workbench.evaluation.stages import measure_stages, save_report
+    from workbench.media import load_audio
+
+    if renderer not in ("auto", "musetalk", "cpu"):
+        raise typer.BadParameter("auto, musetalk or cpu", param_hint="--renderer")
+    settings = Settings(**{k: v for k, v in {"models_dir": models_dir, "runs_dir": runs_dir}.items() if v})
+    engine = Engine(settings, renderer=renderer)  # type: ignore[arg-type]
+    try:
+        avatar = engine.prepare(source, PrepParams(max_frames=max_frames))
+        report = measure_stages(engine, avatar, load_audio(audio)[: int(seconds * 16000)])
+    except (ValueError, RuntimeError, OSError) as e:
+        raise _fail(e) from e
+    console.print(report.markdown(), markup=False, soft_wrap=True)
+    console.print(f"saved {save_report(report, settings.runs_dir)}")
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]

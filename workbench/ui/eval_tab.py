@@ -344,6 +344,14 @@ class EvalTab:
             plt.close(extra)
         return head, blank_missing(c.summary.round(4)), blank_missing(c.cases.round(4)), *shown
 
+    def stages_markdown(self) -> str:
+        from workbench.evaluation.stages import latest_report
+
+        report = latest_report(self.ctx.runs_dir)
+        if report is None:
+            return "No measurement yet: run `workbench eval stages SOURCE --audio SPEECH` on this server."
+        return report.markdown()
+
     def refresh_runs(self, session: dict | None):
         session = session or new_session()
         return self._runs_update(session), self._runs_update(session, second=True), self._runs_update(session)
@@ -400,6 +408,8 @@ class EvalTab:
                 gr.Plot(label=name.replace("_", " "), show_label=False, elem_id=f"eval-plot-{name}")
                 for name in SHOWN_PLOTS + SHOWN_ROW_PLOTS
             ]
+        with gr.Accordion("Per-stage latency and capacity (latest `workbench eval stages`)", open=False):
+            gr.Markdown(self.stages_markdown(), elem_id="eval-stages")
         with gr.Accordion("What the columns mean", open=False, elem_id="eval-glossary"):
             gr.Markdown(metrics.glossary_markdown([c for c in TABLE_COLUMNS if metrics.describe(c)]))
         with gr.Accordion("Compare with an earlier run (regression view)", open=False, elem_id="eval-compare"):

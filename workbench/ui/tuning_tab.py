@@ -21,6 +21,7 @@ from workbench.media import MediaError, check_upload, is_silent, load_audio, pro
 from workbench.ui import overlays, prep_inputs
 from workbench.ui.context import UIContext, dropdown_update, gr_progress, new_session, remember, short_id, user_errors
 from workbench.ui.library import AUDIO_EXTS
+from workbench.ui.sweep_panel import SweepPanel
 
 MAX_VALUES = 8  # previews per grid: beyond this the faces get too small to judge
 EXAMPLE_AUDIO = ("speech_en.ogg", "speech_zh.ogg", "sun_speech.ogg")  # bundled in examples/: English, Chinese, Sun's
@@ -355,6 +356,16 @@ class TuningTab:
                 chosen = gr.Radio([], label="keep bbox_shift", elem_id="tune-chosen")
                 save = gr.Button("Save to avatar", elem_id="tune-save")
                 saved = gr.Markdown("", elem_id="tune-saved")
+        SweepPanel(self).build(
+            session,
+            avatar,
+            sample_audio,
+            upload,
+            moment,
+            shifts,
+            [extra_margin, parsing_mode, left_cheek, right_cheek],
+            [session, saved, avatar],
+        )
 
         avatar.change(
             self.select, [avatar, session], [shifts, frame, extra_margin, parsing_mode, left_cheek, right_cheek, info]
