@@ -479,10 +479,11 @@ def test_evaluation_run_download_isolation_and_compare(ui, tmp_path):
 
     session = new_session()
     out = ui.eval_tab.run("example", None, ["yongen_eng"], 2, session, progress=None)
-    session2, summary, table, p1, p2, p3, zip_path, candidate, baseline, past = out
+    session2, summary, table, p1, p2, p3, p4, zip_path, candidate, baseline, past = out
     assert "of suite *example*" in summary and "1 ok" in summary
     assert list(table["case"]) == ["yongen_eng"] and table["status"].iloc[0] == "ok"
-    assert all(hasattr(p, "savefig") for p in (p1, p2, p3))
+    assert all(hasattr(p, "savefig") for p in (p1, p2, p3, p4))
+    assert "jitter_lips" in table.columns and "ls_lag0" in table.columns  # the quality scores, from the registry
     names = zipfile.ZipFile(zip_path).namelist()
     assert any(n.endswith("summary.json") for n in names) and any(n.endswith("plots/sync_curves.png") for n in names)
     label = candidate["value"]
@@ -500,7 +501,7 @@ def test_evaluation_run_download_isolation_and_compare(ui, tmp_path):
     assert "No regression" in head and len(gate) > 0 and "ls_evidence" in set(cases["metric"])
     with pytest.raises(gr.Error, match="two different runs"):
         ui.eval_tab.compare(label, label, session2)
-    for fig in (p1, p2, p3, sync_fig, lat_fig):
+    for fig in (p1, p2, p3, p4, sync_fig, lat_fig):
         plt.close(fig)
 
 
