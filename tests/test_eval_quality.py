@@ -182,3 +182,20 @@ def test_registry_is_the_one_vocabulary():
     # a registered summary metric that got worse beyond its tolerance fails the gate
     res = gate.compare_summaries({"jitter_lips_mean": 1.6}, {"jitter_lips_mean": 1.2})
     assert res.worse == ["jitter_lips_mean"]
+
+
+def test_committed_gate_baseline_speaks_the_registry():
+    """Every score the runner wrote into the committed baseline is a registry metric (or a case attribute), and every
+    gated summary metric of the registry that the suite measures is in the baseline's summary."""
+    import json
+    from pathlib import Path
+
+    base = Path(__file__).parents[1] / "suites" / "gate-baseline"
+    attributes = {"batch_size", "bbox_shift", "extra_margin", "face_detector", "n_tracks", "track_frames"}
+    attributes |= {"render_seconds", *metrics.HEAD_COLUMNS, *metrics.TAIL_COLUMNS}
+    for row in json.loads((base / "cases.json").read_text()):
+        unknown = set(row) - set(metrics.BY_NAME) - attributes
+        assert not unknown, f"{row['case']}: columns outside the registry: {sorted(unknown)}"
+    summary = json.loads((base / "summary.json").read_text())["metrics"]
+    for name in ("ls_peak_mean", "ls_lag0_mean", "silent_open_share_mean", "jitter_lips_mean", "mouth_sharpness_mean"):
+        assert name in summary and name in metrics.tolerances()
