@@ -342,6 +342,21 @@ def test_tuning_grid_gives_distinct_previews_and_saves(ui, prepared):
     assert ui.library.load(new_id).params.bbox_shift == hi and f"bbox_shift {hi}" in msg
 
 
+def test_tuning_sweep_recommends_and_saves_in_one_click(ui, prepared):
+    session = prepared[0]
+    avatar_id = session["current"]
+    fig, table, msg, best = ui.tuning_tab.sweep.run(
+        avatar_id, "eng.wav", None, 6.0, "-4, 4", 10, "jaw", 90, 90, session, progress=None
+    )
+    assert list(table["bbox_shift"]) == [-4, 4] and best in (-4, 4)
+    assert f"Recommended bbox_shift: {best}" in msg and hasattr(fig, "savefig")
+    assert float(table.loc[table["bbox_shift"] == best, "score"].iloc[0]) == max(table["score"].astype(float))
+    session2, saved, dd = ui.tuning_tab.sweep.save(avatar_id, best, 10, "jaw", 90, 90, session, progress=None)
+    assert ui.library.load(session2["current"]).params.bbox_shift == best and f"bbox_shift {best}" in saved
+    with pytest.raises(gr.Error, match="Score a sweep first"):
+        ui.tuning_tab.sweep.save(avatar_id, None, 10, "jaw", 90, 90, session, progress=None)
+
+
 def test_tuning_clip_is_a_playable_side_by_side_video(ui, prepared):
     from workbench.media import probe
 

@@ -108,6 +108,7 @@ def variants(
 class TuningTab:
     def __init__(self, ctx: UIContext):
         self.ctx = ctx
+        self.sweep = SweepPanel(self)  # the auto-scored sweep (workbench/ui/sweep_panel.py)
 
     # --- inputs -----------------------------------------------------------------------------
     def _avatar(self, avatar_id: str | None, session: dict) -> Avatar:
@@ -356,7 +357,7 @@ class TuningTab:
                 chosen = gr.Radio([], label="keep bbox_shift", elem_id="tune-chosen")
                 save = gr.Button("Save to avatar", elem_id="tune-save")
                 saved = gr.Markdown("", elem_id="tune-saved")
-        SweepPanel(self).build(
+        self.sweep.build(
             session,
             avatar,
             sample_audio,
