@@ -345,6 +345,21 @@ def test_tuning_grid_gives_distinct_previews_and_saves(ui, prepared):
     assert ui.library.load(new_id).params.bbox_shift == hi and f"bbox_shift {hi}" in msg
 
 
+def test_tuning_sweep_recommends_and_saves_in_one_click(ui, prepared):
+    session = prepared[0]
+    avatar_id = session["current"]
+    fig, table, msg, best = ui.tuning_tab.sweep.run(
+        avatar_id, "eng.wav", None, 6.0, "-4, 4", 10, "jaw", 90, 90, session, progress=None
+    )
+    assert list(table["bbox_shift"]) == [-4, 4] and best in (-4, 4)
+    assert f"Recommended bbox_shift: {best}" in msg and hasattr(fig, "savefig")
+    assert float(table.loc[table["bbox_shift"] == best, "score"].iloc[0]) == max(table["score"].astype(float))
+    session2, saved, dd = ui.tuning_tab.sweep.save(avatar_id, best, 10, "jaw", 90, 90, session, progress=None)
+    assert ui.library.load(session2["current"]).params.bbox_shift == best and f"bbox_shift {best}" in saved
+    with pytest.raises(gr.Error, match="Score a sweep first"):
+        ui.tuning_tab.sweep.save(avatar_id, None, 10, "jaw", 90, 90, session, progress=None)
+
+
 def test_tuning_clip_is_a_playable_side_by_side_video(ui, prepared):
     from workbench.media import probe
 
@@ -488,10 +503,11 @@ def test_evaluation_run_download_isolation_and_compare(ui, tmp_path):
     avatars_before = {i.avatar_id for i in ui.engine.list_avatars()}
     out = ui.eval_tab.run("example", None, ["yongen_eng"], 2, session, progress=None)
     assert {i.avatar_id for i in ui.engine.list_avatars()} == avatars_before  # the run's avatar is not listed
-    session2, summary, table, p1, p2, p3, zip_path, candidate, baseline, past = out
+    session2, summary, table, p1, p2, p3, p4, zip_path, candidate, baseline, past = out
     assert "of suite *example*" in summary and "1 ok" in summary
     assert list(table["case"]) == ["yongen_eng"] and table["status"].iloc[0] == "ok"
-    assert all(hasattr(p, "savefig") for p in (p1, p2, p3))
+    assert all(hasattr(p, "savefig") for p in (p1, p2, p3, p4))
+    assert "jitter_lips" in table.columns and "ls_lag0" in table.columns  # the quality scores, from the registry
     names = zipfile.ZipFile(zip_path).namelist()
     assert any(n.endswith("summary.json") for n in names) and any(n.endswith("plots/sync_curves.png") for n in names)
     label = candidate["value"]
@@ -509,7 +525,7 @@ def test_evaluation_run_download_isolation_and_compare(ui, tmp_path):
     assert "No regression" in head and len(gate) > 0 and "ls_evidence" in set(cases["metric"])
     with pytest.raises(gr.Error, match="two different runs"):
         ui.eval_tab.compare(label, label, session2)
-    for fig in (p1, p2, p3, sync_fig, lat_fig):
+    for fig in (p1, p2, p3, p4, sync_fig, lat_fig):
         plt.close(fig)
 
 

@@ -75,7 +75,13 @@ def test_case_kinds_and_defaults(tmp_path):
         tmp_path,
     )
     g, r, lg = suite.cases
-    assert isinstance(g, GeneratedCase) and g.bbox_shift == -3 and g.extra_margin == 10 and g.metrics[-1] == "latency"
+    assert (
+        isinstance(g, GeneratedCase)
+        and g.bbox_shift == -3
+        and g.extra_margin == 10
+        and "latency" in g.metrics
+        and "quality" in g.metrics
+    )
     assert isinstance(r, ReferenceCase) and r.audio_shift_frames == -5
     assert isinstance(lg, LatencyLogCase)
     assert suite.resolve(g.source) == (tmp_path / "a.mp4").resolve()

@@ -209,6 +209,61 @@ def render(
     console.print(f"wrote {result.path}: {result.n_frames} frames in {result.seconds:.1f} s ({fps:.1f} frames/s)")
 
 
+@app.command()
+def tune(
+    source: Annotated[Path, typer.Argument(help="the avatar's video or photo (prepared and cached as needed)")],
+    audio: Annotated[Path, typer.Option("--audio", help="driving speech for the sweep (a few seconds)")],
+    values: Annotated[
+        str | None, typer.Option(help="bbox_shift values, e.g. -10,0,10 (default: spread over the measured range)")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", min=2, max=9, help="values spread over the measured range")] = 5,
+    seconds: Annotated[float, typer.Option(min=2, max=30, help="seconds of the audio rendered per value")] = 6.0,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="avatar frames taken from the source")] = 50,
+    renderer: Annotated[str, typer.Option(help=", ".join(RENDERERS))] = "auto",
+    out: Annotated[Path | None, typer.Option(help="write the score-vs-value plot (PNG) and table (CSV) here")] = None,
+    save: Annotated[bool, typer.Option("--save", help="prepare the avatar with the recommended value")] = False,
+    models_dir: ModelsDir = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Auto-scored bbox_shift sweep: render per value, score with the evaluation's metrics, recommend the best."""
+    from workbench.evaluation.sweep import plot_sweep, sweep_bbox_shift
+    from workbench.media import load_audio
+
+    try:
+        vals = [int(v) for v in values.split(",") if v.strip()] if values else None
+    except ValueError as e:
+        raise _fail(ValueError(f"--values {values!r} is not a comma-separated list of integers")) from e
+    engine = _engine(_settings(models_dir, cache_dir), _choice(renderer, RendererName))
+    base = PrepParams(max_frames=max_frames)
+    try:
+        audio16k = load_audio(audio)[: int(seconds * 16000)]
+        with _Bar("bbox_shift sweep") as bar, _media_warnings():
+            result = sweep_bbox_shift(engine, source, audio16k, base, values=vals, n=n, progress=bar)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise _fail(e) from e
+    rows = []
+    for p in result.points:
+        r = p.row
+        cells = [r.get(k) for k in ("ls_lag0", "ls_margin", "silent_open_share", "jitter_lips", "syncnet_lse_c")]
+        mark = " ←" if p is result.best else ""
+        rows.append([f"{p.value}{mark}", f"{p.score:.3f}", *(None if c is None else f"{c:.3f}" for c in cells)])
+    columns = ["bbox_shift", "score", "sync @0", "margin", "open in silence", "lip jitter", "LSE-C"]
+    print_rows(console, columns, rows, Format.table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"recommended bbox_shift: [bold]{result.best.value}[/bold]")
+    if out is not None:
+        from workbench import atomic
+        from workbench.evaluation.report import save_figure
+
+        save_figure(plot_sweep(result), out / "bbox_shift_sweep.png")
+        atomic.write_text(out / "bbox_shift_sweep.csv", result.table().to_csv(index=False))
+        console.print(f"wrote {out}/bbox_shift_sweep.png and .csv")
+    if save:
+        avatar = engine.prepare(source, result.params)
+        console.print(f"saved: avatar [bold]{avatar.avatar_id}[/bold] uses bbox_shift {result.params.bbox_shift}")
+
+
 @avatars_app.command("list")
 def avatars_list(cache_dir: CacheDir = None, fmt: OutputFormat = Format.table) -> None:
     """List cached avatars."""

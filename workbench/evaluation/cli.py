@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
+from workbench.evaluation import metrics
 from workbench.evaluation.errors import EvalError
 from workbench.tables import make_console
 
@@ -115,18 +117,7 @@ def print_gate(result, title: str = "regression gate") -> None:
 
 
 def _print_cases(rows: list[dict]) -> None:
-    cols = {
-        "case": "case",
-        "status": "status",
-        "expected_offset": "expect",
-        "ls_offset": "ls off",
-        "ls_confidence": "ls conf",
-        "syncnet_offset": "SN off",
-        "syncnet_lse_d": "LSE-D",
-        "syncnet_lse_c": "LSE-C",
-        "latency_first_frame_ms": "1st ms",
-        "latency_sustained_fps": "fps",
-    }
+    cols = metrics.cli_columns()  # the registry says which columns the narrow table shows
     table = Table(*cols.values())
     for r in rows:
         if r.get("ls_determined") == 0 and r.get("ls_offset") is None:
@@ -278,6 +269,8 @@ def compare_cmd(
     except EvalError as e:
         raise _fail(e) from e
     print_gate(cmp.gate, title=f"{run_a.name} → {run_b.name}")
+    for w in cmp.warnings:
+        console.print(f"[yellow]warning:[/yellow] the runs were made differently: {escape(w)}", soft_wrap=True)
     if len(cmp.cases):
         t = Table("case", "metric", "A", "B", "delta")
         for _, r in cmp.cases.iterrows():
@@ -298,6 +291,37 @@ def compare_cmd(
         for k, fig in cmp.figures.items():
             save_figure(fig, out / f"{k}.png")
         console.print(f"wrote {out}")
+
+
+@eval_app.command("stages")
+def stages_cmd(
+    source: Annotated[Path, typer.Argument(help="an avatar video or photo (prepared and cached as needed)")],
+    audio: Annotated[Path, typer.Option("--audio", help="driving speech")],
+    seconds: Annotated[float, typer.Option(min=1, max=60, help="seconds of the audio rendered")] = 8.0,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="avatar frames taken from the source")] = 50,
+    renderer: Annotated[str, typer.Option(help="auto, musetalk or cpu")] = "auto",
+    runs_dir: Annotated[Path | None, typer.Option(help="where stages/latest.json goes (default: settings)")] = None,
+    models_dir: Annotated[Path | None, typer.Option(help="models/ folder")] = None,
+) -> None:
+    """Per-stage milliseconds per frame (features, mouth/UNet, decode, paste-back, encode) and 25 fps sessions held,
+    with the hardware recorded; the Evaluation tab shows the latest."""
+    from workbench.avatars.model import PrepParams
+    from workbench.config import Settings
+    from workbench.engine import Engine
+    from workbench.evaluation.stages import measure_stages, save_report
+    from workbench.media import load_audio
+
+    if renderer not in ("auto", "musetalk", "cpu"):
+        raise typer.BadParameter("auto, musetalk or cpu", param_hint="--renderer")
+    settings = Settings(**{k: v for k, v in {"models_dir": models_dir, "runs_dir": runs_dir}.items() if v})
+    engine = Engine(settings, renderer=renderer)  # type: ignore[arg-type]
+    try:
+        avatar = engine.prepare(source, PrepParams(max_frames=max_frames))
+        report = measure_stages(engine, avatar, load_audio(audio)[: int(seconds * 16000)])
+    except (ValueError, RuntimeError, OSError) as e:
+        raise _fail(e) from e
+    console.print(report.markdown(), markup=False, soft_wrap=True)
+    console.print(f"saved {save_report(report, settings.runs_dir)}")
 
 
 def _ints(text: str) -> list[int]:

@@ -9,21 +9,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from workbench.evaluation import metrics
 from workbench.evaluation.gate import GateResult, Tolerance, case_offsets, compare_summaries
+from workbench.evaluation.provenance import differences
 from workbench.evaluation.report import Run, _subplots, latency_cdf_axes, load_run
 
-CASE_METRICS = (
-    "ls_offset",
-    "ls_evidence",
-    "ls_confidence",
-    "syncnet_offset",
-    "syncnet_lse_d",
-    "syncnet_lse_c",
-    "latency_first_frame_ms",
-    "latency_total_p95_ms",
-    "latency_sustained_fps",
-    "latency_rtf",
-)
+CASE_METRICS = metrics.compared_metrics()  # from the registry
 
 
 @dataclass
@@ -34,6 +25,7 @@ class Comparison:
     summary: pd.DataFrame  # metric, baseline, current, delta, allowed, better, status
     cases: pd.DataFrame  # case, metric, a, b, delta
     figures: dict[str, Figure]
+    warnings: list[str]  # how the two runs were made differently (provenance.differences)
 
 
 def case_diff(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -112,4 +104,5 @@ def compare_runs(
     for m in ("ls_confidence", "syncnet_lse_c"):
         if (cases.metric == m).any():
             figures[m] = plot_metric_bars(cases, m)
-    return Comparison(ra, rb, gate, gate.table(), cases, figures)
+    warnings = differences(ra.metadata, rb.metadata)
+    return Comparison(ra, rb, gate, gate.table(), cases, figures, warnings)

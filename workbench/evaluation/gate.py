@@ -20,40 +20,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 
+from workbench.evaluation import metrics
 from workbench.evaluation.errors import BaselineError
+from workbench.evaluation.metrics import Tolerance
 
-Direction = Literal["lower", "higher"]
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    direction: Direction  # which way is better
-    abs: float = 0.0
-    rel: float = 0.0
-
-    def allowed(self, baseline: float) -> float:
-        return max(self.abs, self.rel * abs(baseline))
-
-
-DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "cases_failed": Tolerance("lower", abs=0),
-    "ls_offset_error_mean": Tolerance("lower", abs=0.5),
-    "ls_in_sync_rate": Tolerance("higher", abs=0.0),
-    "ls_confidence_mean": Tolerance("higher", abs=0.03),
-    "syncnet_lse_d_mean": Tolerance("lower", abs=0.2),
-    "syncnet_lse_c_mean": Tolerance("higher", abs=0.2),
-    "syncnet_offset_error_mean": Tolerance("lower", abs=0.5),
-    "latency_first_frame_ms_mean": Tolerance("lower", rel=0.25, abs=5.0),
-    "latency_total_p95_ms_mean": Tolerance("lower", rel=0.25, abs=5.0),
-    "latency_sustained_fps_mean": Tolerance("higher", rel=0.2),
-    "latency_rtf_mean": Tolerance("lower", rel=0.25),
-    "latency_dropped_total": Tolerance("lower", abs=0),
-    "latency_late_total": Tolerance("lower", rel=0.25, abs=2),
-}
+# Directions and default tolerances are the registry's (workbench/evaluation/metrics.py).
+DEFAULT_TOLERANCES: dict[str, Tolerance] = metrics.tolerances()
 
 
 OFFSET_DRIFT_FRAMES = 1  # a case's offset moving by more than this against the baseline is a sync regression

@@ -94,6 +94,18 @@ class LandmarkSyncResult:
     threshold: float = 0.0  # the evidence needed to report the offset
 
     @property
+    def margin(self) -> float:
+        """Sync strength: the peak minus the best value more than PEAK_HALF_WIDTH frames from it."""
+        best = int(np.argmin(np.abs(self.offsets - self.offset)))
+        far = np.abs(np.arange(len(self.curve)) - best) > PEAK_HALF_WIDTH
+        return float(self.curve[best] - self.curve[far].max()) if far.any() else 0.0
+
+    def at(self, offset: int) -> float | None:
+        """The correlation at `offset` frames (None outside the searched range)."""
+        hit = np.flatnonzero(self.offsets == int(offset))
+        return float(self.curve[hit[0]]) if hit.size else None
+
+    @property
     def determined(self) -> bool:
         """Whether the evidence is strong enough to report an offset (calibrated on held-apart real clips)."""
         return bool(self.evidence >= self.threshold)
@@ -112,6 +124,7 @@ class LandmarkSyncResult:
             "evidence_measure": EVIDENCE_MEASURE[self.scheme],
             "threshold": float(self.threshold),
             "peak": float(self.peak),
+            "margin": self.margin,
             "confidence": float(self.confidence),
             "n_frames": int(self.n_frames),
             "method": self.method,

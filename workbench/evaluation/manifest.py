@@ -24,10 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workbench.avatars.model import PrepParams
 from workbench.config import ParsingMode, RendererName
+from workbench.evaluation.degrade import Degrade
 from workbench.evaluation.errors import ManifestError
 
-MetricName = Literal["landmark_sync", "syncnet", "latency"]
-ALL_METRICS: tuple[str, ...] = ("landmark_sync", "syncnet", "latency")
+# "quality": the weight-free scores of what people see (evaluation/quality.py; needs landmark_sync's track);
+# "stream": the same audio through the streaming frontend too, compared with the file path (opt-in: a second render).
+MetricName = Literal["landmark_sync", "syncnet", "latency", "quality", "stream"]
+ALL_METRICS: tuple[str, ...] = ("landmark_sync", "syncnet", "latency", "quality")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -67,6 +70,7 @@ class GeneratedCase(_Case):
     audio_start: float = Field(0.0, ge=0, description="seconds skipped at the start of the driving audio")
     max_seconds: float | None = Field(None, gt=0, description="seconds of driving audio rendered")
     metrics: tuple[MetricName, ...] = ALL_METRICS
+    degrade: Degrade | None = Field(None, description="a deliberate regression injected into the output (a control)")
 
 
 class ReferenceCase(_Case):
@@ -75,7 +79,7 @@ class ReferenceCase(_Case):
     audio: Path | None = None  # None: the video's own audio track
     start: float = Field(0.0, ge=0)
     max_seconds: float | None = Field(None, gt=0)
-    metrics: tuple[MetricName, ...] = ("landmark_sync", "syncnet")
+    metrics: tuple[MetricName, ...] = ("landmark_sync", "syncnet", "quality")
 
     @model_validator(mode="after")
     def _no_latency(self) -> ReferenceCase:

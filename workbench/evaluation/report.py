@@ -24,45 +24,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from workbench import atomic
+from workbench.evaluation import metrics
 from workbench.evaluation.errors import EvalError
 
 STAGE_ORDER = ("features", "render", "composite", "send")
-TABLE_COLUMNS = (
-    "case",
-    "kind",
-    "status",
-    "renderer",
-    "n_frames",
-    "expected_offset",
-    "ls_offset",
-    "ls_confidence",
-    "syncnet_offset",
-    "syncnet_lse_d",
-    "syncnet_lse_c",
-    "latency_first_frame_ms",
-    "latency_total_p95_ms",
-    "latency_sustained_fps",
-    "latency_rtf",
-    "latency_late",
-    "seconds",
-    "error",
-)
-# summary metric -> (column, aggregate)
-SUMMARY_METRICS: dict[str, tuple[str, str]] = {
-    "ls_offset_error_mean": ("ls_offset_error", "mean"),
-    "ls_in_sync_rate": ("ls_in_sync", "mean"),
-    "ls_confidence_mean": ("ls_confidence", "mean"),
-    "ls_determined_rate": ("ls_determined", "mean"),
-    "syncnet_lse_d_mean": ("syncnet_lse_d", "mean"),
-    "syncnet_lse_c_mean": ("syncnet_lse_c", "mean"),
-    "syncnet_offset_error_mean": ("syncnet_offset_error", "mean"),
-    "latency_first_frame_ms_mean": ("latency_first_frame_ms", "mean"),
-    "latency_total_p95_ms_mean": ("latency_total_p95_ms", "mean"),
-    "latency_sustained_fps_mean": ("latency_sustained_fps", "mean"),
-    "latency_rtf_mean": ("latency_rtf", "mean"),
-    "latency_dropped_total": ("latency_dropped", "sum"),
-    "latency_late_total": ("latency_late", "sum"),
-}
+# Column order and suite metrics come from the registry (workbench/evaluation/metrics.py), as every view's do.
+TABLE_COLUMNS = metrics.table_columns()
+SUMMARY_METRICS: dict[str, tuple[str, str]] = metrics.summary_metrics()
 
 
 @dataclass
@@ -90,7 +58,7 @@ def _finite(v) -> bool:
 def summarise(rows: list[dict]) -> dict:
     """Suite-level metrics over the cases that finished; counts of failures."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    metrics: dict[str, float | int] = {
+    out: dict[str, float | int] = {
         "cases_total": len(rows),
         "cases_ok": len(ok),
         "cases_failed": len(rows) - len(ok),
@@ -98,8 +66,8 @@ def summarise(rows: list[dict]) -> dict:
     for name, (col, how) in SUMMARY_METRICS.items():
         vals = [float(r[col]) for r in ok if _finite(r.get(col))]
         if vals:
-            metrics[name] = float(np.sum(vals)) if how == "sum" else float(np.mean(vals))
-    return {"metrics": metrics, "failed": {r["case"]: r.get("error", "") for r in rows if r.get("status") != "ok"}}
+            out[name] = float(np.sum(vals)) if how == "sum" else float(np.mean(vals))
+    return {"metrics": out, "failed": {r["case"]: r.get("error", "") for r in rows if r.get("status") != "ok"}}
 
 
 # --- plots --------------------------------------------------------------------------------------
@@ -185,7 +153,29 @@ def plot_stage_breakdown(details: dict) -> Figure:
     return fig
 
 
+def plot_quality(rows: list[dict] | pd.DataFrame) -> Figure:
+    """Per case, the quality scores that are ratios to the source (1 = as the source) and the silence share."""
+    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    names = [m.name for m in metrics.METRICS if m.group == "quality" and m.name in df.columns]
+    fig, ax = _subplots(figsize=(7.5, 4))
+    shown = df[["case", *names]].dropna(how="all", subset=names) if names else df.iloc[0:0]
+    if len(shown):
+        width = 0.8 / max(1, len(names))
+        x = np.arange(len(shown))
+        for k, n in enumerate(names):
+            ax.bar(x + k * width - 0.4 + width / 2, pd.to_numeric(shown[n], errors="coerce"), width, label=n)
+        ax.set_xticks(x, shown["case"], rotation=30, fontsize=7)
+        ax.axhline(1.0, color="0.6", lw=0.8)
+        ax.legend(fontsize=6, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no quality scores", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="what people see: ratios to the source (1 = as the source); shares; grey levels")
+    fig.tight_layout()
+    return fig
+
+
 PLOTS = {"sync_curves": plot_sync_curves, "latency_cdf": plot_latency_cdf, "stage_breakdown": plot_stage_breakdown}
+ROW_PLOTS = {"quality": plot_quality}  # drawn from the per-case rows rather than details.json
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -259,7 +249,8 @@ def render_markdown(table: pd.DataFrame, summary: dict, metadata: dict) -> str:
     lines += ["## Cases", "", markdown_table(show_undetermined(table)[shown]) if len(table) else "(none)", ""]
     if summary.get("failed"):
         lines += ["## Failed cases", ""] + [f"- **{k}**: {v}" for k, v in summary["failed"].items()] + [""]
-    lines += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in PLOTS] + [""]
+    lines += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in [*PLOTS, *ROW_PLOTS]] + [""]
+    lines += ["## What the columns mean", "", metrics.glossary_markdown([c for c in shown if metrics.describe(c)]), ""]
     lines += [
         "Offsets are in frames at 25 fps; positive means the audio is ahead of the video (syncnet_python's sign).",
         "ls_* is the weight-free landmark metric; syncnet_* the SyncNet protocol (LSE-D lower is better, "
@@ -302,6 +293,8 @@ def write_run(folder: str | Path, rows: list[dict], summary: dict, metadata: dic
     atomic.write_json(folder / "details.json", _jsonable(details))
     for name, fn in PLOTS.items():
         save_figure(fn(details), folder / "plots" / f"{name}.png")
+    for name, fn in ROW_PLOTS.items():
+        save_figure(fn(rows), folder / "plots" / f"{name}.png")
     atomic.write_text(folder / "report.md", render_markdown(table, summary, metadata))
     return folder
 

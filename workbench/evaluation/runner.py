@@ -28,6 +28,7 @@ import numpy as np
 
 from workbench import atomic
 from workbench.config import FPS, SAMPLE_RATE, Settings
+from workbench.evaluation.case_quality import quality_fields, stream_fields
 from workbench.evaluation.errors import ManifestError
 from workbench.evaluation.manifest import GeneratedCase, LatencyLogCase, ReferenceCase, Suite, load_suite
 from workbench.evaluation.scoring import Scorers, score_clip
@@ -72,6 +73,8 @@ def _sync_fields(row: dict, details: dict, scores, expected: int) -> None:
             ls_evidence=ls.evidence,
             ls_determined=int(ls.determined),
             ls_in_sync=None if off is None else int(abs(off - expected) <= 1),
+            ls_margin=ls.margin,
+            ls_lag0=ls.at(expected),
         )
         details["landmark_sync"] = ls.to_dict()
     if scores.syncnet is not None:
@@ -153,32 +156,53 @@ def _run_generated(
     row["renderer"] = renderer.describe_for(avatar)
     audio = _trim(load_audio(files["audio"]), case.audio_start, case.max_seconds)
     case_dir.mkdir(parents=True, exist_ok=True)
-    result = engine.render_file(
-        avatar,
-        audio,
-        case_dir / "render.mp4",
-        progress=(lambda f, m="": progress(0.5 * f, f"render {m}")) if progress else None,
-        renderer=case.renderer,
-        batch_size=case.batch_size,
-    )
-    row["n_frames"] = result.n_frames
-    row["render_seconds"] = round(result.seconds, 3)
-    if "latency" in case.metrics and result.timings:
-        stats = latency_stats(result.timings)
+    spec = case.degrade
+    render_progress = (lambda f, m="": progress(0.5 * f, f"render {m}")) if progress else None
+    if spec is not None and spec.any:
+        # A deliberate regression (a control): render in memory, degrade, then write the same file.
+        from workbench.evaluation.degrade import degrade_frames
+        from workbench.media import write_video
+
+        timings: list = []
+        driving = shift_audio(audio, -spec.delay_frames) if spec.delay_frames else audio
+        t0 = time.perf_counter()
+        out = engine.render_frames(avatar, driving, 0, timings, renderer=case.renderer, batch_size=case.batch_size)
+        write_video(case_dir / "render.mp4", degrade_frames(out, avatar, spec), FPS, audio16k=audio)
+        result_frames, result_timings, result_seconds = len(out), timings, time.perf_counter() - t0
+        row["degrade"] = spec.model_dump_json(exclude_defaults=True)
+    else:
+        result = engine.render_file(
+            avatar,
+            audio,
+            case_dir / "render.mp4",
+            progress=render_progress,
+            renderer=case.renderer,
+            batch_size=case.batch_size,
+        )
+        result_frames, result_timings, result_seconds = result.n_frames, result.timings, result.seconds
+    row["n_frames"] = result_frames
+    row["render_seconds"] = round(result_seconds, 3)
+    if "latency" in case.metrics and result_timings:
+        stats = latency_stats(result_timings)
         row.update(stats.flat())
         details["latency"] = stats.to_dict()
-    sync_metrics = [m for m in case.metrics if m != "latency"]
+    sync_metrics = [m for m in case.metrics if m in ("landmark_sync", "syncnet")]
     if sync_metrics:
         frames, _ = read_video(case_dir / "render.mp4")
+        scored_audio = shift_audio(audio, case.audio_shift_frames)
         scores = score_clip(
             frames,
-            shift_audio(audio, case.audio_shift_frames),
+            scored_audio,
             scorers,
             sync_metrics,
             case.max_offset,
             progress=(lambda f, m="": progress(0.5 + 0.5 * f, m)) if progress else None,
         )
         _sync_fields(row, details, scores, case.audio_shift_frames)
+        if "quality" in case.metrics:
+            quality_fields(frames, scored_audio, scores, scorers.fitter, avatar, row, details)
+        if "stream" in case.metrics:
+            stream_fields(engine, avatar, audio, case.renderer, scores, scorers.fitter, row, details, case.max_offset)
 
 
 def _run_reference(
@@ -202,6 +226,8 @@ def _run_reference(
         frames, shift_audio(audio, case.audio_shift_frames), scorers, case.metrics, case.max_offset, progress=progress
     )
     _sync_fields(row, details, scores, case.audio_shift_frames)
+    if "quality" in case.metrics:
+        quality_fields(frames, shift_audio(audio, case.audio_shift_frames), scores, scorers.fitter, None, row, details)
 
 
 def _run_latency_log(case: LatencyLogCase, suite: Suite, row: dict, details: dict) -> None:
@@ -378,14 +404,20 @@ def renderer_weights(settings: Settings, rows: list[dict]) -> dict:
 def run_metadata(
     suite: Suite, settings: Settings, jobs: int, face_detector: str, weights: dict, rows: list[dict], seconds: float
 ) -> dict:
+    from workbench.evaluation.provenance import provenance
+
+    git, machine = git_commit(), machine_info()
+    all_weights = {**weights, **renderer_weights(settings, rows)}
+    used = [str(r["face_detector"]) for r in rows if r.get("face_detector")]
     return {
         "suite": suite.name,
         "suite_root": str(suite.root),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": machine_info(),
+        "git": git,
+        "machine": machine,
+        "provenance": provenance(git, machine, settings.device, face_detector, used, all_weights),
         "renderers": sorted({str(r.get("renderer", "")) for r in rows if r.get("renderer")}),
-        "weights": {**weights, **renderer_weights(settings, rows)},
+        "weights": all_weights,
         "parameters": {
             "jobs": jobs,
             "face_detector": face_detector,

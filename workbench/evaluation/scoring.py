@@ -15,6 +15,7 @@ from workbench.evaluation.face_track import (
     MIN_TRACK,
     BoxDetector,
     LandmarkFitter,
+    Track,
     crop_track,
     get_box_detector,
     main_track,
@@ -42,6 +43,8 @@ class ClipScores:
     n_tracks: int = 0
     face_detector: str = ""
     notes: list[str] = field(default_factory=list)
+    track: Track | None = None  # the main face track the weight-free scores read
+    landmarks: np.ndarray | None = None  # (T, 68, 2) on that track's frames
 
 
 class Scorers:
@@ -134,6 +137,7 @@ def score_clip(
     out.track_frames = len(main)
     if want_ls:
         lm = track_landmarks(frames, main, scorers.fitter)
+        out.track, out.landmarks = main, lm
         out.landmark = landmark_sync(lm, track_audio(audio16k, main.frames, FPS), max_offset=max_offset)
     if syncnet is not None and scorers.syncnet_mode == "protocol":
         if detector.name != "s3fd":

@@ -26,10 +26,11 @@ import yaml
 
 from workbench.config import operator_allowed
 from workbench.disk_budget import DiskBudget
+from workbench.evaluation import metrics
 from workbench.evaluation.compare import compare_runs
 from workbench.evaluation.errors import EvalError, ManifestError
 from workbench.evaluation.manifest import GeneratedCase, ReferenceCase, Suite, load_suite, parse_suite
-from workbench.evaluation.report import PLOTS, TABLE_COLUMNS, Run, load_run, show_undetermined
+from workbench.evaluation.report import PLOTS, ROW_PLOTS, TABLE_COLUMNS, Run, load_run, show_undetermined
 from workbench.evaluation.runner import run_suite
 from workbench.plain import one_line
 from workbench.ui.context import UIContext, gr_progress, new_session, user_errors
@@ -42,6 +43,7 @@ MAX_ZIP_FILES = 200
 UNZIP_CHUNK = 1 << 20
 UNPACKED_KEEP = 4  # uploaded suites kept unpacked (the case list and the run use the same one)
 SHOWN_PLOTS = ("sync_curves", "latency_cdf", "stage_breakdown")
+SHOWN_ROW_PLOTS = ("quality",)
 SESSIONS = "sessions"
 
 
@@ -293,7 +295,7 @@ def summary_markdown(run: Run) -> str:
 
 
 def plots_for(run: Run) -> list:
-    return [PLOTS[name](run.details) for name in SHOWN_PLOTS]
+    return [PLOTS[name](run.details) for name in SHOWN_PLOTS] + [ROW_PLOTS[n](run.table) for n in SHOWN_ROW_PLOTS]
 
 
 def zip_run(run_dir: Path, scratch: Path) -> str:
@@ -474,6 +476,8 @@ class EvalTab:
                 "undetermined in some cases, so these averages cover different cases)."
             )
         head = f"Baseline `{c.a.path.name}` → candidate `{c.b.path.name}`. {verdict}"
+        if c.warnings:
+            head += "\n\n**Made differently** (numbers may not compare): " + "; ".join(c.warnings)
         figs = c.figures
         shown = (figs.pop("sync"), figs.pop("latency"))
         import matplotlib.pyplot as plt
@@ -481,6 +485,14 @@ class EvalTab:
         for extra in figs.values():
             plt.close(extra)
         return head, blank_missing(c.summary.round(4)), blank_missing(c.cases.round(4)), *shown
+
+    def stages_markdown(self) -> str:
+        from workbench.evaluation.stages import latest_report
+
+        report = latest_report(self.ctx.runs_dir)
+        if report is None:
+            return "No measurement yet: run `workbench eval stages SOURCE --audio SPEECH` on this server."
+        return report.markdown()
 
     def refresh_runs(self, session: dict | None):
         session = session or new_session()
@@ -550,8 +562,12 @@ class EvalTab:
         with gr.Row():
             plots = [
                 gr.Plot(label=name.replace("_", " "), show_label=False, elem_id=f"eval-plot-{name}")
-                for name in SHOWN_PLOTS
+                for name in SHOWN_PLOTS + SHOWN_ROW_PLOTS
             ]
+        with gr.Accordion("Per-stage latency and capacity (latest `workbench eval stages`)", open=False):
+            gr.Markdown(self.stages_markdown(), elem_id="eval-stages")
+        with gr.Accordion("What the columns mean", open=False, elem_id="eval-glossary"):
+            gr.Markdown(metrics.glossary_markdown([c for c in TABLE_COLUMNS if metrics.describe(c)]))
         with gr.Accordion("Compare with an earlier run (regression view)", open=False, elem_id="eval-compare"):
             with gr.Row():
                 baseline = gr.Dropdown([], label="baseline (A)", elem_id="eval-baseline")

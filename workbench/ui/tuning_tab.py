@@ -30,6 +30,7 @@ from workbench.ui.context import (
     user_errors,
 )
 from workbench.ui.library import AUDIO_EXTS
+from workbench.ui.sweep_panel import SweepPanel
 
 MAX_VALUES = 8  # previews per grid: beyond this the faces get too small to judge
 EXAMPLE_AUDIO = ("speech_en.ogg", "speech_zh.ogg", "sun_speech.ogg")  # bundled in examples/: English, Chinese, Sun's
@@ -115,6 +116,7 @@ def variants(
 class TuningTab:
     def __init__(self, ctx: UIContext):
         self.ctx = ctx
+        self.sweep = SweepPanel(self)  # the auto-scored sweep (workbench/ui/sweep_panel.py)
 
     # --- inputs -----------------------------------------------------------------------------
     def _avatar(self, avatar_id: str | None, session: dict) -> Avatar:
@@ -411,6 +413,16 @@ class TuningTab:
                 chosen = gr.Radio([], label="keep bbox_shift", elem_id="tune-chosen")
                 save = gr.Button("Save to avatar", elem_id="tune-save")
                 saved = gr.Markdown("", elem_id="tune-saved")
+        self.sweep.build(
+            session,
+            avatar,
+            sample_audio,
+            upload,
+            moment,
+            shifts,
+            [extra_margin, parsing_mode, left_cheek, right_cheek],
+            [session, saved, avatar],
+        )
 
         avatar.change(
             self.select, [avatar, session], [shifts, frame, extra_margin, parsing_mode, left_cheek, right_cheek, info]
