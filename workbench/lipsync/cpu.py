@@ -23,6 +23,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -30,7 +31,7 @@ from scipy.spatial import Delaunay
 
 from workbench.avatars.model import Avatar
 from workbench.config import CROP_SIZE, N_LANDMARKS
-from workbench.lipsync import mouth_paint
+from workbench.lipsync import mouth_interior, mouth_paint
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
 from workbench.lipsync.mouth import MouthFrontend, MouthState
@@ -209,6 +210,18 @@ class _AvatarRig:
         self.bank = MouthBank(self.crop_lms, bank_params)
         # The resting mouth (median opening): a smile that shows teeth at rest keeps them at a closed target.
         self.rest_open = float(np.median(self.openness))
+        self._interior: mouth_interior.InteriorTiles | None = None
+
+    def interior(self, avatar: Avatar) -> mouth_interior.InteriorTiles:
+        """The library interior matched to this avatar (its colours and detail from frame 0), made once."""
+        if self._interior is None:
+            fr = self.frame(avatar, 0)
+            detail = mouth_interior.lip_detail(avatar.crops[0], self.crop_lms[0])
+            chosen = mouth_interior.choose_for_avatar(mouth_interior.bundled_library(), fr.skin_bgr, fr.lip_bgr, detail)
+            with self.lock:
+                if self._interior is None:
+                    self._interior = mouth_interior.InteriorTiles(mouth_interior.bundled_library(), chosen)
+        return self._interior
 
     @property
     def bank_enabled(self) -> bool:
@@ -275,8 +288,18 @@ class CPURenderer(Renderer):
     name = "cpu"
 
     def __init__(
-        self, use_bank: bool = True, teeth: bool = True, max_avatars: int = 4, bank_params: BankParams | None = None
+        self,
+        use_bank: bool = True,
+        teeth: bool = True,
+        max_avatars: int = 4,
+        bank_params: BankParams | None = None,
+        interior: Literal["library", "drawn"] = "library",
     ):
+        """`interior`: where the source has no open mouth of its own, real interiors from the bundled library
+        (`mouth_interior`) or the drawn one (`mouth_paint`)."""
+        if interior not in ("library", "drawn"):
+            raise ValueError(f"interior must be 'library' or 'drawn', got {interior!r}")
+        self.interior = interior
         self.use_bank = use_bank
         self.teeth = teeth
         self.max_avatars = max_avatars
@@ -496,13 +519,20 @@ class CPURenderer(Renderer):
         if target_gap >= SYNTH_MIN_GAP_PX and target_gap > src_gap + 0.5:
             if src_gap >= TEETH_SOURCE_MIN_GAP * fr.iod:
                 # The source shows its teeth: they stay with the lips that hold them, a cavity opens between.
-                mouth_paint.split_interior(face, crop, dst_lm, fr, state)
+                fill = None
+                if self.interior == "library":
+                    tiles = rig.interior(avatar)
+                    fill = lambda lens, u, v: mouth_interior.interior_fill(tiles, lens, u, v, fr.iod)  # noqa: E731
+                mouth_paint.split_interior(face, crop, dst_lm, fr, state, fill)
             else:
                 # Nothing inside the source's lips to reuse: draw the inner mouth where the target opens wider.
                 synth_w = float(np.clip(1.6 * (1.0 - src_gap / target_gap), 0.0, 1.0))
-                mouth_paint.inner_mouth(
-                    face, dst_lm, fr, target_gap, synth_w, fr.lip_bgr, fr.skin_bgr, state, self.teeth
-                )
+                if self.interior == "library":
+                    mouth_interior.paste_interior(face, dst_lm, fr, synth_w, rig.interior(avatar))
+                else:
+                    mouth_paint.inner_mouth(
+                        face, dst_lm, fr, target_gap, synth_w, fr.lip_bgr, fr.skin_bgr, state, self.teeth
+                    )
         if src_gap - target_gap > SEAM_MIN_SQUEEZE_PX and target_gap < SEAM_MAX_GAP * fr.iod:
             # Lips pressed together over an open source leave its teeth squeezed into a line: cover it with the seam.
             seam_w = float(np.clip((src_gap - target_gap) / (3.0 * SEAM_MIN_SQUEEZE_PX), 0.0, 1.0))

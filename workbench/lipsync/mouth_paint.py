@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -135,7 +137,14 @@ def inner_mouth(
     face[by0:by1, bx0:bx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
 
 
-def split_interior(face: np.ndarray, crop: np.ndarray, lm: np.ndarray, fr: FrameRig, state: MouthState) -> None:
+def split_interior(
+    face: np.ndarray,
+    crop: np.ndarray,
+    lm: np.ndarray,
+    fr: FrameRig,
+    state: MouthState,
+    cavity_fill: Callable[[MouthLens, np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> None:
     """The inside of a source mouth that shows its teeth, opened wider, in place.
 
     The upper part of the source's opening (upper teeth) is carried with the upper lip, the lower part with
@@ -166,7 +175,8 @@ def split_interior(face: np.ndarray, crop: np.ndarray, lm: np.ndarray, fr: Frame
     teeth = cv2.remap(
         crop, pts[0].astype(np.float32), pts[1].astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
     ).astype(np.float32)
-    fill = cavity(lens_t, u, v, fr, state)
+    # Between the teeth: a real interior where the caller has one (`cavity_fill`), else the drawn cavity.
+    fill = cavity(lens_t, u, v, fr, state) if cavity_fill is None else cavity_fill(lens_t, u, v)
     a_teeth = (a_up + a_lo)[..., None]
     fill += a_teeth * (teeth - fill)
     alpha = feather(fill_poly(lens_t.outline(), h, w), 0.7)[..., None]
