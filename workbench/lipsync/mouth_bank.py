@@ -42,7 +42,7 @@ SIGMA_POSE = 0.03  # rms landmark distance, interocular distances
 SIGMA_MOTION = 0.15  # frame-to-frame change of opening, of the avatar's range
 MOTION_WEIGHT = 0.3
 OWN_FRAME_BONUS = 1.0  # the output frame's own mouth needs no warp and no colour match
-JUMP_COST = 1.0  # a texture change: the next source frame is not a neighbour of the previous one
+JUMP_COST = 2.0  # a texture change: the next source frame is not a neighbour of the previous one
 CANDIDATES = 16  # per output frame, the best by unary cost enter the path search
 LOOKAHEAD = 8  # pending frames beyond a render call that the path is solved over (not committed)
 

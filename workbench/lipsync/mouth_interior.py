@@ -31,7 +31,10 @@ from workbench.lipsync.mouth_geometry import FrameRig, MouthLens, bbox, feather,
 LIBRARY_PATH = Path(__file__).resolve().parent / "assets" / "mouth_interiors.npz"
 GRID_W, GRID_H = 96, 40  # unwrapped tile: columns across the mouth, rows from upper to lower inner lip
 U_SPAN = 0.96  # the tile covers this share of the half width either side (the corners are lip, not mouth)
-GAIN_RANGE = (0.5, 1.8)  # lightness and chroma gain limits
+GAIN_RANGE = (0.5, 1.8)  # chroma gain limits
+# Lightness gain limits: the inside of a mouth is lit by what gets past the lips, so it follows a brighter face
+# only a little (measured: at the full skin ratio, 1.6 on yongen, the open mouth came out lighter than the lips).
+L_GAIN_RANGE = (0.6, 1.15)
 OPEN_WEIGHT, ASPECT_WEIGHT = 1.0, 0.35  # entry choice: opening (gap / iod) and aspect (height / half width)
 
 
@@ -132,7 +135,7 @@ def choose_for_avatar(lib: InteriorLibrary, skin_bgr: np.ndarray, lip_bgr: np.nd
     # by the lips' (gums and tongue are the same tissue as the lips; near-neutral teeth stay neutral).
     src_skin, src_lip = _lab(lib.skin[entries].mean(axis=0)), _lab(lib.lip[entries].mean(axis=0))
     dst_skin, dst_lip = _lab(skin_bgr), _lab(lip_bgr)
-    l_gain = float(np.clip(dst_skin[0] / max(src_skin[0], 1.0), *GAIN_RANGE))
+    l_gain = float(np.clip(dst_skin[0] / max(src_skin[0], 1.0), *L_GAIN_RANGE))
     chroma = float(np.clip(np.hypot(*dst_lip[1:]) / max(np.hypot(*src_lip[1:]), 1.0), *GAIN_RANGE))
     gain = np.array([l_gain, chroma, chroma])
     src_detail = float(np.median(lib.lip_detail[entries]))
