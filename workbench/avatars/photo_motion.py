@@ -26,6 +26,7 @@ SWAY_SCALE = 0.006  # largest scale change (a nod towards the camera)
 BLINK_AT = 0.6  # where in the loop a blink is closed the most (ping-pong: twice per cycle, 1.6 s then 2.4 s apart)
 BLINK_FRAMES = 7  # frames from open through closed to open
 BLINK_DEPTH = 0.85  # share of the eye the lid covers at the bottom of a blink
+LID_SKIN = 0.2  # of the eye width: the skin above the eye that slides down as the lid (less drags brows, glasses)
 
 
 def sway(n: int = LOOP_FRAMES) -> np.ndarray:
@@ -65,7 +66,7 @@ def _blink(img: np.ndarray, lm: np.ndarray, amount: float) -> np.ndarray:
         eye = lm[sl]
         x0, x1 = eye[:, 0].min(), eye[:, 0].max()
         w = x1 - x0
-        top = eye[:, 1].min() - 0.35 * w  # the lid's skin above the eye is what comes down
+        top = eye[:, 1].min() - LID_SKIN * w  # the lid's skin above the eye is what comes down
         low = eye[:, 1].max() + 0.05 * w
         bx0, bx1 = int(np.floor(x0 - 0.2 * w)), int(np.ceil(x1 + 0.2 * w)) + 1
         by0, by1 = int(np.floor(top)), int(np.ceil(low)) + 1
@@ -78,7 +79,7 @@ def _blink(img: np.ndarray, lm: np.ndarray, amount: float) -> np.ndarray:
         cx = 0.5 * (x0 + x1)
         across = np.clip(1.0 - ((xx - cx) / (0.6 * w)) ** 2, 0.0, 1.0)
         a = amount * across
-        lid_top = top + 0.35 * w  # the open eye's upper edge
+        lid_top = top + LID_SKIN * w  # the open eye's upper edge
         reach = lid_top + a * (low - lid_top)  # where the lid's edge is now
         # Above `reach`: the region [top, lid_top] stretched over [top, reach]; below: the eye, squeezed.
         src_y = np.where(

@@ -35,6 +35,7 @@ GAIN_RANGE = (0.5, 1.8)  # chroma gain limits
 # Lightness gain limits: the inside of a mouth is lit by what gets past the lips, so it follows a brighter face
 # only a little (measured: at the full skin ratio, 1.6 on yongen, the open mouth came out lighter than the lips).
 L_GAIN_RANGE = (0.6, 1.15)
+SHARPEN_MAX, SHARPEN_SIGMA = 1.0, 1.0  # unsharp mask on a tile softer than the avatar: largest amount, radius
 OPEN_WEIGHT, ASPECT_WEIGHT = 1.0, 0.35  # entry choice: opening (gap / iod) and aspect (height / half width)
 
 
@@ -115,7 +116,8 @@ class AvatarInterior:
 
     entries: np.ndarray  # indices into the library, sorted by opening
     gain: np.ndarray  # (3,) Lab gains: lightness, chroma (a, b)
-    blur_sigma: float  # Gaussian blur of the tile (tile pixels) that brings it to the avatar's detail
+    blur_sigma: float  # Gaussian blur of the tile (tile pixels) that brings it down to the avatar's detail …
+    sharpen: float = 0.0  # … or the unsharp-mask amount that brings it up (the library footage is soft)
 
 
 def choose_for_avatar(lib: InteriorLibrary, skin_bgr: np.ndarray, lip_bgr: np.ndarray, detail: float) -> AvatarInterior:
@@ -139,11 +141,13 @@ def choose_for_avatar(lib: InteriorLibrary, skin_bgr: np.ndarray, lip_bgr: np.nd
     chroma = float(np.clip(np.hypot(*dst_lip[1:]) / max(np.hypot(*src_lip[1:]), 1.0), *GAIN_RANGE))
     gain = np.array([l_gain, chroma, chroma])
     src_detail = float(np.median(lib.lip_detail[entries]))
-    # Both measured on the upper lip at tile scale: how much smoother the avatar is than the footage. Blurring
-    # by sigma scales a fine texture's Laplacian roughly by 1 / (1 + sigma^2): undo the excess only.
+    # Both measured on the upper lip at tile scale: how much smoother (or crisper) the avatar is than the
+    # footage. Blurring by sigma scales a fine texture's Laplacian roughly by 1 / (1 + sigma^2); an unsharp mask
+    # of amount a by about 1 + a. Only the excess is undone, either way, within limits.
     ratio = src_detail / max(detail, 1e-3)
     blur = float(np.sqrt(max(ratio - 1.0, 0.0))) if ratio > 1.25 else 0.0
-    return AvatarInterior(entries=entries, gain=gain, blur_sigma=min(blur, 2.5))
+    sharpen = float(np.clip(1.0 / ratio - 1.0, 0.0, SHARPEN_MAX)) if ratio < 0.8 else 0.0
+    return AvatarInterior(entries=entries, gain=gain, blur_sigma=min(blur, 2.5), sharpen=sharpen)
 
 
 def _lab(bgr: np.ndarray) -> np.ndarray:
@@ -176,6 +180,8 @@ class InteriorTiles:
             t = cv2.cvtColor(lab, cv2.COLOR_Lab2BGR) * 255.0
             if self.chosen.blur_sigma > 0.3:
                 t = cv2.GaussianBlur(t, (0, 0), self.chosen.blur_sigma)
+            elif self.chosen.sharpen > 0.0:
+                t = t + self.chosen.sharpen * (t - cv2.GaussianBlur(t, (0, 0), SHARPEN_SIGMA))
             t = np.clip(t, 0, 255).astype(np.float32)
             with self._lock:
                 self._tiles[k] = t
