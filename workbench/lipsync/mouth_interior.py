@@ -31,7 +31,8 @@ from workbench.lipsync.mouth_geometry import FrameRig, MouthLens, bbox, feather,
 LIBRARY_PATH = Path(__file__).resolve().parent / "assets" / "mouth_interiors.npz"
 GRID_W, GRID_H = 96, 40  # unwrapped tile: columns across the mouth, rows from upper to lower inner lip
 U_SPAN = 0.96  # the tile covers this share of the half width either side (the corners are lip, not mouth)
-GAIN_RANGE = (0.5, 1.8)  # chroma gain limits
+CAST_SHARE = 0.5  # of the skin-to-skin cast difference applied (in full, a yellow painted skin made an olive mouth)
+CAST_MAX = 12.0  # largest shift of a or b (Lab units) from the footage's colour cast to the avatar's
 # Lightness gain limits: the inside of a mouth is lit by what gets past the lips, so it follows a brighter face
 # only a little (measured: at the full skin ratio, 1.6 on yongen, the open mouth came out lighter than the lips).
 L_GAIN_RANGE = (0.6, 1.15)
@@ -115,7 +116,8 @@ class AvatarInterior:
     """What one avatar takes from the library: its source clip's entries, colour gains and detail level."""
 
     entries: np.ndarray  # indices into the library, sorted by opening
-    gain: np.ndarray  # (3,) Lab gains: lightness, chroma (a, b)
+    gain: np.ndarray  # (3,) Lab gains: lightness, a, b
+    shift: np.ndarray  # (3,) Lab offsets added after the gains (the colour cast)
     blur_sigma: float  # Gaussian blur of the tile (tile pixels) that brings it down to the avatar's detail …
     sharpen: float = 0.0  # … or the unsharp-mask amount that brings it up (the library footage is soft)
 
@@ -133,13 +135,13 @@ def choose_for_avatar(lib: InteriorLibrary, skin_bgr: np.ndarray, lip_bgr: np.nd
             best, best_d = s, d
     entries = np.flatnonzero(lib.source == best)
     entries = entries[np.argsort(lib.opening[entries])]
-    # Colour in Lab: lightness scaled by the skin's (the light on the face), and the chroma of the interior scaled
-    # by the lips' (gums and tongue are the same tissue as the lips; near-neutral teeth stay neutral).
-    src_skin, src_lip = _lab(lib.skin[entries].mean(axis=0)), _lab(lib.lip[entries].mean(axis=0))
-    dst_skin, dst_lip = _lab(skin_bgr), _lab(lip_bgr)
+    # Colour in Lab: lightness scaled by the skin's (the light on the face), and the footage's colour cast
+    # replaced by the avatar's: a and b shifted by the difference of their skins' (a white balance on skin).
+    # Scaling chroma instead (by the lips') amplified the footage's grey-green shadows into a green mouth.
+    src_skin, dst_skin = _lab(lib.skin[entries].mean(axis=0)), _lab(skin_bgr)
     l_gain = float(np.clip(dst_skin[0] / max(src_skin[0], 1.0), *L_GAIN_RANGE))
-    chroma = float(np.clip(np.hypot(*dst_lip[1:]) / max(np.hypot(*src_lip[1:]), 1.0), *GAIN_RANGE))
-    gain = np.array([l_gain, chroma, chroma])
+    gain = np.array([l_gain, 1.0, 1.0])
+    shift = np.array([0.0, *np.clip(CAST_SHARE * (dst_skin[1:] - src_skin[1:]), -CAST_MAX, CAST_MAX)])
     src_detail = float(np.median(lib.lip_detail[entries]))
     # Both measured on the upper lip at tile scale: how much smoother (or crisper) the avatar is than the
     # footage. Blurring by sigma scales a fine texture's Laplacian roughly by 1 / (1 + sigma^2); an unsharp mask
@@ -147,7 +149,7 @@ def choose_for_avatar(lib: InteriorLibrary, skin_bgr: np.ndarray, lip_bgr: np.nd
     ratio = src_detail / max(detail, 1e-3)
     blur = float(np.sqrt(max(ratio - 1.0, 0.0))) if ratio > 1.25 else 0.0
     sharpen = float(np.clip(1.0 / ratio - 1.0, 0.0, SHARPEN_MAX)) if ratio < 0.8 else 0.0
-    return AvatarInterior(entries=entries, gain=gain, blur_sigma=min(blur, 2.5), sharpen=sharpen)
+    return AvatarInterior(entries=entries, gain=gain, shift=shift, blur_sigma=min(blur, 2.5), sharpen=sharpen)
 
 
 def _lab(bgr: np.ndarray) -> np.ndarray:
@@ -175,7 +177,7 @@ class InteriorTiles:
         t = self._tiles.get(k)
         if t is None:
             lab = cv2.cvtColor(self.lib.tiles[k].astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
-            lab *= self.chosen.gain[None, None, :].astype(np.float32)
+            lab = lab * self.chosen.gain.astype(np.float32) + self.chosen.shift.astype(np.float32)
             lab[..., 0] = np.clip(lab[..., 0], 0.0, 100.0)
             t = cv2.cvtColor(lab, cv2.COLOR_Lab2BGR) * 255.0
             if self.chosen.blur_sigma > 0.3:
