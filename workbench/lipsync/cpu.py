@@ -19,6 +19,8 @@ MuseTalk, so bbox_shift and mask parameters mean the same thing for both rendere
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import weakref
 from collections import OrderedDict
@@ -119,6 +121,9 @@ _GRID_Y, _GRID_X = np.mgrid[0:CROP_SIZE, 0:CROP_SIZE].astype(np.float32)
 _MOVES_ALL = np.concatenate([_MOVES, np.zeros(len(_ANCHORS), bool)])  # anchors never move
 
 
+log = logging.getLogger(__name__)
+
+
 class RenderInputError(ValueError):
     """The avatar or the conditions handed to the CPU renderer cannot be rendered."""
 
@@ -211,16 +216,24 @@ class _AvatarRig:
         # The resting mouth (median opening): a smile that shows teeth at rest keeps them at a closed target.
         self.rest_open = float(np.median(self.openness))
         self._interior: mouth_interior.InteriorTiles | None = None
+        self._no_library = False
 
-    def interior(self, avatar: Avatar) -> mouth_interior.InteriorTiles:
-        """The library interior matched to this avatar (its colours and detail from frame 0), made once."""
-        if self._interior is None:
+    def interior(self, avatar: Avatar) -> mouth_interior.InteriorTiles | None:
+        """The library interior matched to this avatar (its colours and detail from frame 0), made once; None
+        (the drawn interior is used) when the bundled library cannot be read."""
+        if self._interior is None and not self._no_library:
+            try:
+                lib = mouth_interior.bundled_library()
+            except mouth_interior.InteriorLibraryError as exc:
+                log.error("CPU renderer: %s; drawing the inner mouth instead", exc)
+                self._no_library = True
+                return None
             fr = self.frame(avatar, 0)
             detail = mouth_interior.lip_detail(avatar.crops[0], self.crop_lms[0])
-            chosen = mouth_interior.choose_for_avatar(mouth_interior.bundled_library(), fr.skin_bgr, fr.lip_bgr, detail)
+            chosen = mouth_interior.choose_for_avatar(lib, fr.skin_bgr, fr.lip_bgr, detail)
             with self.lock:
                 if self._interior is None:
-                    self._interior = mouth_interior.InteriorTiles(mouth_interior.bundled_library(), chosen)
+                    self._interior = mouth_interior.InteriorTiles(lib, chosen)
         return self._interior
 
     @property
@@ -520,15 +533,16 @@ class CPURenderer(Renderer):
             if src_gap >= TEETH_SOURCE_MIN_GAP * fr.iod:
                 # The source shows its teeth: they stay with the lips that hold them, a cavity opens between.
                 fill = None
-                if self.interior == "library":
-                    tiles = rig.interior(avatar)
-                    fill = lambda lens, u, v: mouth_interior.interior_fill(tiles, lens, u, v, fr.iod)  # noqa: E731
+                tiles = rig.interior(avatar) if self.interior == "library" else None
+                if tiles is not None:
+                    fill = functools.partial(mouth_interior.interior_fill, tiles, iod=fr.iod)
                 mouth_paint.split_interior(face, crop, dst_lm, fr, state, fill)
             else:
                 # Nothing inside the source's lips to reuse: draw the inner mouth where the target opens wider.
                 synth_w = float(np.clip(1.6 * (1.0 - src_gap / target_gap), 0.0, 1.0))
-                if self.interior == "library":
-                    mouth_interior.paste_interior(face, dst_lm, fr, synth_w, rig.interior(avatar))
+                tiles = rig.interior(avatar) if self.interior == "library" else None
+                if tiles is not None:
+                    mouth_interior.paste_interior(face, dst_lm, fr, synth_w, tiles)
                 else:
                     mouth_paint.inner_mouth(
                         face, dst_lm, fr, target_gap, synth_w, fr.lip_bgr, fr.skin_bgr, state, self.teeth

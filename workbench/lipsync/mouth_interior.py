@@ -87,7 +87,7 @@ def bundled_library() -> InteriorLibrary:
     global _LIB
     with _LIB_LOCK:
         if _LIB is None:
-            _LIB = InteriorLibrary.load()
+            _LIB = InteriorLibrary.load(LIBRARY_PATH)
         return _LIB
 
 
