@@ -23,7 +23,8 @@ Driving audio: eng.wav 20-28 s. Every rendered and source frame is re-detected w
 * face box: the detector's box on rendered open-mouth frames (target opening >= 0.5) against its box on the
   source frame: the largest edge shift over the box width; share of frames within 3 %.
 
-Writes bench/results/cpu-interior.json (and with --sheets the contact sheets).
+`--gamut-calibration`: the lips-and-skin gamut's ceiling, real open mouths (talk1, talk2, talk4) scored against
+their own closed frames' lips and skin. Writes bench/results/cpu-interior.json (and with --sheets the contact sheets).
 """
 
 from __future__ import annotations
@@ -236,6 +237,26 @@ def yongen_sync(judge: Judge) -> dict:
     return out
 
 
+def gamut_calibration() -> dict:
+    """How a person's own open mouths score in the lips-and-skin gamut of their own closed frames (openness
+    < 0.08): the ceiling a real interior can reach on that palette."""
+    from workbench.avatars.pipeline import prepare_avatar
+    from workbench.faces.landmarks import get_detector
+
+    det = get_detector("dlib")
+    out = {}
+    for name in ("talk1", "talk2", "talk4"):
+        av = prepare_avatar(SAMPLES / "calibration" / f"{name}.mp4", PrepParams(), det)
+        lm = av.landmarks.astype(np.float64)
+        o = raw_openness(lm)
+        closed, opened = np.flatnonzero(o < 0.08), np.flatnonzero(o >= mq.OPEN_MIN)
+        pal = mq.build_face_palette([av.frames[i] for i in closed], [lm[i] for i in closed])
+        sh = mq.colour_share([av.frames[i] for i in opened], [lm[i] for i in opened], pal)
+        out[name] = {"share": sh["share"], "open_frames": sh["open_frames"], "closed_frames": len(closed)}
+        print(f"{name}: own open mouths in own lips+skin gamut {sh['share']:.3f} ({sh['open_frames']} frames)")
+    return out
+
+
 def sheet(avatar: Avatar, label: str, tile_w: int = 240) -> np.ndarray:
     """One row per interior (drawn, library): source frame 0's lower face, then closed / mid / open / wide."""
     import cv2
@@ -269,10 +290,16 @@ def main() -> None:
     ap.add_argument("--sheets", type=Path, default=None, help="write contact sheets into this folder")
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--yongen-sync", action="store_true", help="only the README's yongen sync figure, two ways")
+    ap.add_argument("--gamut-calibration", action="store_true", help="only: real mouths in their own lips+skin gamut")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     import cv2
 
+    if args.gamut_calibration:
+        prev = atomic_read(args.out)
+        prev["gamut_calibration"] = gamut_calibration()
+        atomic.write_json(args.out, prev)
+        return
     if args.yongen_sync:
         prev = atomic_read(args.out)
         prev["yongen_sync_20s"] = yongen_sync(Judge())
