@@ -22,6 +22,7 @@ import numpy as np
 
 from workbench.avatars.masks import make_masks, resolve_mask_kind
 from workbench.avatars.model import Avatar, Detections, PrepParams
+from workbench.avatars.photo_motion import animate_still, loop_length
 from workbench.avatars.store import AvatarCache
 from workbench.config import CROP_SIZE, FPS, LATENT_SIZE, N_LANDMARKS
 from workbench.faces.boxes import bbox_range, face_box
@@ -242,6 +243,19 @@ def check_memory(source: str | Path, est: dict, limit_bytes: int) -> dict:
     return est
 
 
+def _animated_photo(frame: np.ndarray, det: Detections) -> tuple[np.ndarray, Detections]:
+    n = loop_length(frame.shape)
+    frames, boxes, lms = animate_still(frame, det.boxes[0], det.landmarks[0], n)
+    moved = Detections(
+        detector=det.detector,
+        boxes=boxes,
+        landmarks=lms.astype(np.float32),
+        found=np.ones(n, bool),
+        seconds=det.seconds,
+    )
+    return frames, moved
+
+
 def prepare_avatar(
     source: str | Path | np.ndarray,
     params: PrepParams,
@@ -299,6 +313,9 @@ def prepare_avatar(
         detections = detect_faces(frames, detector, _scaled(progress, 0.02, DETECT_SHARE))
         if store is not None:
             store.save_detections(store.detection_key(keyed, detector, params.max_frames), detections, source_label)
+    if len(frames) == 1 and bool(detections.found[0]) and loop_length(frames[0].shape):
+        # A photo: a short loop of small head sway and blinks, so the idle face is not frozen (photo_motion.py).
+        frames, detections = _animated_photo(frames[0], detections)
     avatar = build_avatar(
         frames,
         fps,

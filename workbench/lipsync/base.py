@@ -39,6 +39,13 @@ class AudioFrontend(ABC):
 
 class Renderer(ABC):
     name: str = "base"
+    # Conditions beyond a render call that `render(..., lookahead=)` can use (0: the renderer takes none).
+    lookahead_frames: int = 0
+
+    def new_sequence(self) -> Any:
+        """State a renderer keeps between the calls of one output sequence (a file, a stream's reply), passed
+        back as `render(..., sequence=)`; None (the default) means it keeps none and takes neither keyword."""
+        return None
 
     @abstractmethod
     def new_frontend(self) -> AudioFrontend:

@@ -19,11 +19,13 @@ MuseTalk, so bbox_shift and mask parameters mean the same thing for both rendere
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -31,11 +33,13 @@ from scipy.spatial import Delaunay
 
 from workbench.avatars.model import Avatar
 from workbench.config import CROP_SIZE, N_LANDMARKS
+from workbench.lipsync import mouth_interior, mouth_paint
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
 from workbench.lipsync.mouth import MouthFrontend, MouthState
 from workbench.lipsync.mouth_bank import GAP_MAX as MOUTH_GAP_MAX
-from workbench.lipsync.mouth_bank import MouthBank, stable_similarity
+from workbench.lipsync.mouth_bank import BankParams, BankTrack, MouthBank, stable_similarity
+from workbench.lipsync.mouth_geometry import FrameRig, bbox, feather, fill_poly, match_rim, shifted
 
 # --- the mouth model, in interocular distances (D) ------------------------------------------
 GAP_MAX = MOUTH_GAP_MAX  # inner-lip gap at open=1
@@ -47,10 +51,10 @@ NEAR_RIGID = 0.01  # head similarity this close to a pure shift (rotation/scale 
 SYNTH_MIN_GAP_PX = 1.5  # below this target gap (crop pixels) no inner mouth is drawn
 REST_OPEN_MAX = 0.7  # a resting opening above this (GAP_MAX units) is a mouth caught open, not a rest pose
 TEETH_SOURCE_MIN_GAP = 0.05  # (D) a source frame this open shows teeth worth keeping over a drawn interior
-TEETH_SPLIT = 0.8  # share of the source's inner-lip gap that belongs to the upper teeth (a smile shows mostly those)
-TEETH_REVEAL = 0.3  # the teeth rows grow by up to this share as the lips open beyond the source
 SEAM_MIN_SQUEEZE_PX = 1.5  # closing a source's lips by more than this draws the seam where they meet …
 SEAM_MAX_GAP = 0.05  # … while the target gap is below this (in D)
+# Bicubic: the warped lips keep their edges (bilinear lost ~0.1 of the mouth-box sharpness on yongen).
+WARP_INTERP = cv2.INTER_CUBIC
 
 # Vertical motion of each landmark per pixel of lip-gap change (the jaw rows are scaled down when the
 # chin meets the crop's lower edge). Inner lower lip minus inner upper lip is exactly 1.
@@ -119,25 +123,11 @@ _GRID_Y, _GRID_X = np.mgrid[0:CROP_SIZE, 0:CROP_SIZE].astype(np.float32)
 _MOVES_ALL = np.concatenate([_MOVES, np.zeros(len(_ANCHORS), bool)])  # anchors never move
 
 
+log = logging.getLogger(__name__)
+
+
 class RenderInputError(ValueError):
     """The avatar or the conditions handed to the CPU renderer cannot be rendered."""
-
-
-@dataclass
-class _FrameRig:
-    """What the renderer needs about one avatar frame, computed once."""
-
-    pts: np.ndarray  # (68 + anchors, 2) float64 crop-space vertices
-    tris: np.ndarray  # (M, 3) int triangulation of pts, made on an opened mouth so no triangle spans the lips
-    moving: np.ndarray  # (K,) indices of triangles with a moving vertex
-    ex: np.ndarray  # unit vector along the eye line (to the avatar's left eye, image right)
-    ey: np.ndarray  # unit vector down the face
-    iod: float  # interocular distance, crop px
-    gap: float  # measured inner-lip gap, crop px
-    jaw_room: float  # px the chin may still drop inside the crop
-    lip_bgr: np.ndarray  # mean colour of the lips
-    inner_dark: np.ndarray | None  # the source's own inner-mouth shadow colours (darkest, next): its cavity palette
-    skin_bgr: np.ndarray  # mean colour of the skin above the upper lip
 
 
 def _crop_landmarks(avatar: Avatar, i: int | slice = slice(None)) -> np.ndarray:
@@ -209,7 +199,7 @@ class _AvatarRig:
     """Per-avatar state, bounded by the avatar's length: per-frame rigs, paste-back masks and the mouth bank.
     It keeps no reference to the avatar itself."""
 
-    def __init__(self, avatar: Avatar):
+    def __init__(self, avatar: Avatar, bank_params: BankParams | None = None):
         n = len(avatar)
         if avatar.crops.shape[1:3] != (CROP_SIZE, CROP_SIZE) or avatar.masks.shape[1:3] != (CROP_SIZE, CROP_SIZE):
             raise RenderInputError(
@@ -219,20 +209,40 @@ class _AvatarRig:
             raise RenderInputError(f"avatar landmarks must be ({n}, 68, 2); got {avatar.landmarks.shape}")
         self.n = n
         self.alpha: dict[int, np.ndarray] = {}  # the compositor's resized masks
-        self.frames: dict[int, _FrameRig] = {}
+        self.frames: dict[int, FrameRig] = {}
         self.lock = threading.Lock()
         # The bank: every frame's mouth descriptors, for picking the source frame of each output mouth.
         self.crop_lms = _crop_landmarks(avatar)
         self.openness = measure_openness(self.crop_lms)
-        self.bank = MouthBank(self.crop_lms)
+        self.bank = MouthBank(self.crop_lms, bank_params)
         # The resting mouth (median opening): a smile that shows teeth at rest keeps them at a closed target.
         self.rest_open = float(np.median(self.openness))
+        self._interior: mouth_interior.InteriorTiles | None = None
+        self._no_library = False
+
+    def interior(self, avatar: Avatar) -> mouth_interior.InteriorTiles | None:
+        """The library interior matched to this avatar (its colours and detail from frame 0), made once; None
+        (the drawn interior is used) when the bundled library cannot be read."""
+        if self._interior is None and not self._no_library:
+            try:
+                lib = mouth_interior.bundled_library()
+            except mouth_interior.InteriorLibraryError as exc:
+                log.error("CPU renderer: %s; drawing the inner mouth instead", exc)
+                self._no_library = True
+                return None
+            fr = self.frame(avatar, 0)
+            detail = mouth_interior.lip_detail(avatar.crops[0], self.crop_lms[0])
+            chosen = mouth_interior.choose_for_avatar(lib, fr.skin_bgr, fr.lip_bgr, detail)
+            with self.lock:
+                if self._interior is None:
+                    self._interior = mouth_interior.InteriorTiles(lib, chosen)
+        return self._interior
 
     @property
     def bank_enabled(self) -> bool:
         return self.bank.enabled
 
-    def frame(self, avatar: Avatar, i: int) -> _FrameRig:
+    def frame(self, avatar: Avatar, i: int) -> FrameRig:
         rig = self.frames.get(i)
         if rig is None:
             with self.lock:
@@ -243,7 +253,7 @@ class _AvatarRig:
         return rig
 
     @staticmethod
-    def _build(avatar: Avatar, i: int) -> _FrameRig:
+    def _build(avatar: Avatar, i: int) -> FrameRig:
         p = _crop_landmarks(avatar, i)
         ex, ey, iod = _face_axes(p)
         gap = _lip_gap(p, ey)
@@ -272,7 +282,7 @@ class _AvatarRig:
                 order = np.argsort(px @ [0.114, 0.587, 0.299])
                 k = max(3, len(px) // 7)
                 inner_dark = np.stack([px[order[:k]].mean(axis=0), px[order[k : 3 * k]].mean(axis=0)])
-        return _FrameRig(
+        return FrameRig(
             inner_dark=inner_dark,
             pts=pts,
             tris=tris,
@@ -287,48 +297,29 @@ class _AvatarRig:
         )
 
 
-def _bbox(pts: np.ndarray, margin: float, limit: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """Integer box around pts grown by margin, clipped to limit (x0, y0, x1, y1)."""
-    lx0, ly0, lx1, ly1 = limit
-    x0 = int(np.clip(np.floor(pts[:, 0].min() - margin), lx0, lx1))
-    y0 = int(np.clip(np.floor(pts[:, 1].min() - margin), ly0, ly1))
-    x1 = int(np.clip(np.ceil(pts[:, 0].max() + margin) + 1, lx0, lx1))
-    y1 = int(np.clip(np.ceil(pts[:, 1].max() + margin) + 1, ly0, ly1))
-    return x0, y0, x1, y1
-
-
-def _shifted(img: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-    """img[y0:y0+h, x0:x0+w], edge pixels repeated where the window leaves the image."""
-    ys = np.clip(np.arange(y0, y0 + h), 0, img.shape[0] - 1)
-    xs = np.clip(np.arange(x0, x0 + w), 0, img.shape[1] - 1)
-    return img[ys[:, None], xs[None, :]]
-
-
-def _match_rim(src: np.ndarray, base: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """src shifted in colour so that its mean on the blend's rim (where it fades in) equals base's there."""
-    rim = ((alpha > 0.05) & (alpha < 0.6)).astype(np.uint8)
-    if rim.any():
-        shift = np.subtract(cv2.mean(base, mask=rim)[:3], cv2.mean(src, mask=rim)[:3]).astype(np.float32)
-        src = src + shift[None, None, :]
-    return src
-
-
-def _feather(mask: np.ndarray, sigma: float) -> np.ndarray:
-    m = mask.astype(np.float32) / 255.0
-    if sigma > 0.3:
-        m = cv2.GaussianBlur(m, (0, 0), sigma)
-    return m
-
-
 class CPURenderer(Renderer):
     """Weight-free renderer: MouthFrontend conditions → warped lower face → the shared compositor."""
 
     name = "cpu"
 
-    def __init__(self, use_bank: bool = True, teeth: bool = True, max_avatars: int = 4):
+    def __init__(
+        self,
+        use_bank: bool = True,
+        teeth: bool = True,
+        max_avatars: int = 4,
+        bank_params: BankParams | None = None,
+        interior: Literal["library", "drawn"] = "library",
+    ):
+        """`interior`: where the source has no open mouth of its own, real interiors from the bundled library
+        (`mouth_interior`) or the drawn one (`mouth_paint`)."""
+        if interior not in ("library", "drawn"):
+            raise ValueError(f"interior must be 'library' or 'drawn', got {interior!r}")
+        self.interior = interior
         self.use_bank = use_bank
         self.teeth = teeth
         self.max_avatars = max_avatars
+        self.bank_params = bank_params or BankParams()
+        self.lookahead_frames = self.bank_params.lookahead if use_bank else 0
         # Keyed by id(avatar); a weak reference drops the entry when the avatar is garbage-collected.
         self._rigs: OrderedDict[int, tuple[weakref.ref, _AvatarRig]] = OrderedDict()
         self._lock = threading.Lock()
@@ -339,6 +330,10 @@ class CPURenderer(Renderer):
 
     def silence_condition(self) -> MouthState:
         return MouthState()
+
+    def new_sequence(self) -> BankTrack:
+        """One output sequence's mouth-bank memory (its carried choice), for `render(..., sequence=)`."""
+        return BankTrack()
 
     def describe(self) -> str:
         return "cpu (weight-free landmark warping" + (" + mouth bank)" if self.use_bank else ")")
@@ -352,15 +347,24 @@ class CPURenderer(Renderer):
         return "cpu: landmark warping (no mouth bank: the mouth barely moves in this video)"
 
     def render(
-        self, avatar: Avatar, frame_indices: Sequence[int], conditions: Sequence[MouthState]
+        self,
+        avatar: Avatar,
+        frame_indices: Sequence[int],
+        conditions: Sequence[MouthState],
+        lookahead: Sequence[tuple[int, MouthState]] = (),
+        sequence: BankTrack | None = None,
     ) -> list[np.ndarray]:
+        """Frames for (avatar frame, mouth state) pairs. `lookahead`: the (frame, state) pairs that follow, which
+        the mouth bank plans over without rendering; `sequence`: the output sequence's track (`new_sequence`)."""
         if len(frame_indices) != len(conditions):
             raise RenderInputError(f"{len(frame_indices)} frame indices but {len(conditions)} conditions")
         rig = self._rig(avatar)
         for i, cond in zip(frame_indices, conditions, strict=True):
             self._check(rig, int(i), cond)
+        for i, cond in lookahead:
+            self._check(rig, int(i), cond)
         compositor = Compositor(avatar, alpha_cache=rig.alpha)
-        sources = self._sources(rig, frame_indices, conditions)
+        sources = self._sources(rig, frame_indices, conditions, lookahead, sequence)
         out = []
         for i, cond, j in zip(frame_indices, conditions, sources, strict=True):
             # With a bank source the full-resolution pass pastes its mouth; the crop only moves the jaw.
@@ -372,17 +376,32 @@ class CPURenderer(Renderer):
         return out
 
     def _sources(
-        self, rig: _AvatarRig, frame_indices: Sequence[int], conditions: Sequence[MouthState]
+        self,
+        rig: _AvatarRig,
+        frame_indices: Sequence[int],
+        conditions: Sequence[MouthState],
+        lookahead: Sequence[tuple[int, MouthState]] = (),
+        sequence: BankTrack | None = None,
     ) -> list[int | None]:
         """The bank frame each output mouth comes from, or None where the mouth is warped and drawn."""
         if not (self.use_bank and rig.bank_enabled):
             return [None] * len(frame_indices)
+        ahead = [(int(i), c.as_tuple()) for i, c in lookahead]
         with rig.lock:
-            return list(rig.bank.select([int(i) for i in frame_indices], [c.as_tuple() for c in conditions]))
+            return list(
+                rig.bank.select([int(i) for i in frame_indices], [c.as_tuple() for c in conditions], ahead, sequence)
+            )
 
-    def source_frames(self, avatar: Avatar, frame_indices: Sequence[int], conditions: Sequence[MouthState]) -> list:
+    def source_frames(
+        self,
+        avatar: Avatar,
+        frame_indices: Sequence[int],
+        conditions: Sequence[MouthState],
+        lookahead: Sequence[tuple[int, MouthState]] = (),
+        sequence: BankTrack | None = None,
+    ) -> list:
         """Which avatar frame each output mouth would come from (None: warped and drawn), as `render` chooses."""
-        return self._sources(self._rig(avatar), frame_indices, conditions)
+        return self._sources(self._rig(avatar), frame_indices, conditions, lookahead, sequence)
 
     def target_landmarks(self, avatar: Avatar, i: int, state: MouthState, source: int | None = None) -> np.ndarray:
         """(68, 2) full-frame landmarks of frame i with its mouth moved to `state` (or to bank frame `source`'s mouth):
@@ -394,13 +413,13 @@ class CPURenderer(Renderer):
         return crop_lm / CROP_SIZE * [max(x2 - x1, 1.0), max(y2 - y1, 1.0)] + [x1, y1]
 
     @staticmethod
-    def _target_gap(rig: _AvatarRig, fr: _FrameRig, state: MouthState) -> float:
+    def _target_gap(rig: _AvatarRig, fr: FrameRig, state: MouthState) -> float:
         """Inner-lip gap (crop px) for a drawn mouth: from the avatar's resting opening (silence) to GAP_MAX."""
         # A frame already at or below the rest keeps its own mouth at silence (nothing moves).
         rest = min(min(rig.rest_open, REST_OPEN_MAX) * GAP_MAX * fr.iod, fr.gap)
         return rest + float(np.clip(state.open, 0.0, 1.0)) * max(0.0, GAP_MAX * fr.iod - rest)
 
-    def _mouth_shape(self, rig: _AvatarRig, fr: _FrameRig, state: MouthState) -> np.ndarray:
+    def _mouth_shape(self, rig: _AvatarRig, fr: FrameRig, state: MouthState) -> np.ndarray:
         width = float(np.clip(state.width, 0.0, 1.0))
         rnd = float(np.clip(state.round, 0.0, 1.0))
         target_gap = self._target_gap(rig, fr, state)
@@ -433,7 +452,7 @@ class CPURenderer(Renderer):
             if entry is not None and entry[0]() is avatar:
                 self._rigs.move_to_end(key)
                 return entry[1]
-            rig = _AvatarRig(avatar)
+            rig = _AvatarRig(avatar, self.bank_params)
             self._rigs[key] = (weakref.ref(avatar, lambda _ref, k=key: self._forget(k, _ref)), rig)
             while len(self._rigs) > self.max_avatars:
                 self._rigs.popitem(last=False)
@@ -477,7 +496,7 @@ class CPURenderer(Renderer):
         dst = np.concatenate([dst_lm, _ANCHORS])
 
         tris = fr.tris[fr.moving]
-        x0, y0, x1, y1 = _bbox(dst[tris].reshape(-1, 2), 1.0, (0, 0, CROP_SIZE, CROP_SIZE))
+        x0, y0, x1, y1 = bbox(dst[tris].reshape(-1, 2), 1.0, (0, 0, CROP_SIZE, CROP_SIZE))
         if x1 <= x0 or y1 <= y0:
             return crop.copy(), dst_lm, (0, 0, 0, 0)
 
@@ -497,7 +516,7 @@ class CPURenderer(Renderer):
             gx, gy = _GRID_X[by0:by1, bx0:bx1], _GRID_Y[by0:by1, bx0:bx1]
             mx = c[0] * gx + c[1] * gy + c[2]
             my = c[3] * gx + c[4] * gy + c[5]
-            return cv2.remap(src_img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+            return cv2.remap(src_img, mx, my, WARP_INTERP, borderMode=cv2.BORDER_REFLECT101)
 
         face = crop.copy()
         face[y0:y1, x0:x1] = warp(crop, fr.pts, (x0, y0, x1, y1))
@@ -508,12 +527,12 @@ class CPURenderer(Renderer):
             frj = rig.frame(avatar, source)
             region_pts = self._bank_region(dst_lm, fr.iod, fr.ey)
             sigma = BANK_REGION_SIGMA * fr.iod
-            bx0, by0, bx1, by1 = box = _bbox(region_pts, 3.0 * sigma + 2.0, (x0, y0, x1, y1))
+            bx0, by0, bx1, by1 = box = bbox(region_pts, 3.0 * sigma + 2.0, (x0, y0, x1, y1))
             if bx1 > bx0 and by1 > by0:
                 bank = warp(avatar.crops[source], frj.pts, box).astype(np.float32)
                 base = face[by0:by1, bx0:bx1].astype(np.float32)
-                alpha = _feather(_fill(region_pts - [bx0, by0], by1 - by0, bx1 - bx0), sigma)
-                bank = _match_rim(bank, base, alpha)
+                alpha = feather(fill_poly(region_pts - [bx0, by0], by1 - by0, bx1 - bx0), sigma)
+                bank = match_rim(bank, base, alpha)
                 base += alpha[..., None] * (bank - base)
                 face[by0:by1, bx0:bx1] = np.clip(base + 0.5, 0, 255).astype(np.uint8)
         if source is not None:
@@ -523,16 +542,26 @@ class CPURenderer(Renderer):
         if target_gap >= SYNTH_MIN_GAP_PX and target_gap > src_gap + 0.5:
             if src_gap >= TEETH_SOURCE_MIN_GAP * fr.iod:
                 # The source shows its teeth: they stay with the lips that hold them, a cavity opens between.
-                self._split_interior(face, crop, dst_lm, fr, state)
+                fill = None
+                tiles = rig.interior(avatar) if self.interior == "library" else None
+                if tiles is not None:
+                    fill = functools.partial(mouth_interior.interior_fill, tiles, iod=fr.iod)
+                mouth_paint.split_interior(face, crop, dst_lm, fr, state, fill)
             else:
                 # Nothing inside the source's lips to reuse: draw the inner mouth where the target opens wider.
                 synth_w = float(np.clip(1.6 * (1.0 - src_gap / target_gap), 0.0, 1.0))
-                self._inner_mouth(face, dst_lm, fr, target_gap, synth_w, fr.lip_bgr, fr.skin_bgr, state)
+                tiles = rig.interior(avatar) if self.interior == "library" else None
+                if tiles is not None:
+                    mouth_interior.paste_interior(face, dst_lm, fr, synth_w, tiles)
+                else:
+                    mouth_paint.inner_mouth(
+                        face, dst_lm, fr, target_gap, synth_w, fr.lip_bgr, fr.skin_bgr, state, self.teeth
+                    )
         if src_gap - target_gap > SEAM_MIN_SQUEEZE_PX and target_gap < SEAM_MAX_GAP * fr.iod:
             # Lips pressed together over an open source leave its teeth squeezed into a line: cover it with the seam.
             seam_w = float(np.clip((src_gap - target_gap) / (3.0 * SEAM_MIN_SQUEEZE_PX), 0.0, 1.0))
             seam_w *= float(np.clip(1.0 - target_gap / (SEAM_MAX_GAP * fr.iod), 0.0, 1.0))
-            self._lip_seam(face, dst_lm, fr, seam_w, fr.lip_bgr)
+            mouth_paint.lip_seam(face, dst_lm, fr, seam_w, fr.lip_bgr)
         return face, dst_lm, (x0, y0, x1, y1)
 
     @staticmethod
@@ -565,7 +594,7 @@ class CPURenderer(Renderer):
         fr = rig.frame(avatar, i)
         region = self._bank_region(dst_lm, fr.iod, fr.ey) * scale + [x1, y1]
         sigma = BANK_REGION_SIGMA * fr.iod * float(scale.mean())
-        rx0, ry0, rx1, ry1 = _bbox(region, 3.0 * sigma + 2.0, (x1, y1, x2, y2))
+        rx0, ry0, rx1, ry1 = bbox(region, 3.0 * sigma + 2.0, (x1, y1, x2, y2))
         if rx1 <= rx0 or ry1 <= ry0:
             return
         lm_i = avatar.landmarks[i].astype(np.float64)
@@ -578,239 +607,15 @@ class CPURenderer(Renderer):
             # The shift the similarity makes at the mouth (its rotation and scale move far-off points more).
             m = lm_j[48:68].mean(axis=0)
             dx, dy = (int(round(v)) for v in a[:, :2] @ m + a[:, 2] - m)
-            bank = _shifted(avatar.frames[j], rx0 - dx, ry0 - dy, w, h).astype(np.float32)
+            bank = shifted(avatar.frames[j], rx0 - dx, ry0 - dy, w, h).astype(np.float32)
         else:
             a[:, 2] -= [rx0, ry0]  # into the region's own pixel grid
             bank = cv2.warpAffine(
                 avatar.frames[j], a, (w, h), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT101
             ).astype(np.float32)
         base = frame[ry0:ry1, rx0:rx1].astype(np.float32)
-        alpha = _feather(_fill(region - [rx0, ry0], h, w), sigma)
+        alpha = feather(fill_poly(region - [rx0, ry0], h, w), sigma)
         alpha *= compositor.alpha(i)[ry0 - y1 : ry1 - y1, rx0 - x1 : rx1 - x1, 0]
-        bank = _match_rim(bank, base, alpha)
+        bank = match_rim(bank, base, alpha)
         base += alpha[..., None] * (bank - base)
         frame[ry0:ry1, rx0:rx1] = np.clip(base + 0.5, 0, 255).astype(np.uint8)
-
-    @staticmethod
-    def _lip_seam(face: np.ndarray, lm: np.ndarray, fr: _FrameRig, weight: float, lip_bgr: np.ndarray) -> None:
-        lens = _MouthLens(lm, fr.ex, fr.ey)
-        bx0, by0, bx1, by1 = _bbox(lens.outline(), 4.0, (0, 0, CROP_SIZE, CROP_SIZE))
-        if bx1 <= bx0 or by1 <= by0:
-            return
-        h, w = by1 - by0, bx1 - bx0
-        local = _MouthLens(lm - [bx0, by0], fr.ex, fr.ey)
-        alpha = _feather(_fill(local.seam(thickness=1.2 + 0.01 * fr.iod), h, w), 0.6)[..., None] * weight
-        roi = face[by0:by1, bx0:bx1].astype(np.float32)
-        seam = (0.5 * lip_bgr)[None, None, :]
-        roi += alpha * (seam - roi)
-        face[by0:by1, bx0:bx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
-
-    @staticmethod
-    def _palette(fr: _FrameRig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Cavity core, cavity rim, tongue and tooth colours (BGR) for this frame's lighting.
-
-        A real open mouth is a dark red-brown cavity, a pink tongue dimmed by the lips' shadow, and teeth of
-        a warm off-white a little below the lit skin. The lips' own colour carries the light's tint and level."""
-        lip = fr.lip_bgr
-        light = float(np.clip(np.dot(fr.skin_bgr, [0.114, 0.587, 0.299]) / 180.0, 0.35, 1.3))
-        if fr.inner_dark is not None:
-            # The source shows the inside of its mouth: its own shadows are the right colours for the depth.
-            core, rim = 0.85 * fr.inner_dark[0], fr.inner_dark[1]
-        else:
-            core = 0.16 * lip + light * np.array([3.0, 3.0, 6.0])
-            rim = 0.42 * lip
-        tongue = 0.58 * lip + light * np.array([4.0, 8.0, 18.0])
-        lum = float(np.dot(fr.skin_bgr, [0.114, 0.587, 0.299]))
-        tooth = np.clip(1.08 * lum * np.array([0.86, 0.94, 1.0]), 0, 240)
-        return core, rim, tongue, tooth
-
-    @staticmethod
-    def _cavity(lens: _MouthLens, u: np.ndarray, v: np.ndarray, fr: _FrameRig, state: MouthState) -> np.ndarray:
-        """(h, w, 3) float BGR of the open mouth's inside: dark at its depth, lighter at the lips, a tongue low
-        in it when the jaw is well down (less when the lips are rounded)."""
-        core, rim, tongue_bgr, _ = CPURenderer._palette(fr)
-        up, lo = lens.upper(u), lens.lower(u)
-        height = np.maximum(lo - up, 1e-3)
-        t = np.clip((v - up) / height, 0.0, 1.0)
-        side = np.clip(np.abs(u) / lens.half_width, 0.0, 1.0)
-        depth = (np.sin(np.pi * t) ** 0.8) * np.sqrt(np.clip(1.0 - side**2, 0.0, 1.0))
-        fill = rim[None, None, :] + depth[..., None] * (core - rim)[None, None, :]
-        open_ = float(np.clip(state.open, 0.0, 1.0))
-        reach = (0.22 + 0.18 * open_) * (1.0 - 0.6 * float(np.clip(state.round, 0.0, 1.0)))
-        if open_ > 0.25 and reach > 0.05:
-            # The tongue: a mound from the lower lip, highest in the middle, lit from the front.
-            top = 1.0 - reach * (1.0 - 0.8 * side**2)
-            soft = 0.12 + 1.5 / float(height.max())
-            a_t = np.clip((t - top) / soft + 0.5, 0.0, 1.0) * np.clip(1.0 - side, 0.0, 1.0) ** 0.5
-            lit = 0.8 + 0.3 * np.clip((t - top) / max(reach, 1e-3), 0.0, 1.0) ** 0.5
-            fill += (0.9 * a_t)[..., None] * (tongue_bgr[None, None, :] * lit[..., None] - fill)
-        return fill
-
-    @staticmethod
-    def _tooth_structure(u: np.ndarray, half_width: float) -> np.ndarray:
-        """Brightness of a row of teeth across the mouth: each tooth rounded (lit in its middle), a dark line
-        between neighbours; incisors widest, narrowing towards the corners."""
-        un = np.abs(u) / max(half_width, 1.0)
-        edges = np.array([0.0, 0.24, 0.44, 0.6, 0.74, 0.86, 1.2])
-        k = np.clip(np.searchsorted(edges, un) - 1, 0, len(edges) - 2)
-        lo, hi = edges[k], edges[k + 1]
-        phase = (un - lo) / (hi - lo)
-        rounded = 0.9 + 0.1 * np.sin(np.pi * phase)
-        px = np.minimum(un - lo, hi - un) * half_width  # px to the nearest tooth boundary
-        line = 1.0 - 0.2 * np.exp(-((px / 0.6) ** 2))
-        return rounded * line
-
-    def _inner_mouth(
-        self,
-        face: np.ndarray,
-        lm: np.ndarray,
-        fr: _FrameRig,
-        gap: float,
-        weight: float,
-        lip_bgr: np.ndarray,
-        skin_bgr: np.ndarray,
-        state: MouthState,
-    ) -> None:
-        """Draw the inside of the mouth within the inner lips of `face`, in place, for a source that never opens:
-        a shaded cavity, a tongue, and teeth with individual structure."""
-        lens0 = _MouthLens(lm, fr.ex, fr.ey)
-        bx0, by0, bx1, by1 = _bbox(lens0.outline(), 3.0 + 0.9 * gap, (0, 0, CROP_SIZE, CROP_SIZE))
-        if bx1 <= bx0 or by1 <= by0 or weight <= 0.0:
-            return
-        h, w = by1 - by0, bx1 - bx0
-        lens = _MouthLens(lm - [bx0, by0], fr.ex, fr.ey)
-        roi = face[by0:by1, bx0:bx1].astype(np.float32)
-        mask = _fill(lens.outline(), h, w)
-        alpha = _feather(mask, 0.7)
-        u, v = lens.coords(w, h)
-        fill = self._cavity(lens, u, v, fr, state)
-        if self.teeth:
-            _, _, _, tooth = self._palette(fr)
-            side = np.clip(np.abs(u) / lens.half_width, 0, 1) ** 2
-            structure = self._tooth_structure(u, lens.half_width)
-            # Upper teeth hang from under the upper lip, about half the opening, at most ~0.09 D showing; the lip
-            # shades their roots, their biting edges are a little translucent.
-            upper_h = min(0.45 * gap, 0.09 * fr.iod)
-            t_alpha = _feather(_fill(lens.band(0.7, lower=False, height=upper_h), h, w), 0.45) * alpha
-            dv = np.clip((v - lens.upper(u)) / max(upper_h, 1e-3), 0, 1)
-            shade = (1.0 - 0.45 * side) * (0.72 + 0.28 * np.clip(2.5 * dv, 0, 1)) * (1.0 - 0.12 * dv**4) * structure
-            fill = fill + (0.97 * t_alpha[..., None]) * (tooth[None, None, :] * shade[..., None] - fill)
-            if gap > 0.14 * fr.iod:
-                # Lower teeth: a dimmer, thinner row behind the lower lip of a wide-open mouth.
-                lower_h = min(0.15 * gap, 0.035 * fr.iod)
-                l_alpha = _feather(_fill(lens.band(0.5, lower=True, height=lower_h), h, w), 0.45) * alpha
-                l_shade = 0.6 * (1.0 - 0.5 * side) * structure
-                fill = fill + (0.85 * l_alpha[..., None]) * (tooth[None, None, :] * l_shade[..., None] - fill)
-        a = (weight * alpha)[..., None]
-        roi += a * (fill - roi)
-        face[by0:by1, bx0:bx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
-
-    def _split_interior(
-        self, face: np.ndarray, crop: np.ndarray, lm: np.ndarray, fr: _FrameRig, state: MouthState
-    ) -> None:
-        """The inside of a source mouth that shows its teeth, opened wider, in place.
-
-        The upper part of the source's opening (upper teeth) is carried with the upper lip, the lower part with
-        the lower lip, each at its own size; the opening between them is the shaded cavity. The teeth are the
-        person's own pixels, one resampling from the source crop."""
-        lens_t0 = _MouthLens(lm, fr.ex, fr.ey)
-        bx0, by0, bx1, by1 = _bbox(lens_t0.outline(), 3.0, (0, 0, CROP_SIZE, CROP_SIZE))
-        if bx1 <= bx0 or by1 <= by0:
-            return
-        h, w = by1 - by0, bx1 - bx0
-        lens_t = _MouthLens(lm - [bx0, by0], fr.ex, fr.ey)
-        lens_s = _MouthLens(fr.pts[:N_LANDMARKS], fr.ex, fr.ey)
-        u, v = lens_t.coords(w, h)
-        us = u * (lens_s.half_width / lens_t.half_width)
-        up_t, lo_t = lens_t.upper(u), lens_t.lower(u)
-        up_s, lo_s = lens_s.upper(us), lens_s.lower(us)
-        hs = np.maximum(lo_s - up_s, 0.0)
-        # The teeth show a little more of themselves as the lips part (the lips, not the teeth, hide them).
-        extra = float(np.clip((lens_t.height() - lens_s.height()) / max(lens_s.height(), 1.0), 0.0, 1.0))
-        stretch = 1.0 + TEETH_REVEAL * extra
-        split = TEETH_SPLIT * hs * stretch
-        low = (1.0 - TEETH_SPLIT) * hs * stretch
-        d_up, d_lo = v - up_t, lo_t - v
-        a_up = np.clip((split - d_up) / 0.8 + 0.5, 0.0, 1.0)
-        a_lo = np.clip((low - d_lo) / 0.8 + 0.5, 0.0, 1.0) * (1.0 - a_up)
-        vs = np.where(d_up <= split, up_s + d_up / stretch, lo_s - d_lo / stretch)
-        pts = lens_s.c[:, None, None] + (us + lens_s.u0)[None] * fr.ex[:, None, None] + vs[None] * fr.ey[:, None, None]
-        teeth = cv2.remap(
-            crop, pts[0].astype(np.float32), pts[1].astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
-        ).astype(np.float32)
-        fill = self._cavity(lens_t, u, v, fr, state)
-        a_teeth = (a_up + a_lo)[..., None]
-        fill += a_teeth * (teeth - fill)
-        alpha = _feather(_fill(lens_t.outline(), h, w), 0.7)[..., None]
-        roi = face[by0:by1, bx0:bx1].astype(np.float32)
-        roi += alpha * (fill - roi)
-        face[by0:by1, bx0:bx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
-
-
-class _MouthLens:
-    """The inner-lip opening as two smooth curves in face coordinates (u along the eye line, v down the face).
-
-    Landmarks on the inner lips are noisy (dlib wanders on paintings); quadratics fitted through each lip
-    give a clean opening that still sits where the warped lips are.
-    """
-
-    def __init__(self, lm: np.ndarray, ex: np.ndarray, ey: np.ndarray):
-        self.ex, self.ey = ex, ey
-        self.c = lm[[61, 62, 63, 65, 66, 67]].mean(axis=0)
-        rel = lm - self.c
-        u, v = rel @ ex, rel @ ey
-        ul, ur = u[60], u[64]
-        self.u0, self.half_width = (ul + ur) / 2, max(1.0, (ur - ul) / 2)
-        up = [60, 61, 62, 63, 64]
-        lo = [60, 67, 66, 65, 64]
-        self._up = np.polyfit(u[up] - self.u0, v[up], 2)
-        self._lo = np.polyfit(u[lo] - self.u0, v[lo], 2)
-
-    def upper(self, u: np.ndarray) -> np.ndarray:
-        return np.polyval(self._up, u)
-
-    def height(self) -> float:
-        """The opening's height in the middle, px."""
-        return float(max(0.0, np.polyval(self._lo, 0.0) - np.polyval(self._up, 0.0)))
-
-    def lower(self, u: np.ndarray) -> np.ndarray:
-        return np.maximum(np.polyval(self._lo, u), self.upper(u))
-
-    def _to_image(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return self.c + (u + self.u0)[:, None] * self.ex + v[:, None] * self.ey
-
-    def outline(self, n: int = 32) -> np.ndarray:
-        u = np.linspace(-self.half_width, self.half_width, n)
-        return np.concatenate([self._to_image(u, self.upper(u)), self._to_image(u[::-1], self.lower(u[::-1]))])
-
-    def band(self, width: float, lower: bool, height: float, n: int = 24) -> np.ndarray:
-        """A band `height` tall along the upper lip (teeth) or rising from the lower lip (tongue),
-        `width` of the opening wide, thinning towards its ends."""
-        u = np.linspace(-width * self.half_width, width * self.half_width, n)
-        taper = 1.0 - 0.6 * (u / (width * self.half_width)) ** 2
-        if lower:
-            edge = self.lower(u)
-            return np.concatenate(
-                [self._to_image(u, edge + 2.0), self._to_image(u[::-1], (edge - height * taper)[::-1])]
-            )
-        edge = self.upper(u)
-        return np.concatenate([self._to_image(u, edge - 2.0), self._to_image(u[::-1], (edge + height * taper)[::-1])])
-
-    def seam(self, thickness: float, n: int = 24) -> np.ndarray:
-        """The line where closed lips meet, `thickness` px either side of the middle of the opening, tapering."""
-        u = np.linspace(-self.half_width, self.half_width, n)
-        mid = 0.5 * (self.upper(u) + self.lower(u))
-        half = 0.5 * (self.lower(u) - self.upper(u)) + thickness * (1.0 - 0.7 * (u / self.half_width) ** 2)
-        return np.concatenate([self._to_image(u, mid - half), self._to_image(u[::-1], (mid + half)[::-1])])
-
-    def coords(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """(u, v) of every pixel of a w x h image, u measured from the opening's centre."""
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        rx, ry = xx - self.c[0], yy - self.c[1]
-        return rx * self.ex[0] + ry * self.ex[1] - self.u0, rx * self.ey[0] + ry * self.ey[1]
-
-
-def _fill(poly: np.ndarray, h: int, w: int) -> np.ndarray:
-    m = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(m, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
-    return m

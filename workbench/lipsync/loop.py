@@ -49,6 +49,8 @@ class RenderLoop:
         self.lock = lock if lock is not None else threading.Lock()
         self.frontend = renderer.file_frontend() if exact else renderer.new_frontend()
         self.lookahead_frames = int(getattr(self.frontend, "lookahead_frames", 0))
+        # The renderer's memory of this sequence (the CPU renderer's mouth-bank track), never shared.
+        self.sequence = renderer.new_sequence()
 
     def conditions(self, audio16k: np.ndarray | None, flush: bool = False) -> list[Any]:
         """Conditions of every frame whose audio (with look-ahead) is now complete; `flush` ends the stream."""
@@ -62,11 +64,17 @@ class RenderLoop:
         """The avatar frame that frame j of this stream is rendered on."""
         return self.avatar.loop_index(self.start + j)
 
-    def render(self, js: Sequence[int], conditions: Sequence[Any]) -> list[np.ndarray]:
-        """Full composited frames for frames `js` of this stream from their conditions."""
+    def render(
+        self, js: Sequence[int], conditions: Sequence[Any], lookahead: Sequence[tuple[int, Any]] = ()
+    ) -> list[np.ndarray]:
+        """Full composited frames for frames `js` of this stream from their conditions. `lookahead`: (j,
+        condition) of frames that follow, which a renderer with a sequence may plan with (not rendered)."""
         indices = [self.body(j) for j in js]
         with self.lock:
-            return self.renderer.render(self.avatar, indices, list(conditions))
+            if self.sequence is None:
+                return self.renderer.render(self.avatar, indices, list(conditions))
+            ahead = [(self.body(j), c) for j, c in lookahead]
+            return self.renderer.render(self.avatar, indices, list(conditions), lookahead=ahead, sequence=self.sequence)
 
     def iter_file(
         self, audio16k: np.ndarray, batch_size: int, timings: list[FrameTiming] | None = None

@@ -11,15 +11,21 @@ one. The choice is a shortest path (Viterbi) over the frames of one render call:
 * transition cost: jumping to a frame that is not a neighbour of the previous choice in the source video
   costs a texture change, so a run of consecutive source frames is preferred when it fits.
 
-The renderer's look-ahead is the render call: a batch of frames is solved jointly, and the last choice is
-carried into the next call when that call continues the same output sequence. Everything per avatar is
-computed once from the landmarks (vectorised, milliseconds for thousands of frames).
+The path is solved over a window: the frames of one render call plus, when the caller knows them, the
+conditions still pending after it (a stream's look-ahead); only the call's own frames are committed, and
+the last committed choice is carried into the next call of the same output sequence (a `BankTrack`), so a
+stream that renders one frame at a time keeps runs as a whole-file render does. Candidates per output
+frame: the best by unary cost plus the neighbours of the previous frame's candidates and of the carried
+choice (a run can continue even when its next frame is not among the best few on its own). Jump cost,
+candidate count, neighbours and window are `BankParams`, measured in `bench/bench_bank_stream.py`.
+Everything per avatar is computed once from the landmarks (vectorised, milliseconds for thousands of frames).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,8 +42,9 @@ SIGMA_POSE = 0.03  # rms landmark distance, interocular distances
 SIGMA_MOTION = 0.15  # frame-to-frame change of opening, of the avatar's range
 MOTION_WEIGHT = 0.3
 OWN_FRAME_BONUS = 1.0  # the output frame's own mouth needs no warp and no colour match
-JUMP_COST = 1.0  # a texture change: the next source frame is not a neighbour of the previous one
+JUMP_COST = 2.0  # a texture change: the next source frame is not a neighbour of the previous one
 CANDIDATES = 16  # per output frame, the best by unary cost enter the path search
+LOOKAHEAD = 8  # pending frames beyond a render call that the path is solved over (not committed)
 
 _STABLE = np.r_[0:3, 14:17, 27:48]  # jaw ends, nose, eyes: move with the head, not with the mouth
 _INNER_UP, _INNER_LO = [61, 62, 63], [67, 66, 65]
@@ -76,6 +83,25 @@ def stable_similarity(lm_src: np.ndarray, lm_dst: np.ndarray) -> np.ndarray:
     return similarity(lm_src[_STABLE], lm_dst[_STABLE])
 
 
+@dataclass(frozen=True)
+class BankParams:
+    """How the path search trades shape match against texture continuity (defaults measured on talk1/talk2,
+    `bench/bench_bank_stream.py --sweep`)."""
+
+    jump_cost: float = JUMP_COST  # unary-cost units a jump to a non-neighbouring source frame costs
+    candidates: int = CANDIDATES  # best-by-unary source frames per output frame
+    neighbours: bool = True  # also the +-1 neighbours of the previous frame's candidates and of the carry
+    lookahead: int = LOOKAHEAD  # pending frames a stream passes beyond each call (0: only the call's own)
+
+    def __post_init__(self) -> None:
+        if not (self.jump_cost >= 0 and np.isfinite(self.jump_cost)):
+            raise ValueError(f"bank jump_cost must be a finite number >= 0, got {self.jump_cost}")
+        if not 1 <= int(self.candidates) <= 256:
+            raise ValueError(f"bank candidates must be 1..256, got {self.candidates}")
+        if not 0 <= int(self.lookahead) <= 64:
+            raise ValueError(f"bank lookahead must be 0..64 frames, got {self.lookahead}")
+
+
 @dataclass
 class _Carry:
     out_index: int  # avatar frame index of the last output frame
@@ -83,10 +109,27 @@ class _Carry:
     target_open: float
 
 
+_UNARY_CACHE = 96  # unary rows a track keeps: a sliding window recomputes the same frames' costs otherwise
+
+
+@dataclass
+class BankTrack:
+    """One output sequence's memory (a reply in a stream, a file): the last committed choice and the unary
+    costs of frames already seen in a window, so two sequences rendered in turn never steer each other."""
+
+    carry: _Carry | None = None
+    unary: OrderedDict = field(default_factory=OrderedDict)
+
+    def reset(self) -> None:
+        self.carry = None
+        self.unary.clear()
+
+
 class MouthBank:
     """Per-avatar mouth descriptors and the per-call path search. Holds landmarks-derived arrays only."""
 
-    def __init__(self, landmarks: np.ndarray):
+    def __init__(self, landmarks: np.ndarray, params: BankParams | None = None):
+        self.params = params or BankParams()
         lms = np.asarray(landmarks, dtype=np.float64)
         n = len(lms)
         self.n = n
@@ -116,7 +159,7 @@ class MouthBank:
         # The source's own motion: opening change from the previous source frame.
         self.motion = np.diff(self.open, prepend=self.open[:1])
         self.pose = self._pose_descriptors(lms)
-        self._carry: _Carry | None = None
+        self._track = BankTrack()  # callers that pass no track of their own share this one
 
     @staticmethod
     def _pose_descriptors(lms: np.ndarray) -> np.ndarray:
@@ -146,34 +189,66 @@ class MouthBank:
         cost[i] -= OWN_FRAME_BONUS
         return cost
 
-    def select(self, frame_indices: Sequence[int], states: Sequence[tuple[float, float, float]]) -> list[int]:
-        """The source frame for each output frame (avatar frame index, (open, width, round) target)."""
+    def _unary_cached(
+        self, track: BankTrack, i: int, st: tuple[float, float, float], prev_open: float | None
+    ) -> np.ndarray:
+        key = (i, st, prev_open)
+        u = track.unary.get(key)
+        if u is None:
+            u = self._unary(i, st, prev_open)
+            track.unary[key] = u
+            while len(track.unary) > _UNARY_CACHE:
+                track.unary.popitem(last=False)
+        return u
+
+    def select(
+        self,
+        frame_indices: Sequence[int],
+        states: Sequence[tuple[float, float, float]],
+        lookahead: Sequence[tuple[int, tuple[float, float, float]]] = (),
+        track: BankTrack | None = None,
+    ) -> list[int]:
+        """The source frame for each output frame (avatar frame index, (open, width, round) target).
+
+        `lookahead`: (avatar frame index, target) of the frames that follow, solved over but not committed.
+        `track`: the output sequence these frames belong to (default: one shared by all such callers)."""
         t_n = len(frame_indices)
         if t_n == 0:
             return []
         if not self.enabled:
             return [int(i) for i in frame_indices]
-        carry = self._carry
+        track = self._track if track is None else track
+        prm = self.params
+        carry = track.carry
         # The carried choice applies only when this call continues the sequence that made it.
         if carry is not None and abs(int(frame_indices[0]) - carry.out_index) > 1:
             carry = None
-        k = min(CANDIDATES, self.n)
+        look = list(lookahead)[: prm.lookahead]
+        idx = [int(i) for i in frame_indices] + [int(i) for i, _ in look]
+        sts = [tuple(float(np.clip(v, 0.0, 1.0)) for v in st) for st in list(states) + [st for _, st in look]]
+        k = min(int(prm.candidates), self.n)
         cands, costs = [], []
         prev_open = carry.target_open if carry is not None else None
-        for i, st in zip(frame_indices, states, strict=True):
-            st = (float(np.clip(st[0], 0.0, 1.0)), float(np.clip(st[1], 0.0, 1.0)), float(np.clip(st[2], 0.0, 1.0)))
-            u = self._unary(int(i), st, prev_open)
-            c = np.argpartition(u, k - 1)[:k] if k < self.n else np.arange(self.n)
+        prev_top = np.array([carry.source], np.int64) if carry is not None else None
+        for i, st in zip(idx, sts, strict=True):
+            u = self._unary_cached(track, i, st, prev_open)
+            top = np.argpartition(u, k - 1)[:k] if k < self.n else np.arange(self.n)
+            c = top
+            if prm.neighbours and prev_top is not None:
+                near = np.concatenate([prev_top - 1, prev_top + 1])
+                c = np.unique(np.concatenate([top, near[(near >= 0) & (near < self.n)]]))
             cands.append(c)
             costs.append(u[c])
             prev_open = st[0]
+            prev_top = top
         # Viterbi over the candidates.
+        jc = float(prm.jump_cost)
         total = costs[0].copy()
         if carry is not None:
-            total += JUMP_COST * (np.abs(cands[0] - carry.source) > 1)
+            total += jc * (np.abs(cands[0] - carry.source) > 1)
         back = []
-        for t in range(1, t_n):
-            jump = JUMP_COST * (np.abs(cands[t][None, :] - cands[t - 1][:, None]) > 1)  # (prev, cur)
+        for t in range(1, len(idx)):
+            jump = jc * (np.abs(cands[t][None, :] - cands[t - 1][:, None]) > 1)  # (prev, cur)
             step = total[:, None] + jump
             arg = np.argmin(step, axis=0)
             back.append(arg)
@@ -184,10 +259,10 @@ class MouthBank:
             pick = int(arg[pick])
             path.append(pick)
         path.reverse()
-        chosen = [int(cands[t][p]) for t, p in enumerate(path)]
-        self._carry = _Carry(int(frame_indices[-1]), chosen[-1], float(np.clip(states[-1][0], 0.0, 1.0)))
+        chosen = [int(cands[t][p]) for t, p in enumerate(path)][:t_n]  # commit the call's own frames only
+        track.carry = _Carry(idx[t_n - 1], chosen[-1], sts[t_n - 1][0])
         return chosen
 
     def reset(self) -> None:
-        """Forget the carried choice (a new stream)."""
-        self._carry = None
+        """Forget the shared track's carried choice (a new stream)."""
+        self._track.reset()

@@ -8,6 +8,9 @@ renderer's own target shape), so a mouth drawn in the wrong place is judged wher
   60–67, of the source frames given), and for any set of frames the share of their inner-lip pixels whose
   colour is in that palette. A flat maroon cavity or a grey band of "teeth" scores low on a real person;
   the person's own mouth scores about `PALETTE_MASS` (on frames the palette was not built from);
+* for a face that never opens (a painting, a photo) there are no inner-mouth pixels to build the palette from;
+  `build_face_palette` takes the lips and skin of the lower face instead (jaw line up to the nose), the person's
+  gamut in the sense of issue 31's target;
 * mouth sharpness: the variance of the Laplacian of the grey image over the mouth's box (outer lips grown
   by a quarter of the interocular distance), averaged over frames. A mouth pasted from a 256x256 crop into
   a larger face box, or smeared by warping, loses it.
@@ -67,6 +70,31 @@ def build_palette(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray])
     keep = order[: int(np.searchsorted(cum, PALETTE_MASS)) + 1]
     palette = np.zeros(LEVELS**3, bool)
     palette[keep] = True
+    return palette
+
+
+def lower_face_pixels(frame: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """(n, 3) BGR pixels of the lower face: inside the jaw line (points 3–13) closed by the nose base (35–31),
+    lips included."""
+    poly = np.concatenate([lm[3:14], lm[35:30:-1]])
+    m = np.zeros(frame.shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.round(poly).astype(np.int32)], 1)
+    return frame[m.astype(bool)]
+
+
+def build_face_palette(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray]) -> np.ndarray:
+    """(LEVELS**3,) bool: the colour bins holding `PALETTE_MASS` of the lower face's pixels (lips and skin)."""
+    counts = np.zeros(LEVELS**3, np.int64)
+    for f, lm in zip(frames, landmarks, strict=True):
+        px = lower_face_pixels(f, np.asarray(lm, np.float64))
+        if len(px):
+            counts += np.bincount(_bins(px), minlength=LEVELS**3)
+    if counts.sum() == 0:
+        raise ValueError("no lower-face pixels in the source frames: nothing to build a palette from")
+    order = np.argsort(counts)[::-1]
+    cum = np.cumsum(counts[order]) / counts.sum()
+    palette = np.zeros(LEVELS**3, bool)
+    palette[order[: int(np.searchsorted(cum, PALETTE_MASS)) + 1]] = True
     return palette
 
 

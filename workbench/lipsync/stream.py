@@ -20,6 +20,7 @@ idle render and the speech render of the same avatar frame, into and out of spee
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -587,7 +588,10 @@ class LipSyncStream:
                 ahead = len(u.frames)
                 n = min(self.batch_size, len(u.conditions), max(1, ahead), room)
                 take = [u.conditions.popleft() for _ in range(n)]
-                return lambda u=u, take=take: self._render_speech(u, take)
+                # The conditions still pending after these: a renderer that plans ahead (the CPU mouth bank)
+                # solves over them and commits only `take`, so one-frame calls keep runs as a file does.
+                look = [(j, c) for j, c, _ in itertools.islice(u.conditions, self.renderer.lookahead_frames)]
+                return lambda u=u, take=take, look=look: self._render_speech(u, take, look)
             if u.pending or (u.ended and not u.flushed):
                 chunks = list(u.pending)
                 u.pending.clear()
@@ -642,10 +646,12 @@ class LipSyncStream:
         """perf_counter time body position `pos` is shown if the clock keeps time (the batcher's deadline)."""
         return time.perf_counter() + max(0, pos - self._pos) * FRAME_SECONDS
 
-    def _render_speech(self, u: _Utterance, take: list[tuple[int, Any, float]]) -> None:
+    def _render_speech(
+        self, u: _Utterance, take: list[tuple[int, Any, float]], look: list[tuple[int, Any]] | None = None
+    ) -> None:
         js, conds = [j for j, _, _ in take], [c for _, c, _ in take]
         if self.batcher is None:
-            images = u.loop.render(js, conds)
+            images = u.loop.render(js, conds, look or ())
         else:
             images = self.batcher.render(
                 self.avatar, [u.loop.body(j) for j in js], conds, deadline=self._due(u.start_pos + js[0]), session=self
