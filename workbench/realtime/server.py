@@ -69,9 +69,9 @@ from workbench.media import init_audio_libraries
 from workbench.plain import one_line
 from workbench.realtime.admission import RETRY_AFTER_S, Busy, GrantBook, LineFull, WaitingLine  # noqa: F401 (re-exported)
 from workbench.realtime.egress import EgressPolicy, EndpointRefused
-from workbench.realtime.openai_config import REASONING_EFFORTS
+from workbench.realtime.openai_config import REASONING_EFFORTS, RealtimeConfig
 from workbench.realtime.session import ChatSession
-from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
+from workbench.realtime.voices import OPENAI_VOICES, VoiceError, VoiceSession, make_voice
 from workbench.zerogpu import on_zerogpu
 
 if TYPE_CHECKING:
