@@ -23,6 +23,9 @@ from fastapi.responses import JSONResponse
 
 RETRY_AFTER_S = 3  # what a busy answer tells the page to wait before trying again
 ACTIVE_S = RETRY_AFTER_S + 2.0  # a waiting caller who asked this recently is still there
+GRANT_TTL_S = 12 * 3600.0  # a chat tab left open for a working day still connects
+MAX_GRANTS = 4096  # every avatar choice in the app makes one; the oldest go first
+GRANT_REFUSED = "this chat link is unknown or has expired: choose the avatar again in the workbench's Realtime chat tab"
 
 
 class Busy(Exception):
