@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 from gradio.utils import get_upload_folder as gr_upload_folder
 
+from workbench.avatars.model import PrepParams
 from workbench.avatars.pipeline import NoFaceError, PreparationError
 from workbench.avatars.store import CacheError
 from workbench.config import Settings
@@ -175,8 +176,6 @@ def user_errors(fn):
 
 def avatar_label(info) -> str:
     """How an avatar appears in a dropdown: source, frames, the parameters that differ from the defaults."""
-    from workbench.avatars.model import PrepParams
-
     defaults = PrepParams().to_dict()
     changed = [f"{k}={v}" for k, v in info.params.items() if defaults.get(k) != v and k != "max_frames"]
     extra = f", {', '.join(changed)}" if changed else ""
