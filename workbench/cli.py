@@ -28,6 +28,7 @@ from workbench.config import (
 )
 from workbench.engine import Engine
 from workbench.evaluation.cli import eval_app
+from workbench.faces.boxes import format_bbox_range
 from workbench.integrations.streams import StreamPool
 from workbench.media import SILENCE_DBFS, MediaWarning, is_silent, load_audio
 from workbench.tables import Format, make_console, print_rows, widen_help
@@ -162,7 +163,6 @@ def prepare(
             avatar = engine.prepare(source, params, progress=bar, name=name)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         raise _fail(e) from e
-    lo, hi = avatar.bbox_range
     n_face = int(avatar.has_face.sum())
     console.print(
         f"avatar [bold]{avatar.avatar_id}[/bold] (name [bold]{avatar.extras.get('name', '')}[/bold]): "
@@ -170,7 +170,9 @@ def prepare(
         f"{avatar.frame_size[1]}x{avatar.frame_size[0]}, mask: {avatar.mask_kind}, "
         f"latents: {'yes' if avatar.latents is not None else 'no'}"
     )
-    console.print(f"recommended bbox_shift range: [{lo} ~ {hi}]  (current bbox_shift {bbox_shift})")
+    console.print(
+        f"recommended bbox_shift range: {format_bbox_range(avatar.bbox_range)}  (current bbox_shift {bbox_shift})"
+    )
     console.print(describe_acting(avatar.params.model_version))
 
 
@@ -221,7 +223,7 @@ def avatars_list(cache_dir: CacheDir = None, fmt: OutputFormat = Format.table) -
             info.avatar_id,
             info.source,
             info.n_frames,
-            f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
+            format_bbox_range(info.bbox_range),
             _short_params(info.params),
             round(info.size_bytes / 1e6, 1),
         ]

@@ -264,10 +264,6 @@ def make_masks(
     return out
 
 
-def bisenet_weights_present(models_dir: str | Path) -> bool:
-    return all((Path(models_dir) / f).is_file() for f in BISENET_FILES)
-
-
 def resolve_mask_kind(mask_source: str, face_parser: FaceParserLike | None) -> str:
     """'bisenet' or 'landmarks' for a PrepParams.mask_source given the parser at hand.
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from workbench.avatars.model import Avatar, PrepParams
 from workbench.config import FPS
+from workbench.faces.boxes import format_bbox_range
 from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaWarning, check_upload, kind_of, probe
 from workbench.ui import overlays, prep_inputs
 from workbench.ui.context import (
@@ -100,7 +101,6 @@ def cut_note(source: Path, avatar: Avatar) -> str | None:
 
 
 def summary_markdown(ctx: UIContext, avatar: Avatar, note: str | None = None) -> str:
-    lo, hi = avatar.bbox_range
     h, w = avatar.frame_size
     n_face = int(np.asarray(avatar.has_face).sum())
     p = avatar.params
@@ -110,7 +110,7 @@ def summary_markdown(ctx: UIContext, avatar: Avatar, note: str | None = None) ->
         [
             f"**Avatar** `{short_id(avatar.avatar_id)}` from *{avatar.source}*: {len(avatar)} frames "
             f"({n_face} with a detected face), {w}x{h}, {avatar.fps:g} fps{took_s}.",
-            f"**Measured bbox_shift range:** [{lo} ~ {hi}] (this avatar uses bbox_shift {p.bbox_shift}; "
+            f"**Measured bbox_shift range:** {format_bbox_range(avatar.bbox_range)} (this avatar uses bbox_shift {p.bbox_shift}; "
             "tune it in the bbox_shift tab).",
             f"**Mask:** {avatar.mask_kind} ({p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}, "
             f"extra margin {p.extra_margin}); **detector:** {p.detector}; "
@@ -131,7 +131,7 @@ def avatars_table(ctx: UIContext, session: dict) -> list[list]:
                 info.name or short_id(info.avatar_id),
                 info.source,
                 info.n_frames,
-                f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
+                format_bbox_range(info.bbox_range),
                 changed,
                 info.mask_kind,
                 round(info.size_bytes / 1e6, 1),

@@ -17,6 +17,7 @@ import numpy as np
 
 from workbench.avatars.model import Avatar, PrepParams, describe_acting
 from workbench.config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from workbench.faces.boxes import format_bbox_range
 from workbench.media import MediaError, check_upload, is_silent, load_audio, probe, write_video
 from workbench.ui import overlays, prep_inputs, tuning_tiles
 from workbench.ui.context import (
@@ -142,10 +143,9 @@ class TuningTab:
             return (gr.update(),) * 6 + ("Choose an avatar.",)
         avatar = self._avatar(avatar_id, session)
         shifts = self.ctx.engine.spread_shifts(avatar, 5)
-        lo, hi = avatar.bbox_range
         p = avatar.params
         info = (
-            f"Measured bbox_shift range [{lo} ~ {hi}]; this avatar uses bbox_shift {p.bbox_shift}, "
+            f"Measured bbox_shift range {format_bbox_range(avatar.bbox_range)}; this avatar uses bbox_shift {p.bbox_shift}, "
             f"extra_margin {p.extra_margin}, {p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}. "
             + describe_acting(p.model_version)
             + (
