@@ -25,12 +25,11 @@ from workbench.ui.context import (
     UIContext,
     dropdown_update,
     gr_progress,
-    new_session,
-    remember,
     short_id,
     user_errors,
 )
 from workbench.ui.library import AUDIO_EXTS
+from workbench.ui.session_state import SessionState, new_session, remember
 
 MAX_VALUES = 8  # previews per grid: beyond this the faces get too small to judge
 EXAMPLE_AUDIO = ("speech_en.ogg", "speech_zh.ogg", "sun_speech.ogg")  # bundled in examples/: English, Chinese, Sun's
@@ -118,8 +117,8 @@ class TuningTab:
         self.ctx = ctx
 
     # --- inputs -----------------------------------------------------------------------------
-    def _avatar(self, avatar_id: str | None, session: dict) -> Avatar:
-        self.ctx.library.check_access(avatar_id, session.get("avatars"))
+    def _avatar(self, avatar_id: str | None, session: SessionState) -> Avatar:
+        self.ctx.library.check_access(avatar_id, session.avatars)
         return self.ctx.library.load(avatar_id)
 
     def _audio(self, sample_audio: str | None, upload: str | None) -> np.ndarray:
@@ -136,7 +135,7 @@ class TuningTab:
 
     # --- handlers ---------------------------------------------------------------------------
     @user_errors
-    def select(self, avatar_id: str | None, session: dict | None):
+    def select(self, avatar_id: str | None, session: SessionState | None):
         """A new avatar: default shift values spread over its measured range, and its frame count."""
         session = session or new_session()
         if not avatar_id:
@@ -314,7 +313,7 @@ class TuningTab:
         params = variants(avatar.params, [int(chosen)], extra_margin, parsing_mode, left_cheek, right_cheek)[0]
         source = self.ctx.library.source_path(avatar.avatar_id)
         try:
-            new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
+            new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.token)
         finally:
             self.ctx.after_job()  # its face detections count against the visitors' disk budget
         session = remember(session, new.avatar_id)
