@@ -44,6 +44,8 @@ class VoiceAuthError(VoiceError):
 
 @dataclass
 class VoiceEvent:
+    """One thing a voice reports: reply audio, a transcript, a turn or connection change, an error or a note."""
+
     kind: VoiceEventKind
     item_id: str | None = None
     response_id: str | None = None
