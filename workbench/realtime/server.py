@@ -68,7 +68,7 @@ from workbench.lipsync.batcher import RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
 from workbench.media import init_audio_libraries
 from workbench.plain import one_line
-from workbench.realtime.admission import GRANT_REFUSED, GRANT_TTL_S, MAX_GRANTS, GrantBook, WaitingLine
+from workbench.realtime.admission import GRANT_TTL_S, MAX_GRANTS, GrantBook, WaitingLine
 from workbench.realtime.bodies import OfferRequest
 from workbench.realtime.egress import EgressPolicy, EndpointRefused
 from workbench.realtime.openai_config import REASONING_EFFORTS, RealtimeConfig
@@ -220,36 +220,16 @@ class RealtimeManager:
             raise ValueError("grant needs an avatar id")
         return self.grants.add(avatar_id, holder, client)
 
-    def _grant_entry(self, token: str) -> tuple[str, str | None] | None:
-        entry = self.grants.get(token)
-        return (entry.avatar_id, entry.holder) if entry is not None else None
-
     def granted_avatar(self, token: str) -> str | None:
         """The avatar id `token` grants, or None when it is unknown or expired."""
-        entry = self._grant_entry(token)
-        return entry[0] if entry else None
+        entry = self.grants.get(token)
+        return entry.avatar_id if entry is not None else None
 
     def holder_of(self, req: OfferRequest) -> str | None:
-        """Who is calling: the browser session a grant was made for, else the caller's waiting-line ticket."""
-        entry = self._grant_entry(req.grant) if req.grant else None
-        if entry is not None and entry[1]:
-            return f"grant:{entry[1]}"
-        return f"ticket:{req.ticket}" if req.ticket else None
+        return self.grants.holder(req.grant, req.ticket)
 
     def requested_avatar(self, req: OfferRequest) -> str | None:
-        """The avatar an offer may open: its grant's, or with `open_avatars` any id (None: the first)."""
-        if req.grant is not None:
-            avatar_id = self.granted_avatar(req.grant)
-            if avatar_id is None:
-                raise HTTPException(403, GRANT_REFUSED)
-            if req.avatar_id is not None and req.avatar_id != avatar_id:
-                raise HTTPException(403, "this chat link is for another avatar")
-            return avatar_id
-        if not self.open_avatars:
-            raise HTTPException(
-                403, "open the chat from the workbench's Realtime chat tab (this server needs a chat link)"
-            )
-        return req.avatar_id
+        return self.grants.avatar_for(req.grant, req.avatar_id, self.open_avatars)
 
     def realtime_config(self, requested: RealtimeConfig | None) -> RealtimeConfig:
         """The browser's choices over this server's settings (model, voice, endpoint)."""
