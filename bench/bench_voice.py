@@ -139,7 +139,7 @@ async def one_turn(voice, stream, label: str, speech: np.ndarray, rng: np.random
 
 
 async def run(avatar, renderer, args) -> list[dict]:
-    from workbench.realtime.voice import LocalVoice
+    from workbench.realtime.voices import LocalVoice
 
     voice = LocalVoice("faq", speed_factor=4)
     await voice.connect()

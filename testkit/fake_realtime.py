@@ -40,8 +40,10 @@ from testkit.ga_session import REALTIME_MODELS, TRANSCRIPTION_MODELS, check_sess
 from testkit.ga_session import BadRequest as _BadRequest
 from testkit.ga_session import model_not_found as _model_not_found
 from workbench.config import REALTIME_SAMPLE_RATE
-from workbench.realtime import tts
-from workbench.realtime.voice import OPENAI_VOICES, EnergyVAD, redacting_logger
+from workbench.realtime.voices.openai_voice import OPENAI_VOICES
+from workbench.realtime.voices.redact import redacting_logger
+from workbench.voice import espeak
+from workbench.voice.vad import EnergyVAD
 
 log = logging.getLogger(__name__)
 Responder = Callable[[str | None], str]
@@ -613,7 +615,7 @@ class FakeRealtimeServer:
         text = self.responder(c.last_user_text)
         loop = asyncio.get_running_loop()
         t0, sent = loop.time(), 0
-        for sentence in tts.split_sentences(text):
+        for sentence in espeak.split_sentences(text):
             pcm = await asyncio.to_thread(self.audio_source, sentence)
             await self._send(c, {"type": "response.output_audio_transcript.delta", **base, "delta": sentence + " "})
             for i in range(0, len(pcm), self.chunk):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -14,9 +15,10 @@ import pytest
 from workbench.config import SAMPLES_PER_FRAME, Settings
 from workbench.media import MediaError
 from workbench.ui import header
-from workbench.ui.context import avatar_label, new_session
+from workbench.ui.context import avatar_label
 from workbench.ui.library import AccessError, safe_name, short_id
 from workbench.ui.prepare_tab import validate_upload
+from workbench.ui.session_state import new_session
 from workbench.ui.tuning_tab import audio_at, parse_shifts
 
 FRAMES = 6  # avatar frames: enough for a slider and a ping-pong loop, cheap to detect
@@ -150,8 +152,8 @@ def test_safe_name_strips_paths():
 # --- preparation -------------------------------------------------------------------------------
 def test_prepare_shows_overlays_range_and_renderer(ui, prepared):
     session, summary, overlay, crop, slider, table, dropdown = prepared
-    avatar_id = session["current"]
-    assert session["avatars"] == [avatar_id]
+    avatar_id = session.current
+    assert session.avatars == [avatar_id]
     assert "Measured bbox_shift range" in summary and "CPU renderer" in summary
     avatar = ui.library.load(avatar_id)
     lo, hi = avatar.bbox_range
@@ -191,13 +193,13 @@ def test_sessions_do_not_see_each_others_uploads(ui, samples_dir, tmp_path):
         None, str(upload), 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, new_session(), progress=None
     )
     session_a = a[0]
-    own_id = session_a["current"]
+    own_id = session_a.current
     session_b = new_session()
-    visible_b = {i.avatar_id for i in ui.library.visible(session_b["avatars"])}
-    visible_a = {i.avatar_id for i in ui.library.visible(session_a["avatars"])}
+    visible_b = {i.avatar_id for i in ui.library.visible(session_b.avatars)}
+    visible_a = {i.avatar_id for i in ui.library.visible(session_a.avatars)}
     assert own_id in visible_a and own_id not in visible_b
     with pytest.raises(AccessError):
-        ui.library.check_access(own_id, session_b["avatars"])
+        ui.library.check_access(own_id, session_b.avatars)
     with pytest.raises(gr.Error, match="another session"):
         ui.prepare_tab.use(own_id, session_b)
     with pytest.raises(gr.Error, match="another session"):
@@ -210,12 +212,12 @@ def test_sessions_do_not_see_each_others_uploads(ui, samples_dir, tmp_path):
     assert own_name == "my_face"  # the uploaded file's stem
     assert any(r[0] == own_name for r in ui.prepare_tab.refresh(session_a)[0])
     session_a, rows, _ = ui.prepare_tab.delete(own_id, session_a)
-    assert own_id not in session_a["avatars"] and not ui.engine.cache.has(own_id)
+    assert own_id not in session_a.avatars and not ui.engine.cache.has(own_id)
     assert all(r[0] not in (short_id(own_id), own_name) for r in rows)
 
 
 def test_sample_avatars_are_shared(ui, prepared):
-    sample_id = prepared[0]["current"]
+    sample_id = prepared[0].current
     assert sample_id in {i.avatar_id for i in ui.library.visible([])}
     ui.library.check_access(sample_id, [])  # no error
     with pytest.raises(gr.Error, match="read-only"):
@@ -227,13 +229,13 @@ def test_a_session_deletes_only_what_it_created(ui, prepared, samples_dir, tmp_p
     settings shows the avatar, but does not make it yours to delete; samples are read-only for everyone."""
     import cv2
 
-    sample_id = prepared[0]["current"]
+    sample_id = prepared[0].current
     session_a, session_b = new_session(), new_session()
     hit = ui.prepare_tab.prepare(
         "yongen.mp4", None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, session_b, progress=None
     )
     session_b = hit[0]
-    assert session_b["current"] == sample_id and sample_id in session_b["avatars"]
+    assert session_b.current == sample_id and sample_id in session_b.avatars
     for s in (prepared[0], session_b):  # even the session that first prepared it
         with pytest.raises(gr.Error, match="read-only"):
             ui.prepare_tab.delete(sample_id, s)
@@ -248,13 +250,13 @@ def test_a_session_deletes_only_what_it_created(ui, prepared, samples_dir, tmp_p
     session_a = ui.prepare_tab.prepare(
         None, str(upload), 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, session_a, progress=None
     )[0]
-    own_id = session_a["current"]
+    own_id = session_a.current
     copy = tmp_path / "same file.png"
     shutil.copyfile(upload, copy)
     session_b = ui.prepare_tab.prepare(
         None, str(copy), 0, 10, "jaw", 90, 90, "dlib", "landmarks", 4, session_b, progress=None
     )[0]
-    assert session_b["current"] == own_id  # the same content and settings: a cache hit
+    assert session_b.current == own_id  # the same content and settings: a cache hit
     with pytest.raises(gr.Error, match="only the session that prepared"):
         ui.prepare_tab.delete(own_id, session_b)
     assert ui.engine.cache.has(own_id)
@@ -263,7 +265,7 @@ def test_a_session_deletes_only_what_it_created(ui, prepared, samples_dir, tmp_p
 
 
 def test_avatars_have_readable_names_accepted_as_ids(ui, prepared):
-    sample_id = prepared[0]["current"]
+    sample_id = prepared[0].current
     info = ui.engine.cache.info(sample_id)
     assert info.name == "yongen"
     assert ui.engine.load_avatar("yongen").avatar_id == sample_id
@@ -274,7 +276,7 @@ def test_avatars_have_readable_names_accepted_as_ids(ui, prepared):
 
 def test_the_tuning_grid_adds_no_avatars(ui, prepared):
     session = prepared[0]
-    avatar_id = session["current"]
+    avatar_id = session.current
     before = {i.avatar_id for i in ui.engine.list_avatars()}
     ui.tuning_tab.grid(
         avatar_id, 1, "eng.wav", None, 3.6, "-7, 3, 5", 10, "jaw", 90, 90, True, 0.4, session, progress=None
@@ -319,7 +321,7 @@ def test_audio_at_pairs_frame_with_moment():
 
 def test_tuning_grid_gives_distinct_previews_and_saves(ui, prepared):
     session = prepared[0]
-    avatar_id = session["current"]
+    avatar_id = session.current
     shifts_text, frame_update, em, pm, lc, rc, info = ui.tuning_tab.select(avatar_id, session)
     shifts = parse_shifts(shifts_text)
     avatar = ui.library.load(avatar_id)
@@ -340,8 +342,8 @@ def test_tuning_grid_gives_distinct_previews_and_saves(ui, prepared):
     )
     assert _image_digest(silent["value"][0][0]) != _image_digest(items[1][0])
     session2, msg, dd = ui.tuning_tab.save(avatar_id, hi, 10, "jaw", 90, 90, session, progress=None)
-    new_id = session2["current"]
-    assert new_id != avatar_id and new_id in session2["avatars"] and dd["value"] == new_id
+    new_id = session2.current
+    assert new_id != avatar_id and new_id in session2.avatars and dd["value"] == new_id
     assert ui.library.load(new_id).params.bbox_shift == hi and f"bbox_shift {hi}" in msg
 
 
@@ -364,7 +366,7 @@ def test_tuning_clip_is_a_playable_side_by_side_video(ui, prepared):
     from workbench.media import probe
 
     session = prepared[0]
-    avatar_id = session["current"]
+    avatar_id = session.current
     _, clip, _, _ = ui.tuning_tab.grid(
         avatar_id, 0, "eng.wav", None, 3.4, "-4, 4", 10, "jaw", 90, 90, True, 1.0, session, progress=None
     )
@@ -376,7 +378,7 @@ def test_tuning_clip_is_a_playable_side_by_side_video(ui, prepared):
 
 def test_tuning_errors_are_clear(ui, prepared, tmp_path):
     session = prepared[0]
-    avatar_id = session["current"]
+    avatar_id = session.current
     with pytest.raises(gr.Error, match="not a number"):
         ui.tuning_tab.grid(
             avatar_id, 0, "eng.wav", None, 1.0, "x", 10, "jaw", 90, 90, False, 1.0, session, progress=None
@@ -394,7 +396,7 @@ def test_tuning_errors_are_clear(ui, prepared, tmp_path):
 # --- realtime chat tab -------------------------------------------------------------------------
 def test_chat_tab_embeds_the_page_for_own_avatars_only(ui, prepared):
     session = prepared[0]
-    avatar_id = session["current"]
+    avatar_id = session.current
     page = ui.chat_tab.frame(avatar_id, session)
     # The page gets a grant for this avatar, never the id itself (ids would let other sessions in).
     token = re.search(r'src="/rtc/chat\?grant=([^"]+)"', page).group(1)
@@ -620,18 +622,18 @@ def test_prepare_says_when_max_frames_cut_the_source(ui, prepared):
     assert "Cut to max frames" in summary and f"the first {FRAMES} " in summary
     from workbench.ui.prepare_tab import cut_note
 
-    avatar = ui.library.load(prepared[0]["current"])
+    avatar = ui.library.load(prepared[0].current)
     assert cut_note(Path("/nonexistent.mp4"), avatar) is None  # unknown length: nothing claimed
 
 
 def test_the_preparation_tab_shows_the_ready_example_avatar(ui, prepared):
-    avatar_id = prepared[0]["current"]
+    avatar_id = prepared[0].current
     original = ui.ctx.preferred_avatar
     ui.ctx.preferred_avatar = lambda: avatar_id
     try:
         session, summary, overlay, *_ = ui.prepare_tab.show_ready_example(new_session())
-        assert session["current"] == avatar_id and "Measured bbox_shift range" in summary and overlay.ndim == 3
-        busy = dict(new_session(), current="something-else")
+        assert session.current == avatar_id and "Measured bbox_shift range" in summary and overlay.ndim == 3
+        busy = replace(new_session(), current="something-else")
         assert ui.prepare_tab.show_ready_example(busy)[1] == gr.update()  # a page that shows one keeps it
     finally:
         ui.ctx.preferred_avatar = original
@@ -647,7 +649,7 @@ def test_the_renderer_is_described_as_it_runs_for_that_avatar(ui, prepared):
         "cpu: landmark warping (no mouth bank: the mouth barely moves in this video)"
     )
     assert CPURenderer(use_bank=False).describe_for(still) == "cpu: landmark warping (mouth bank off)"
-    avatar = ui.library.load(prepared[0]["current"])
+    avatar = ui.library.load(prepared[0].current)
     said = ui.engine.renderer.describe_for(avatar).removeprefix("cpu: ")
     assert said in prepared[1]
 
@@ -705,7 +707,7 @@ def test_tuning_tiles_show_the_whole_face_and_mark_what_differs(ui, prepared):
     region large, with the pixels that changed from the first value outlined."""
     from workbench.ui import tuning_tiles
 
-    avatar = ui.library.load(prepared[0]["current"])
+    avatar = ui.library.load(prepared[0].current)
     i = len(avatar) // 2
     x1, y1, x2, y2 = tuning_tiles.face_box(avatar, i)
     pts = avatar.landmarks[i]

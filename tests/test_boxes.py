@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.faces.boxes import bbox_range, face_box, format_bbox_range, landmark_box
+from workbench.faces.boxes import bbox_range, face_box, format_bbox_range, landmark_box, musetalk_range_line
 
 
 def hand_landmarks(
@@ -80,4 +80,5 @@ def test_recommended_range_is_the_truncated_mean_of_nose_spacings():
     assert bbox_range(lms, has_face=np.array([True, True, False])) == (-15, 21)
     assert bbox_range(lms[:2]) == (-15, 21)
     assert bbox_range(a) == (-15, 20)
-    assert format_bbox_range((-15, 21), 3) == "Manually adjust range : [ -15~21 ] , the current value: 3"
+    assert musetalk_range_line((-15, 21), 3) == "Manually adjust range : [ -15~21 ] , the current value: 3"
+    assert format_bbox_range((-15, 21)) == "[-15 ~ 21]"

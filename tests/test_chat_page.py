@@ -25,7 +25,7 @@ def test_chat_page_uses_the_apps_theme_values():
 def test_the_microphone_is_described_the_same_everywhere():
     """Local mode recognises speech (LocalVoice: Silero VAD + Whisper tiny.en) and answers it; nothing may say that
     replies come from typed text only or that the microphone only interrupts (except when the models cannot load)."""
-    from workbench.realtime.voice import LocalVoice
+    from workbench.realtime.voices import LocalVoice
     from workbench.ui.chat_tab import HELP
 
     assert LocalVoice("echo").listen  # the default: the microphone is a real input

@@ -231,7 +231,7 @@ def test_evaluation_tab_runs_on_ray(cluster, tmp_path, samples_dir):
 
     from workbench.realtime.server import RealtimeManager
     from workbench.ui.app import WorkbenchUI
-    from workbench.ui.context import new_session
+    from workbench.ui.session_state import new_session
 
     settings = Settings(
         cache_dir=tmp_path / "cache", models_dir=tmp_path / "models", runs_dir=tmp_path / "runs", openai_api_key=None
@@ -247,7 +247,7 @@ def test_evaluation_tab_runs_on_ray(cluster, tmp_path, samples_dir):
     out = ui.eval_tab.run("upload", str(bundle), None, None, session, "ray", progress=None)
     summary, table = out[1], out[2]
     assert "1 ok" in summary and list(table["case"]) == ["session"]
-    run_dir = next((tmp_path / "runs" / "sessions" / session["token"]).iterdir())
+    run_dir = next((tmp_path / "runs" / "sessions" / session.token).iterdir())
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["parameters"]["ray"]["address"] == "local" and meta["parameters"]["ray"]["workers"] == {"cpu": 1}
 

@@ -186,7 +186,7 @@ def test_a_spoken_question_is_recognised_and_answered_aloud_with_lip_sync(server
     """Chromium's fake microphone asks a question; the FAQ voice hears it, answers aloud, and the mouth moves."""
     pytest.importorskip("faster_whisper", reason="faster-whisper is not installed")
     pytest.importorskip("hibari", reason="hibari-tts is not installed")
-    from workbench.realtime.voice import DEFAULT_FAQ
+    from workbench.realtime.voices.local_voice import DEFAULT_FAQ
 
     url, manager, avatar_id = server
     wav = _question_wav(tmp_path / "question.wav")

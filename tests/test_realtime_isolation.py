@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from testkit.realtime import FakeEngine, Peer, make_avatar
 from workbench.config import Settings
-from workbench.realtime.server import GRANT_REFUSED, embed_html, mount_realtime
+from workbench.realtime.admission import GRANT_REFUSED
+from workbench.realtime.server import embed_html, mount_realtime
 
 
 def _app_mode(tmp_path, **options):
@@ -96,7 +97,7 @@ def test_a_grant_opens_its_avatar_and_no_other(tmp_path):
 def test_grants_expire_and_are_bounded(tmp_path, monkeypatch):
     _, manager = _app_mode(tmp_path, grant_ttl_s=60.0, max_grants=3)
     now = [1000.0]
-    monkeypatch.setattr("workbench.realtime.server.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("workbench.realtime.admission.time.monotonic", lambda: now[0])
     first = manager.grant("alice")
     assert manager.granted_avatar(first) == "alice"
     now[0] += 61

@@ -14,8 +14,10 @@ from fastapi import FastAPI
 
 from testkit.realtime import FakeEngine, Peer, make_avatar
 from workbench.config import Settings
-from workbench.realtime import server as rtc_server
-from workbench.realtime.server import RealtimeManager, json_depth, mount_realtime, prune_logs
+from workbench.realtime import watchdog
+from workbench.realtime.admission import RETRY_AFTER_S
+from workbench.realtime.bodies import OFFER_BODY_LIMIT, json_depth
+from workbench.realtime.server import RealtimeManager, mount_realtime, prune_logs
 
 
 def _app(tmp_path, **settings):
@@ -36,7 +38,7 @@ def test_bodies_are_capped_before_parsing_and_deep_json_is_a_4xx(tmp_path):
 
     async def main():
         async with _client(app) as http:
-            big = await http.post("/rtc/offer", content=b"{" + b" " * (rtc_server.OFFER_BODY_LIMIT + 10) + b"}")
+            big = await http.post("/rtc/offer", content=b"{" + b" " * (OFFER_BODY_LIMIT + 10) + b"}")
 
             async def chunks():  # no Content-Length: the cap holds while the body streams in
                 for _ in range(64):
@@ -94,7 +96,7 @@ def test_a_busy_server_answers_with_the_place_in_line_and_serves_it_in_order(tmp
     r2, r3, r3b, r2b = asyncio.run(main())
     assert r2.status_code == 503 and r2.json()["queue_position"] == 0 and "busy" in r2.json()["detail"]
     assert r3.json()["queue_position"] == 1 and "1 caller ahead of you" in r3.json()["detail"]
-    assert r2.headers["Retry-After"] == str(rtc_server.RETRY_AFTER_S)
+    assert r2.headers["Retry-After"] == str(RETRY_AFTER_S)
     assert r3b.status_code == 503 and r3b.json()["queue_position"] == 1
     assert r2b.status_code == 200
 
@@ -125,7 +127,7 @@ def test_one_live_call_per_browser_session(tmp_path):
 
 
 def test_an_offer_that_never_connects_is_reclaimed_and_leaves_no_log(tmp_path, monkeypatch):
-    monkeypatch.setattr(rtc_server, "WATCH_PERIOD_S", 0.05)
+    monkeypatch.setattr(watchdog, "WATCH_PERIOD_S", 0.05)
     app, manager = _app(tmp_path, max_sessions=1, session_connect_timeout_s=0.5)
 
     async def main():

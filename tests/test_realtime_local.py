@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 
 from testkit.realtime import SessionHarness, make_session, need_espeak
-from workbench.realtime import tts
-from workbench.realtime.voice import (
-    DEFAULT_FAQ,
-    EnergyVAD,
-    LocalVoice,
-    VoiceError,
-    faq_answer,
-    load_faq,
-    make_voice,
-)
+from workbench.realtime.voices import VoiceError, make_voice
+from workbench.realtime.voices.local_voice import DEFAULT_FAQ, LocalVoice, faq_answer, load_faq
+from workbench.voice import espeak
+from workbench.voice.vad import EnergyVAD
 
 
 def _drain(voice):
@@ -47,7 +41,7 @@ def test_echo_speaks_the_typed_text():
         < kinds.index("response_done")
     )
     audio = np.concatenate([e.audio for e in events if e.kind == "audio"])
-    assert np.array_equal(audio, tts.synthesize("Testing one two three."))
+    assert np.array_equal(audio, espeak.synthesize("Testing one two three."))
     assert 0.8 < len(audio) / 24_000 < 4.0
     assert [e.text for e in events if e.kind == "transcript_done"] == ["Testing one two three."]
     assert events[-1].kind == "response_done" and events[-1].status == "completed"
@@ -89,12 +83,12 @@ def test_energy_vad_finds_speech_and_ignores_silence():
 
 def test_tts_refuses_bad_input():
     need_espeak()
-    assert tts.synthesize("   ").size == 0
-    with pytest.raises(tts.TTSError, match="too long"):
-        tts.synthesize("a" * (tts.MAX_TTS_CHARS + 1))
-    with pytest.raises(tts.TTSError, match="voice"):
-        tts.synthesize("hello", voice="--evil option")
-    assert tts.split_sentences("One. Two!  Three? four") == ["One.", "Two!", "Three?", "four"]
+    assert espeak.synthesize("   ").size == 0
+    with pytest.raises(espeak.TTSError, match="too long"):
+        espeak.synthesize("a" * (espeak.MAX_TTS_CHARS + 1))
+    with pytest.raises(espeak.TTSError, match="voice"):
+        espeak.synthesize("hello", voice="--evil option")
+    assert espeak.split_sentences("One. Two!  Three? four") == ["One.", "Two!", "Three?", "four"]
 
 
 def test_unknown_modes_are_refused():
@@ -153,6 +147,6 @@ def test_typing_while_the_avatar_speaks_interrupts_and_answers():
     first, second = list(dict.fromkeys(f.item_id for f in h.speech()))
     assert h.page_events("barge_in")[0]["reason"] == "text"
     assert h.session.voice.truncations[0] == (first, 40 * len(h.speech(first)))
-    expected = tts.synthesize("Second.")
+    expected = espeak.synthesize("Second.")
     played = np.concatenate([f.audio for f in h.speech(second)])
     assert np.array_equal(played[: len(expected)], expected)

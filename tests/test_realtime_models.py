@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from testkit.fake_realtime import FakeRealtimeServer
 from workbench.config import Settings
 from workbench.realtime.openai_config import RealtimeConfig, supports_reasoning
-from workbench.realtime.voice import OpenAIRealtimeVoice, VoiceError
+from workbench.realtime.voices import OpenAIRealtimeVoice, VoiceError
 
 KEY = "sk-test-0123456789abcdefMODELS"
 FAST = {"initial_backoff_s": 0.05, "max_backoff_s": 0.2, "connect_timeout_s": 5.0, "max_retries": 3}

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from testkit.realtime import FakeEngine, Peer, SessionHarness, make_avatar, make_session, need_espeak
 from workbench.config import Settings
 from workbench.realtime.server import RealtimeSetupError, embed_html, mount_realtime, parse_ice_servers
-from workbench.realtime.voice import LocalVoice
+from workbench.realtime.voices import LocalVoice
 from workbench.timing import read_latency_log
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from testkit.fake_realtime import FakeRealtimeServer, neural_speech
 from testkit.realtime import SessionHarness, make_session, need_espeak
-from workbench.realtime import tts
-from workbench.realtime.voice import OpenAIRealtimeVoice, RealtimeConfig, VoiceAuthError
+from workbench.realtime.openai_config import RealtimeConfig
+from workbench.realtime.voices import OpenAIRealtimeVoice, VoiceAuthError
+from workbench.voice import espeak
 
 KEY = "sk-test-0123456789abcdefSECRET"
 FAST = {"initial_backoff_s": 0.05, "max_backoff_s": 0.2, "connect_timeout_s": 5.0}
@@ -28,7 +29,7 @@ def _voice(server: FakeRealtimeServer, key: str = KEY, **config) -> OpenAIRealti
 
 def _expected_audio(text: str) -> np.ndarray:
     # The stand-in server speaks each sentence with the local voice's speaker (neural, else espeak-ng).
-    return np.concatenate([neural_speech(s) for s in tts.split_sentences(text)])
+    return np.concatenate([neural_speech(s) for s in espeak.split_sentences(text)])
 
 
 def _loud(seconds: float) -> np.ndarray:
@@ -300,7 +301,7 @@ def test_malformed_server_events_are_skipped_and_the_reply_goes_on(caplog):
             finally:
                 await h.stop()
 
-    with caplog.at_level(logging.WARNING, logger="workbench.realtime.voice"):
+    with caplog.at_level(logging.WARNING, logger="workbench.realtime.voices.openai_voice"):
         server, h = asyncio.run(main())
     assert deltas["n"] > 6
     assert server.handshakes == 1  # no reconnect: the call never dropped
@@ -315,7 +316,7 @@ def test_malformed_server_events_are_skipped_and_the_reply_goes_on(caplog):
 
 
 def test_credentials_in_a_base_url_never_reach_logs_the_page_or_the_latency_log(caplog, tmp_path):
-    from workbench.realtime.voice import redact_url
+    from workbench.realtime.voices.redact import redact_url
 
     assert redact_url("wss://bob:hunter2@host/v1?api-key=abc123&model=x") == (
         "wss://[redacted]@host/v1?api-key=[redacted]&model=x"

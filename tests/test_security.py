@@ -215,7 +215,7 @@ def test_handlers_refuse_paths_outside_the_uploads_and_samples_too(site, tmp_pat
     import gradio as gr
 
     from workbench.media import MediaError
-    from workbench.ui.context import new_session
+    from workbench.ui.session_state import new_session
 
     secret = tmp_path / "creds.yaml"
     secret.write_text(f"cases: {CANARY}\n")

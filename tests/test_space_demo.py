@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -232,7 +233,8 @@ def _weights(tmp_path):
 
 
 def test_dropdowns_prefer_the_example_avatar(tmp_path):
-    from workbench.ui.context import UIContext, dropdown_update, new_session
+    from workbench.ui.context import UIContext, dropdown_update
+    from workbench.ui.session_state import new_session
 
     class Info:
         def __init__(self, i):
@@ -244,6 +246,6 @@ def test_dropdowns_prefer_the_example_avatar(tmp_path):
 
     ctx = UIContext(engine=None, library=Lib(), settings=Settings(), preferred_avatar=lambda: "aaaaaaaa-2")
     assert dropdown_update(ctx, new_session())["value"] == "aaaaaaaa-2"
-    assert dropdown_update(ctx, dict(new_session(), current="bbbbbbbb-1"))["value"] == "bbbbbbbb-1"
+    assert dropdown_update(ctx, replace(new_session(), current="bbbbbbbb-1"))["value"] == "bbbbbbbb-1"
     ctx.preferred_avatar = lambda: None
     assert dropdown_update(ctx, new_session())["value"] == "bbbbbbbb-1"

@@ -20,9 +20,15 @@ pytest.importorskip("silero_vad", reason="silero-vad is not installed")
 from testkit.speech import word_errors  # noqa: E402
 from workbench.cli import app  # noqa: E402
 from workbench.config import REALTIME_SAMPLE_RATE  # noqa: E402
-from workbench.realtime.tts import split_sentences as tts_sentences  # noqa: E402
-from workbench.realtime.voice import DEFAULT_FAQ, NOT_CAUGHT, NOT_ENGLISH, LocalVoice, TurnTiming  # noqa: E402
+from workbench.realtime.voices.local_voice import (  # noqa: E402
+    DEFAULT_FAQ,
+    NOT_CAUGHT,
+    NOT_ENGLISH,
+    LocalVoice,
+    TurnTiming,
+)
 from workbench.voice.asr import shared_transcriber  # noqa: E402
+from workbench.voice.espeak import split_sentences as tts_sentences  # noqa: E402
 from workbench.voice.tts import load_speaker, trim_lead  # noqa: E402
 from workbench.voice.vad import Turn, TurnDetector  # noqa: E402
 
@@ -220,7 +226,8 @@ def test_a_click_is_ignored_and_a_blip_too_short_for_words_gets_a_note():
 def test_the_local_realtime_server_transcribes_spoken_audio_and_answers_it():
     """The full audio loop through the real `openai` client: speech up, transcript and neural speech back."""
     from testkit.fake_realtime import FakeRealtimeServer, neural_speech
-    from workbench.realtime.voice import OpenAIRealtimeVoice, RealtimeConfig
+    from workbench.realtime.openai_config import RealtimeConfig
+    from workbench.realtime.voices import OpenAIRealtimeVoice
 
     said = "Please open the window."
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -12,7 +13,9 @@ from typing import Annotated, get_args
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from workbench import weights
 from workbench.avatars.model import PrepParams, describe_acting
+from workbench.avatars.store import AvatarCache, CacheError
 from workbench.config import (
     MASK_SOURCES,
     PARSING_MODES,
@@ -23,7 +26,13 @@ from workbench.config import (
     RendererName,
     Settings,
 )
+from workbench.engine import Engine
+from workbench.evaluation.cli import eval_app
+from workbench.faces.boxes import format_bbox_range
+from workbench.integrations.streams import StreamPool
+from workbench.media import SILENCE_DBFS, MediaWarning, is_silent, load_audio
 from workbench.tables import Format, make_console, print_rows, widen_help
+from workbench.voice.cli import voice_app
 
 widen_help()
 app = typer.Typer(help="Real-time talking digital human workbench.", no_args_is_help=True, add_completion=False)
@@ -44,8 +53,6 @@ def _settings(models_dir: Path | None = None, cache_dir: Path | None = None, **e
 
 
 def _engine(settings: Settings, renderer: RendererName | None = None):
-    from workbench.engine import Engine  # heavy imports only when a command needs them
-
     return Engine(settings, renderer=renderer)
 
 
@@ -90,8 +97,6 @@ def _output_file(output: Path, default_name: str) -> Path:
 @contextlib.contextmanager
 def _media_warnings():
     """Print what the media readers warn about (a truncated file, a downscaled source) as it happens."""
-    from workbench.media import MediaWarning
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MediaWarning)
         try:
@@ -158,7 +163,6 @@ def prepare(
             avatar = engine.prepare(source, params, progress=bar, name=name)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         raise _fail(e) from e
-    lo, hi = avatar.bbox_range
     n_face = int(avatar.has_face.sum())
     console.print(
         f"avatar [bold]{avatar.avatar_id}[/bold] (name [bold]{avatar.extras.get('name', '')}[/bold]): "
@@ -166,7 +170,9 @@ def prepare(
         f"{avatar.frame_size[1]}x{avatar.frame_size[0]}, mask: {avatar.mask_kind}, "
         f"latents: {'yes' if avatar.latents is not None else 'no'}"
     )
-    console.print(f"recommended bbox_shift range: [{lo} ~ {hi}]  (current bbox_shift {bbox_shift})")
+    console.print(
+        f"recommended bbox_shift range: {format_bbox_range(avatar.bbox_range)}  (current bbox_shift {bbox_shift})"
+    )
     console.print(describe_acting(avatar.params.model_version))
 
 
@@ -183,8 +189,6 @@ def render(
     cache_dir: CacheDir = None,
 ) -> None:
     """Render a lip-synced 25 fps mp4 with the audio muxed in. `-o` may name a folder."""
-    from workbench.media import SILENCE_DBFS, is_silent, load_audio
-
     if decoder not in ("vae", "taesd"):
         raise _fail(ValueError(f"--decoder must be vae or taesd, not {decoder!r}"))
     if (avatar is None) == (source is None):
@@ -267,8 +271,6 @@ def tune(
 @avatars_app.command("list")
 def avatars_list(cache_dir: CacheDir = None, fmt: OutputFormat = Format.table) -> None:
     """List cached avatars."""
-    from workbench.avatars.store import AvatarCache
-
     # The name first: it is short and accepted wherever an id is (so is the full id, or its short form).
     rows = [
         [
@@ -276,7 +278,7 @@ def avatars_list(cache_dir: CacheDir = None, fmt: OutputFormat = Format.table) -
             info.avatar_id,
             info.source,
             info.n_frames,
-            f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
+            format_bbox_range(info.bbox_range),
             _short_params(info.params),
             round(info.size_bytes / 1e6, 1),
         ]
@@ -290,8 +292,6 @@ def avatars_delete(
     avatar_id: Annotated[str, typer.Argument(help="the avatar's name or id")], cache_dir: CacheDir = None
 ) -> None:
     """Delete a cached avatar."""
-    from workbench.avatars.store import AvatarCache
-
     try:
         AvatarCache(_settings(cache_dir=cache_dir).cache_dir).delete(avatar_id)
     except KeyError as e:
@@ -302,8 +302,6 @@ def avatars_delete(
 @weights_app.command("check")
 def weights_check(models_dir: ModelsDir = None, fmt: OutputFormat = Format.table) -> None:
     """Show which weight files are present, missing or corrupt. Exits 1 if MuseTalk's are incomplete."""
-    from workbench import weights
-
     report = weights.check(_settings(models_dir).models_dir)
     rows = [
         [
@@ -341,8 +339,6 @@ def weights_download(
     models_dir: ModelsDir = None,
 ) -> None:
     """Download weights from their Hugging Face repos and official URLs (resumable, verified)."""
-    from workbench import weights
-
     names = list(weights.COMPONENTS) if all_ else (components or list(weights.DEFAULT_DOWNLOAD))
     try:
         with _Bar("download") as bar:
@@ -383,8 +379,8 @@ def livekit_worker(
 ) -> None:
     """Serve the avatar to LiveKit Agents: register with LIVEKIT_URL as 'workbench-avatar' (docs/agents.md)."""
     try:
+        # lazy: LiveKit is an optional extra (pip install -e '.[agents]'), and this is how its absence is told
         from workbench.integrations.livekit_worker import AvatarWorker, make_server
-        from workbench.integrations.streams import StreamPool
     except ImportError as exc:
         raise _fail(RuntimeError(f"LiveKit is not installed ({exc.name}): pip install -e '.[agents]'")) from None
     missing = [v for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not os.environ.get(v)]
@@ -395,8 +391,6 @@ def livekit_worker(
     settings = _settings(models_dir, cache_dir, **({"max_sessions": max_sessions} if max_sessions else {}))
     engine = _engine(settings, _choice(renderer, RendererName))
     pool = StreamPool(engine, max_sessions=settings.max_sessions, batch_size=settings.batch_size)
-    from workbench.avatars.store import CacheError
-
     try:
         pool.avatar(avatar)  # fail now, with the message, if there is no such avatar
     except (LookupError, CacheError) as exc:
@@ -412,30 +406,14 @@ def livekit_worker(
         finally:
             await server.aclose()
 
-    import asyncio
-
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
 
 
-def _mount_eval() -> None:
-    """`workbench eval …` comes from the evaluation package; mounted here so there is one command."""
-    from workbench.evaluation.cli import eval_app
-
-    app.add_typer(eval_app, name="eval")
-
-
-_mount_eval()
-
-
-def _mount_voice() -> None:
-    """`workbench voice say|transcribe` (the speech models load only when a command runs)."""
-    from workbench.voice.cli import voice_app
-
-    app.add_typer(voice_app, name="voice")
-
-
-_mount_voice()
+# `workbench eval …` and `workbench voice say|transcribe` come from their packages (whose models load only when a
+# command runs); mounted here so there is one command.
+app.add_typer(eval_app, name="eval")
+app.add_typer(voice_app, name="voice")
 
 if __name__ == "__main__":
     app()

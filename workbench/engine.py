@@ -23,6 +23,7 @@ from workbench.avatars.model import Avatar, PrepParams
 from workbench.avatars.pipeline import prepare_avatar
 from workbench.avatars.store import AvatarCache, AvatarInfo
 from workbench.config import FPS, SAMPLES_PER_FRAME, RendererName, Settings
+from workbench.faces.landmarks import get_detector
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.loop import RenderLoop
 from workbench.media import load_audio, write_video
@@ -107,8 +108,6 @@ class Engine:
     # --- avatars ----------------------------------------------------------------------------
     def detector(self, name: str):
         if name not in self._detectors:
-            from workbench.faces.landmarks import get_detector
-
             self._detectors[name] = get_detector(name, self.models_dir, device=self.device)
         return self._detectors[name]
 
@@ -121,7 +120,7 @@ class Engine:
             return None
         report.require(["face-parse-bisent"])  # asked for bisenet explicitly: say what is missing
         if self._face_parser is None:
-            from workbench.faces.bisenet import FaceParser
+            from workbench.faces.bisenet import FaceParser  # lazy: imports torch
 
             folder = self.models_dir / "face-parse-bisent"
             self._face_parser = FaceParser.from_files(

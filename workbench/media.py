@@ -22,7 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from workbench.config import FPS, SAMPLE_RATE
+from workbench.atomic import mkstemp_beside
+from workbench.config import CROP_SIZE, FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -399,8 +400,6 @@ def estimate_prepare_bytes(source: str | Path, max_frames: int | None = None, ma
     The decoded frames at working size dominate (kept for the whole preparation and saved); per frame the
     preparation adds a 256x256 crop, its mask and latents (under 1 MB); decoding briefly holds one more frame.
     """
-    from workbench.config import CROP_SIZE
-
     kind = kind_of(source)
     if kind == "image":
         info = probe(source)
@@ -531,8 +530,6 @@ def is_silent(audio: np.ndarray, threshold_dbfs: float = SILENCE_DBFS) -> bool:
 
 # --- writing the mp4 ----------------------------------------------------------------------
 def _tmp_beside(path: Path, suffix: str) -> Path:
-    from workbench.atomic import mkstemp_beside
-
     fd, tmp = mkstemp_beside(path.with_name(path.stem), suffix)  # the final file's mode, not mkstemp's 0600
     os.close(fd)
     return Path(tmp)

@@ -28,6 +28,7 @@ import numpy as np
 
 from workbench.avatars.model import PrepParams
 from workbench.config import CROP_SIZE, ParsingMode
+from workbench.faces.landmarks import missing_weights
 
 log = logging.getLogger(__name__)
 
@@ -263,10 +264,6 @@ def make_masks(
     return out
 
 
-def bisenet_weights_present(models_dir: str | Path) -> bool:
-    return all((Path(models_dir) / f).is_file() for f in BISENET_FILES)
-
-
 def resolve_mask_kind(mask_source: str, face_parser: FaceParserLike | None) -> str:
     """'bisenet' or 'landmarks' for a PrepParams.mask_source given the parser at hand.
 
@@ -277,8 +274,6 @@ def resolve_mask_kind(mask_source: str, face_parser: FaceParserLike | None) -> s
         return "landmarks"
     if mask_source == "bisenet":
         if face_parser is None:
-            from workbench.faces.landmarks import missing_weights
-
             raise missing_weights([Path("models") / f for f in BISENET_FILES], "face-parse-bisent")
         return "bisenet"
     if mask_source == "auto":

@@ -442,6 +442,3 @@ class AvatarCache:
             deleted.append(info.avatar_id)
             log.info("cache over %.0f MB: evicted avatar %s (%s)", max_bytes / 1e6, info.avatar_id, info.source)
         return deleted
-
-    def clear_detections(self) -> None:
-        shutil.rmtree(self.detections_dir, ignore_errors=True)

@@ -82,6 +82,11 @@ def bbox_range(landmarks: np.ndarray, has_face: np.ndarray | None = None) -> tup
     return -minus, plus
 
 
-def format_bbox_range(rng: tuple[int, int], current: int = 0) -> str:
-    """The range as MuseTalk words it, for logs and the UI."""
+def format_bbox_range(rng: tuple[int, int]) -> str:
+    """The measured bbox_shift range as the UI, the CLI and the logs show it: "[-15 ~ 21]"."""
+    return f"[{rng[0]} ~ {rng[1]}]"
+
+
+def musetalk_range_line(rng: tuple[int, int], current: int = 0) -> str:
+    """The range in MuseTalk's own words (its preprocessing prints this line), to compare with its output."""
     return f"Manually adjust range : [ {rng[0]}~{rng[1]} ] , the current value: {current}"

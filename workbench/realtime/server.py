@@ -10,15 +10,17 @@ avatar and `GET /config` names no avatars, so one session cannot list or open an
 with `open_avatars=True` (a standalone page without the app: tests, benchmarks, single-user local use)
 lists every avatar and accepts raw ids instead.
 
-Routes (prefix `/rtc`): `GET /config`, `POST /offer`, `POST /session/{id}/text`,
+Routes (prefix `/rtc`, see `routes.py`): `GET /config`, `POST /offer`, `POST /session/{id}/text`,
 `POST /session/{id}/interrupt`, `GET /session/{id}/events`, `GET /session/{id}/stats`,
-`POST /session/{id}/latency`, `DELETE /session/{id}`, `GET /chat` and `/static/*`.
+`POST /session/{id}/latency`, `DELETE /session/{id}`, `GET /chat` and `/static/*`. Beside this file:
+`admission.py` (the waiting line and the grant book), `bodies.py` (request models and body limits),
+`watchdog.py` (the connect, idle and call-length limits), `session.py` (one call).
 
 Limits (settings, see `workbench.config`): at most `max_sessions` calls; when all are taken an offer gets a
 503 with its place in a first-come-first-served line (`Busy`), kept while the page retries; one live call per
 browser session (a grant's holder): a new call replaces the old one; a call that does not connect within
 `session_connect_timeout_s`, sits idle for `session_idle_timeout_s` or runs past `session_max_s` is ended.
-Bodies are capped before they are parsed (413) and JSON nesting is bounded (400), see `read_json`.
+Bodies are capped before they are parsed (413) and JSON nesting is bounded (400), see `bodies.read_json`.
 
 Why aiortc and not fastrtc: fastrtc 0.0.34 pins gradio<6 (pip otherwise resolves it to an empty
 0.0.1), its Gradio component does not load on Gradio 6, it only sends video after the browser sends
@@ -44,140 +46,63 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import secrets
 import threading
-import time
 from contextlib import asynccontextmanager
+from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Protocol
+from urllib.parse import quote
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, SecretStr, ValidationError
-from starlette.requests import ClientDisconnect
+from pydantic import SecretStr
 
 from workbench.avatars.model import Avatar
 from workbench.avatars.store import CacheError
-from workbench.config import Settings
+from workbench.config import RendererName, Settings
+from workbench.lipsync.base import Renderer
 from workbench.lipsync.batcher import RenderBatcher, has_device_stage
 from workbench.lipsync.stream import LipSyncStream
 from workbench.media import init_audio_libraries
 from workbench.plain import one_line
-from workbench.realtime.admission import RETRY_AFTER_S, Busy, GrantBook, LineFull, WaitingLine  # noqa: F401 (re-exported)
+from workbench.realtime.admission import GRANT_TTL_S, MAX_GRANTS, GrantBook, WaitingLine
+from workbench.realtime.bodies import OfferRequest
 from workbench.realtime.egress import EgressPolicy, EndpointRefused
-from workbench.realtime.openai_config import REASONING_EFFORTS
+from workbench.realtime.openai_config import REASONING_EFFORTS, RealtimeConfig
+from workbench.realtime.routes import STATIC_DIR, build_router
 from workbench.realtime.session import ChatSession
-from workbench.realtime.voice import OPENAI_VOICES, RealtimeConfig, VoiceError, VoiceSession, make_voice
+from workbench.realtime.voices import OPENAI_VOICES, VoiceError, VoiceSession, make_voice
+from workbench.realtime.watchdog import CallLimits, WatchedCall, overdue, watch
+from workbench.voice import preload
 from workbench.zerogpu import on_zerogpu
 
-if TYPE_CHECKING:
-    from workbench.engine import Engine
-
 log = logging.getLogger(__name__)
-STATIC_DIR = Path(__file__).parent / "static"
-GRANT_TTL_S = 12 * 3600.0  # a chat tab left open for a working day still connects
-MAX_GRANTS = 4096  # every avatar choice in the app makes one; the oldest go first
-# Request bodies are read up to these sizes and refused (413) beyond them, before any parsing:
-# an offer is an SDP (at most 200,000 characters, see OfferRequest) plus a few settings.
-OFFER_BODY_LIMIT = 256 * 1024  # bytes
-TEXT_BODY_LIMIT = 16 * 1024  # bytes; a typed message is at most 4,000 characters
-MAX_JSON_DEPTH = 16  # our bodies nest 3 deep; deeper JSON is refused before the parser recurses into it
-WATCH_PERIOD_S = 1.0  # how often a call's idle and length limits are checked
+
+
+class RealtimeEngine(Protocol):
+    """What the realtime endpoint needs of an engine: `workbench.engine.Engine`, or a test's stand-in.
+
+    A Protocol rather than `Engine` itself: the engine sits above the realtime layer (see tests/test_layout.py).
+    """
+
+    settings: Settings
+    render_lock: Any
+
+    @property
+    def renderer(self) -> Renderer: ...
+
+    def renderer_for(self, choice: RendererName | None = None) -> Renderer: ...
+
+    def list_avatars(self) -> list[Any]: ...
+
+    def load_avatar(self, avatar_id: str) -> Avatar: ...
 
 
 class RealtimeSetupError(ValueError):
     """The realtime endpoint is misconfigured (bad ICE server JSON, no renderer, …)."""
-
-
-GRANT_REFUSED = "this chat link is unknown or has expired: choose the avatar again in the workbench's Realtime chat tab"
-
-
-class BodyError(Exception):
-    """A request body refused before or while parsing it: too large (413) or not acceptable JSON (400/422)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-
-
-def json_depth(text: str) -> int:
-    """How deep arrays and objects nest in `text` (brackets inside strings do not count); no recursion."""
-    depth = deepest = 0
-    for ch in _NOT_BRACKET.sub("", _JSON_STRING.sub('""', text)):
-        if ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
-
-
-async def read_json(request: Request, limit: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """The request's JSON body, read at most `limit` bytes far: a larger body is refused (413) before it is
-    parsed or held in full, and JSON nested deeper than `max_depth` is refused (400) before the parser runs."""
-    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if kind and kind != "application/json" and not kind.endswith("+json"):
-        # text/plain and form bodies are what another site's page can post here without asking (CORS)
-        raise BodyError(415, "send the body as application/json")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyError(413, f"request body too large ({int(declared)} bytes; the limit is {limit})")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BodyError(413, f"request body too large (over {limit} bytes)")
-    except ClientDisconnect:
-        # the client went away mid-body: nobody to answer, and nothing for the server log to trace
-        raise BodyError(400, "the client disconnected while sending the body") from None
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BodyError(400, "the request body is not UTF-8 JSON") from None
-    if json_depth(text) > max_depth:
-        raise BodyError(400, f"the JSON body nests deeper than {max_depth} levels")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        raise BodyError(400, "the request body is not valid JSON") from None
-
-
-def parse_body(model: type[BaseModel], data: Any) -> Any:
-    """Validate without echoing the input back (FastAPI's 422 would, API key included)."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_input=False)]
-        raise HTTPException(422, detail) from None
-
-
-def body_error_response(exc: BodyError) -> JSONResponse:
-    return JSONResponse({"detail": exc.message}, status_code=exc.status)
-
-
-class OfferRequest(BaseModel):
-    sdp: str = Field(max_length=200_000)
-    type: Literal["offer"] = "offer"
-    avatar_id: str | None = Field(default=None, max_length=200)  # only with open_avatars
-    grant: str | None = Field(default=None, max_length=100)  # a token from RealtimeManager.grant
-    ticket: str | None = Field(default=None, max_length=100)  # a place in the waiting line, from a busy answer
-    mode: Literal["echo", "faq", "openai"] = "echo"
-    api_key: SecretStr | None = None  # the user's own key; held by the session, never echoed
-    realtime: RealtimeConfig | None = None
-
-
-class TextRequest(BaseModel):
-    text: str = Field(max_length=4000)
 
 
 def face_fraction(avatar: Avatar) -> list[float]:
@@ -216,7 +141,7 @@ class RealtimeManager:
 
     def __init__(
         self,
-        engine: Any,
+        engine: RealtimeEngine,
         settings: Settings | None = None,
         *,
         max_sessions: int | None = None,
@@ -231,9 +156,7 @@ class RealtimeManager:
         self.engine = engine
         self.settings = settings or engine.settings
         self.max_sessions = int(max_sessions or self.settings.max_sessions)
-        self.connect_timeout_s = float(self.settings.session_connect_timeout_s)
-        self.idle_timeout_s = float(self.settings.session_idle_timeout_s)
-        self.max_call_s = float(self.settings.session_max_s)
+        self.limits = CallLimits.from_settings(self.settings)  # connect, idle and call-length limits
         self.latency_logs_keep = int(self.settings.latency_logs_keep)
         self.max_video_height = max_video_height
         self.batch_size = batch_size or int(getattr(self.settings, "batch_size", 8))
@@ -297,36 +220,16 @@ class RealtimeManager:
             raise ValueError("grant needs an avatar id")
         return self.grants.add(avatar_id, holder, client)
 
-    def _grant_entry(self, token: str) -> tuple[str, str | None] | None:
-        entry = self.grants.get(token)
-        return (entry.avatar_id, entry.holder) if entry is not None else None
-
     def granted_avatar(self, token: str) -> str | None:
         """The avatar id `token` grants, or None when it is unknown or expired."""
-        entry = self._grant_entry(token)
-        return entry[0] if entry else None
+        entry = self.grants.get(token)
+        return entry.avatar_id if entry is not None else None
 
     def holder_of(self, req: OfferRequest) -> str | None:
-        """Who is calling: the browser session a grant was made for, else the caller's waiting-line ticket."""
-        entry = self._grant_entry(req.grant) if req.grant else None
-        if entry is not None and entry[1]:
-            return f"grant:{entry[1]}"
-        return f"ticket:{req.ticket}" if req.ticket else None
+        return self.grants.holder(req.grant, req.ticket)
 
     def requested_avatar(self, req: OfferRequest) -> str | None:
-        """The avatar an offer may open: its grant's, or with `open_avatars` any id (None: the first)."""
-        if req.grant is not None:
-            avatar_id = self.granted_avatar(req.grant)
-            if avatar_id is None:
-                raise HTTPException(403, GRANT_REFUSED)
-            if req.avatar_id is not None and req.avatar_id != avatar_id:
-                raise HTTPException(403, "this chat link is for another avatar")
-            return avatar_id
-        if not self.open_avatars:
-            raise HTTPException(
-                403, "open the chat from the workbench's Realtime chat tab (this server needs a chat link)"
-            )
-        return req.avatar_id
+        return self.grants.avatar_for(req.grant, req.avatar_id, self.open_avatars)
 
     def realtime_config(self, requested: RealtimeConfig | None) -> RealtimeConfig:
         """The browser's choices over this server's settings (model, voice, endpoint)."""
@@ -426,7 +329,7 @@ class RealtimeManager:
             await session.close()
             raise HTTPException(400, f"cannot answer this WebRTC offer: {one_line(str(exc))}") from exc
         await session.start()
-        reaper = asyncio.create_task(self._watch(session))
+        reaper = asyncio.create_task(watch(session, self.limits, lambda: session.id in self.sessions))
         self._reapers.add(reaper)  # the loop keeps only weak references to tasks
         reaper.add_done_callback(self._reapers.discard)
         log.info("realtime session %s opened (%s, avatar %s)", sid, voice.describe(), avatar.avatar_id)
@@ -444,31 +347,9 @@ class RealtimeManager:
         if self.latency_dir is not None and session.connected_at is not None:
             prune_logs(self.latency_dir, self.latency_logs_keep)
 
-    async def _watch(self, session: ChatSession) -> None:
-        """End a call that never connects, sits idle, or runs past the longest call."""
-        try:
-            while session.id in self.sessions:
-                await asyncio.sleep(WATCH_PERIOD_S)
-                reason = self.overdue(session, time.time())
-                if reason is not None:
-                    log.info("realtime session %s: %s; closing it", session.id, reason)
-                    session.notify({"type": "error", "message": f"call ended: {reason}", "code": "call_limit"})
-                    await session.close()
-                    return
-        except asyncio.CancelledError:
-            pass
-
-    def overdue(self, session: ChatSession, now: float) -> str | None:
-        """Why `session` must end now, or None."""
-        if session.connected_at is None:
-            if now - session.created > self.connect_timeout_s:
-                return f"the browser did not connect within {self.connect_timeout_s:.0f} s"
-            return None
-        if now - session.connected_at > self.max_call_s:
-            return f"calls last at most {self.max_call_s / 60:.0f} min"
-        if now - max(session.connected_at, session.last_activity) > self.idle_timeout_s:
-            return f"nothing was said for {self.idle_timeout_s / 60:.0f} min"
-        return None
+    def overdue(self, session: WatchedCall, now: float) -> str | None:
+        """Why `session` must end now, or None (see workbench.realtime.watchdog)."""
+        return overdue(session, now, self.limits)
 
     def get(self, sid: str) -> ChatSession:
         s = self.sessions.get(sid)
@@ -507,66 +388,7 @@ class RealtimeManager:
 
     # ---- HTTP -----------------------------------------------------------------------------------
     def router(self) -> APIRouter:
-        r = APIRouter()
-
-        @r.get("/config")
-        async def config() -> dict[str, Any]:
-            return self.public_config()
-
-        @r.post("/offer", response_model=None)
-        async def offer(request: Request) -> dict[str, Any] | JSONResponse:
-            # Read and validated here rather than by FastAPI: the body is capped before it is parsed, and
-            # FastAPI's 422 answer would echo the body, key included.
-            try:
-                req = parse_body(OfferRequest, await read_json(request, OFFER_BODY_LIMIT))
-            except BodyError as exc:
-                return body_error_response(exc)
-            try:
-                return await self.open_session(req, client=request.client.host if request.client else None)
-            except (Busy, LineFull) as refused:
-                return refused.response()
-
-        @r.post("/session/{sid}/text", response_model=None)
-        async def text(sid: str, request: Request) -> dict[str, Any] | JSONResponse:
-            session = self.get(sid)
-            try:
-                req = parse_body(TextRequest, await read_json(request, TEXT_BODY_LIMIT))
-            except BodyError as exc:
-                return body_error_response(exc)
-            await session.send_text(req.text)
-            return {"ok": True}
-
-        @r.post("/session/{sid}/interrupt")
-        async def interrupt(sid: str) -> dict[str, Any]:
-            await self.get(sid).barge_in("button")
-            return {"ok": True}
-
-        @r.get("/session/{sid}/events")
-        async def events(sid: str, after: int = 0) -> list[dict[str, Any]]:
-            return self.get(sid).events_after(after)
-
-        @r.get("/session/{sid}/stats")
-        async def stats(sid: str) -> dict[str, Any]:
-            return self.get(sid).stats()
-
-        @r.post("/session/{sid}/latency")
-        async def latency(sid: str) -> dict[str, Any]:
-            session = self.get(sid)
-            if session.connected_at is None:  # nothing was measured: no log (the disk is for real calls)
-                raise HTTPException(409, "this call never connected; there is no latency to log")
-            path = await asyncio.to_thread(session.write_latency_log)
-            return {"path": path.name if path else None}  # the log's name: server paths stay on the server
-
-        @r.delete("/session/{sid}")
-        async def close(sid: str) -> dict[str, Any]:
-            await self.get(sid).close()
-            return {"ok": True}
-
-        @r.get("/chat", response_class=HTMLResponse)
-        async def chat() -> FileResponse:
-            return FileResponse(STATIC_DIR / "chat.html", media_type="text/html")
-
-        return r
+        return build_router(self)
 
 
 def prune_logs(folder: Path, keep: int, pattern: str = "*.jsonl") -> int:
@@ -587,7 +409,7 @@ def prune_logs(folder: Path, keep: int, pattern: str = "*.jsonl") -> int:
 
 def mount_realtime(
     app: FastAPI,
-    engine: Engine,
+    engine: RealtimeEngine,
     settings: Settings | None = None,
     *,
     prefix: str = "/rtc",
@@ -603,8 +425,6 @@ def mount_realtime(
     """
     init_audio_libraries()  # before any thread of ours imports an extension module (see its docstring)
     if preload_speech:
-        from workbench.voice import preload
-
         threading.Thread(target=preload, name="speech-preload", daemon=True).start()
     manager = RealtimeManager(engine, settings, **manager_options)
     app.include_router(manager.router(), prefix=prefix)
@@ -628,9 +448,6 @@ def embed_html(prefix: str = "/rtc", avatar_id: str | None = None, height: int =
     """The iframe the Gradio tab shows (`gr.HTML(embed_html(token=manager.grant(avatar_id)))`); microphone and
     autoplay allowed. With `token` the page carries the grant, never the avatar id; `avatar_id` preselects an
     avatar on an `open_avatars` server."""
-    from html import escape
-    from urllib.parse import quote
-
     if token:
         query = f"?grant={quote(token)}"
     else:

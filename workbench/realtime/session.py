@@ -27,7 +27,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from workbench.config import FPS, REALTIME_SAMPLE_RATE
 from workbench.lipsync.stream import SAMPLES_24K_PER_FRAME, LipSyncStream, StreamError, StreamFrame
-from workbench.realtime.voice import VoiceError, VoiceEvent, VoiceSession
+from workbench.realtime.voices.contract import VoiceError, VoiceEvent, VoiceSession
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,12 @@ from workbench.plain import one_line
 from workbench.realtime.server import RealtimeManager, mount_realtime
 from workbench.ui import header, tuning_tiles
 from workbench.ui.chat_tab import ChatTab
-from workbench.ui.context import UIContext, dropdown_update, new_session
+from workbench.ui.context import UIContext, dropdown_update
 from workbench.ui.eval_tab import EvalTab
 from workbench.ui.idle import quiet_gradio_queue
 from workbench.ui.library import Library, find_samples_dir
 from workbench.ui.prepare_tab import PrepareTab
+from workbench.ui.session_state import SessionState, new_session
 from workbench.ui.tuning_tab import TuningTab
 from workbench.ui.warmup import ExampleWarmup
 from workbench.ui.weights_panel import WeightsPanel
@@ -107,14 +108,14 @@ class WorkbenchUI:
             renderer, report, openai_configured(self.settings), example, decoder=self.settings.decoder
         )
 
-    def warmup_tick(self, session: dict | None):
+    def warmup_tick(self, session: SessionState | None):
         """While the example avatar is prepared: the banner's progress; once it is done, the avatar lists (the
         chat tab then selects it) and the timer stops."""
         if self.warmup is None or self.warmup.state().busy:
             return (self.header_html(), *(gr.update() for _ in self.ctx.avatar_dropdowns), gr.update())
         return (self.header_html(), *self.refresh_all(session), gr.Timer(active=False))
 
-    def refresh_all(self, session: dict | None):
+    def refresh_all(self, session: SessionState | None):
         session = session or new_session()
         return tuple(dropdown_update(self.ctx, session) for _ in self.ctx.avatar_dropdowns)
 

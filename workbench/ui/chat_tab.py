@@ -15,7 +15,8 @@ import html
 import gradio as gr
 
 from workbench.realtime.server import embed_html
-from workbench.ui.context import UIContext, new_session, user_errors
+from workbench.ui.context import UIContext, user_errors
+from workbench.ui.session_state import SessionState, new_session
 from workbench.zerogpu import ZEROGPU_REALTIME_NOTE, on_zerogpu
 
 CHAT_HEIGHT = 720
@@ -38,19 +39,19 @@ class ChatTab:
         self.ctx = ctx
 
     @user_errors
-    def frame(self, avatar_id: str | None, session: dict | None, request: gr.Request | None = None) -> str:
+    def frame(self, avatar_id: str | None, session: SessionState | None, request: gr.Request | None = None) -> str:
         """The chat page for `avatar_id`, embedded; only an avatar this session may see."""
         session = session or new_session()
         if not avatar_id:
             return notice(
                 "Prepare an avatar in the first tab, then choose it here (the example avatar appears by itself once the banner says it is ready)."
             )
-        self.ctx.library.check_access(avatar_id, session.get("avatars"))
+        self.ctx.library.check_access(avatar_id, session.avatars)
         if self.ctx.realtime is None:
             return notice("The realtime endpoint is not served with this app (start it with app.py).")
         # The grant names this browser session, so it has one live call at a time (a new one replaces it).
         client = request.client.host if request is not None and request.client is not None else None
-        token = self.ctx.realtime.grant(avatar_id, holder=session.get("token"), client=client)
+        token = self.ctx.realtime.grant(avatar_id, holder=session.token, client=client)
         return embed_html(token=token, height=CHAT_HEIGHT)
 
     def build(self, session: gr.State) -> gr.Dropdown:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import html
 import logging
-import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 from gradio.utils import get_upload_folder as gr_upload_folder
 
+from workbench.avatars.model import PrepParams
 from workbench.avatars.pipeline import NoFaceError, PreparationError
 from workbench.avatars.store import CacheError
 from workbench.config import Settings
@@ -26,6 +26,7 @@ from workbench.disk_budget import Area, DiskBudget, scratch_prefix
 from workbench.media import MediaError
 from workbench.plain import one_line
 from workbench.ui.library import AccessError, Library, short_id  # noqa: F401  (re-exported for the tabs)
+from workbench.ui.session_state import SessionState
 from workbench.weights import WeightsError
 
 if TYPE_CHECKING:
@@ -118,28 +119,6 @@ class UIContext:
         return Path(self.settings.runs_dir)
 
 
-def new_session() -> dict:
-    """Per-browser-session state: the avatars this session prepared, the one it works on, and a random token
-    naming its private evaluation-runs folder. `gr.State(new_session)` calls this once per page load."""
-    return {"avatars": [], "current": None, "token": secrets.token_hex(8)}
-
-
-def remember(session: dict, avatar_id: str) -> dict:
-    session = dict(session or new_session())
-    avatars = [a for a in session.get("avatars", []) if a != avatar_id]
-    session["avatars"] = avatars + [avatar_id]
-    session["current"] = avatar_id
-    return session
-
-
-def forget(session: dict, avatar_id: str) -> dict:
-    session = dict(session or new_session())
-    session["avatars"] = [a for a in session.get("avatars", []) if a != avatar_id]
-    if session.get("current") == avatar_id:
-        session["current"] = None
-    return session
-
-
 def gr_progress(progress: gr.Progress | None) -> Callable[[float, str], None] | None:
     """The engine's progress(fraction, message) as a Gradio progress bar."""
     if progress is None:
@@ -175,8 +154,6 @@ def user_errors(fn):
 
 def avatar_label(info) -> str:
     """How an avatar appears in a dropdown: source, frames, the parameters that differ from the defaults."""
-    from workbench.avatars.model import PrepParams
-
     defaults = PrepParams().to_dict()
     changed = [f"{k}={v}" for k, v in info.params.items() if defaults.get(k) != v and k != "max_frames"]
     extra = f", {', '.join(changed)}" if changed else ""
@@ -184,15 +161,15 @@ def avatar_label(info) -> str:
     return f"{name} · {info.source} · {info.n_frames} frames{extra}"
 
 
-def avatar_choices(ctx: UIContext, session: dict) -> list[tuple[str, str]]:
-    return [(avatar_label(i), i.avatar_id) for i in ctx.library.visible(session.get("avatars"))]
+def avatar_choices(ctx: UIContext, session: SessionState) -> list[tuple[str, str]]:
+    return [(avatar_label(i), i.avatar_id) for i in ctx.library.visible(session.avatars)]
 
 
-def dropdown_update(ctx: UIContext, session: dict, value: str | None = None) -> dict:
+def dropdown_update(ctx: UIContext, session: SessionState, value: str | None = None) -> dict:
     """A dropdown update listing the session's avatars with `value` (or the current one) selected."""
     choices = avatar_choices(ctx, session)
     ids = [c[1] for c in choices]
-    want = value if value is not None else session.get("current")
+    want = value if value is not None else session.current
     if want not in ids:
         preferred = ctx.preferred_avatar()
         want = preferred if preferred in ids else (ids[0] if ids else None)

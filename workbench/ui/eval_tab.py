@@ -28,12 +28,14 @@ from workbench.config import operator_allowed
 from workbench.disk_budget import DiskBudget
 from workbench.evaluation import metrics
 from workbench.evaluation.compare import compare_runs
+from workbench.evaluation.distributed import RayOptions
 from workbench.evaluation.errors import EvalError, ManifestError
 from workbench.evaluation.manifest import GeneratedCase, ReferenceCase, Suite, load_suite, parse_suite
 from workbench.evaluation.report import PLOTS, ROW_PLOTS, TABLE_COLUMNS, Run, load_run, show_undetermined
 from workbench.evaluation.runner import run_suite
 from workbench.plain import one_line
-from workbench.ui.context import UIContext, gr_progress, new_session, user_errors
+from workbench.ui.context import UIContext, gr_progress, user_errors
+from workbench.ui.session_state import SessionState, new_session
 
 log = logging.getLogger(__name__)
 
@@ -312,10 +314,10 @@ class EvalTab:
         self.workdirs: dict[int, Path] = {}  # id(suite) -> the folder it was unpacked in (held during its run)
 
     # --- where runs live ------------------------------------------------------------------------
-    def session_runs_dir(self, session: dict) -> Path:
-        return self.ctx.runs_dir / SESSIONS / session["token"]
+    def session_runs_dir(self, session: SessionState) -> Path:
+        return self.ctx.runs_dir / SESSIONS / session.token
 
-    def runs(self, session: dict) -> dict[str, Path]:
+    def runs(self, session: SessionState) -> dict[str, Path]:
         """Label → run folder for every run this session may open: its own, then the shared ones."""
         found: list[tuple[float, str, Path]] = []
         for prefix, folder in (("mine", self.session_runs_dir(session)), ("shared", self.ctx.runs_dir)):
@@ -327,13 +329,13 @@ class EvalTab:
                 found.append(((d / "summary.json").stat().st_mtime, f"{prefix}/{d.name}", d))
         return {label: d for _, label, d in sorted(found, reverse=True)}
 
-    def _run_dir(self, label: str | None, session: dict) -> Path:
+    def _run_dir(self, label: str | None, session: SessionState) -> Path:
         runs = self.runs(session)
         if not label or label not in runs:
             raise EvalError("choose a run from the list (run an evaluation first)")
         return runs[label]
 
-    def _runs_update(self, session: dict, value: str | None = None, second: bool = False):
+    def _runs_update(self, session: SessionState, value: str | None = None, second: bool = False):
         labels = list(self.runs(session))
         if value not in labels:
             value = labels[1 if second and len(labels) > 1 else 0] if labels else None
@@ -395,7 +397,7 @@ class EvalTab:
         upload: str | None,
         case_ids: list[str] | None,
         seconds,
-        session: dict | None,
+        session: SessionState | None,
         where: str = "local",
         operator_token: str | None = None,
         progress=gr.Progress(),
@@ -419,11 +421,9 @@ class EvalTab:
         with self.ctx.disk.hold(*held):
             return self._run_suite(suite, session, where, progress)
 
-    def _run_suite(self, suite: Suite, session: dict, where: str, progress):
+    def _run_suite(self, suite: Suite, session: SessionState, where: str, progress):
         ray = None
         if where == "ray":
-            from workbench.evaluation.distributed import RayOptions
-
             # media by path: the suite's files are on this machine, and a cluster of this app shares its storage
             ray = RayOptions(address=self.ctx.settings.eval_ray_address)
         out = run_suite(
@@ -448,7 +448,7 @@ class EvalTab:
         )
 
     @user_errors
-    def open_run(self, label: str | None, session: dict | None):
+    def open_run(self, label: str | None, session: SessionState | None):
         session = session or new_session()
         run = load_run(self._run_dir(label, session))
         return (
@@ -459,7 +459,7 @@ class EvalTab:
         )
 
     @user_errors
-    def compare(self, candidate: str | None, baseline: str | None, session: dict | None):
+    def compare(self, candidate: str | None, baseline: str | None, session: SessionState | None):
         session = session or new_session()
         if not candidate or not baseline or candidate == baseline:
             raise EvalError("choose two different runs: a baseline and a candidate")
@@ -494,7 +494,7 @@ class EvalTab:
             return "No measurement yet: run `workbench eval stages SOURCE --audio SPEECH` on this server."
         return report.markdown()
 
-    def refresh_runs(self, session: dict | None):
+    def refresh_runs(self, session: SessionState | None):
         session = session or new_session()
         return self._runs_update(session), self._runs_update(session, second=True), self._runs_update(session)
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from workbench.avatars.model import Avatar
 from workbench.avatars.store import AvatarInfo, AvatarNotFoundError, CacheError
 from workbench.media import IMAGE_EXTS, VIDEO_EXTS
+from workbench.ui.session_state import SessionState
 
 if TYPE_CHECKING:
     from workbench.engine import Engine
@@ -183,19 +184,18 @@ class Library:
         """The browser session that created the avatar (recorded when it was prepared), or None."""
         return self.engine.avatar_info(avatar_id).owner
 
-    def check_delete(self, avatar_id: str, session: dict | None) -> None:
+    def check_delete(self, avatar_id: str, session: SessionState | None) -> None:
         """Deleting is for the session that created the avatar; sample avatars are read-only for everyone.
 
         Preparing an avatar that is already cached (a sample, or another visitor's upload with the same file and
         settings) shows it to this session but does not make it this session's to delete.
         """
-        session = session or {}
-        self.check_access(avatar_id, session.get("avatars"))
+        self.check_access(avatar_id, session.avatars if session else None)
         if self.is_sample(avatar_id):
             raise AccessError("sample avatars are shared and read-only; they cannot be deleted here")
         if self.show_all:
             return  # single-user local use: every avatar is the user's
-        token = session.get("token")
+        token = session.token if session else None
         if not token or self.owner_of(avatar_id) != token:
             raise AccessError("only the session that prepared this avatar can delete it")
 

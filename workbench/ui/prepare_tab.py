@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -10,18 +11,17 @@ import numpy as np
 
 from workbench.avatars.model import Avatar, PrepParams
 from workbench.config import FPS
+from workbench.faces.boxes import format_bbox_range
 from workbench.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaWarning, check_upload, kind_of, probe
 from workbench.ui import overlays, prep_inputs
 from workbench.ui.context import (
     UIContext,
     dropdown_update,
-    forget,
     gr_progress,
-    new_session,
-    remember,
     short_id,
     user_errors,
 )
+from workbench.ui.session_state import SessionState, forget, new_session, remember
 
 UPLOAD_TYPES = sorted(VIDEO_EXTS | IMAGE_EXTS)
 TABLE_HEADERS = ["avatar", "source", "frames", "bbox_shift range", "parameters", "mask", "MB"]
@@ -100,7 +100,6 @@ def cut_note(source: Path, avatar: Avatar) -> str | None:
 
 
 def summary_markdown(ctx: UIContext, avatar: Avatar, note: str | None = None) -> str:
-    lo, hi = avatar.bbox_range
     h, w = avatar.frame_size
     n_face = int(np.asarray(avatar.has_face).sum())
     p = avatar.params
@@ -110,7 +109,7 @@ def summary_markdown(ctx: UIContext, avatar: Avatar, note: str | None = None) ->
         [
             f"**Avatar** `{short_id(avatar.avatar_id)}` from *{avatar.source}*: {len(avatar)} frames "
             f"({n_face} with a detected face), {w}x{h}, {avatar.fps:g} fps{took_s}.",
-            f"**Measured bbox_shift range:** [{lo} ~ {hi}] (this avatar uses bbox_shift {p.bbox_shift}; "
+            f"**Measured bbox_shift range:** {format_bbox_range(avatar.bbox_range)} (this avatar uses bbox_shift {p.bbox_shift}; "
             "tune it in the bbox_shift tab).",
             f"**Mask:** {avatar.mask_kind} ({p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}, "
             f"extra margin {p.extra_margin}); **detector:** {p.detector}; "
@@ -121,17 +120,17 @@ def summary_markdown(ctx: UIContext, avatar: Avatar, note: str | None = None) ->
     )
 
 
-def avatars_table(ctx: UIContext, session: dict) -> list[list]:
+def avatars_table(ctx: UIContext, session: SessionState) -> list[list]:
     defaults = PrepParams().to_dict()
     rows = []
-    for info in ctx.library.visible(session.get("avatars")):
+    for info in ctx.library.visible(session.avatars):
         changed = ", ".join(f"{k}={v}" for k, v in info.params.items() if defaults.get(k) != v) or "defaults"
         rows.append(
             [
                 info.name or short_id(info.avatar_id),
                 info.source,
                 info.n_frames,
-                f"[{info.bbox_range[0]} ~ {info.bbox_range[1]}]",
+                format_bbox_range(info.bbox_range),
                 changed,
                 info.mask_kind,
                 round(info.size_bytes / 1e6, 1),
@@ -158,7 +157,7 @@ class PrepareTab:
         detector,
         mask_source,
         max_frames,
-        session: dict | None,
+        session: SessionState | None,
         progress=gr.Progress(),
     ):
         session = session or new_session()
@@ -177,9 +176,7 @@ class PrepareTab:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", MediaWarning)
-                avatar = self.ctx.engine.prepare(
-                    source, params, progress=gr_progress(progress), owner=session.get("token")
-                )
+                avatar = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.token)
         except BaseException:
             if kept is not None:
                 self.ctx.library.drop_upload(kept)  # no avatar came of it: the copy would only take disk
@@ -193,15 +190,15 @@ class PrepareTab:
         return self._show(avatar, session, cut_note(Path(source), avatar))
 
     @user_errors
-    def use(self, avatar_id: str | None, session: dict | None):
+    def use(self, avatar_id: str | None, session: SessionState | None):
         session = session or new_session()
-        self.ctx.library.check_access(avatar_id, session.get("avatars"))
+        self.ctx.library.check_access(avatar_id, session.avatars)
         avatar = self.ctx.library.load(avatar_id)
-        session = dict(session, current=avatar_id)
+        session = replace(session, current=avatar_id)
         return self._show(avatar, session)
 
     @user_errors
-    def delete(self, avatar_id: str | None, session: dict | None):
+    def delete(self, avatar_id: str | None, session: SessionState | None):
         session = session or new_session()
         self.ctx.library.check_delete(avatar_id, session)
         self.ctx.engine.delete_avatar(avatar_id)
@@ -210,17 +207,17 @@ class PrepareTab:
         gr.Info(f"Deleted avatar {short_id(avatar_id)}.", duration=4)
         return (session, avatars_table(self.ctx, session), dropdown_update(self.ctx, session))
 
-    def refresh(self, session: dict | None):
+    def refresh(self, session: SessionState | None):
         session = session or new_session()
         return avatars_table(self.ctx, session), dropdown_update(self.ctx, session)
 
     @user_errors
-    def frame(self, index, layers: list[str] | None, session: dict | None):
+    def frame(self, index, layers: list[str] | None, session: SessionState | None):
         session = session or new_session()
-        avatar_id = session.get("current")
+        avatar_id = session.current
         if not avatar_id:
             return None, None
-        self.ctx.library.check_access(avatar_id, session.get("avatars"))
+        self.ctx.library.check_access(avatar_id, session.avatars)
         avatar = self.ctx.library.load(avatar_id)
         i = int(np.clip(int(index or 0), 0, len(avatar) - 1))
         return self._overlay(avatar, i, layers), overlays.crop_strip(avatar, i)
@@ -233,21 +230,21 @@ class PrepareTab:
             avatar, i, box="box" in layers, landmarks="landmarks" in layers, mask="mask" in layers
         )
 
-    def show_ready_example(self, session: dict | None):
+    def show_ready_example(self, session: SessionState | None):
         """At page load (and when the background preparation finishes): the example avatar, when it is ready and
         this page shows no avatar yet, so the tab does not start empty."""
         session = session or new_session()
         avatar_id = self.ctx.preferred_avatar()
-        if session.get("current") or not avatar_id:
+        if session.current or not avatar_id:
             return (session, *(gr.update() for _ in range(6)))
         try:
-            self.ctx.library.check_access(avatar_id, session.get("avatars"))
+            self.ctx.library.check_access(avatar_id, session.avatars)
             avatar = self.ctx.library.load(avatar_id)
         except (KeyError, PermissionError, OSError):
             return (session, *(gr.update() for _ in range(6)))
-        return self._show(avatar, dict(session, current=avatar_id))
+        return self._show(avatar, replace(session, current=avatar_id))
 
-    def _show(self, avatar: Avatar, session: dict, note: str | None = None):
+    def _show(self, avatar: Avatar, session: SessionState, note: str | None = None):
         n = len(avatar)
         return (
             session,

@@ -9,7 +9,8 @@ import numpy as np
 
 from workbench.config import SAMPLE_RATE
 from workbench.evaluation.sweep import plot_sweep, sweep_bbox_shift
-from workbench.ui.context import gr_progress, new_session, user_errors
+from workbench.ui.context import gr_progress, user_errors
+from workbench.ui.session_state import new_session
 
 SWEEP_SECONDS = 6.0  # of speech per value, centred on the chosen moment: enough for the sync scores
 

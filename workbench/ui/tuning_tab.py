@@ -17,6 +17,7 @@ import numpy as np
 
 from workbench.avatars.model import Avatar, PrepParams, describe_acting
 from workbench.config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from workbench.faces.boxes import format_bbox_range
 from workbench.media import MediaError, check_upload, is_silent, load_audio, probe, write_video
 from workbench.ui import overlays, prep_inputs, tuning_tiles
 from workbench.ui.context import (
@@ -24,12 +25,11 @@ from workbench.ui.context import (
     UIContext,
     dropdown_update,
     gr_progress,
-    new_session,
-    remember,
     short_id,
     user_errors,
 )
 from workbench.ui.library import AUDIO_EXTS
+from workbench.ui.session_state import SessionState, new_session, remember
 from workbench.ui.sweep_panel import SweepPanel
 
 MAX_VALUES = 8  # previews per grid: beyond this the faces get too small to judge
@@ -119,8 +119,8 @@ class TuningTab:
         self.sweep = SweepPanel(self)  # the auto-scored sweep (workbench/ui/sweep_panel.py)
 
     # --- inputs -----------------------------------------------------------------------------
-    def _avatar(self, avatar_id: str | None, session: dict) -> Avatar:
-        self.ctx.library.check_access(avatar_id, session.get("avatars"))
+    def _avatar(self, avatar_id: str | None, session: SessionState) -> Avatar:
+        self.ctx.library.check_access(avatar_id, session.avatars)
         return self.ctx.library.load(avatar_id)
 
     def _audio(self, sample_audio: str | None, upload: str | None) -> np.ndarray:
@@ -137,17 +137,16 @@ class TuningTab:
 
     # --- handlers ---------------------------------------------------------------------------
     @user_errors
-    def select(self, avatar_id: str | None, session: dict | None):
+    def select(self, avatar_id: str | None, session: SessionState | None):
         """A new avatar: default shift values spread over its measured range, and its frame count."""
         session = session or new_session()
         if not avatar_id:
             return (gr.update(),) * 6 + ("Choose an avatar.",)
         avatar = self._avatar(avatar_id, session)
         shifts = self.ctx.engine.spread_shifts(avatar, 5)
-        lo, hi = avatar.bbox_range
         p = avatar.params
         info = (
-            f"Measured bbox_shift range [{lo} ~ {hi}]; this avatar uses bbox_shift {p.bbox_shift}, "
+            f"Measured bbox_shift range {format_bbox_range(avatar.bbox_range)}; this avatar uses bbox_shift {p.bbox_shift}, "
             f"extra_margin {p.extra_margin}, {p.parsing_mode} mode, cheeks {p.left_cheek_width}/{p.right_cheek_width}. "
             + describe_acting(p.model_version)
             + (
@@ -316,7 +315,7 @@ class TuningTab:
         params = variants(avatar.params, [int(chosen)], extra_margin, parsing_mode, left_cheek, right_cheek)[0]
         source = self.ctx.library.source_path(avatar.avatar_id)
         try:
-            new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.get("token"))
+            new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.token)
         finally:
             self.ctx.after_job()  # its face detections count against the visitors' disk budget
         session = remember(session, new.avatar_id)

@@ -12,6 +12,10 @@ Nothing here downloads anything: the models are files inside the installed wheel
 
 import logging
 
+from workbench.voice.asr import ASRError, shared_transcriber
+from workbench.voice.tts import TTSError, load_speaker
+from workbench.voice.vad import SileroVAD, VADError
+
 log = logging.getLogger(__name__)
 
 
@@ -21,8 +25,6 @@ def preload(voice: str = "heart", listen: bool = True) -> list[str]:
     Loading holds the GIL for up to ~2 s on a busy machine (hibari parses its lexicons), which would
     stall a live WebRTC handshake: servers call this at start-up, before the first conversation.
     """
-    from workbench.voice.tts import TTSError, load_speaker
-
     notes = []
     try:
         _, note = load_speaker(voice)
@@ -31,9 +33,6 @@ def preload(voice: str = "heart", listen: bool = True) -> list[str]:
     except TTSError as exc:
         notes.append(str(exc))
     if listen:
-        from workbench.voice.asr import ASRError, shared_transcriber
-        from workbench.voice.vad import SileroVAD, VADError
-
         try:
             shared_transcriber()
             SileroVAD()

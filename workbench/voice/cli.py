@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import soundfile as sf
 import typer
+
+from workbench.voice.asr import ASRError, Transcriber
+from workbench.voice.tts import TTSError, load_speaker
 
 voice_app = typer.Typer(
     help="Offline speech: neural text-to-speech and English speech recognition.", no_args_is_help=True
@@ -32,10 +36,6 @@ def say(
     verbose: Verbose = False,
 ) -> None:
     """Speak TEXT into a WAV file."""
-    import soundfile as sf
-
-    from workbench.voice.tts import TTSError, load_speaker
-
     if not text.strip():
         raise _fail("nothing to say: TEXT is empty")
     try:
@@ -71,10 +71,6 @@ def transcribe(
     verbose: Verbose = False,
 ) -> None:
     """Print the English transcript of FILE as the last line."""
-    import soundfile as sf
-
-    from workbench.voice.asr import ASRError, Transcriber
-
     if not file.exists():
         raise _fail(f"no such file: {file}")
     try:

@@ -17,15 +17,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from workbench.config import REALTIME_SAMPLE_RATE
-from workbench.realtime import tts as espeak
+from workbench.voice import espeak
+from workbench.voice.espeak import TTSError
 
 NEURAL_DEFAULT = "heart"
 LEAD_KEEP_S = 0.03  # hibari starts each sentence with ~0.3 s of silence; keep 30 ms of it
 LEAD_FLOOR = 0.02  # of the sentence's peak: below this a sample counts as silence
-
-
-class TTSError(RuntimeError):
-    """The speaker is missing or failed."""
 
 
 class Speaker(ABC):
@@ -111,10 +108,7 @@ class EspeakSpeaker(Speaker):
         self.name = f"espeak-ng {voice}"
 
     def _synthesize(self, sentence: str) -> np.ndarray:
-        try:
-            return espeak.synthesize(sentence, self.voice, self.wpm)
-        except espeak.TTSError as exc:
-            raise TTSError(str(exc)) from exc
+        return espeak.synthesize(sentence, self.voice, self.wpm)
 
 
 def trim_lead(wav: np.ndarray, rate: int, keep_s: float = LEAD_KEEP_S) -> np.ndarray:

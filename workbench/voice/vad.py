@@ -199,3 +199,47 @@ class TurnDetector:
             total_ms=self._turn_windows * WINDOW_MS,
             bounded=self._turn_windows > len(self._turn),
         )
+
+
+class EnergyVAD:
+    """Speech start/stop on 24 kHz PCM16 from its loudness over 20 ms windows, with a noise floor."""
+
+    def __init__(
+        self,
+        threshold_db: float = -38.0,
+        margin_db: float = 12.0,
+        start_ms: int = 120,
+        stop_ms: int = 500,
+        rate: int = REALTIME_SAMPLE_RATE,
+    ):
+        self.threshold_db, self.margin_db = threshold_db, margin_db
+        self.win = rate // 50
+        self.start_n, self.stop_n = max(1, start_ms // 20), max(1, stop_ms // 20)
+        self.floor_db = -70.0
+        self.speaking = False
+        self._loud = self._quiet = 0
+        self._buf = np.zeros(0, np.float32)
+        self.ms = 0
+
+    def process(self, pcm: np.ndarray) -> list[tuple[str, int]]:
+        """Events ("speech_started" | "speech_stopped", ms since the first sample) found in `pcm`."""
+        self._buf = np.concatenate([self._buf, np.asarray(pcm, np.float32) / 32768.0])
+        out = []
+        while len(self._buf) >= self.win:
+            w, self._buf = self._buf[: self.win], self._buf[self.win :]
+            self.ms += 20
+            db = 10 * np.log10(float(np.mean(w.astype(np.float64) ** 2)) + 1e-10)
+            loud = db > max(self.threshold_db, self.floor_db + self.margin_db)
+            if not loud:
+                self.floor_db = 0.95 * self.floor_db + 0.05 * db if db > self.floor_db else db
+            if loud:
+                self._loud, self._quiet = self._loud + 1, 0
+                if not self.speaking and self._loud >= self.start_n:
+                    self.speaking = True
+                    out.append(("speech_started", self.ms - 20 * self.start_n))
+            else:
+                self._quiet, self._loud = self._quiet + 1, 0
+                if self.speaking and self._quiet >= self.stop_n:
+                    self.speaking = False
+                    out.append(("speech_stopped", self.ms))
+        return out

@@ -1,7 +1,8 @@
 """Offline text-to-speech with Debian's espeak-ng, resampled to the Realtime 24 kHz PCM16 format.
 
-Used by the keyless local voice mode and by the local Realtime stand-in server, so both speak real
-speech audio without any model download.
+The fallback speaker of the keyless local voice (`tts.EspeakSpeaker`) and the voice of the local
+Realtime stand-in server (`testkit.fake_realtime`): real speech audio without any model download.
+`TTSError` here is the one error for every speaker (espeak-ng or the neural voice).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 
 
 class TTSError(RuntimeError):
-    """The local speech synthesiser is missing or failed."""
+    """A speaker (espeak-ng or the neural voice) is missing or failed."""
 
 
 def espeak_available() -> bool:
