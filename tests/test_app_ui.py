@@ -349,7 +349,7 @@ def test_tuning_grid_gives_distinct_previews_and_saves(ui, prepared):
 
 def test_tuning_sweep_recommends_and_saves_in_one_click(ui, prepared):
     session = prepared[0]
-    avatar_id = session["current"]
+    avatar_id = session.current
     fig, table, msg, best = ui.tuning_tab.sweep.run(
         avatar_id, "eng.wav", None, 6.0, "-4, 4", 10, "jaw", 90, 90, session, progress=None
     )
@@ -357,7 +357,7 @@ def test_tuning_sweep_recommends_and_saves_in_one_click(ui, prepared):
     assert f"Recommended bbox_shift: {best}" in msg and hasattr(fig, "savefig")
     assert float(table.loc[table["bbox_shift"] == best, "score"].iloc[0]) == max(table["score"].astype(float))
     session2, saved, dd = ui.tuning_tab.sweep.save(avatar_id, best, 10, "jaw", 90, 90, session, progress=None)
-    assert ui.library.load(session2["current"]).params.bbox_shift == best and f"bbox_shift {best}" in saved
+    assert ui.library.load(session2.current).params.bbox_shift == best and f"bbox_shift {best}" in saved
     with pytest.raises(gr.Error, match="Score a sweep first"):
         ui.tuning_tab.sweep.save(avatar_id, None, 10, "jaw", 90, 90, session, progress=None)
 

@@ -93,6 +93,7 @@ class SweepPanel:
             self.run,
             [avatar, sample_audio, upload, moment, shifts, *mask_inputs, session],
             [plot, table, verdict, recommended],
+            api_name="sweep",  # not "run": that name is the Evaluation tab's
             concurrency_limit=1,
             concurrency_id="engine-heavy",
         )
@@ -100,6 +101,7 @@ class SweepPanel:
             self.save,
             [avatar, recommended, *mask_inputs, session],
             save_outputs,
+            api_name="sweep_save",
             concurrency_limit=1,
             concurrency_id="engine-heavy",
         )
