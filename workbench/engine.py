@@ -92,13 +92,13 @@ class Engine:
 
     def _load_renderer(self, name: str) -> Renderer:
         if name == "musetalk":
-            from workbench.lipsync.musetalk import MuseTalkRenderer
+            from workbench.lipsync.musetalk.renderer import MuseTalkRenderer
 
             dtype = None if self.settings.dtype == "auto" else self.settings.dtype
             return MuseTalkRenderer.from_models_dir(
                 self.models_dir, device=self.device, dtype=dtype, decoder=self.settings.decoder
             )
-        from workbench.lipsync.cpu import CPURenderer
+        from workbench.lipsync.cpu.renderer import CPURenderer
 
         return CPURenderer()
 

@@ -32,7 +32,7 @@ from workbench.config import (
 )
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
-from workbench.lipsync.whisper_features import (
+from workbench.lipsync.musetalk.whisper_features import (
     EXACT,
     BlockParams,
     WhisperEncoderRunner,
@@ -164,7 +164,7 @@ class MuseTalkRenderer(Renderer):
     ):
         import torch
 
-        from workbench.lipsync.decoders import VaeDecoder
+        from workbench.lipsync.musetalk.decoders import VaeDecoder
 
         self.unet, self.vae, self.whisper = unet, vae, whisper
         self.decoder = decoder if decoder is not None else VaeDecoder(vae)  # latents -> [-1, 1] images
@@ -193,9 +193,9 @@ class MuseTalkRenderer(Renderer):
     ) -> MuseTalkRenderer:
         """Load from MuseTalk's models/ layout; raises MissingWeightsError (with the download command) if absent.
 
-        `decoder` is "vae" (the reference) or "taesd" (workbench.lipsync.decoders, the fast approximation).
+        `decoder` is "vae" (the reference) or "taesd" (workbench.lipsync.musetalk.decoders, the fast approximation).
         """
-        from workbench.lipsync.decoders import make_decoder
+        from workbench.lipsync.musetalk.decoders import make_decoder
 
         models_dir = Path(models_dir)
         if version not in UNET_FILES:
