@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_bank_stream.py [--avatar talk4] [--sweep]
 
-A real talking video speaks with its own mouths (`workbench/lipsync/mouth_bank.py`). Each output frame's
+A real talking video speaks with its own mouths (`workbench/lipsync/cpu/bank.py`). Each output frame's
 mouth comes from one source frame; a *run* is a stretch of output frames whose source frames are neighbours
 (|step| <= 1), so the mouth texture only moves as the video moved. Measured per path, on the same avatar and
 the same driving audio (eng.wav 20-28 s, not the avatar's own speech):
@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT))
 from workbench import atomic  # noqa: E402
 from workbench.avatars.model import Avatar, PrepParams  # noqa: E402
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
-from workbench.lipsync import mouth_bank  # noqa: E402
-from workbench.lipsync.cpu import CPURenderer  # noqa: E402
+from workbench.lipsync.cpu import bank as mouth_bank  # noqa: E402
+from workbench.lipsync.cpu.bank import BankParams  # noqa: E402
+from workbench.lipsync.cpu.renderer import CPURenderer  # noqa: E402
 from workbench.lipsync.loop import RenderLoop  # noqa: E402
-from workbench.lipsync.mouth_bank import BankParams  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 RESULTS = ROOT / "bench" / "results" / "bank-stream.json"
@@ -202,7 +202,7 @@ def select_only(
 
 
 def sweep(audio: np.ndarray) -> dict:
-    from workbench.lipsync.mouth import MouthFrontend
+    from workbench.lipsync.cpu.frontend import MouthFrontend
 
     states = MouthFrontend().process(audio)
     res = {}
@@ -253,7 +253,7 @@ def main() -> None:
                     f"{r['stream_1']['shape_mismatch']:.3f}"
                 )
         return
-    from workbench.lipsync.mouth import MouthFrontend
+    from workbench.lipsync.cpu.frontend import MouthFrontend
 
     avatar = load_avatar(args.avatar)
     states = MouthFrontend().process(audio)

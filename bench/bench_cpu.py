@@ -35,7 +35,7 @@ from workbench import atomic  # noqa: E402
 from workbench.avatars.model import Avatar, PrepParams  # noqa: E402
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
 from workbench.lipsync.compositor import Compositor  # noqa: E402
-from workbench.lipsync.cpu import CPURenderer, measure_openness  # noqa: E402
+from workbench.lipsync.cpu.renderer import CPURenderer, measure_openness  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 RESULTS = ROOT / "bench" / "results" / "cpu-renderer.json"
@@ -374,8 +374,8 @@ def quality(avatar: Avatar, audio: np.ndarray, batch: int = 8) -> dict:
     import cv2
     import dlib
 
+    from workbench.evaluation import mouth_quality as mq
     from workbench.faces.landmarks import dlib_model_dir, get_detector
-    from workbench.lipsync import mouth_quality as mq
 
     det = get_detector("dlib")
     predictor = dlib.shape_predictor(str(dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"))

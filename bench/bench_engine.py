@@ -29,8 +29,8 @@ from testkit.models import make_synthetic_avatar, make_tiny_models  # noqa: E402
 from workbench.atomic import write_json  # noqa: E402
 from workbench.config import SAMPLE_RATE  # noqa: E402
 from workbench.lipsync.compositor import Compositor  # noqa: E402
-from workbench.lipsync.musetalk import MuseTalkRenderer  # noqa: E402
-from workbench.lipsync.whisper_features import BlockParams, WhisperFrontend  # noqa: E402
+from workbench.lipsync.musetalk.renderer import MuseTalkRenderer  # noqa: E402
+from workbench.lipsync.musetalk.whisper_features import BlockParams, WhisperFrontend  # noqa: E402
 from workbench.weights import has_musetalk  # noqa: E402
 
 

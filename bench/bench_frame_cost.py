@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from workbench import atomic  # noqa: E402
 from workbench.avatars.model import PrepParams  # noqa: E402
-from workbench.lipsync.cpu import CPURenderer  # noqa: E402
-from workbench.lipsync.mouth import MouthFrontend  # noqa: E402
-from workbench.lipsync.mouth_bank import BankParams  # noqa: E402
+from workbench.lipsync.cpu.bank import BankParams  # noqa: E402
+from workbench.lipsync.cpu.frontend import MouthFrontend  # noqa: E402
+from workbench.lipsync.cpu.renderer import CPURenderer  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 RESULTS = ROOT / "bench" / "results" / "frame-cost.json"

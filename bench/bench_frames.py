@@ -36,7 +36,7 @@ from workbench.avatars.pipeline import load_source, prepare_avatar  # noqa: E402
 from workbench.avatars.store import AvatarCache  # noqa: E402
 from workbench.config import FPS, SAMPLES_PER_FRAME  # noqa: E402
 from workbench.faces.landmarks import get_detector  # noqa: E402
-from workbench.lipsync.cpu import CPURenderer  # noqa: E402
+from workbench.lipsync.cpu.renderer import CPURenderer  # noqa: E402
 from workbench.media import load_audio  # noqa: E402
 
 SOURCE = REPO / "examples" / "yongen.mp4"

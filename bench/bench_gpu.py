@@ -91,7 +91,7 @@ def time_ms(fn, device, iters: int, warmup: int) -> float:
 
 
 def load_renderer(models: Path, device: str, dtype: str, decoder: str):
-    from workbench.lipsync.musetalk import MuseTalkRenderer
+    from workbench.lipsync.musetalk.renderer import MuseTalkRenderer
 
     return MuseTalkRenderer.from_models_dir(models, device=device, dtype=dtype, decoder=decoder)
 
@@ -100,7 +100,7 @@ def load_renderer(models: Path, device: str, dtype: str, decoder: str):
 def bench_models(models: Path, cfg: dict, budget: Budget) -> list[dict]:
     import torch
 
-    from workbench.lipsync.decoders import make_decoder
+    from workbench.lipsync.musetalk.decoders import make_decoder
 
     rows = []
     for dtype in cfg["dtypes"]:
@@ -139,7 +139,7 @@ def bench_throughput(models: Path, cfg: dict, budget: Budget) -> list[dict]:
     import torch
 
     from workbench.lipsync.batcher import RenderBatcher
-    from workbench.lipsync.decoders import apply_speed_options
+    from workbench.lipsync.musetalk.decoders import apply_speed_options
 
     rows = []
     avatar = make_synthetic_avatar(n_frames=cfg["avatar_frames"], frame_hw=cfg["frame_hw"], seed=0)

@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 from workbench import atomic  # noqa: E402
 from workbench.avatars.model import Avatar, PrepParams  # noqa: E402
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
-from workbench.lipsync import mouth_quality as mq  # noqa: E402
-from workbench.lipsync.cpu import CPURenderer, measure_openness  # noqa: E402
-from workbench.lipsync.mouth import MouthState  # noqa: E402
-from workbench.lipsync.mouth_bank import raw_openness  # noqa: E402
+from workbench.evaluation import mouth_quality as mq  # noqa: E402
+from workbench.lipsync.cpu.bank import raw_openness  # noqa: E402
+from workbench.lipsync.cpu.frontend import MouthState  # noqa: E402
+from workbench.lipsync.cpu.renderer import CPURenderer, measure_openness  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 RESULTS = ROOT / "bench" / "results" / "cpu-interior.json"

@@ -35,8 +35,8 @@ from workbench.config import (  # noqa: E402
     WHISPER_LAYERS,
     WHISPER_STEPS_PER_FRAME,
 )
-from workbench.lipsync.musetalk import MuseTalkRenderer  # noqa: E402
-from workbench.lipsync.whisper_features import (  # noqa: E402
+from workbench.lipsync.musetalk.renderer import MuseTalkRenderer  # noqa: E402
+from workbench.lipsync.musetalk.whisper_features import (  # noqa: E402
     EXACT,
     SAMPLES_PER_STEP,
     WINDOW_STEPS,

@@ -1,4 +1,4 @@
-"""Build the bundled library of real mouth interiors (`workbench/lipsync/assets/mouth_interiors.npz`).
+"""Build the bundled library of real mouth interiors (`workbench/lipsync/cpu/assets/mouth_interiors.npz`).
 
     .venv/bin/python scripts/build_mouth_interiors.py [--sources talk1 talk2]
 
@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workbench.lipsync import mouth_interior as mi  # noqa: E402
+from workbench.lipsync.cpu import interior as mi  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 MIN_OPEN = 0.05  # gap / iod

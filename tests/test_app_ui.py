@@ -642,7 +642,7 @@ def test_the_preparation_tab_shows_the_ready_example_avatar(ui, prepared):
 
 def test_the_renderer_is_described_as_it_runs_for_that_avatar(ui, prepared):
     from testkit.realtime import make_avatar
-    from workbench.lipsync.cpu import CPURenderer
+    from workbench.lipsync.cpu.renderer import CPURenderer
 
     still = make_avatar()  # no mouth movement at all: the bank is off
     assert CPURenderer().describe_for(still) == (

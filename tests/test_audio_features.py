@@ -8,7 +8,7 @@ import soundfile as sf
 
 from testkit.models import make_tiny_models
 from workbench.config import AUDIO_TOKENS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME, WHISPER_DIM
-from workbench.lipsync.whisper_features import (
+from workbench.lipsync.musetalk.whisper_features import (
     AudioInputError,
     BlockParams,
     WhisperEncoderRunner,

@@ -12,9 +12,9 @@ import soundfile as sf
 
 from testkit.realtime import LevelRenderer, make_avatar, speech_like
 from workbench.config import SAMPLE_RATE
-from workbench.lipsync.cpu import CPURenderer
-from workbench.lipsync.mouth import MouthFrontend, MouthState
-from workbench.lipsync.mouth_bank import BankParams, MouthBank
+from workbench.lipsync.cpu.bank import BankParams, MouthBank
+from workbench.lipsync.cpu.frontend import MouthFrontend, MouthState
+from workbench.lipsync.cpu.renderer import CPURenderer
 from workbench.lipsync.stream import LipSyncStream
 
 

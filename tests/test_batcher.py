@@ -114,7 +114,7 @@ def musetalk():
     """The real MuseTalk renderer on tiny random models (no Whisper: the conditions are given)."""
     import torch
 
-    from workbench.lipsync.musetalk import MuseTalkRenderer
+    from workbench.lipsync.musetalk.renderer import MuseTalkRenderer
 
     unet, vae = make_unet_vae()
     return MuseTalkRenderer(unet, vae, None, torch.device("cpu"), torch.float32, batch_size=4)

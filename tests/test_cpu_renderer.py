@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME
-from workbench.lipsync.cpu import CPURenderer, RenderInputError, measure_openness
-from workbench.lipsync.mouth import LOOKAHEAD_SAMPLES, AudioFormatError, MouthFrontend, MouthState
+from workbench.lipsync.cpu.frontend import LOOKAHEAD_SAMPLES, AudioFormatError, MouthFrontend, MouthState
+from workbench.lipsync.cpu.renderer import CPURenderer, RenderInputError, measure_openness
 
 SPEECH_SECONDS = 20  # of eng.wav: 500 frames, enough for a stable correlation, quick on 2 cores
 MAX_LAG = 5
@@ -424,7 +424,7 @@ def test_mouth_bank_takes_the_open_mouth_from_the_frame_with_the_same_pose(yonge
 def test_mouth_bank_path_prefers_runs_of_consecutive_source_frames():
     """Viterbi within a call, and the choice carried into the next call that continues the sequence: a target
     that two source frames match equally well stays on the run it is on instead of flickering."""
-    from workbench.lipsync.mouth_bank import MouthBank
+    from workbench.lipsync.cpu.bank import MouthBank
 
     rng = np.random.default_rng(0)
     base = rng.normal(0, 1, (68, 2)) * 3 + [100, 100]
@@ -462,7 +462,7 @@ def test_change_only_paste_keeps_untouched_pixels_at_full_resolution(yongen_avat
 
 
 def test_opening_is_rate_limited_except_at_a_plosive_release():
-    from workbench.lipsync.mouth import MouthParams
+    from workbench.lipsync.cpu.frontend import MouthParams
 
     prm = MouthParams()
     vowel = _vowel(700, 1200, 0.4, level=0.15)
@@ -500,7 +500,7 @@ def _redetect(frames, rects, predictor):
 def _realism(avatar, audio, predictor, n_frames: int):
     """Colour share and sharpness of the rendered mouth against the source's, and sync, all on dlib's
     re-detection (palette from the even source frames, the source's own score on the odd ones)."""
-    from workbench.lipsync import mouth_quality as mq
+    from workbench.evaluation import mouth_quality as mq
 
     # The predictor's face box from the avatar's landmarks (jaw and brows): no detector pass, and the same box
     # for a source frame and every frame rendered from it.

@@ -10,8 +10,8 @@ import torch
 
 from testkit.models import make_synthetic_avatar, make_taesd, make_unet_vae
 from workbench import weights
-from workbench.lipsync.decoders import TaesdDecoder, VaeDecoder, load_taesd, make_decoder
-from workbench.lipsync.musetalk import MuseTalkRenderer
+from workbench.lipsync.musetalk.decoders import TaesdDecoder, VaeDecoder, load_taesd, make_decoder
+from workbench.lipsync.musetalk.renderer import MuseTalkRenderer
 from workbench.weights import WeightsError
 
 

@@ -204,3 +204,34 @@ def test_no_file_under_workbench_is_too_long():
         if n > MAX_LINES and rel not in TOO_LONG_FOR_NOW:
             long.append(f"{rel}: {n} lines")
     assert not long, f"files over {MAX_LINES} lines (split by job):\n" + "\n".join(long)
+
+
+def _third_party(module: str) -> set[str]:
+    """The top-level names of everything outside the project that `module` imports, anywhere in it."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names - {"workbench"}
+
+
+def test_the_two_renderer_families_stay_apart():
+    # lipsync/ holds the shared contract and plumbing; each model family is its own package. Neither family
+    # imports the other, the shared modules import neither, and the CPU renderer imports no torch at all
+    # (it is the path that runs on a machine without a GPU or weights).
+    cpu, musetalk = "workbench.lipsync.cpu", "workbench.lipsync.musetalk"
+    assert cpu in MODULES and musetalk in MODULES and f"{cpu}.renderer" in MODULES
+    wrong = []
+    for module in sorted(m for m in MODULES if m.startswith("workbench.lipsync")):
+        family = cpu if module.startswith(cpu) else musetalk if module.startswith(musetalk) else None
+        for imported in sorted(_imports(module, top_level_only=False)):
+            for other in (cpu, musetalk):
+                if other != family and (imported == other or imported.startswith(other + ".")):
+                    wrong.append(f"{module} imports {imported}")
+        if family == cpu and {"torch", "diffusers", "transformers"} & _third_party(module):
+            wrong.append(f"{module} imports a deep-learning library")
+    assert not wrong, "renderer families mixed:\n" + "\n".join(wrong)
+    assert "torch" in _third_party(f"{musetalk}.renderer")  # the reading sees a function-local third-party import

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.lipsync import mouth_interior as mi
-from workbench.lipsync.mouth_geometry import MouthLens
+from workbench.lipsync.cpu import interior as mi
+from workbench.lipsync.cpu.geometry import MouthLens
 
 
 def _face_landmarks(gap: float) -> np.ndarray:
@@ -75,8 +75,8 @@ def test_interior_follows_the_light_of_the_face():
 
 
 def test_missing_library_falls_back_to_the_drawn_interior(yongen_avatar, monkeypatch, tmp_path):
-    from workbench.lipsync.cpu import CPURenderer
-    from workbench.lipsync.mouth import MouthState
+    from workbench.lipsync.cpu.frontend import MouthState
+    from workbench.lipsync.cpu.renderer import CPURenderer
 
     monkeypatch.setattr(mi, "_LIB", None)
     monkeypatch.setattr(mi, "LIBRARY_PATH", tmp_path / "none.npz")

@@ -14,8 +14,8 @@ from testkit.models import UNET_CONFIG_TINY, make_synthetic_avatar, make_tiny_mo
 from workbench.config import Settings
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
-from workbench.lipsync.musetalk import MuseTalkRenderer, positional_encoding, resolve_device
-from workbench.lipsync.whisper_features import BlockParams
+from workbench.lipsync.musetalk.renderer import MuseTalkRenderer, positional_encoding, resolve_device
+from workbench.lipsync.musetalk.whisper_features import BlockParams
 from workbench.weights import MissingWeightsError, WeightsError
 
 FAST = BlockParams(hop_frames=10, right_frames=3)

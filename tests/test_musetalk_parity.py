@@ -90,7 +90,7 @@ def models(tmp_path_factory, meta) -> Path:
 
 @pytest.fixture(scope="module")
 def renderers(models) -> dict:
-    from workbench.lipsync.musetalk import MuseTalkRenderer
+    from workbench.lipsync.musetalk.renderer import MuseTalkRenderer
 
     return {
         v: MuseTalkRenderer.from_models_dir(models, device="cpu", dtype="float32", version=v, batch_size=8)
@@ -122,7 +122,7 @@ def frames(samples_dir, meta) -> np.ndarray:
 def audio(samples_dir, meta) -> dict[str, np.ndarray]:
     import soundfile as sf
 
-    from workbench.lipsync.whisper_features import load_audio_16k, to_mono_16k
+    from workbench.lipsync.musetalk.whisper_features import load_audio_16k, to_mono_16k
 
     eng, sr = sf.read(str(samples_dir / "eng.wav"), dtype="int16", always_2d=True)
     return {
@@ -180,7 +180,7 @@ def test_whisper_windows_match_reference_past_4s(exact, common, meta, clip):
 def test_positional_encoded_conditions(exact, ref_v, meta):
     import torch
 
-    from workbench.lipsync.musetalk import positional_encoding
+    from workbench.lipsync.musetalk.renderer import positional_encoding
 
     conds = exact["yongen"][meta["out_frames"]]
     ours = torch.from_numpy(conds) + torch.from_numpy(positional_encoding())
@@ -190,7 +190,7 @@ def test_positional_encoded_conditions(exact, ref_v, meta):
 def test_streaming_encodes_every_step_at_its_reference_position(renderers, audio):
     """Block windows start at the 30 s segment start: with the look-ahead reaching the end of the clip
     (one block), streaming equals the reference past 4 s too."""
-    from workbench.lipsync.whisper_features import BlockParams, WhisperFrontend
+    from workbench.lipsync.musetalk.whisper_features import BlockParams, WhisperFrontend
 
     a = audio["yongen"]
     r = renderers["v15"]

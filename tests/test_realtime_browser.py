@@ -23,7 +23,7 @@ pytestmark = pytest.mark.browser
 
 class Engine:
     def __init__(self, avatar):
-        from workbench.lipsync.cpu import CPURenderer
+        from workbench.lipsync.cpu.renderer import CPURenderer
 
         self.renderer = CPURenderer()
         self.avatar = avatar

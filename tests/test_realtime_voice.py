@@ -38,7 +38,7 @@ def _loud(seconds: float) -> np.ndarray:
 
 
 def test_a_turn_produces_audio_and_lip_synced_frames(yongen_avatar):
-    from workbench.lipsync.cpu import CPURenderer
+    from workbench.lipsync.cpu.renderer import CPURenderer
 
     async def main():
         async with FakeRealtimeServer(api_key=KEY) as server:

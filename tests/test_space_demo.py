@@ -90,7 +90,7 @@ def test_cache_stores_frames_compressed_and_reads_format_1(tmp_cache, yongen_ava
 
 def test_cpu_renderer_is_unchanged_on_stored_frames(tmp_cache, yongen_avatar, examples_dir):
     """Renderers read stored frames through the same indexing: outside the mask the output is the stored frame."""
-    from workbench.lipsync.cpu import CPURenderer
+    from workbench.lipsync.cpu.renderer import CPURenderer
 
     tmp_cache.save(yongen_avatar)
     loaded = tmp_cache.load(yongen_avatar.avatar_id)

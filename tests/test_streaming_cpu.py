@@ -14,7 +14,7 @@ from workbench.lipsync.stream import LipSyncStream
 
 @pytest.fixture(scope="module")
 def renderer():
-    from workbench.lipsync.cpu import CPURenderer
+    from workbench.lipsync.cpu.renderer import CPURenderer
 
     return CPURenderer()
 

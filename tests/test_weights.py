@@ -369,7 +369,7 @@ def test_published_unet_config_has_the_release_key_set(tmp_path, version):
     from diffusers import UNet2DConditionModel
 
     from testkit.models import UNET_CONFIG_FULL
-    from workbench.lipsync.musetalk import UNET_FILES, load_unet
+    from workbench.lipsync.musetalk.renderer import UNET_FILES, load_unet
     from workbench.weights import WeightsError
 
     with init_empty_weights():

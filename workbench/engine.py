@@ -25,7 +25,9 @@ from workbench.avatars.store import AvatarCache, AvatarInfo
 from workbench.config import FPS, SAMPLES_PER_FRAME, RendererName, Settings
 from workbench.faces.landmarks import get_detector
 from workbench.lipsync.base import Renderer
+from workbench.lipsync.cpu import CPURenderer
 from workbench.lipsync.loop import RenderLoop
+from workbench.lipsync.musetalk import MuseTalkRenderer
 from workbench.media import load_audio, write_video
 from workbench.timing import FrameTiming
 from workbench.zerogpu import PREPARE_GPU_S, PREVIEW_GPU_S, RENDER_FILE_GPU_S, gpu
@@ -92,14 +94,10 @@ class Engine:
 
     def _load_renderer(self, name: str) -> Renderer:
         if name == "musetalk":
-            from workbench.lipsync.musetalk import MuseTalkRenderer
-
             dtype = None if self.settings.dtype == "auto" else self.settings.dtype
             return MuseTalkRenderer.from_models_dir(
                 self.models_dir, device=self.device, dtype=dtype, decoder=self.settings.decoder
             )
-        from workbench.lipsync.cpu import CPURenderer
-
         return CPURenderer()
 
     def weights_report(self) -> weights.WeightsReport:

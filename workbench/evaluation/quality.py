@@ -30,7 +30,7 @@ import numpy as np
 
 from workbench.config import SAMPLES_PER_FRAME
 from workbench.evaluation.landmark_sync import mouth_signals
-from workbench.lipsync.mouth_quality import mouth_sharpness
+from workbench.evaluation.mouth_quality import mouth_sharpness
 
 SILENCE_DB = 30.0  # a frame is silent this far under the clip's 95th-percentile frame RMS
 SILENCE_PAD = 2  # frames on each side of a silent frame that must be silent too

@@ -43,6 +43,8 @@ from workbench.config import FPS
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
 
+# torch is imported inside functions: importing this module must not load it
+# (the CPU renderer and the app's CPU path import the lipsync packages and never need torch).
 log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 1.0 / FPS

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
-from workbench.config import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from workbench.lipsync.base import AudioFrontend
 
 HOP = SAMPLE_RATE // 100  # 10 ms between short-time spectra
@@ -330,7 +330,3 @@ class MouthFrontend(AudioFrontend):
     @property
     def frames_emitted(self) -> int:
         return self._next_frame
-
-    @staticmethod
-    def frame_rate() -> int:
-        return FPS

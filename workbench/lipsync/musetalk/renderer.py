@@ -12,6 +12,7 @@ release samples from it, so the same avatar always gives the same latents (train
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -32,15 +33,18 @@ from workbench.config import (
 )
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
-from workbench.lipsync.whisper_features import (
+from workbench.lipsync.musetalk.decoders import VaeDecoder, make_decoder
+from workbench.lipsync.musetalk.whisper_features import (
     EXACT,
     BlockParams,
     WhisperEncoderRunner,
     WhisperFrontend,
     silence_condition,
 )
-from workbench.weights import WeightsError, require_musetalk
+from workbench.weights import MANIFEST_NAME, WeightsError, require_musetalk, sha256_file
 
+# torch, diffusers and transformers are imported inside functions: importing this module must not load them
+# (the CPU renderer and the app's CPU path import the lipsync packages and never need torch).
 log = logging.getLogger(__name__)
 
 UNET_FILES = {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch_model.bin")}
@@ -48,7 +52,7 @@ UNET_FILES = {"v15": ("musetalkV15", "unet.pth"), "v1": ("musetalk", "pytorch_mo
 
 def resolve_device(device: str | None = None, dtype=None):
     """(torch.device, torch.dtype); "auto" or None = cuda + float16 when there is a GPU, else cpu + float32."""
-    import torch
+    import torch  # lazy, as is the import below (faces.checkpoints imports torch): the CPU path never loads it
 
     from workbench.faces.checkpoints import resolve_device as pick_device  # the one device rule
 
@@ -124,10 +128,6 @@ def load_vae(models_dir: Path, device, dtype):
 
 def vae_digest(models_dir: Path | None) -> str:
     """sha256 of the VAE's config and weights: the verified download's recorded hash when there is one."""
-    import hashlib
-
-    from workbench.weights import MANIFEST_NAME, sha256_file
-
     if models_dir is None:
         return "unknown"
     folder = Path(models_dir) / "sd-vae"
@@ -164,8 +164,6 @@ class MuseTalkRenderer(Renderer):
     ):
         import torch
 
-        from workbench.lipsync.decoders import VaeDecoder
-
         self.unet, self.vae, self.whisper = unet, vae, whisper
         self.decoder = decoder if decoder is not None else VaeDecoder(vae)  # latents -> [-1, 1] images
         self.device, self.dtype, self.version = device, dtype, version
@@ -193,10 +191,8 @@ class MuseTalkRenderer(Renderer):
     ) -> MuseTalkRenderer:
         """Load from MuseTalk's models/ layout; raises MissingWeightsError (with the download command) if absent.
 
-        `decoder` is "vae" (the reference) or "taesd" (workbench.lipsync.decoders, the fast approximation).
+        `decoder` is "vae" (the reference) or "taesd" (workbench.lipsync.musetalk.decoders, the fast approximation).
         """
-        from workbench.lipsync.decoders import make_decoder
-
         models_dir = Path(models_dir)
         if version not in UNET_FILES:
             raise ValueError(f"unknown MuseTalk version {version!r}; expected one of {sorted(UNET_FILES)}")

@@ -21,6 +21,8 @@ from typing import Any, Literal
 from workbench.config import VAE_SCALING_FACTOR
 from workbench.weights import WeightsError
 
+# torch and diffusers are imported inside functions: importing this module must not load them
+# (the CPU renderer and the app's CPU path import the lipsync packages and never need torch).
 log = logging.getLogger(__name__)
 
 DecoderName = Literal["vae", "taesd"]

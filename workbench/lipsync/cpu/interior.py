@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from workbench.config import CROP_SIZE
-from workbench.lipsync.mouth_geometry import FrameRig, MouthLens, bbox, feather, fill_poly
+from workbench.lipsync.cpu.geometry import FrameRig, MouthLens, bbox, feather, fill_poly
 
 LIBRARY_PATH = Path(__file__).resolve().parent / "assets" / "mouth_interiors.npz"
 GRID_W, GRID_H = 96, 40  # unwrapped tile: columns across the mouth, rows from upper to lower inner lip

@@ -3,7 +3,7 @@
 * `split_interior`: a source that shows its teeth but never opens (sun): the upper part of its own inner mouth
   moves with the upper lip, the lower part with the lower lip, a shaded cavity opens between;
 * `inner_mouth`: a closed source: a shaded cavity, a tongue on open vowels and teeth, coloured from the lips and
-  skin (`workbench.lipsync.mouth_interior` replaces it with real interiors where a library is available);
+  skin (`workbench.lipsync.cpu.interior` replaces it with real interiors where a library is available);
 * `lip_seam`: lips pressed together over a source that showed them apart.
 """
 
@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from workbench.config import CROP_SIZE, N_LANDMARKS
-from workbench.lipsync.mouth import MouthState
-from workbench.lipsync.mouth_geometry import FrameRig, MouthLens, bbox, feather, fill_poly
+from workbench.lipsync.cpu.frontend import MouthState
+from workbench.lipsync.cpu.geometry import FrameRig, MouthLens, bbox, feather, fill_poly
 
 TEETH_SPLIT = 0.8  # share of the source's inner-lip gap that belongs to the upper teeth (a smile shows mostly those)
 TEETH_REVEAL = 0.3  # the teeth rows grow by up to this share as the lips open beyond the source

@@ -64,6 +64,8 @@ from workbench.config import (
 )
 from workbench.lipsync.base import AudioFrontend
 
+# torch and transformers are imported inside functions: importing this module must not load them
+# (the CPU renderer and the app's CPU path import the lipsync packages and never need torch).
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_STEP = SAMPLE_RATE // WHISPER_HZ  # 320

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from workbench.lipsync.mouth_bank import raw_openness
+from workbench.lipsync.cpu.bank import raw_openness
 
 LEVELS = 12  # colour quantisation per BGR channel (256 / 12 ≈ 21 grey levels a bin)
 PALETTE_MASS = 0.9  # the palette: the most frequent bins holding this share of the source's inner-mouth pixels

@@ -33,13 +33,14 @@ from scipy.spatial import Delaunay
 
 from workbench.avatars.model import Avatar
 from workbench.config import CROP_SIZE, N_LANDMARKS
-from workbench.lipsync import mouth_interior, mouth_paint
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
-from workbench.lipsync.mouth import MouthFrontend, MouthState
-from workbench.lipsync.mouth_bank import GAP_MAX as MOUTH_GAP_MAX
-from workbench.lipsync.mouth_bank import BankParams, BankTrack, MouthBank, stable_similarity
-from workbench.lipsync.mouth_geometry import FrameRig, bbox, feather, fill_poly, match_rim, shifted
+from workbench.lipsync.cpu import interior as mouth_interior
+from workbench.lipsync.cpu import paint as mouth_paint
+from workbench.lipsync.cpu.bank import GAP_MAX as MOUTH_GAP_MAX
+from workbench.lipsync.cpu.bank import BankParams, BankTrack, MouthBank, stable_similarity
+from workbench.lipsync.cpu.frontend import MouthFrontend, MouthState
+from workbench.lipsync.cpu.geometry import FrameRig, bbox, feather, fill_poly, match_rim, shifted
 
 # --- the mouth model, in interocular distances (D) ------------------------------------------
 GAP_MAX = MOUTH_GAP_MAX  # inner-lip gap at open=1
