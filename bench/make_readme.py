@@ -185,7 +185,7 @@ def section(path: Path) -> str:
     if not isinstance(data, dict):
         data = {"value": data}
     lines += [f"Machine / date: {_caption(data)}.", "", "| key | value |", "|---|---|"]
-    leaves = [(k, v) for k, v in _leaves(data) if not (k in DATE_KEYS)]
+    leaves = [(k, v) for k, v in _leaves(data) if k not in DATE_KEYS]
     for key, value in leaves[:MAX_ROWS]:
         lines.append(f"| `{key}` | {_fmt(value)} |")
     if len(leaves) > MAX_ROWS:
@@ -207,7 +207,7 @@ def render(results: Path = RESULTS) -> str:
     ]
     for path in files:
         what = DESCRIPTIONS.get(path.stem, ("", ""))[0]
-        head.append(f"| [{path.stem}](#{path.stem.lower().replace('_', '_')}) | {what} |")
+        head.append(f"| [{path.stem}](#{path.stem.lower()}) | {what} |")
     return "\n".join(head) + "\n\n" + "\n".join(section(p) for p in files)
 
 
