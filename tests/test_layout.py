@@ -1,6 +1,6 @@
 """The package's layout holds: no module imports one of a higher stage, no import cycle, no file too long.
 
-The stages follow the data path (docs/architecture-layout.md): plain helpers and settings, then media and
+The stages follow the data path (docs/architecture.md): plain helpers and settings, then media and
 weights, faces, avatars, lipsync, the offline speech models, the transports and evaluation, the one engine
 composing them, and the UI and CLI on top. A module may import its own package and lower stages only; two
 packages of one stage (realtime and evaluation) do not import each other. Read from the source (AST), so a
@@ -135,7 +135,7 @@ def _allowed(importer: str, imported: str) -> bool:
 
 def test_every_top_level_module_has_a_stage():
     missing = sorted({_stage_key(m) for m in MODULES} - set(STAGES))
-    assert not missing, f"give these a stage in tests/test_layout.py (and docs/architecture-layout.md): {missing}"
+    assert not missing, f"give these a stage in tests/test_layout.py (and docs/architecture.md): {missing}"
 
 
 def test_no_module_imports_a_higher_stage_or_a_sibling_package():
