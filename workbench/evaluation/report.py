@@ -315,3 +315,11 @@ def load_run(path: str | Path) -> Run:
         metadata=json.loads((p / "metadata.json").read_text()),
         details=json.loads((p / "details.json").read_text()),
     )
+
+
+def latest_run(runs_dir: str | Path) -> Path:
+    """The most recently written run folder under `runs_dir` (notebooks/eval_report.ipynb opens it by default)."""
+    runs = [d for d in Path(runs_dir).glob("*") if (d / "summary.json").is_file() and not d.name.startswith(".")]
+    if not runs:
+        raise EvalError(f"no run folders under {runs_dir}")
+    return max(runs, key=lambda d: (d / "summary.json").stat().st_mtime)
