@@ -1,6 +1,6 @@
-"""Does the quality gate catch what it should? The committed gate suite (suites/gate.yaml) run clean and with each
+"""Does the quality gate catch what it should? The committed gate suite (eval/suites/gate.yaml) run clean and with each
 deliberate regression injected into every case's rendered output (the mouth delayed 3 frames, the mouth blurred,
-the lips jittered by up to 2 px), each gated against the committed baseline (suites/gate-baseline/).
+the lips jittered by up to 2 px), each gated against the committed baseline (eval/suites/gate-baseline/).
 
     python bench/bench_quality_gate.py [--out bench/results/quality_gate]
 
@@ -48,9 +48,9 @@ def main() -> None:
     from workbench.evaluation.manifest import load_suite
     from workbench.evaluation.runner import run_suite
 
-    base_dir = ROOT / "suites" / "gate-baseline"
+    base_dir = ROOT / "eval" / "suites" / "gate-baseline"
     baseline, base_offsets = load_summary(base_dir), load_case_offsets(base_dir)
-    suite = load_suite(ROOT / "suites" / "gate.yaml")
+    suite = load_suite(ROOT / "eval" / "suites" / "gate.yaml")
     tmp = Path(tempfile.mkdtemp(prefix="quality-gate-"))
     engine = Engine(Settings(models_dir=tmp / "no-models"))
     results = {}

@@ -30,7 +30,7 @@ from workbench.evaluation.distributed import RayOptions, import_ray  # noqa: E40
 from workbench.evaluation.manifest import Suite, load_suite  # noqa: E402
 from workbench.evaluation.runner import run_suite  # noqa: E402
 
-EXAMPLE = ROOT / "suites" / "example.yaml"
+EXAMPLE = ROOT / "eval" / "suites" / "example.yaml"
 
 
 def repeated(suite: Suite, copies: int) -> Suite:
@@ -77,7 +77,7 @@ def main() -> None:
     by = {r["workers"]: r["wall_seconds"] for r in results}
     report = {
         "bench": "ray evaluation scaling",
-        "data": f"suites/example.yaml x{args.copies} ({len(suite.cases)} cases each, sample media)",
+        "data": f"eval/suites/example.yaml x{args.copies} ({len(suite.cases)} cases each, sample media)",
         "cluster": f"local Ray head, {args.cpus} CPUs",
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
         "results": results,

@@ -358,9 +358,9 @@ def test_undetermined_offset_is_null_in_cases_json(tmp_path):
     undetermined offset, and no error or in-sync verdict is derived from it."""
     import json
 
+    from workbench.evaluation.case import sync_fields
     from workbench.evaluation.landmark_sync import summarise_curve
     from workbench.evaluation.report import write_run
-    from workbench.evaluation.runner import _sync_fields
     from workbench.evaluation.scoring import ClipScores
 
     rng = np.random.default_rng(0)
@@ -372,7 +372,7 @@ def test_undetermined_offset_is_null_in_cases_json(tmp_path):
     for name, curve in (("weak", weak), ("sharp", sharp)):
         row, details = {"case": name, "status": "ok"}, {}
         scores = ClipScores(landmark=summarise_curve(curve, 15, 75, "fused"), face_detector="dlib")
-        _sync_fields(row, details, scores, 0)
+        sync_fields(row, details, scores, 0)
         rows.append(row)
     write_run(tmp_path, rows, {"metrics": {}}, {"suite": "t"}, {})
     cases = {c["case"]: c for c in json.loads((tmp_path / "cases.json").read_text())}

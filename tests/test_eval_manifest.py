@@ -9,7 +9,7 @@ import pytest
 from workbench.evaluation.errors import ManifestError
 from workbench.evaluation.manifest import GeneratedCase, LatencyLogCase, ReferenceCase, load_suite, parse_suite
 
-EXAMPLE = Path(__file__).parents[1] / "suites" / "example.yaml"
+EXAMPLE = Path(__file__).parents[1] / "eval" / "suites" / "example.yaml"
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 

@@ -190,7 +190,7 @@ def test_committed_gate_baseline_speaks_the_registry():
     import json
     from pathlib import Path
 
-    base = Path(__file__).parents[1] / "suites" / "gate-baseline"
+    base = Path(__file__).parents[1] / "eval" / "suites" / "gate-baseline"
     attributes = {"batch_size", "bbox_shift", "extra_margin", "face_detector", "n_tracks", "track_frames"}
     attributes |= {"render_seconds", *metrics.HEAD_COLUMNS, *metrics.TAIL_COLUMNS}
     for row in json.loads((base / "cases.json").read_text()):

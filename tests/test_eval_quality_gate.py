@@ -3,7 +3,7 @@
 One small generated case (the CPU renderer on the bundled yongen avatar and Chinese speech, which has pauses) is
 run clean, then with the mouth delayed 3 frames, the mouth blurred, and the lips jittered by up to 2 px; each
 degraded run's summary, gated against the clean one with the registry's default tolerances, must fail on the
-metric that regression should move. The committed suite (suites/gate.yaml) and its baseline get the same check
+metric that regression should move. The committed suite (eval/suites/gate.yaml) and its baseline get the same check
 on real footage in bench/bench_quality_gate.py.
 """
 

@@ -23,14 +23,14 @@ from workbench.evaluation.face_track import LandmarkFitter, Track, track_landmar
 from workbench.evaluation.landmark_sync import landmark_sync, track_audio
 from workbench.evaluation.quality import SourceBehind, score_quality
 from workbench.evaluation.scoring import ClipScores
+from workbench.lipsync.compositor import Compositor
+from workbench.lipsync.loop import RenderLoop
 
 AGREE_RTOL = 1e-3
 
 
 def source_behind(avatar: Avatar, frames_len: int, track: Track, fitter: LandmarkFitter) -> SourceBehind:
     """The avatar frames behind output frames `track.frames`, landmarks fitted in the track's boxes."""
-    from workbench.lipsync.compositor import Compositor
-
     bodies = [avatar.loop_index(int(j)) for j in range(frames_len)]
     src_all = [avatar.frames[b] for b in bodies]
     lm = track_landmarks(src_all, track, fitter)
@@ -94,8 +94,6 @@ def stream_fields(
     max_offset: int = 15,
 ) -> None:
     """Render the same audio through the streaming frontend and compare with the file path."""
-    from workbench.lipsync.loop import RenderLoop
-
     renderer = engine.renderer_for(renderer_name)
     audio16k = np.asarray(audio16k, dtype=np.float32)
     whole = RenderLoop(renderer, avatar, lock=engine.render_lock, exact=True).conditions(audio16k, flush=True)

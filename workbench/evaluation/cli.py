@@ -22,9 +22,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
+from workbench import atomic
+from workbench.avatars.model import PrepParams
+from workbench.config import Settings
 from workbench.evaluation import metrics
 from workbench.evaluation.errors import EvalError
+from workbench.evaluation.manifest import load_suite
+from workbench.media import load_audio
 from workbench.tables import make_console
+
+# The imports left inside the commands below pull heavy libraries (torch through the scorers, pandas, matplotlib)
+# that `workbench --help` and the other commands, which mount this app, must not pay for; the engine is built by
+# the commands that are entry points.
 
 console = make_console()  # full width in a pipe or CI log, not 80 columns
 
@@ -72,7 +81,7 @@ def _fail(e: Exception) -> typer.Exit:
 
 
 def _tolerances(specs: list[str] | None):
-    from workbench.evaluation.gate import parse_tolerance
+    from workbench.evaluation.gate import parse_tolerance  # pandas
 
     out = {}
     for s in specs or []:
@@ -165,10 +174,8 @@ def run_cmd(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a suite into a new run folder; with --baseline, exit 1 when a metric regressed."""
-    from workbench.config import Settings
-    from workbench.evaluation.gate import case_offsets, load_case_offsets, load_summary
-    from workbench.evaluation.manifest import load_suite
-    from workbench.evaluation.runner import run_suite
+    from workbench.evaluation.gate import case_offsets, load_case_offsets, load_summary  # pandas
+    from workbench.evaluation.runner import run_suite  # torch
 
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -177,7 +184,7 @@ def run_cmd(
         raise typer.BadParameter("path or store", param_hint="--ray-media")
     options = None
     if ray is not None:
-        from workbench.evaluation.distributed import RayOptions
+        from workbench.evaluation.distributed import RayOptions  # torch (its workers score)
 
         options = RayOptions(address=ray, media=ray_media, gpus_per_worker=ray_gpus_per_worker)
     try:
@@ -231,7 +238,7 @@ def gate_cmd(
     tolerance: Annotated[list[str] | None, typer.Option(help="override a tolerance: metric=0.5 or metric=10%")] = None,
 ) -> None:
     """Compare an existing run with a baseline; exit 1 when a metric is worse than its tolerance."""
-    from workbench.evaluation.gate import load_case_offsets, load_summary
+    from workbench.evaluation.gate import load_case_offsets, load_summary  # pandas
 
     tols = _tolerances(tolerance)
     try:
@@ -245,7 +252,7 @@ def gate_cmd(
 def _gate_or_exit(current: dict, baseline: dict, tols, offsets=(None, None)) -> None:
     """Print the side-by-side diff; exit 1 when a metric is worse than its tolerance (or, with both runs' case
     tables, when a case's weight-free offset moved)."""
-    from workbench.evaluation.gate import compare_summaries
+    from workbench.evaluation.gate import compare_summaries  # pandas
 
     result = compare_summaries(current, baseline, tols, offsets)
     print_gate(result)
@@ -260,8 +267,7 @@ def compare_cmd(
     out: Annotated[Path | None, typer.Option(help="folder for the comparison's tables and plots")] = None,
 ) -> None:
     """Two runs side by side: summary, per-case metrics, plots."""
-    from workbench import atomic
-    from workbench.evaluation.compare import compare_runs
+    from workbench.evaluation.compare import compare_runs  # pandas, matplotlib
     from workbench.evaluation.report import markdown_table, save_figure
 
     try:
@@ -305,11 +311,8 @@ def stages_cmd(
 ) -> None:
     """Per-stage milliseconds per frame (features, mouth/UNet, decode, paste-back, encode) and 25 fps sessions held,
     with the hardware recorded; the Evaluation tab shows the latest."""
-    from workbench.avatars.model import PrepParams
-    from workbench.config import Settings
-    from workbench.engine import Engine
-    from workbench.evaluation.stages import measure_stages, save_report
-    from workbench.media import load_audio
+    from workbench.engine import Engine  # the command is an entry point: it builds the one engine
+    from workbench.evaluation.stages import measure_stages, save_report  # torch
 
     if renderer not in ("auto", "musetalk", "cpu"):
         raise typer.BadParameter("auto, musetalk or cpu", param_hint="--renderer")
@@ -343,8 +346,7 @@ def robustness_cmd(
     """How often the weight-free metric (and its two baselines) finds offset 0 and injected shifts (±1 frame)."""
     import pandas as pd
 
-    from workbench import atomic
-    from workbench.evaluation.report import markdown_table
+    from workbench.evaluation.report import markdown_table  # pandas, matplotlib
     from workbench.evaluation.robustness import clip_landmarks, hit_rates, improvement, trials
 
     frames = []

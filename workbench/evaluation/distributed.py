@@ -28,18 +28,18 @@ import shutil
 import socket
 import tempfile
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from workbench import atomic
+from workbench import atomic, weights
 from workbench.config import Settings
+from workbench.evaluation.case import CaseOutput, Progress, run_case, scorer_device
 from workbench.evaluation.errors import EvalError, ManifestError
 from workbench.evaluation.manifest import GeneratedCase, Suite
+from workbench.evaluation.scoring import Scorers
 
 log = logging.getLogger(__name__)
-Progress = Callable[[float, str], None]
 
 MAX_ATTEMPTS = 2  # a case whose worker fails is tried once more, on a fresh worker
 ERROR_CHARS = 600  # Ray's errors carry whole remote tracebacks; the row keeps the start, details keep all
@@ -66,7 +66,7 @@ class RayOptions:
 
 @dataclass
 class DistributedOutput:
-    outputs: dict  # case id -> runner.CaseOutput
+    outputs: dict  # case id -> case.CaseOutput
     weights: dict
     syncnet_note: str | None
     notes: list[str]
@@ -106,10 +106,7 @@ class CaseWorker:
     def scorers(self):
         """Built on the first case (the imports pull in torch and dlib), then kept; models inside load lazily."""
         if self._scorers is None:
-            from workbench.evaluation.runner import _device
-            from workbench.evaluation.scoring import Scorers
-
-            self._scorers = Scorers(self.settings.models_dir, _device(self.settings), self.face_detector)
+            self._scorers = Scorers(self.settings.models_dir, scorer_device(self.settings), self.face_detector)
         return self._scorers
 
     @property
@@ -145,8 +142,6 @@ class CaseWorker:
 
     def run(self, case, suite: Suite, media: dict) -> tuple:
         """(CaseOutput, {relative path: bytes} of the files the case wrote, worker info)."""
-        from workbench.evaluation.runner import run_case
-
         case = self._localise(case, suite, media)
         case_dir = self.scratch / "cases" / case.id
         shutil.rmtree(case_dir, ignore_errors=True)
@@ -162,8 +157,6 @@ class CaseWorker:
 def needs_gpu(case, suite: Suite, settings: Settings, syncnet_present: bool) -> bool:
     """A GPU case: MuseTalk draws it (the driver's view of models_dir, which every node must share) or SyncNet
     scores it."""
-    from workbench import weights
-
     # the engine's own choice: "auto" is MuseTalk exactly when its weights are present
     if isinstance(case, GeneratedCase) and (
         case.renderer == "musetalk" or (case.renderer == "auto" and weights.has_musetalk(Path(settings.models_dir)))
@@ -243,9 +236,6 @@ def run_cases_on_ray(
     progress: Progress | None = None,
 ) -> DistributedOutput:
     """Evaluate every case on the cluster; write each case's files under run_dir/cases/<id>/."""
-    from workbench.evaluation.runner import CaseOutput
-    from workbench.evaluation.scoring import Scorers
-
     ray = import_ray()
     started = _connect(ray, options.address)
     try:

@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 from scipy.signal import medfilt
 
-from workbench.evaluation.errors import NoFaceError
+from workbench.evaluation.errors import NoFaceError, SyncNetWeightsMissing
+from workbench.faces.landmarks import S3FD_FILES, dlib_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class S3FDBoxes:
     name = "s3fd"
 
     def __init__(self, weights: str | Path, device: str | None = None, scale: float = 0.25, conf_th: float = 0.9):
-        from workbench.faces.s3fd import S3FD
+        from workbench.faces.s3fd import S3FD  # lazy: torch, only when the S3FD detector is chosen
 
         self.net = S3FD.from_file(weights, device)
         self.scales = (scale,)
@@ -163,8 +164,6 @@ def sfd_weights_path(models_dir: str | Path | None) -> Path | None:
     landmark module knows; None when absent."""
     if models_dir is None:
         return None
-    from workbench.faces.landmarks import S3FD_FILES
-
     for rel in (Path("syncnet_eval") / "sfd_face.pth", *S3FD_FILES):
         p = Path(models_dir) / rel
         if p.is_file():
@@ -180,8 +179,6 @@ def get_box_detector(
         raise ValueError(f"unknown face detector {prefer!r}: choose auto, s3fd or dlib")
     weights = sfd_weights_path(models_dir)
     if prefer == "s3fd" and weights is None:
-        from workbench.evaluation.errors import SyncNetWeightsMissing
-
         raise SyncNetWeightsMissing(
             f"S3FD weights (sfd_face.pth) not found under {models_dir}/syncnet_eval/; "
             "run `workbench weights download syncnet_eval` on a machine with internet"
@@ -312,8 +309,6 @@ class LandmarkFitter:
         import dlib
 
         if predictor_path is None:
-            from workbench.faces.landmarks import dlib_model_dir
-
             predictor_path = dlib_model_dir() / "shape_predictor_68_face_landmarks.dat"
         self._dlib = dlib
         self._predictor = dlib.shape_predictor(str(predictor_path))

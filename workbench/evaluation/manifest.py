@@ -6,7 +6,7 @@ A case is one of
   track or a separate audio file;
 - latency_log: a streaming session's latency log (JSON lines), measured for latency only.
 
-Relative paths resolve against the manifest's folder. See suites/example.yaml.
+Relative paths resolve against the manifest's folder. See eval/suites/example.yaml.
 
 Large test sets: `case_lists` names CSV files of cases (columns id, video, and optionally audio, start, seconds),
 each with a `kind` (reference or generated) and `defaults` applied to every row, so 400 clips are one CSV line each.

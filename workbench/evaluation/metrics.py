@@ -8,7 +8,7 @@ gate, the CLI, the runner and the Evaluation tab all read this table; none keeps
 Tolerances: a metric is worse when it moved in its bad direction by more than the larger of `abs` and
 `rel` times the baseline's value. Latency tolerances are relative and wide (they depend on the machine);
 sync and quality tolerances are absolute and were set from run-to-run spread of the committed gate suite
-(`eval/gate/`, docs/evaluation_quality.md) and from the size of the deliberate regressions it must catch.
+(`eval/suites/gate.yaml`, docs/evaluation_quality.md) and from the size of the deliberate regressions it must catch.
 """
 
 from __future__ import annotations

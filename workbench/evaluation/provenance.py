@@ -13,6 +13,7 @@ import subprocess
 from importlib import metadata as importlib_metadata
 
 from workbench.config import FPS, SAMPLE_RATE
+from workbench.evaluation import face_track as ft
 
 PACKAGES = ("numpy", "scipy", "opencv-python-headless", "opencv-python", "dlib", "librosa", "soxr", "torch", "pandas")
 FRAME_RATE = (
@@ -44,8 +45,6 @@ def ffmpeg_version() -> str:
 
 
 def crop_scheme() -> str:
-    from workbench.evaluation import face_track as ft
-
     return (
         f"syncnet_python tracks: IoU>{ft.IOU_THRESHOLD}, gaps<={ft.NUM_FAILED_DET}, median {ft.SMOOTH_KERNEL}, "
         f"crop_scale {ft.CROP_SCALE}, {ft.CROP_SIZE}px; landmarks dlib68 fitted twice per frame (upright)"

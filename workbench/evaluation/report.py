@@ -318,7 +318,7 @@ def load_run(path: str | Path) -> Run:
 
 
 def latest_run(runs_dir: str | Path) -> Path:
-    """The most recently written run folder under `runs_dir`."""
+    """The most recently written run folder under `runs_dir` (notebooks/eval_report.ipynb opens it by default)."""
     runs = [d for d in Path(runs_dir).glob("*") if (d / "summary.json").is_file() and not d.name.startswith(".")]
     if not runs:
         raise EvalError(f"no run folders under {runs_dir}")

@@ -23,7 +23,8 @@ from workbench.evaluation.face_track import (
     track_landmarks,
     track_video,
 )
-from workbench.evaluation.landmark_sync import METHODS, landmark_sync, shift_audio
+from workbench.evaluation.landmark_sync import METHODS, landmark_sync, shift_audio, track_audio
+from workbench.media import load_audio, read_video
 
 DEFAULT_SHIFTS = (-10, -5, -2, 0, 2, 5, 10)
 DEFAULT_WINDOWS = (40, 50, 75, 100, 0)  # frames; 0 = the whole track
@@ -45,9 +46,6 @@ def clip_landmarks(
     progress: Callable[[float, str], None] | None = None,
 ) -> ClipLandmarks:
     """Landmarks of the main face track of a clip and the audio under it (the clip's own track by default)."""
-    from workbench.evaluation.landmark_sync import track_audio
-    from workbench.media import load_audio, read_video
-
     frames, _ = read_video(video)
     audio16k = load_audio(audio if audio is not None else video)
     track = main_track(track_video(frames, detector or get_box_detector(None), progress=progress))

@@ -15,8 +15,6 @@ import os
 import platform
 import subprocess
 import time
-import traceback
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,27 +22,19 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from workbench import atomic
-from workbench.config import FPS, SAMPLE_RATE, Settings
-from workbench.evaluation.case_quality import quality_fields, stream_fields
-from workbench.evaluation.errors import ManifestError
-from workbench.evaluation.manifest import GeneratedCase, LatencyLogCase, ReferenceCase, Suite, load_suite
-from workbench.evaluation.scoring import Scorers, score_clip
+from workbench import atomic, weights
+from workbench.config import Settings
+from workbench.evaluation.case import CaseOutput, Progress, run_case, scorer_device
+from workbench.evaluation.distributed import RayOptions, run_cases_on_ray
+from workbench.evaluation.manifest import Suite, load_suite
+from workbench.evaluation.provenance import provenance
+from workbench.evaluation.report import summarise, write_run
+from workbench.evaluation.scoring import Scorers
 
 if TYPE_CHECKING:
     from workbench.engine import Engine
-    from workbench.evaluation.distributed import RayOptions
 
 log = logging.getLogger(__name__)
-Progress = Callable[[float, str], None]
-
-
-@dataclass
-class CaseOutput:
-    row: dict  # one line of the per-case table
-    details: dict  # curves and per-frame latencies, for plots
 
 
 @dataclass
@@ -53,192 +43,6 @@ class RunOutput:
     rows: list[dict]
     summary: dict
     metadata: dict
-
-
-# --- one case -----------------------------------------------------------------------------------
-def _trim(audio: np.ndarray, start: float, seconds: float | None) -> np.ndarray:
-    a = audio[int(round(start * SAMPLE_RATE)) :]
-    return a[: int(round(seconds * SAMPLE_RATE))] if seconds else a
-
-
-def _sync_fields(row: dict, details: dict, scores, expected: int) -> None:
-    if scores.landmark is not None:
-        ls = scores.landmark
-        off = ls.reported_offset  # None: undetermined, and then no error or in-sync verdict either
-        row.update(
-            ls_offset=off,
-            ls_offset_error=None if off is None else abs(off - expected),
-            ls_peak=ls.peak,
-            ls_confidence=ls.confidence,
-            ls_evidence=ls.evidence,
-            ls_determined=int(ls.determined),
-            ls_in_sync=None if off is None else int(abs(off - expected) <= 1),
-            ls_margin=ls.margin,
-            ls_lag0=ls.at(expected),
-        )
-        details["landmark_sync"] = ls.to_dict()
-    if scores.syncnet is not None:
-        sn = scores.syncnet
-        row.update(
-            syncnet_offset=sn.offset,
-            syncnet_offset_error=abs(sn.offset - expected),
-            syncnet_lse_d=sn.min_dist,
-            syncnet_lse_c=sn.confidence,
-        )
-        details["syncnet"] = sn.to_dict()
-        details["syncnet_tracks"] = scores.syncnet_tracks
-    row.update(face_detector=scores.face_detector, track_frames=scores.track_frames, n_tracks=scores.n_tracks)
-    if scores.notes:
-        row["notes"] = "; ".join(scores.notes)
-
-
-def run_case(
-    case, suite: Suite, case_dir: Path, scorers: Scorers, engine: Engine, progress: Progress | None = None
-) -> CaseOutput:
-    """Evaluate one case; never raises: a failure is a row with status 'failed' and the error."""
-    t0 = time.perf_counter()
-    row: dict = {
-        "case": case.id,
-        "kind": case.kind,
-        "status": "ok",
-        "error": "",
-        "expected_offset": case.audio_shift_frames,
-    }
-    details: dict = {"case": case.id}
-    try:
-        missing = [f"{k}: {p}" for k, p in suite.files_of(case).items() if not p.exists()]
-        if missing:
-            raise ManifestError(f"case {case.id}: files not found: " + ", ".join(missing))
-        if isinstance(case, GeneratedCase):
-            _run_generated(case, suite, case_dir, scorers, engine, row, details, progress)
-        elif isinstance(case, ReferenceCase):
-            _run_reference(case, suite, scorers, row, details, progress)
-        elif isinstance(case, LatencyLogCase):
-            _run_latency_log(case, suite, row, details)
-    except Exception as e:  # a crashed case is reported, never fatal to the run
-        log.warning("case %s failed: %s", case.id, e)
-        row.update(status="failed", error=f"{type(e).__name__}: {e}")
-        details["traceback"] = traceback.format_exc()
-    row["seconds"] = round(time.perf_counter() - t0, 3)
-    return CaseOutput(row, details)
-
-
-def _run_generated(
-    case: GeneratedCase,
-    suite: Suite,
-    case_dir: Path,
-    scorers: Scorers,
-    engine: Engine,
-    row: dict,
-    details: dict,
-    progress: Progress | None,
-) -> None:
-    from workbench.avatars.model import PrepParams
-    from workbench.evaluation.landmark_sync import shift_audio
-    from workbench.evaluation.latency import latency_stats
-    from workbench.media import load_audio, read_video
-
-    files = suite.files_of(case)
-    renderer = engine.renderer_for(case.renderer)
-    row["renderer"] = renderer.describe()
-    params = PrepParams(
-        bbox_shift=case.bbox_shift,
-        extra_margin=case.extra_margin,
-        parsing_mode=case.parsing_mode,
-        max_frames=case.max_frames,
-    )
-    row.update(
-        bbox_shift=case.bbox_shift,
-        extra_margin=case.extra_margin,
-        batch_size=case.batch_size or engine.settings.batch_size,
-    )
-    avatar = engine.prepare(files["source"], params, save=False)  # an evaluation leaves the avatar list as it was
-    row["renderer"] = renderer.describe_for(avatar)
-    audio = _trim(load_audio(files["audio"]), case.audio_start, case.max_seconds)
-    case_dir.mkdir(parents=True, exist_ok=True)
-    spec = case.degrade
-    render_progress = (lambda f, m="": progress(0.5 * f, f"render {m}")) if progress else None
-    if spec is not None and spec.any:
-        # A deliberate regression (a control): render in memory, degrade, then write the same file.
-        from workbench.evaluation.degrade import degrade_frames
-        from workbench.media import write_video
-
-        timings: list = []
-        driving = shift_audio(audio, -spec.delay_frames) if spec.delay_frames else audio
-        t0 = time.perf_counter()
-        out = engine.render_frames(avatar, driving, 0, timings, renderer=case.renderer, batch_size=case.batch_size)
-        write_video(case_dir / "render.mp4", degrade_frames(out, avatar, spec), FPS, audio16k=audio)
-        result_frames, result_timings, result_seconds = len(out), timings, time.perf_counter() - t0
-        row["degrade"] = spec.model_dump_json(exclude_defaults=True)
-    else:
-        result = engine.render_file(
-            avatar,
-            audio,
-            case_dir / "render.mp4",
-            progress=render_progress,
-            renderer=case.renderer,
-            batch_size=case.batch_size,
-        )
-        result_frames, result_timings, result_seconds = result.n_frames, result.timings, result.seconds
-    row["n_frames"] = result_frames
-    row["render_seconds"] = round(result_seconds, 3)
-    if "latency" in case.metrics and result_timings:
-        stats = latency_stats(result_timings)
-        row.update(stats.flat())
-        details["latency"] = stats.to_dict()
-    sync_metrics = [m for m in case.metrics if m in ("landmark_sync", "syncnet")]
-    if sync_metrics:
-        frames, _ = read_video(case_dir / "render.mp4")
-        scored_audio = shift_audio(audio, case.audio_shift_frames)
-        scores = score_clip(
-            frames,
-            scored_audio,
-            scorers,
-            sync_metrics,
-            case.max_offset,
-            progress=(lambda f, m="": progress(0.5 + 0.5 * f, m)) if progress else None,
-        )
-        _sync_fields(row, details, scores, case.audio_shift_frames)
-        if "quality" in case.metrics:
-            quality_fields(frames, scored_audio, scores, scorers.fitter, avatar, row, details)
-        if "stream" in case.metrics:
-            stream_fields(engine, avatar, audio, case.renderer, scores, scorers.fitter, row, details, case.max_offset)
-
-
-def _run_reference(
-    case: ReferenceCase, suite: Suite, scorers: Scorers, row: dict, details: dict, progress: Progress | None
-) -> None:
-    from workbench.evaluation.landmark_sync import shift_audio
-    from workbench.media import load_audio, read_video
-
-    files = suite.files_of(case)
-    first = int(round(case.start * FPS))
-    last = first + int(round(case.max_seconds * FPS)) if case.max_seconds else None
-    frames, _ = read_video(files["video"], max_frames=last)
-    audio = load_audio(files.get("audio", files["video"]))
-    frames = frames[first:]
-    if case.max_seconds:
-        frames = frames[: int(round(case.max_seconds * FPS))]
-    audio = _trim(audio, first / FPS, case.max_seconds)
-    row["n_frames"] = len(frames)
-    row["renderer"] = "reference"
-    scores = score_clip(
-        frames, shift_audio(audio, case.audio_shift_frames), scorers, case.metrics, case.max_offset, progress=progress
-    )
-    _sync_fields(row, details, scores, case.audio_shift_frames)
-    if "quality" in case.metrics:
-        quality_fields(frames, shift_audio(audio, case.audio_shift_frames), scores, scorers.fitter, None, row, details)
-
-
-def _run_latency_log(case: LatencyLogCase, suite: Suite, row: dict, details: dict) -> None:
-    from workbench.evaluation.latency import latency_from_log
-
-    meta, stats = latency_from_log(suite.files_of(case)["log"])
-    row["renderer"] = str(meta.get("renderer", "")) if isinstance(meta, dict) else ""
-    row["n_frames"] = stats.n_frames
-    row.update(stats.flat())
-    details["latency"] = stats.to_dict()
-    details["log_meta"] = meta
 
 
 # --- worker processes ---------------------------------------------------------------------------
@@ -253,13 +57,11 @@ def _worker_case(case, suite: Suite, case_dir: str, settings_json: str, face_det
     key = (settings_json, face_detector)
     if _WORKER.get("key") != key:
         _WORKER.update(
-            key=key, engine=Engine(settings), scorers=Scorers(settings.models_dir, _device(settings), face_detector)
+            key=key,
+            engine=Engine(settings),
+            scorers=Scorers(settings.models_dir, scorer_device(settings), face_detector),
         )
     return run_case(case, suite, Path(case_dir), _WORKER["scorers"], _WORKER["engine"])
-
-
-def _device(settings: Settings) -> str | None:
-    return None if settings.device == "auto" else settings.device
 
 
 # --- a whole suite ------------------------------------------------------------------------------
@@ -277,8 +79,6 @@ def run_suite(
 
     With `ray`, cases run on a Ray cluster whose workers build engines of their own from `engine.settings`
     (`jobs` caps the workers; 0 or less: as many as the cluster holds); the driver writes the same run folder."""
-    from workbench.evaluation.report import summarise, write_run
-
     if not isinstance(suite, Suite):
         suite = load_suite(suite, check_files=False)
     settings = engine.settings
@@ -292,13 +92,11 @@ def run_suite(
     extra_notes: list[str] = []
     with atomic.atomic_dir(final) as tmp:
         if ray is not None:
-            from workbench.evaluation.distributed import run_cases_on_ray
-
             dist = run_cases_on_ray(suite, tmp, settings, face_detector, ray, max_workers=jobs, progress=progress)
             outputs, weights, syncnet_note = dist.outputs, dist.weights, dist.syncnet_note
             jobs, extra_meta, extra_notes = dist.workers, {"ray": dist.metadata}, dist.notes
         elif jobs <= 1:
-            scorers = Scorers(settings.models_dir, _device(settings), face_detector)
+            scorers = Scorers(settings.models_dir, scorer_device(settings), face_detector)
             for k, case in enumerate(suite.cases):
                 sub = (lambda f, m="", k=k, c=case.id: progress((k + f) / n, f"{c}: {m}")) if progress else None
                 outputs[case.id] = run_case(case, suite, tmp / "cases" / case.id, scorers, engine, sub)
@@ -372,7 +170,7 @@ def git_commit(repo: Path | None = None) -> dict:
 
 
 def machine_info() -> dict:
-    import torch
+    import torch  # lazy: torch costs seconds to import, and only the run metadata needs its version here
 
     info = {
         "host": platform.node(),
@@ -393,8 +191,6 @@ def renderer_weights(settings: Settings, rows: list[dict]) -> dict:
     if not any("musetalk" in str(u).lower() for u in used):
         return {"renderer_weights": "random/none"}
     try:
-        from workbench import weights
-
         report = weights.check(settings.models_dir)
         return {"renderer_weights": {name: c.status for name, c in report.components.items()}}
     except Exception as e:  # the weights report is informative only
@@ -404,8 +200,6 @@ def renderer_weights(settings: Settings, rows: list[dict]) -> dict:
 def run_metadata(
     suite: Suite, settings: Settings, jobs: int, face_detector: str, weights: dict, rows: list[dict], seconds: float
 ) -> dict:
-    from workbench.evaluation.provenance import provenance
-
     git, machine = git_commit(), machine_info()
     all_weights = {**weights, **renderer_weights(settings, rows)}
     used = [str(r["face_detector"]) for r in rows if r.get("face_detector")]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.config import FPS
+from workbench.evaluation import protocol
 from workbench.evaluation.errors import SyncNetWeightsMissing
 from workbench.evaluation.face_track import (
     MIN_TRACK,
@@ -19,6 +20,7 @@ from workbench.evaluation.face_track import (
     crop_track,
     get_box_detector,
     main_track,
+    sfd_weights_path,
     track_landmarks,
     track_video,
 )
@@ -97,8 +99,6 @@ class Scorers:
 
     def weight_hashes(self) -> dict[str, str]:
         """sha256 of the evaluation's weight files, or 'none' for each that is absent."""
-        from workbench.evaluation.face_track import sfd_weights_path
-
         out = {"syncnet_v2.model": "none", "sfd_face.pth": "none"}
         if self.models_dir is not None:
             try:
@@ -167,8 +167,6 @@ def _protocol_syncnet(
 ) -> tuple[SyncNetScores | None, list[dict]]:
     """SyncNet through syncnet_python's media steps, from a lossless copy of these frames and audio."""
     import tempfile
-
-    from workbench.evaluation import protocol
 
     with tempfile.TemporaryDirectory(prefix="syncnet_clip_") as tmp:
         clip = protocol.write_clip(Path(tmp) / "clip.mkv", np.asarray(frames), audio16k, FPS)

@@ -21,6 +21,7 @@ The result goes to `<runs_dir>/stages/<stamp>.json` and `latest.json`, which the
 from __future__ import annotations
 
 import contextlib
+import platform
 import tempfile
 import time
 from collections import defaultdict
@@ -32,6 +33,10 @@ import numpy as np
 
 from workbench import atomic
 from workbench.config import FPS, SAMPLES_PER_FRAME
+from workbench.evaluation.runner import machine_info
+from workbench.lipsync.compositor import Compositor
+from workbench.lipsync.loop import RenderLoop
+from workbench.media import write_video
 
 STAGES = ("features", "mouth", "decode", "paste_back", "encode")
 # Renderer methods behind each stage, per renderer class; the Compositor's for paste-back.
@@ -117,10 +122,6 @@ def _cuda_sync(device):
 
 
 def _hardware() -> dict:
-    import platform
-
-    from workbench.evaluation.runner import machine_info
-
     info = machine_info()
     info["cpu"] = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -133,10 +134,6 @@ def _hardware() -> dict:
 
 def measure_stages(engine, avatar, audio16k: np.ndarray, batch_size: int | None = None) -> StageReport:
     """Render `audio16k` on `avatar` once with the engine's renderer, timing each stage."""
-    from workbench.lipsync.compositor import Compositor
-    from workbench.lipsync.loop import RenderLoop
-    from workbench.media import write_video
-
     renderer = engine.renderer
     audio16k = np.asarray(audio16k, dtype=np.float32)
     n = len(audio16k) // SAMPLES_PER_FRAME

@@ -19,6 +19,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from workbench.avatars.model import Avatar, PrepParams
+from workbench.evaluation.case import sync_fields
+from workbench.evaluation.case_quality import quality_fields
+from workbench.evaluation.report import _subplots
+from workbench.evaluation.scoring import Scorers, score_clip
 
 Progress = Callable[[float, str], None]
 MAX_VALUES = 9  # renders per sweep: each is a full preparation, render and scoring
@@ -84,10 +88,6 @@ def sweep_bbox_shift(
     progress: Progress | None = None,
 ) -> SweepResult:
     """Render `audio16k` on the avatar of `source` prepared with each bbox_shift and score each render."""
-    from workbench.evaluation.case_quality import quality_fields
-    from workbench.evaluation.runner import _sync_fields
-    from workbench.evaluation.scoring import Scorers, score_clip
-
     if len(audio16k) < 16000 * 2:
         raise ValueError("give at least 2 s of speech to score a sweep (the sync scores need ~1.3 s of frames)")
     first = engine.prepare(source, base)
@@ -109,7 +109,7 @@ def sweep_bbox_shift(
         row: dict = {}
         details: dict = {}
         scores = score_clip(frames, audio16k, scorers, metrics)
-        _sync_fields(row, details, scores, 0)
+        sync_fields(row, details, scores, 0)
         quality_fields(frames, audio16k, scores, scorers.fitter, avatar, row, details)
         points.append(SweepPoint(v, row, sweep_score(row)))
     best = max(points, key=lambda p: p.score)
@@ -121,8 +121,6 @@ def sweep_bbox_shift(
 
 def plot_sweep(result: SweepResult) -> Figure:
     """Score against bbox_shift (thick), with the terms it is made of; the recommendation marked."""
-    from workbench.evaluation.report import _subplots
-
     fig, ax = _subplots(figsize=(7, 4))
     x = [p.value for p in result.points]
     ax.plot(x, [p.score for p in result.points], "o-", lw=2.5, color="k", label="sweep score")

@@ -25,6 +25,7 @@ from torch import nn
 
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME
 from workbench.evaluation.errors import MediaTooShortError, SyncNetWeightsMissing
+from workbench.faces.checkpoints import extract_state_dict, load_strict, read_checkpoint
 from workbench.weights import sha256_cached
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,6 @@ def syncnet_weights_path(models_dir: str | Path) -> Path:
 
 def load_syncnet(path: str | Path, device: str | torch.device = "cpu") -> SyncNetS:
     """The official `syncnet_v2.model` (a state dict with S's key names), loaded strictly, in eval mode."""
-    from workbench.faces.checkpoints import extract_state_dict, load_strict, read_checkpoint
-
     state = extract_state_dict(read_checkpoint(path), path)
     net = SyncNetS()
     load_strict(net, state, path, "SyncNet (syncnet_v2.model)")

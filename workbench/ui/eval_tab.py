@@ -39,7 +39,7 @@ from workbench.ui.session_state import SessionState, new_session
 
 log = logging.getLogger(__name__)
 
-EXAMPLE_SUITE = Path(__file__).resolve().parents[2] / "suites" / "example.yaml"
+EXAMPLE_SUITE = Path(__file__).resolve().parents[2] / "eval" / "suites" / "example.yaml"
 MANIFEST_TYPES = [".yaml", ".yml", ".zip"]
 MAX_ZIP_FILES = 200
 UNZIP_CHUNK = 1 << 20
@@ -57,7 +57,7 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 
 def rebase_on_samples(suite: Suite, samples_dir: Path | None) -> Suite:
     """Cases whose files are missing but exist by name in the samples folder point there instead
-    (the example suite names ../shared/samples; a deployment may keep the samples elsewhere)."""
+    (the example suite names shared/samples beside the repository; a deployment may keep the samples elsewhere)."""
     if samples_dir is None:
         return suite
     cases = []
@@ -72,7 +72,7 @@ def rebase_on_samples(suite: Suite, samples_dir: Path | None) -> Suite:
 
 
 def available_cases(suite: Suite) -> tuple[Suite, list[str]]:
-    """The suite without the cases whose media are not on this server (a Space has no ../shared/samples),
+    """The suite without the cases whose media are not on this server (a Space has no shared/samples beside the repository),
     and the ids left out. None left is an error naming what is missing."""
     missing = suite.missing_files()
     if not missing:
@@ -212,21 +212,12 @@ EMPTY_TABLE_HEADERS = [c for c in TABLE_COLUMNS if c not in TRAILING] + ["render
 GATE_HEADERS = ["metric", "baseline", "current", "delta", "allowed", "better", "status"]
 CASE_DIFF_HEADERS = ["case", "metric", "a", "b", "delta"]
 
-# What each number means, under the summary (the names are the report's; some are not self-explanatory).
-METRIC_HELP = {
-    "ls_offset / ls_offset_error": "weight-free lip-sync offset in frames (audio vs mouth, landmark based; 0 = in "
-    "sync) and its distance from the case's expected offset",
-    "ls_confidence": "how clearly the mouth follows the audio at the best offset (higher is clearer)",
-    "ls_in_sync_rate / ls_determined_rate": "share of cases within one frame of the expected offset / share where "
-    "an offset could be determined at all",
-    "syncnet_lse_d / syncnet_lse_c": "SyncNet's LSE-D (distance, lower is better) and LSE-C (confidence, higher is "
-    "better), as in the MuseTalk/Wav2Lip papers",
-    "latency_first_frame_ms": "time from the first audio to the first rendered frame",
-    "latency_total_p95_ms": "95th percentile of each frame's time from its audio to its output",
-    "latency_sustained_fps": "frames rendered per second once rendering has started (25 keeps up with real time)",
-    "latency_rtf": "real-time factor: render time over audio duration (below 1 is faster than real time)",
-    "latency_dropped / latency_late (_total)": "frames dropped, and frames ready after their 40 ms slot, summed over "
-    "the cases (0 is best)",
+# What each summary number means, under the summary: the registry's words (workbench/evaluation/metrics.py), so a
+# new metric is explained here without editing this file.
+METRIC_HELP: dict[str, str] = {
+    m.summary: m.explain + (f" ({m.direction} is better)" if m.direction else "")
+    for m in metrics.METRICS
+    if m.summary and m.group != "suite"
 }
 
 
