@@ -237,3 +237,14 @@ def test_the_two_renderer_families_stay_apart():
             wrong.append(f"{module} imports a deep-learning library")
     assert not wrong, "renderer families mixed:\n" + "\n".join(wrong)
     assert "torch" in _third_party(f"{musetalk}.renderer")  # the reading sees a function-local third-party import
+
+
+def test_every_module_is_in_the_architecture_map():
+    """docs/architecture.md names every module, so the map a newcomer reads first cannot fall behind the tree."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [
+        p.relative_to(PACKAGE).as_posix()
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.name != "__main__.py" and f"`{p.relative_to(PACKAGE).as_posix()}`" not in doc
+    ]
+    assert not missing, f"add these to the module map in docs/architecture.md: {missing}"
