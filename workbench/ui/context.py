@@ -152,6 +152,20 @@ def user_errors(fn):
     return wrapper
 
 
+def within_disk_budget(method):
+    """A tab handler whose job writes files visitors can make (clips, runs, detections): after it, finished or
+    failed, the visitors' disk budget is swept (`UIContext.after_job`)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.ctx.after_job()
+
+    return wrapper
+
+
 def avatar_label(info) -> str:
     """How an avatar appears in a dropdown: source, frames, the parameters that differ from the defaults."""
     defaults = PrepParams().to_dict()

@@ -34,7 +34,7 @@ from workbench.evaluation.manifest import GeneratedCase, ReferenceCase, Suite, l
 from workbench.evaluation.report import PLOTS, ROW_PLOTS, TABLE_COLUMNS, Run, load_run, show_undetermined
 from workbench.evaluation.runner import run_suite
 from workbench.plain import one_line
-from workbench.ui.context import UIContext, gr_progress, user_errors
+from workbench.ui.context import UIContext, gr_progress, user_errors, within_disk_budget
 from workbench.ui.session_state import SessionState, new_session
 
 log = logging.getLogger(__name__)
@@ -382,6 +382,7 @@ class EvalTab:
 
     # --- handlers -------------------------------------------------------------------------------
     @user_errors
+    @within_disk_budget  # runs and report zips count against the visitors' disk budget
     def run(
         self,
         which: str,
@@ -393,12 +394,6 @@ class EvalTab:
         operator_token: str | None = None,
         progress=gr.Progress(),
     ):
-        try:
-            return self._run(which, upload, case_ids, seconds, session, where, operator_token, progress)
-        finally:
-            self.ctx.after_job()  # runs and report zips count against the visitors' disk budget
-
-    def _run(self, which, upload, case_ids, seconds, session, where, operator_token, progress):
         session = session or new_session()
         if where == "ray" and not operator_allowed(self.ctx.settings, operator_token):
             raise EvalError(

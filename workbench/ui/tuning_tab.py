@@ -27,6 +27,7 @@ from workbench.ui.context import (
     gr_progress,
     short_id,
     user_errors,
+    within_disk_budget,
 )
 from workbench.ui.library import AUDIO_EXTS
 from workbench.ui.session_state import SessionState, new_session, remember
@@ -185,6 +186,7 @@ class TuningTab:
         return gr.update(maximum=round(max(0.04, top - 0.04), 2), value=round(loudest_moment(audio), 2))
 
     @user_errors
+    @within_disk_budget  # the clip goes to the scratch space: keep it within the disk budget
     def grid(
         self,
         avatar_id,
@@ -201,43 +203,6 @@ class TuningTab:
         clip_seconds,
         session,
         progress=gr.Progress(),
-    ):
-        try:
-            return self._grid(
-                avatar_id,
-                frame_index,
-                sample_audio,
-                upload,
-                moment,
-                shifts_text,
-                extra_margin,
-                parsing_mode,
-                left_cheek,
-                right_cheek,
-                make_clip,
-                clip_seconds,
-                session,
-                progress,
-            )
-        finally:
-            self.ctx.after_job()  # the clip went to the scratch space: keep it within the disk budget
-
-    def _grid(
-        self,
-        avatar_id,
-        frame_index,
-        sample_audio,
-        upload,
-        moment,
-        shifts_text,
-        extra_margin,
-        parsing_mode,
-        left_cheek,
-        right_cheek,
-        make_clip,
-        clip_seconds,
-        session,
-        progress,
     ):
         session = session or new_session()
         report = gr_progress(progress)
