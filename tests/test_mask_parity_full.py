@@ -57,9 +57,9 @@ def _close(ours, ref, what: str, share_needed: float = PIXEL_SHARE, max_levels: 
         assert int(diff.max()) <= max_levels, f"{what}: max difference {int(diff.max())} > {max_levels}"
 
 
-def _cases():
+def _cases(inside_frame_only: bool = False):
     meta = json.loads(FIXTURE.with_suffix(".json").read_text())
-    return [c["name"] for c in meta["cases"]]
+    return [c["name"] for c in meta["cases"] if not inside_frame_only or min(c["box"][:2]) >= 0]
 
 
 @pytest.mark.parametrize("name", _cases())
@@ -78,7 +78,9 @@ def test_full_strength_masks_match_reference(fixture, name):
     _close(ours, ref, f"mask {name}")
 
 
-@pytest.mark.parametrize("name", _cases())
+# A face box leaving the frame (case 2 starts at x = -10) is clipped at preparation, so the avatar path cannot paste
+# it as the reference does: such boxes are covered by the main fixtures' edge cases, not here.
+@pytest.mark.parametrize("name", _cases(inside_frame_only=True))
 def test_full_strength_paste_back_matches_reference(fixture, name):
     """Our avatar path (the mask stored in crop coordinates, then `Compositor.paste`) against the reference's
     `get_image_blending` with its region mask."""
@@ -90,8 +92,7 @@ def test_full_strength_paste_back_matches_reference(fixture, name):
     case = next(c for c in meta["cases"] if c["name"] == name)
     frame, face = inputs[case["box_index"]]
     box = np.asarray(case["box"], np.int32)
-    if box[0] < 0 or box[1] < 0 or box[2] > frame.shape[1] or box[3] > frame.shape[0]:
-        pytest.skip("a face box leaving the frame is clipped at preparation (covered by the main fixtures' edge cases)")
+    assert box[0] >= 0 and box[1] >= 0 and box[2] <= frame.shape[1] and box[3] <= frame.shape[0]
     labels = data[f"labels_{case['box_index']}"]
     x1, y1, x2, y2 = (int(v) for v in box)
     ref = data[f"composite_{name}"]
