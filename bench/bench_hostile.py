@@ -21,7 +21,6 @@ unpacks, another process's scratch) or if the visitors' disk use ends over its b
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -318,22 +317,6 @@ class Hostile:
         return used
 
 
-def offer_sdp() -> str:
-    from aiortc import RTCPeerConnection
-
-    async def make():
-        pc = RTCPeerConnection()
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
-        pc.createDataChannel("chat")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    return asyncio.run(make())
-
-
 def make_inputs(folder: Path, zip_mb: int) -> dict:
     import cv2
     import numpy as np
@@ -419,6 +402,8 @@ def main() -> int:
     h = Hostile(args, root)
     t_start = time.monotonic()
     inputs = make_inputs(root / "inputs", args.zip_mb)
+    from testkit.realtime import offer_sdp  # after sys.path holds the repository (see the top)
+
     sdp = offer_sdp()
     sock, accepted = listener()
     h.start()

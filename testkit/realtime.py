@@ -326,3 +326,20 @@ class Peer:
 
     async def close(self):
         await self.pc.close()
+
+
+def offer_sdp() -> str:
+    """A real browser-like offer (aiortc: video and audio to receive, a data channel) that will never complete:
+    nobody applies the answer. The hostile probes (tests/test_security.py, bench/bench_hostile.py) send it."""
+
+    async def make():
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.createDataChannel("chat")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())

@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
+from testkit.realtime import offer_sdp
 from testkit.runs import session_latency_log
 from workbench.config import Settings
 
@@ -121,23 +122,6 @@ class Site:
 
 def file_data(path: str, name: str | None = None) -> dict:
     return {"path": str(path), "orig_name": name or Path(path).name, "meta": {"_type": "gradio.FileData"}}
-
-
-def offer_sdp() -> str:
-    """A real browser-like offer (aiortc) that will never complete: nobody applies the answer."""
-    from aiortc import RTCPeerConnection
-
-    async def make():
-        pc = RTCPeerConnection()
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
-        pc.createDataChannel("chat")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    return asyncio.run(make())
 
 
 @pytest.fixture(scope="module")
