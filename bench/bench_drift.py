@@ -121,6 +121,21 @@ def mouth_box(avatar, scale: float) -> list[int]:
     return [int(v) for v in np.round(box)]
 
 
+def watch_parent() -> None:
+    """End this child server when the bench that started it is gone, however it went (killed, crashed):
+    the bench must not leave a server behind."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def serve(port: int, renderer: str, frames: int, work: Path) -> None:
     import logging
 
@@ -133,6 +148,7 @@ def serve(port: int, renderer: str, frames: int, work: Path) -> None:
     from workbench.realtime.server import mount_realtime
 
     logging.basicConfig(level=logging.WARNING)
+    watch_parent()
     settings = Settings(
         renderer="cpu",
         runs_dir=work / "runs",
@@ -425,10 +441,13 @@ def main() -> None:
         ap.error("--minutes must be in (0, 1440], --calls in 1..4, --window-s in 10..3600")
 
     import shutil
+    import signal
     import tempfile
 
     from workbench import atomic
 
+    # SIGTERM (a timeout, a kill) ends the bench through its `finally`, which stops the server and removes its files
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="drift-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
