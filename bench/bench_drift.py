@@ -21,8 +21,8 @@ Mouth signal, `--renderer`:
 * `level` (default): testkit's `LevelRenderer` (the grey level of a block = the RMS of the frame's audio),
   which also stamps that level into the picture's top-left corner; read exactly from the decoded picture.
   A bench-only engine wrapper hands it to the child server; the public app has no way to choose it.
-* `cpu`: the real CPU renderer; the mouth signal is the luminance spread inside the mouth (landmarks 60–67 of
-  the prepared avatar, union over its frames, grown by a quarter): an open mouth (dark inside, teeth) spreads.
+* `cpu`: the real CPU renderer; the mouth signal is the darkness of the mouth box (outer lips, landmarks 48–59 of
+  the prepared avatar over all its frames, grown a little): an open mouth shows its dark inside.
 
 Writes bench/results/drift.json (or `--out`): per-minute offsets by both clocks and their correlation, clock
 rates (pictures per second of sound), skipped ticks, stalls and audio gaps, the server's own counters
@@ -112,12 +112,13 @@ def corner_level_renderer():
 
 
 def mouth_box(avatar, scale: float) -> list[int]:
-    """The inner mouth (landmarks 60–67) over all the avatar's frames, grown by a quarter, in sent pixels."""
-    pts = avatar.landmarks[:, 60:68].reshape(-1, 2)
+    """The outer lips (landmarks 48–59) over all the avatar's frames, grown by 0.1 of their width on each side and
+    0.15 below and above (where an opening mouth goes), in sent pixels."""
+    pts = avatar.landmarks[:, 48:60].reshape(-1, 2)
     x1, y1 = pts.min(0)
     x2, y2 = pts.max(0)
-    gx, gy = (x2 - x1) / 4, (y2 - y1) / 4
-    box = np.array([x1 - gx, y1 - gy, x2 + gx, y2 + gy]) * scale
+    w = x2 - x1
+    box = np.array([x1 - 0.1 * w, y1 - 0.15 * w, x2 + 0.1 * w, y2 + 0.15 * w]) * scale
     return [int(v) for v in np.round(box)]
 
 
@@ -239,10 +240,13 @@ def corner_signal(frame) -> float:
 
 
 def mouth_signal(box: list[int]):
+    """Darkness of the mouth box: an open mouth shows its dark inside. Checked offline on 8 s of eng.wav through
+    the CPU renderer on yongen: correlation with the frame's RMS 0.91 at lag 0, 0.76–0.85 one frame either side
+    (the spread of the luminance, 0.80; the inner-lip box alone, 0.67)."""
     x1, y1, x2, y2 = box
 
     def read(frame) -> float:
-        return float(luma(frame)[y1:y2, x1:x2].std())
+        return 255.0 - float(luma(frame)[y1:y2, x1:x2].mean())
 
     return read
 

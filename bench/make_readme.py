@@ -61,7 +61,7 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
     ),
     "drift-cpu": (
         "Long-session A/V drift through the real WebRTC path with the real CPU renderer on yongen (mouth signal: "
-        "luminance spread in the mouth box): offset per minute by RTP/sender reports and by arrival, drift.",
+        "darkness of the mouth box): offset per minute by RTP/sender reports and by arrival, drift.",
         "bench/bench_drift.py --renderer cpu",
     ),
     "drift": (
