@@ -122,9 +122,10 @@ def mouth_box(avatar, scale: float) -> list[int]:
     return [int(v) for v in np.round(box)]
 
 
-def watch_parent() -> None:
-    """End this child server when the bench that started it is gone, however it went (killed, crashed):
-    the bench must not leave a server behind."""
+def watch_parent(work: Path) -> None:
+    """End this child server, and remove its work folder, when the bench that started it is gone however it went
+    (killed, crashed): the bench must not leave a server or a prepared avatar behind."""
+    import shutil
     import threading
 
     parent = os.getppid()
@@ -132,6 +133,7 @@ def watch_parent() -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
+        shutil.rmtree(work, ignore_errors=True)
         os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -149,7 +151,7 @@ def serve(port: int, renderer: str, frames: int, work: Path) -> None:
     from workbench.realtime.server import mount_realtime
 
     logging.basicConfig(level=logging.WARNING)
-    watch_parent()
+    watch_parent(work)
     settings = Settings(
         renderer="cpu",
         runs_dir=work / "runs",
