@@ -27,6 +27,9 @@ Mouth signal, `--renderer`:
 Writes bench/results/drift.json (or `--out`): per-minute offsets by both clocks and their correlation, clock
 rates (pictures per second of sound), skipped ticks, stalls and audio gaps, the server's own counters
 (clock rebases, queue drops), and the machine's load.
+
+Loopback only, bounded (`--minutes` ≤ 1440, `--calls` ≤ 4); the child server stops with the bench, and by itself
+(removing its work folder) when the bench is killed.
 """
 
 from __future__ import annotations
