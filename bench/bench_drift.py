@@ -347,9 +347,12 @@ class Call:
             rows = reports.rows.get(self.receivers.get(kind, -1), [])
             return drift_measure.Reports([r[1] for r in rows], [r[2] for r in rows])
 
-        measured = drift_measure.measure(
-            stream(self.audio, 0.02), stream(self.video, 0.04), srs("audio"), srs("video"), window_s=window_s
-        )
+        try:
+            measured = drift_measure.measure(
+                stream(self.audio, 0.02), stream(self.video, 0.04), srs("audio"), srs("video"), window_s=window_s
+            )
+        except ValueError as exc:  # a call that never got media: say so in the JSON instead of losing the run
+            measured = {"windows": [], "measure_error": str(exc)}
         return {
             "turns": self.turns,
             "sender_reports": {k: len(reports.rows.get(v, [])) for k, v in self.receivers.items()},
@@ -506,7 +509,7 @@ def main() -> None:
     atomic.write_json(args.out, summary)
     for i, c in enumerate(calls):
         print(f"call {i}: {c['turns']} turns, server {c['server_stats']}, errors {c['errors']}")
-        print(drift_measure.table(c))
+        print(drift_measure.table(c) if c["windows"] else f"not measured: {c.get('measure_error')}")
     print(f"wrote {args.out}")
 
 
