@@ -59,6 +59,22 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
         "drive, realism and speed by frame size (target >= 50 frames/s per stream).",
         "bench/bench_cpu.py",
     ),
+    "drift-2calls": (
+        "Long-session A/V drift, two concurrent calls for 5 minutes through the real WebRTC path (level renderer): "
+        "offsets of the call that drifted most, by RTP/sender reports and by arrival.",
+        "bench/bench_drift.py --calls 2 --minutes 5",
+    ),
+    "drift-cpu": (
+        "Long-session A/V drift through the real WebRTC path with the real CPU renderer on yongen (mouth signal: "
+        "darkness of the mouth box): offset per minute by RTP/sender reports and by arrival, drift.",
+        "bench/bench_drift.py --renderer cpu",
+    ),
+    "drift": (
+        "Long-session A/V drift through the real WebRTC path (server + aiortc on loopback, echo voice, level "
+        "renderer read from the picture): offset per minute by RTP/sender reports and by arrival, last - first "
+        "minute, clock rates, skipped ticks, stalls.",
+        "bench/bench_drift.py --minutes 10",
+    ),
     "engine-cpu": (
         "MuseTalk stages at full size with random weights, CPU fp32: UNet and VAE decode per frame, Whisper block, "
         "VAE encode, landmarks (MuseTalk in real time needs a GPU).",
