@@ -224,13 +224,12 @@ def test_fixture_offsets_sit_inside_the_range_with_a_clear_optimum():
     assert len(files) >= 3
     for f in files:
         (t,) = json.loads(f.read_text())["tracks"]
-        d = np.asarray(t["mean_dists"])
-        j = int(np.argmin(d))
+        d = np.sort(np.asarray(t["mean_dists"]))
         assert abs(t["offset"]) <= 10, f"{f.stem}: offset {t['offset']} at or near the range edge"
-        assert t["lse_c"] > 1.0, f"{f.stem}: LSE-C {t['lse_c']}, no clear optimum"
-        # the best offset beats every offset two or more frames away by a clear margin, not by noise
-        far = np.delete(d, np.arange(max(0, j - 1), min(len(d), j + 2)))
-        assert far.min() - d[j] > 0.2, f"{f.stem}: a second minimum {far.min() - d[j]:.3f} above the best"
+        assert t["lse_c"] > 3.0, f"{f.stem}: LSE-C {t['lse_c']}, no clear optimum"
+        # the best offset beats every other one, its neighbours included, by far more than the lossy steps move
+        # a distance (5e-3 for the seeded weights), so a one-frame shift of the audio cannot leave it in place
+        assert d[1] - d[0] > 1.0, f"{f.stem}: the runner-up offset only {d[1] - d[0]:.3f} above the best"
 
 
 def test_reference_offset_moves_with_the_audio_frame_by_frame():
