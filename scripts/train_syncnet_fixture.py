@@ -24,7 +24,9 @@ Loss: for every video window i, a softmax over the offsets j in -MAX_SHIFT..MAX_
 distance of the clip's mean curve MARGIN below that one and two frames either side. Adam, STEPS full-batch steps, seed
 TRAIN_SEED. Writes tests/fixtures/syncnet/syncnet_head_correction.npz (float32) and prints its sha256 and, for every
 clip, the offset and LSE-C the trained weights give on the frozen features with the audio features moved -1, 0
-and +1 frames.
+and +1 frames. A rerun gives the same offsets and moves, LSE-C within ~0.1, but not the same bytes (CPU float
+reductions differ run to run), so a retrained file means remaking the fixtures: testkit.models pins the committed
+file's sha256 and refuses another.
 """
 
 from __future__ import annotations
