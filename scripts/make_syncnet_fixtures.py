@@ -11,8 +11,11 @@ the reference's own `run_pipeline.py` (ffmpeg conversion to 25 fps, JPEG frames,
 crop video, cropped audio) and `SyncNetInstance.evaluate` on each crop video, and writes what they found to
 tests/fixtures/syncnet/<clip>.json: crop boxes, per-offset mean distances, LSE-D, LSE-C and the AV offset.
 
-Weights are random (no pretrained files can be downloaded here) but in the official formats: `syncnet_v2.model` is
-`SyncNetS`'s state dict, `sfd_face.pth` S3FDNet's. Random S3FD finds no face, so `make_syncnet_eval_weights` redraws
+Weights are seeded random (no pretrained files can be downloaded here) but in the official formats:
+`syncnet_v2.model` is `SyncNetS`'s state dict, `sfd_face.pth` S3FDNet's. SyncNet's two heads carry a small trained
+low-rank correction of their last layer (tests/fixtures/syncnet/syncnet_head_correction.npz, made by
+scripts/train_syncnet_fixture.py on calibration clips that are not fixtures), so the fixtures' AV offsets lie inside
+the +-15 range with a clear LSE-C and an audio shift of one frame moves them by one. Random S3FD finds no face, so `make_syncnet_eval_weights` redraws
 its trunk He-normal (so the picture reaches the deep maps), silences every confidence head but the stride-64 one and
 gives that one a bias plus a random conv: distinct, frame-dependent scores around 0.8-0.97, so the reference's and
 the project's S3FD must rank, suppress, track and crop the same ~1000 px boxes, and every media step after
@@ -23,6 +26,7 @@ project reproduces these numbers, with the reference's detections and with its o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pickle
@@ -42,13 +46,23 @@ sys.path.insert(0, str(ROOT))
 
 from testkit.models import SYNCNET_EVAL_SEED as SEED  # noqa: E402
 from testkit.models import SYNCNET_FIRE_HEAD as FIRE_HEAD  # noqa: E402
-from testkit.models import SYNCNET_FIRE_LOGIT, SYNCNET_FIRE_WEIGHT_STD, SYNCNET_LOC_WEIGHT_STD  # noqa: E402
+from testkit.models import (  # noqa: E402
+    SYNCNET_FIRE_LOGIT,
+    SYNCNET_FIRE_WEIGHT_STD,
+    SYNCNET_HEAD_FILE,
+    SYNCNET_HEAD_PATH,
+    SYNCNET_HEAD_RANK,
+    SYNCNET_LOC_WEIGHT_STD,
+)
 from testkit.models import make_syncnet_eval_weights as make_weights  # noqa: E402
 
 CLIPS = {
-    # name: (source under samples/, audio delay in ms applied before the reference sees it)
+    # name: (source under samples/, audio delay in ms applied before the reference sees it; negative: advance)
     "syncnet_example": ("syncnet_example.avi", 0),
     "syncnet_example_audio_late_200ms": ("syncnet_example.avi", 200),
+    # one frame (40 ms) each way: the AV offset must move by exactly one, in the reference and in the project
+    "syncnet_example_audio_late_40ms": ("syncnet_example.avi", 40),
+    "syncnet_example_audio_early_40ms": ("syncnet_example.avi", -40),
     "talk1": ("calibration/talk1.mp4", 0),  # 30 fps: the 25 fps conversion drops frames
     "talk3": ("calibration/talk3.mp4", 0),
 }
@@ -56,13 +70,18 @@ CLIPS = {
 
 def make_clip(src: Path, delay_ms: int, dst: Path) -> Path:
     """The clip as the reference will get it: a copy, or the audio delayed by `delay_ms` (silence in front, the
-    end cut to the original length) with the video stream copied untouched."""
+    end cut to the original length), or for a negative `delay_ms` advanced (its first -delay_ms cut, silence at the
+    end), with the video stream copied untouched."""
     if not delay_ms:
         shutil.copy(src, dst)
         return dst
+    if delay_ms > 0:
+        shift = f"adelay={delay_ms}:all=1"
+    else:
+        shift = f"atrim=start={-delay_ms / 1000:.3f},asetpts=PTS-STARTPTS,apad"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-y", "-i", str(src), "-map", "0:v:0", "-map", "0:a:0", "-c:v", "copy",
-         "-af", f"adelay={delay_ms}:all=1,atrim=end={_duration(src)}", "-c:a", "pcm_s16le", str(dst)],
+         "-af", f"{shift},atrim=end={_duration(src)}", "-c:a", "pcm_s16le", str(dst)],
         check=True,
     )  # fmt: skip
     return dst
@@ -205,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                     "fire_logit": SYNCNET_FIRE_LOGIT,
                     "fire_weight_std": SYNCNET_FIRE_WEIGHT_STD,
                     "loc_weight_std": SYNCNET_LOC_WEIGHT_STD,
+                    "head_correction": {
+                        "file": f"tests/fixtures/syncnet/{SYNCNET_HEAD_FILE}",
+                        "rank": SYNCNET_HEAD_RANK,
+                        "sha256": hashlib.sha256(SYNCNET_HEAD_PATH.read_bytes()).hexdigest(),
+                        "made_by": "scripts/train_syncnet_fixture.py",
+                    },
                     "state_sha256": digests,
                 },
                 "torch": torch.__version__,

@@ -344,6 +344,14 @@ SYNCNET_FIRE_HEAD = 4  # S3FD head of stride 64 (anchor 256 at detection scale 0
 SYNCNET_FIRE_LOGIT = 3.0
 SYNCNET_FIRE_WEIGHT_STD = 0.1
 SYNCNET_LOC_WEIGHT_STD = 0.03
+# Seeded SyncNet heads find no sync (every offset at the range edge, LSE-C ~0.01), so the parity weights add a small
+# trained part: a rank-SYNCNET_HEAD_RANK correction of each head's last linear layer, W = scale * W0 + u @ v.T and
+# b = scale * b0 + bias_delta, trained on the calibration clips (scripts/train_syncnet_fixture.py). Its file's sha256 is pinned
+# so a retrained file cannot slip in without the fixtures being remade.
+SYNCNET_HEAD_RANK = 16
+SYNCNET_HEAD_FILE = "syncnet_head_correction.npz"
+SYNCNET_HEAD_PATH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "syncnet" / SYNCNET_HEAD_FILE
+SYNCNET_HEAD_SHA256 = "7c540977189743616ddcaedbd57ffcffa642f0996374740cf2d48904ed78e850"
 
 
 def state_digest(state: dict) -> str:
@@ -358,12 +366,15 @@ def state_digest(state: dict) -> str:
     return h.hexdigest()
 
 
-def make_syncnet_eval_weights(folder: Path | str, seed: int = SYNCNET_EVAL_SEED) -> dict[str, str]:
+def make_syncnet_eval_weights(
+    folder: Path | str, seed: int = SYNCNET_EVAL_SEED, head_correction: Path | str | None = SYNCNET_HEAD_PATH
+) -> dict[str, str]:
     """Write syncnet_v2.model and sfd_face.pth (random init from `seed`, official formats) into `folder`; returns
     their `state_digest`s. Random S3FD finds no face, so every confidence head is silenced except the stride-64
     one, which fires with distinct, content-dependent scores (`SYNCNET_FIRE_*`): ~1000 px boxes (at the protocol's
     detection scale 0.25) that the reference and the project must pick, track and crop identically. Used for the
-    SyncNet parity fixtures."""
+    SyncNet parity fixtures. `head_correction` (the committed low-rank correction of both heads' last layers,
+    trained by scripts/train_syncnet_fixture.py; None for the bare seeded net) gives SyncNet a true sync optimum."""
     import torch
 
     from workbench.evaluation.syncnet import SyncNetS
@@ -400,6 +411,26 @@ def make_syncnet_eval_weights(folder: Path | str, seed: int = SYNCNET_EVAL_SEED)
         loc = sfd[f"loc.{head}.weight"]
         loc.copy_(normal(loc.shape, SYNCNET_LOC_WEIGHT_STD))
         sfd[f"loc.{head}.bias"].zero_()
+    if head_correction is not None:
+        apply_syncnet_head_correction(syncnet, head_correction)
     torch.save(syncnet, folder / "syncnet_v2.model")
     torch.save(sfd, folder / "sfd_face.pth")
     return {"syncnet_v2.model": state_digest(syncnet), "sfd_face.pth": state_digest(sfd)}
+
+
+def apply_syncnet_head_correction(state: dict, path: Path | str) -> None:
+    """Add the trained low-rank correction (`SYNCNET_HEAD_PATH`) to a seeded SyncNet state dict, in place."""
+    import hashlib
+
+    import torch
+
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if SYNCNET_HEAD_SHA256 and digest != SYNCNET_HEAD_SHA256:
+        raise ValueError(f"{path.name}: sha256 {digest}, expected {SYNCNET_HEAD_SHA256} (retrained? remake fixtures)")
+    with np.load(path) as z:
+        for side, head in (("lip", "netfclip.3"), ("aud", "netfcaud.3")):
+            u, v, bias_delta = (torch.from_numpy(z[f"{side}_{n}"]).float() for n in ("u", "v", "bias_delta"))
+            scale = float(z[f"{side}_scale"])
+            state[f"{head}.weight"] = (scale * state[f"{head}.weight"] + u @ v.T).contiguous()
+            state[f"{head}.bias"] = (scale * state[f"{head}.bias"] + bias_delta).contiguous()
