@@ -35,10 +35,9 @@ from workbench.avatars.model import Avatar
 from workbench.config import CROP_SIZE, N_LANDMARKS
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
-from workbench.lipsync.cpu import fullres
+from workbench.lipsync.cpu import fullres, style
 from workbench.lipsync.cpu import interior as mouth_interior
 from workbench.lipsync.cpu import paint as mouth_paint
-from workbench.lipsync.cpu import style
 from workbench.lipsync.cpu.bank import GAP_MAX as MOUTH_GAP_MAX
 from workbench.lipsync.cpu.bank import BankParams, BankTrack, MouthBank, stable_similarity
 from workbench.lipsync.cpu.frontend import MouthFrontend, MouthState

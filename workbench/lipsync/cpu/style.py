@@ -117,33 +117,48 @@ def avatar_palette(image: np.ndarray, lm: np.ndarray) -> PaintedPalette:
     cavity = 0.35 * tongue if cavity is None else cavity
     # The interior sits in the lips' shadow: the teeth a little below the eye whites, the cavity at most as light
     # as a quarter of the lip red.
-    cavity = np.minimum(cavity, 0.45 * tongue)
-    return PaintedPalette(teeth=0.92 * teeth, cavity=cavity, tongue=tongue)
+    # A line-art painting's darkest stroke is near black: the cavity is half that, half a deep shade of its lip red.
+    cavity = 0.3 * np.minimum(cavity, 0.45 * tongue) + 0.7 * 0.5 * tongue
+    # Eye whites are often painted with a cool tint: teeth keep their lightness with a quarter of the tint, warmed
+    # a little (teeth are ivory, not blue).
+    grey = float(teeth @ lum)
+    teeth = 0.25 * teeth + 0.75 * grey * np.array([0.95, 1.0, 1.04])
+    return PaintedPalette(teeth=teeth, cavity=cavity, tongue=tongue)
 
 
 def paint_tile(tile: np.ndarray, pal: PaintedPalette) -> np.ndarray:
-    """(h, w, 3) float BGR: a real interior tile (float BGR 0..255) re-painted in `pal`'s colours.
+    """(h, w, 3) float BGR: a real interior tile (unwrapped, row 0 at the upper lip; float BGR 0..255) re-painted
+    in `pal`'s colours.
 
-    Each pixel is teeth, tongue or cavity by its lightness and redness in the footage (soft weights, then a
-    median filter so each region is one shape with a clean edge); within a region the footage's lightness,
-    flattened to `TONES` tones, shades the avatar's colour."""
-    lab = cv2.cvtColor(tile.astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+    The footage says where the teeth and the tongue are, column by column: how far its bright, unsaturated upper
+    teeth reach down from the upper lip and its red tongue up from the lower lip. Those reaches, smoothed across
+    the mouth, become flat shapes with clean edges, as a painter draws them: a band of teeth, a tongue mound and
+    the cavity between, each in `TONES` tones of its own colour (a little shadow under the upper lip and in the
+    depth of the mouth)."""
+    h, w = tile.shape[:2]
+    lab = cv2.cvtColor(np.clip(tile, 0, 255).astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+    lab = cv2.GaussianBlur(lab, (0, 0), 1.0)  # shapes, not grain
     L, a = lab[..., 0], lab[..., 1]
     lo, hi = np.percentile(L, 5), np.percentile(L, 98)
     ln = np.clip((L - lo) / max(hi - lo, 1e-3), 0.0, 1.0)
-    w_teeth = np.clip((ln - 0.55) / 0.2, 0.0, 1.0) * np.clip(1.0 - (a - 12.0) / 12.0, 0.0, 1.0)
-    w_tongue = np.clip((a - 8.0) / 10.0, 0.0, 1.0) * np.clip((ln - 0.2) / 0.2, 0.0, 1.0) * (1.0 - w_teeth)
-    cls = np.zeros(L.shape, np.uint8)  # 0 cavity, 1 tongue, 2 teeth
-    cls[w_tongue > 0.5] = 1
-    cls[w_teeth > 0.5] = 2
-    cls = cv2.medianBlur(cls, 5)
-    # Shading within each region: the footage's lightness, smoothed and flattened to a few tones.
-    shade = cv2.bilateralFilter(ln.astype(np.float32), 5, 0.2, 3.0)
-    shade = np.round(shade * (TONES - 1)) / (TONES - 1)
-    out = np.empty(tile.shape, np.float32)
-    colours = (pal.cavity, pal.tongue, pal.teeth)
-    gains = ((0.7, 1.2), (0.6, 1.05), (0.8, 1.02))  # darkest..lightest tone of each region, times its colour
-    for k, (c, (g0, g1)) in enumerate(zip(colours, gains, strict=True)):
-        m = cls == k
-        out[m] = (g0 + (g1 - g0) * shade[m])[:, None] * np.asarray(c, np.float32)[None, :]
+    teeth_px = (ln > 0.5) & (a < 16.0)
+    tongue_px = (a > 10.0) & (ln > 0.2) & ~teeth_px
+    rows = np.arange(h, dtype=np.float32)[:, None]
+    top, bottom = rows < 0.6 * h, rows >= 0.4 * h
+    reach_t = cv2.GaussianBlur((teeth_px & top).sum(axis=0).astype(np.float32)[None, :], (0, 0), 6.0)[0]
+    reach_g = cv2.GaussianBlur((tongue_px & bottom).sum(axis=0).astype(np.float32)[None, :], (0, 0), 6.0)[0]
+    teeth = rows < reach_t[None, :]
+    tongue = (rows >= h - reach_g[None, :]) & ~teeth
+    # Depth: 0 at the lips, 1 in the middle of the opening and across it (the corners are shallower).
+    col = np.abs(np.linspace(-1.0, 1.0, w, dtype=np.float32))[None, :]
+    depth = np.sin(np.pi * (rows + 0.5) / h) * np.sqrt(np.clip(1.0 - col**2, 0.0, 1.0))
+    tone = np.floor(np.clip(depth, 0.0, 0.999) * TONES) / (TONES - 1)  # 0 light .. 1 dark, flat steps
+    lip_shade = np.floor(np.clip(1.0 - rows / max(0.25 * h, 1.0), 0.0, 0.999) * 2) / 2  # under the upper lip
+    out = np.empty((h, w, 3), np.float32)
+    cav = np.asarray(pal.cavity, np.float32)
+    out[:] = cav * (1.15 - 0.4 * tone)[..., None]
+    tg = np.asarray(pal.tongue, np.float32) * (1.0 - 0.2 * tone)[..., None]
+    out = np.where(tongue[..., None], tg, out)
+    tt = np.asarray(pal.teeth, np.float32) * (1.0 - 0.18 * lip_shade - 0.08 * col)[..., None]
+    out = np.where(teeth[..., None], tt, out)
     return np.clip(out, 0, 255)
