@@ -5,7 +5,8 @@
 Process CPU time (not wall time: the machine is shared) per rendered frame, one frame per call as the realtime
 stream renders, on the same states (eng.wav 20-28 s):
 
-* yongen (704x1216, drawn path): the drawn interior against the library interior;
+* yongen (704x1216, drawn path): the drawn interior against the library interior (painted for yongen), each with
+  the full-resolution re-warp (default) and through the crop only (before it; the library as footage);
 * talk4 (700x700, bank path): the bank without look-ahead against the default window of 8 pending frames,
   and the path search alone (`source_frames`, no pixels) both ways.
 
@@ -73,6 +74,11 @@ def main() -> None:
     res = {
         "yongen_drawn_ms": cpu_ms(CPURenderer(interior="drawn"), yongen, states, True),
         "yongen_library_ms": cpu_ms(CPURenderer(interior="library"), yongen, states, True),
+        # Before issue 31b: through the crop only, the library as footage (no full-resolution pass, no painting).
+        "yongen_drawn_crop_only_ms": cpu_ms(CPURenderer(interior="drawn", full_res=False), yongen, states, True),
+        "yongen_library_crop_only_photo_ms": cpu_ms(
+            CPURenderer(interior="library", full_res=False, interior_style="photo"), yongen, states, True
+        ),
         "talk4_bank_no_lookahead_ms": cpu_ms(CPURenderer(bank_params=BankParams(lookahead=0)), talk4, states, True),
         "talk4_bank_lookahead8_ms": cpu_ms(CPURenderer(), talk4, states, True),
         "talk4_select_no_lookahead_ms": cpu_ms(CPURenderer(bank_params=BankParams(lookahead=0)), talk4, states, False),

@@ -159,6 +159,6 @@ def paint_tile(tile: np.ndarray, pal: PaintedPalette) -> np.ndarray:
     out[:] = cav * (1.15 - 0.4 * tone)[..., None]
     tg = np.asarray(pal.tongue, np.float32) * (1.0 - 0.2 * tone)[..., None]
     out = np.where(tongue[..., None], tg, out)
-    tt = np.asarray(pal.teeth, np.float32) * (1.0 - 0.18 * lip_shade - 0.08 * col)[..., None]
+    tt = np.asarray(pal.teeth, np.float32) * (1.0 - 0.18 * lip_shade)[..., None]
     out = np.where(teeth[..., None], tt, out)
     return np.clip(out, 0, 255)
