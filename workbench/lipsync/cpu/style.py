@@ -142,13 +142,15 @@ def paint_tile(tile: np.ndarray, pal: PaintedPalette) -> np.ndarray:
     lo, hi = np.percentile(L, 5), np.percentile(L, 98)
     ln = np.clip((L - lo) / max(hi - lo, 1e-3), 0.0, 1.0)
     teeth_px = (ln > 0.5) & (a < 16.0)
-    tongue_px = (a > 10.0) & (ln > 0.2) & ~teeth_px
+    # The tongue: the redder half of the lit, non-tooth pixels (footage tongues are only a little redder than the
+    # shadow around them, so relative to this tile, not an absolute hue).
+    tongue_px = (a > np.percentile(a, 50)) & (ln > 0.25) & ~teeth_px
     rows = np.arange(h, dtype=np.float32)[:, None]
     top, bottom = rows < 0.6 * h, rows >= 0.4 * h
     reach_t = cv2.GaussianBlur((teeth_px & top).sum(axis=0).astype(np.float32)[None, :], (0, 0), 6.0)[0]
     reach_g = cv2.GaussianBlur((tongue_px & bottom).sum(axis=0).astype(np.float32)[None, :], (0, 0), 6.0)[0]
     teeth = rows < reach_t[None, :]
-    tongue = (rows >= h - reach_g[None, :]) & ~teeth
+    tongue = (rows >= h - np.minimum(reach_g, 0.45 * h)[None, :]) & ~teeth
     # Depth: 0 at the lips, 1 in the middle of the opening and across it (the corners are shallower).
     col = np.abs(np.linspace(-1.0, 1.0, w, dtype=np.float32))[None, :]
     depth = np.sin(np.pi * (rows + 0.5) / h) * np.sqrt(np.clip(1.0 - col**2, 0.0, 1.0))
@@ -157,7 +159,7 @@ def paint_tile(tile: np.ndarray, pal: PaintedPalette) -> np.ndarray:
     out = np.empty((h, w, 3), np.float32)
     cav = np.asarray(pal.cavity, np.float32)
     out[:] = cav * (1.15 - 0.4 * tone)[..., None]
-    tg = np.asarray(pal.tongue, np.float32) * (1.0 - 0.2 * tone)[..., None]
+    tg = np.asarray(pal.tongue, np.float32) * (1.0 - 0.12 * tone)[..., None]
     out = np.where(tongue[..., None], tg, out)
     tt = np.asarray(pal.teeth, np.float32) * (1.0 - 0.18 * lip_shade)[..., None]
     out = np.where(teeth[..., None], tt, out)
