@@ -48,12 +48,16 @@ def rewarp(
     alpha: np.ndarray,
     painted: np.ndarray | None,
     interp: int,
+    region: np.ndarray | None = None,
+    sigma: float = 0.0,
 ) -> None:
     """Redo the lower-face warp of composited `frame` (in place) from the full-resolution `source` frame.
 
     `dst`, `src`: the crop-pixel vertices the crop was warped between, `tris` the moving triangles, `crop_box`
     the crop box the warp touched; `alpha` the compositor's (h, w, 1) mask of the face box; `painted`: the crop
-    region's painted mask (`painted_mask`, crop_box-sized) or None. `affines_fn(dst, src, tris)` -> (M, 2, 3)."""
+    region's painted mask (`painted_mask`, crop_box-sized) or None. `affines_fn(dst, src, tris)` -> (M, 2, 3).
+    `region`: a crop-pixel polygon (the mouth) that limits the pass, feathered over `sigma` crop pixels: the full-
+    resolution resampling costs per pixel, and away from the lips the crop's softness does not show."""
     x1, y1, x2, y2 = box
     bw, bh = x2 - x1, y2 - y1
     if bw <= 0 or bh <= 0:
@@ -67,6 +71,20 @@ def rewarp(
     fx0, fy0 = max(x1, 0, int(np.floor(lo[0]))), max(y1, 0, int(np.floor(lo[1])))
     fx1 = min(x2, frame.shape[1], int(np.ceil(hi[0])) + 1)
     fy1 = min(y2, frame.shape[0], int(np.ceil(hi[1])) + 1)
+    weight = None
+    if region is not None:
+        poly = crop_to_frame(region, box, size)
+        s_f = sigma * (bw + bh) / (2.0 * size)
+        gx0, gy0 = np.floor(poly.min(axis=0) - 3.0 * s_f - 2.0).astype(int)
+        gx1, gy1 = np.ceil(poly.max(axis=0) + 3.0 * s_f + 2.0).astype(int)
+        fx0, fy0, fx1, fy1 = max(fx0, gx0), max(fy0, gy0), min(fx1, gx1), min(fy1, gy1)
+        if fx1 <= fx0 or fy1 <= fy0:
+            return
+        m = np.zeros((fy1 - fy0, fx1 - fx0), np.uint8)
+        cv2.fillPoly(m, [np.round(poly - [fx0, fy0]).astype(np.int32)], 255)
+        weight = m.astype(np.float32) / 255.0
+        if s_f > 0.3:
+            weight = cv2.GaussianBlur(weight, (0, 0), s_f)
     if fx1 <= fx0 or fy1 <= fy0:
         return
     h, w = fy1 - fy0, fx1 - fx0
@@ -96,6 +114,8 @@ def rewarp(
             painted, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT
         )
         keep = (1.0 - np.clip(p, 0.0, 1.0))[..., None]
+    if weight is not None:
+        keep = keep * weight[..., None]
     region = frame[fy0:fy1, fx0:fx1]
     cur = region.astype(np.float32)
     region[...] = np.clip(cur + keep * (full - cur) + 0.5, 0, 255).astype(np.uint8)

@@ -30,6 +30,7 @@ import numpy as np
 PAINTED_THRESHOLD = 3.6
 SCORE_FRAMES = 10  # frames the score is the median over
 TONES = 4  # lightness tones each painted region is flattened to
+TEETH_MAX, TONGUE_MAX = 0.2, 0.35  # the deepest the teeth band and the tongue reach, shares of the opening
 
 
 def _skin_mask(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -126,16 +127,11 @@ def avatar_palette(image: np.ndarray, lm: np.ndarray) -> PaintedPalette:
     return PaintedPalette(teeth=teeth, cavity=cavity, tongue=tongue)
 
 
-def paint_tile(tile: np.ndarray, pal: PaintedPalette) -> np.ndarray:
-    """(h, w, 3) float BGR: a real interior tile (unwrapped, row 0 at the upper lip; float BGR 0..255) re-painted
-    in `pal`'s colours.
-
-    The footage says where the teeth and the tongue are, column by column: how far its bright, unsaturated upper
-    teeth reach down from the upper lip and its red tongue up from the lower lip. Those reaches, smoothed across
-    the mouth, become flat shapes with clean edges, as a painter draws them: a band of teeth, a tongue mound and
-    the cavity between, each in `TONES` tones of its own colour (a little shadow under the upper lip and in the
-    depth of the mouth)."""
-    h, w = tile.shape[:2]
+def reaches(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(w,) each: how far a real interior tile's (unwrapped, row 0 at the upper lip; float BGR 0..255) bright,
+    unsaturated upper teeth reach down from the upper lip and its redder lit pixels up from the lower lip, in shares
+    of the opening, per column, smoothed across the mouth."""
+    h = tile.shape[0]
     lab = cv2.cvtColor(np.clip(tile, 0, 255).astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
     lab = cv2.GaussianBlur(lab, (0, 0), 1.0)  # shapes, not grain
     L, a = lab[..., 0], lab[..., 1]
@@ -145,12 +141,28 @@ def paint_tile(tile: np.ndarray, pal: PaintedPalette) -> np.ndarray:
     # The tongue: the redder half of the lit, non-tooth pixels (footage tongues are only a little redder than the
     # shadow around them, so relative to this tile, not an absolute hue).
     tongue_px = (a > np.percentile(a, 50)) & (ln > 0.25) & ~teeth_px
-    rows = np.arange(h, dtype=np.float32)[:, None]
+    rows = np.arange(h)[:, None]
     top, bottom = rows < 0.6 * h, rows >= 0.4 * h
-    reach_t = cv2.GaussianBlur((teeth_px & top).sum(axis=0).astype(np.float32)[None, :], (0, 0), 6.0)[0]
-    reach_g = cv2.GaussianBlur((tongue_px & bottom).sum(axis=0).astype(np.float32)[None, :], (0, 0), 6.0)[0]
-    teeth = rows < reach_t[None, :]
-    tongue = (rows >= h - np.minimum(reach_g, 0.45 * h)[None, :]) & ~teeth
+    reach_t = cv2.GaussianBlur((teeth_px & top).sum(axis=0).astype(np.float32)[None, :], (0, 0), 6.0)[0] / h
+    reach_g = cv2.GaussianBlur((tongue_px & bottom).sum(axis=0).astype(np.float32)[None, :], (0, 0), 6.0)[0] / h
+    return reach_t, reach_g
+
+
+def paint_tile(tile: np.ndarray, pal: PaintedPalette, shape: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(h, w, 3) float BGR: a real interior tile (unwrapped, row 0 at the upper lip; float BGR 0..255) re-painted
+    in `pal`'s colours.
+
+    The footage says where the teeth and the tongue are (`reaches`; `shape` gives them instead, e.g. the median
+    over an avatar's entries, so the painted shapes stay put as the opening changes). They become flat shapes with
+    clean edges, as a painter draws them: a band of teeth, a tongue mound and the cavity between, each in `TONES`
+    tones of its own colour (a little shadow under the upper lip and in the depth of the mouth)."""
+    h, w = tile.shape[:2]
+    reach_t, reach_g = reaches(tile) if shape is None else shape
+    rows = np.arange(h, dtype=np.float32)[:, None]
+    # A painter's upper teeth are a narrow band under the lip; a deeper band also hid the opening from a face
+    # detector's lip fit (the band read as lip).
+    teeth = rows < (np.minimum(reach_t, TEETH_MAX) * h)[None, :]
+    tongue = (rows >= h - (np.minimum(reach_g, TONGUE_MAX) * h)[None, :]) & ~teeth
     # Depth: 0 at the lips, 1 in the middle of the opening and across it (the corners are shallower).
     col = np.abs(np.linspace(-1.0, 1.0, w, dtype=np.float32))[None, :]
     depth = np.sin(np.pi * (rows + 0.5) / h) * np.sqrt(np.clip(1.0 - col**2, 0.0, 1.0))
