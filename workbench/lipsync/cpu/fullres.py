@@ -5,8 +5,9 @@ back into the face box. On a still mouth (a painting, a photo) that is the frame
 into the crop (Lanczos), by the piecewise-affine warp (bicubic), and back up (bilinear); each interpolation at
 a sub-pixel offset is a low-pass filter, so a painting's fine lip outlines came back soft (mouth-box sharpness
 0.78 of the source on yongen). Here the same triangle warp is composed with the crop's scaling and applied
-once to the full-resolution frame; only the pixels the renderer painted itself (the inner mouth, the lip seam),
-which have no source pixels to come from, keep the crop's pass.
+once to the full-resolution frame, over the mouth region (the lips grown as for the bank's paste, feathered: the
+resampling costs per pixel, and on the jaw and chin the crop's softness does not show); only the pixels the renderer
+painted itself (the inner mouth, the lip seam), which have no source pixels to come from, keep the crop's pass.
 """
 
 from __future__ import annotations
