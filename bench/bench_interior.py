@@ -157,7 +157,7 @@ def measure(
     closed = [i for i in keys if raw_openness(src_lms[i][None])[0] < 0.08] or keys
     person = mq.build_person_gamut([avatar.frames[i] for i in closed], [src_lms[i] for i in closed])
     phits = 0
-    seq = r.new_sequence()
+    seq = r.new_sequence(exact=True)  # a file render: the full-resolution pass included
     lm_src_box, lm_own, box_err, hits, tot, thits, sharp_r, sharp_s = [], [], [], 0, 0, 0, [], []
     cpu = 0.0
     for k in range(n):

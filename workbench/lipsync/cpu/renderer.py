@@ -322,12 +322,16 @@ class CPURenderer(Renderer):
         interior: Literal["library", "drawn"] = "library",
         full_res: bool = True,
         interior_style: Literal["auto", "photo", "painted"] = "auto",
+        stream_full_res: bool = False,
     ):
         """`interior`: where the source has no open mouth of its own, real interiors from the bundled library
         (`mouth_interior`) or the drawn one (`mouth_paint`). `full_res`: a warped mouth is resampled once from
         the full-resolution frame (`fullres`) rather than through the 256x256 crop. `interior_style`: the library
         interior as real footage ("photo"), re-painted in the avatar's own colours ("painted", `style`), or
-        whichever the avatar measures as ("auto")."""
+        whichever the avatar measures as ("auto"). `stream_full_res`: the full-resolution pass also in the realtime
+        stream. Off by default: it costs ~2.5 ms a frame of one core (the sixth 25 fps session on two cores,
+        `bench/bench_realtime.py`), and the stream shows frames at no more than 720 lines, where yongen's mouth
+        keeps 0.89 of the source's sharpness without it and 0.92 with it; files, previews and evaluation get it."""
         if interior not in ("library", "drawn"):
             raise ValueError(f"interior must be 'library' or 'drawn', got {interior!r}")
         if interior_style not in ("auto", "photo", "painted"):
@@ -340,6 +344,7 @@ class CPURenderer(Renderer):
         self.bank_params = bank_params or BankParams()
         self.lookahead_frames = self.bank_params.lookahead if use_bank else 0
         self.full_res = full_res
+        self.stream_full_res = stream_full_res
         # Keyed by id(avatar); a weak reference drops the entry when the avatar is garbage-collected.
         self._rigs: OrderedDict[int, tuple[weakref.ref, _AvatarRig]] = OrderedDict()
         self._lock = threading.Lock()
@@ -351,9 +356,10 @@ class CPURenderer(Renderer):
     def silence_condition(self) -> MouthState:
         return MouthState()
 
-    def new_sequence(self) -> BankTrack:
-        """One output sequence's mouth-bank memory (its carried choice), for `render(..., sequence=)`."""
-        return BankTrack()
+    def new_sequence(self, exact: bool = False) -> BankTrack:
+        """One output sequence's mouth-bank memory (its carried choice), for `render(..., sequence=)`; a file
+        (`exact`) takes the full-resolution pass, a realtime stream only with `stream_full_res`."""
+        return BankTrack(full_res=self.full_res and (exact or self.stream_full_res))
 
     def describe(self) -> str:
         return "cpu (weight-free landmark warping" + (" + mouth bank)" if self.use_bank else ")")
@@ -392,7 +398,7 @@ class CPURenderer(Renderer):
             frame = compositor.paste_change(int(i), face, avatar.crops[int(i)], box)
             if j is not None:
                 self._paste_bank_mouth(frame, avatar, rig, compositor, int(i), j, dst_lm)
-            elif self.full_res:
+            elif self.full_res and (sequence is None or sequence.full_res):
                 self._rewarp_full_res(frame, avatar, rig, compositor, int(i), dst_lm, box, face, warped)
             out.append(frame)
         return out
