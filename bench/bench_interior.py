@@ -47,6 +47,7 @@ from workbench.evaluation import mouth_quality as mq  # noqa: E402
 from workbench.lipsync.cpu.bank import raw_openness  # noqa: E402
 from workbench.lipsync.cpu.frontend import MouthState  # noqa: E402
 from workbench.lipsync.cpu.renderer import CPURenderer, measure_openness  # noqa: E402
+from workbench.lipsync.cpu.style import PAINTED_THRESHOLD  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 RESULTS = ROOT / "bench" / "results" / "cpu-interior.json"
@@ -129,8 +130,10 @@ class Judge:
         return self.det.detect(frame)
 
 
-def measure(name: str, avatar: Avatar, extra: dict, audio: np.ndarray, interior: str, judge: Judge) -> dict:
-    r = CPURenderer(interior=interior)
+def measure(
+    name: str, avatar: Avatar, extra: dict, audio: np.ndarray, interior: str, judge: Judge, style: str = "auto"
+) -> dict:
+    r = CPURenderer(interior=interior, interior_style=style)
     states = r.new_frontend().process(audio)
     n = len(states)
     idx = [avatar.loop_index(k) for k in range(n)]
@@ -149,7 +152,12 @@ def measure(name: str, avatar: Avatar, extra: dict, audio: np.ndarray, interior:
         palette = mq.build_face_palette([avatar.frames[i] for i in keys], [src_lms[i] for i in keys])
         gamut = "lips and skin of the lower face"
     truth_palette = mq.build_palette(*extra["truth"]) if "truth" in extra else None
-    seq = r.new_sequence()
+    # The person's gamut (lightness-tolerant chromaticity of the lips and skin + neutral and dark) from the
+    # source's closed frames (all of them for a still mouth).
+    closed = [i for i in keys if raw_openness(src_lms[i][None])[0] < 0.08] or keys
+    person = mq.build_person_gamut([avatar.frames[i] for i in closed], [src_lms[i] for i in closed])
+    phits = 0
+    seq = r.new_sequence(exact=True)  # a file render: the full-resolution pass included
     lm_src_box, lm_own, box_err, hits, tot, thits, sharp_r, sharp_s = [], [], [], 0, 0, 0, [], []
     cpu = 0.0
     for k in range(n):
@@ -166,6 +174,8 @@ def measure(name: str, avatar: Avatar, extra: dict, audio: np.ndarray, interior:
             sh = mq.colour_share([frame], [lm], palette)
             hits += sh["share"] * sh["pixels"] if sh["pixels"] else 0
             tot += sh["pixels"]
+            if sh["pixels"]:
+                phits += mq.person_gamut_share([frame], [lm], person)["share"] * sh["pixels"]
             if truth_palette is not None and sh["pixels"]:
                 thits += mq.colour_share([frame], [lm], truth_palette)["share"] * sh["pixels"]
             sharp_r.append(mq.mouth_sharpness(frame, lm))
@@ -183,10 +193,13 @@ def measure(name: str, avatar: Avatar, extra: dict, audio: np.ndarray, interior:
         "avatar": name,
         "from": extra.get("from", str(avatar.source)),
         "interior": interior,
+        "style": style,
+        "painted_score": style_score(avatar),
         "frames_rendered": n,
         "open_frames": len(sharp_r),
-        "gamut": gamut,
-        "colour_share": hits / tot if tot else float("nan"),
+        "person_gamut_share": phits / tot if tot else float("nan"),
+        "bgr_palette": gamut,
+        "colour_share_bgr_palette": hits / tot if tot else float("nan"),
         "colour_share_real_interior": thits / tot if truth_palette is not None and tot else None,
         "sharpness_ratio": float(np.nanmean(sharp_r) / np.nanmean(sharp_s)) if sharp_r else float("nan"),
         "sync_source_box": {"lag": lag_a, "corr": corr_a},
@@ -197,6 +210,13 @@ def measure(name: str, avatar: Avatar, extra: dict, audio: np.ndarray, interior:
         "face_box_within_3pct": float(np.mean(be <= BOX_TOL)) if len(be) else None,
         "render_cpu_ms_per_frame": 1000.0 * cpu / n,
     }
+
+
+def style_score(avatar: Avatar) -> float:
+    from workbench.lipsync.cpu import style
+    from workbench.lipsync.cpu.renderer import _crop_landmarks
+
+    return style.is_painted(avatar.crops, _crop_landmarks(avatar))[1]
 
 
 def yongen_sync(judge: Judge) -> dict:
@@ -237,28 +257,66 @@ def yongen_sync(judge: Judge) -> dict:
     return out
 
 
+DESIGN_CLIPS, HELD_OUT_CLIPS = ("talk1", "talk2"), ("talk3", "talk4", "talk5")
+
+
 def gamut_calibration() -> dict:
-    """How a person's own open mouths score in the lips-and-skin gamut of their own closed frames (openness
-    < 0.08): the ceiling a real interior can reach on that palette."""
+    """Real open mouths scored against their own closed frames (openness < 0.08): the ceiling a real interior can
+    reach. The person's gamut (`mq.build_person_gamut`) was chosen on talk1 and talk2 only; talk3-5 are held out.
+    Also the old 12-level BGR lips-and-skin palette, and a control: the same open mouths with their inside
+    painted one flat maroon (BGR 40, 40, 110)."""
+    import cv2
+
     from workbench.avatars.pipeline import prepare_avatar
     from workbench.faces.landmarks import get_detector
 
     det = get_detector("dlib")
     out = {}
-    for name in ("talk1", "talk2", "talk4"):
+    for name in DESIGN_CLIPS + HELD_OUT_CLIPS:
         av = prepare_avatar(SAMPLES / "calibration" / f"{name}.mp4", PrepParams(), det)
         lm = av.landmarks.astype(np.float64)
         o = raw_openness(lm)
         closed, opened = np.flatnonzero(o < 0.08), np.flatnonzero(o >= mq.OPEN_MIN)
-        pal = mq.build_face_palette([av.frames[i] for i in closed], [lm[i] for i in closed])
-        sh = mq.colour_share([av.frames[i] for i in opened], [lm[i] for i in opened], pal)
-        out[name] = {"share": sh["share"], "open_frames": sh["open_frames"], "closed_frames": len(closed)}
-        print(f"{name}: own open mouths in own lips+skin gamut {sh['share']:.3f} ({sh['open_frames']} frames)")
+        cf, cl = [av.frames[i] for i in closed], [lm[i] for i in closed]
+        of, ol = [av.frames[i] for i in opened], [lm[i] for i in opened]
+        old = mq.colour_share(of, ol, mq.build_face_palette(cf, cl))
+        gamut = mq.build_person_gamut(cf, cl)
+        new = mq.person_gamut_share(of, ol, gamut)
+        maroon = []
+        for f, p in zip(of, ol, strict=True):
+            f = f.copy()
+            m = np.zeros(f.shape[:2], np.uint8)
+            cv2.fillPoly(m, [np.round(p[60:68]).astype(np.int32)], 1)
+            f[m > 0] = (40, 40, 110)
+            maroon.append(f)
+        ctrl = mq.person_gamut_share(maroon, ol, gamut)
+        out[name] = {
+            "set": "design" if name in DESIGN_CLIPS else "held-out",
+            "person_gamut_share": new["share"],
+            "flat_maroon_control": ctrl["share"],
+            "bgr_palette_share": old["share"],
+            "open_frames": new["open_frames"],
+            "closed_frames": len(closed),
+        }
+        print(
+            f"{name} ({out[name]['set']}): own open mouths in own person gamut {new['share']:.3f}, flat maroon "
+            f"{ctrl['share']:.3f}, old BGR lips+skin palette {old['share']:.3f} ({new['open_frames']} open, "
+            f"{len(closed)} closed frames)"
+        )
+    return out
+
+
+def variants(avatar: Avatar) -> list[tuple[str, str]]:
+    """(interior, style) rows: drawn, the library as the renderer picks it ("auto"), and for a painted avatar
+    also the library as real footage ("photo", what it got before the painted style)."""
+    out = [("drawn", "auto"), ("library", "auto")]
+    if style_score(avatar) >= PAINTED_THRESHOLD:
+        out.append(("library", "photo"))
     return out
 
 
 def sheet(avatar: Avatar, label: str, tile_w: int = 240) -> np.ndarray:
-    """One row per interior (drawn, library): source frame 0's lower face, then closed / mid / open / wide."""
+    """One row per interior variant (`variants`): source frame 0's lower face, then mid / open / wide."""
     import cv2
 
     x1, y1, x2, y2 = (int(v) for v in avatar.boxes[0])
@@ -275,11 +333,11 @@ def sheet(avatar: Avatar, label: str, tile_w: int = 240) -> np.ndarray:
         return t
 
     rows = []
-    for interior in ("drawn", "library"):
-        r = CPURenderer(interior=interior)
+    for interior, style in variants(avatar):
+        r = CPURenderer(interior=interior, interior_style=style)
         row = [tile(avatar.frames[0], f"{label}: source")]
         for o in (0.35, 0.6, 0.85, 1.0):
-            row.append(tile(r.render(avatar, [0], [MouthState(o)])[0], f"{interior} interior, open {o:.2f}"))
+            row.append(tile(r.render(avatar, [0], [MouthState(o)])[0], f"{interior}/{style}, open {o:.2f}"))
         rows.append(np.hstack(row))
     return np.vstack(rows)
 
@@ -290,7 +348,7 @@ def main() -> None:
     ap.add_argument("--sheets", type=Path, default=None, help="write contact sheets into this folder")
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--yongen-sync", action="store_true", help="only the README's yongen sync figure, two ways")
-    ap.add_argument("--gamut-calibration", action="store_true", help="only: real mouths in their own lips+skin gamut")
+    ap.add_argument("--gamut-calibration", action="store_true", help="only: real open mouths in their own gamut")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     import cv2
@@ -318,12 +376,13 @@ def main() -> None:
     prev = atomic_read(args.out)
     res = prev.setdefault("results", {})
     for name, (av, extra) in avs.items():
-        for interior in ("drawn", "library"):
-            q = measure(name, av, extra, audio, interior, judge)
-            res[f"{name}/{interior}"] = q
+        for interior, style in variants(av):
+            q = measure(name, av, extra, audio, interior, judge, style)
+            res[f"{name}/{interior}" + ("" if style == "auto" else f"-{style}")] = q
             real = q["colour_share_real_interior"]
             print(
-                f"{name:12s} {interior:8s} share {q['colour_share']:.2f}"
+                f"{name:12s} {interior:8s} {style:6s} person gamut {q['person_gamut_share']:.2f} "
+                f"(bgr palette {q['colour_share_bgr_palette']:.2f})"
                 + (f" (real interior {real:.2f})" if real is not None else "")
                 + f"  sharp {q['sharpness_ratio']:.2f}  sync {q['sync_source_box']['lag']:+d}/"
                 f"{q['sync_source_box']['corr']:.2f} own-det {q['sync_own_detection']['lag']:+d}/"

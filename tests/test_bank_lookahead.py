@@ -109,7 +109,7 @@ class _PlanningRenderer(LevelRenderer):
         super().__init__()
         self.looks: list[tuple[list[int], list[int]]] = []
 
-    def new_sequence(self):
+    def new_sequence(self, exact=False):
         return object()
 
     def render(self, avatar, frame_indices: Sequence[int], conditions, lookahead=(), sequence=None):

@@ -30,6 +30,15 @@ def test_auto_picks_cpu_without_weights_and_musetalk_with_them(tmp_path):
     assert engine.renderer.name == "musetalk"
 
 
+def test_the_cpu_interior_style_is_a_setting(tmp_path, monkeypatch):
+    base = {"cache_dir": tmp_path / "cache", "models_dir": tmp_path / "models"}
+    assert Engine(Settings(**base), renderer="cpu").renderer.interior_style == "auto"
+    monkeypatch.setenv("WORKBENCH_CPU_INTERIOR_STYLE", "photo")
+    assert Engine(Settings(**base), renderer="cpu").renderer.interior_style == "photo"
+    with pytest.raises(ValueError):
+        Settings(**base, cpu_interior_style="oil")
+
+
 def test_streamed_render_equals_whole_file_and_stamps_each_batch(engine, yongen_avatar, samples_dir):
     audio = load_audio(samples_dir / "eng.wav")[3 * 16_000 : 3 * 16_000 + 30 * SAMPLES_PER_FRAME]
     timings: list = []

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         default="vae", description="MuseTalk latent decoder: vae (the reference) or taesd (fast, approximate)"
     )
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=64)
+    cpu_interior_style: Literal["auto", "photo", "painted"] = Field(
+        default="auto",
+        description="CPU renderer, a still mouth's interior: real footage (photo), re-painted in the avatar's own "
+        "colours (painted), or whichever the avatar measures as (auto)",
+    )
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False

@@ -98,7 +98,7 @@ class Engine:
             return MuseTalkRenderer.from_models_dir(
                 self.models_dir, device=self.device, dtype=dtype, decoder=self.settings.decoder
             )
-        return CPURenderer()
+        return CPURenderer(interior_style=self.settings.cpu_interior_style)
 
     def weights_report(self) -> weights.WeightsReport:
         return weights.check(self.models_dir)

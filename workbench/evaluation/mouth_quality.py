@@ -132,3 +132,85 @@ def mean_sharpness(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray]
     vals = [mouth_sharpness(f, lm) for f, lm in zip(frames, landmarks, strict=True)]
     vals = [v for v in vals if np.isfinite(v)]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+# --- the person's gamut for a face that never opens (issue 31) --------------------------------------------------
+# The lips-and-skin palette above (12-level BGR bins) is lightness-bound: a real person's own open mouth scores only
+# 0.22-0.53 against their own closed frames in it (its shadows are darker than any lip or skin pixel, their teeth
+# lighter), so it cannot tell a real interior from a painted one. The person's gamut is instead taken in rg
+# chromaticity (r = R / (R+G+B), g = G / (R+G+B): a shadow and a highlight of one surface share it), as the bins
+# that hold GAMUT_MASS of the closed lower face's lips and skin, grown by GAMUT_GROW bins, plus what every mouth
+# interior has under any light: near-neutral colours (teeth, grey shadow; within NEUTRAL_RADIUS of the grey point or
+# of the line from it to the face's own skin chromaticity, the light's cast) and pixels too dark for chromaticity to
+# mean anything (R+G+B below DARK_SUM). Chosen on the design clips talk1 and talk2 only (docs/cpu_renderer_mouth.md).
+RG_BIN = 0.01  # chromaticity bin width
+GAMUT_MASS = 0.95  # share of the closed lower face's pixels whose bins make the gamut
+GAMUT_GROW = 1  # bins the gamut grows by (compression and the warm light inside a mouth)
+NEUTRAL_RADIUS = 0.025  # rg distance from the neutral-to-skin line that counts as neutral
+DARK_SUM = 90  # R+G+B below this: too dark for its chromaticity to be measured (8-bit noise dominates)
+_RG_N = int(round(1.0 / RG_BIN)) + 1
+
+
+def _rg(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(r, g, R+G+B) of (n, 3) BGR pixels."""
+    px = pixels.astype(np.float64)
+    s = px.sum(axis=1)
+    d = np.maximum(s, 1.0)
+    return px[:, 2] / d, px[:, 1] / d, s
+
+
+def build_person_gamut(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray]) -> dict:
+    """The person's gamut from (closed-mouth) source frames: rg-chromaticity bins of the lower face's lips and skin
+    (`GAMUT_MASS`, grown by `GAMUT_GROW`), and the face's skin chromaticity (the neutral line's far end)."""
+    counts = np.zeros((_RG_N, _RG_N), np.int64)
+    rs, gs = [], []
+    for f, lm in zip(frames, landmarks, strict=True):
+        px = lower_face_pixels(f, np.asarray(lm, np.float64))
+        r, g, s = _rg(px)
+        ok = s >= DARK_SUM
+        ri, gi = np.round(r[ok] / RG_BIN).astype(int), np.round(g[ok] / RG_BIN).astype(int)
+        np.add.at(counts, (ri, gi), 1)
+        rs.append(np.median(r[ok]) if ok.any() else np.nan)
+        gs.append(np.median(g[ok]) if ok.any() else np.nan)
+    if counts.sum() == 0:
+        raise ValueError("no lower-face pixels in the source frames: nothing to build a gamut from")
+    flat = counts.ravel()
+    order = np.argsort(flat)[::-1]
+    cum = np.cumsum(flat[order]) / flat.sum()
+    keep = np.zeros(flat.shape, np.uint8)
+    keep[order[: int(np.searchsorted(cum, GAMUT_MASS)) + 1]] = 1
+    keep = keep.reshape(counts.shape)
+    if GAMUT_GROW:
+        keep = cv2.dilate(keep, np.ones((2 * GAMUT_GROW + 1,) * 2, np.uint8))
+    return {"bins": keep.astype(bool), "skin_rg": np.array([np.nanmedian(rs), np.nanmedian(gs)])}
+
+
+def in_person_gamut(pixels: np.ndarray, gamut: dict) -> np.ndarray:
+    """(n,) bool: which (n, 3) BGR pixels are in `gamut` (`build_person_gamut`)."""
+    r, g, s = _rg(pixels)
+    ri = np.clip(np.round(r / RG_BIN).astype(int), 0, _RG_N - 1)
+    gi = np.clip(np.round(g / RG_BIN).astype(int), 0, _RG_N - 1)
+    in_bins = gamut["bins"][ri, gi]
+    # Distance to the segment from the neutral point to the skin's chromaticity.
+    a, b = np.array([1.0 / 3.0, 1.0 / 3.0]), np.asarray(gamut["skin_rg"], np.float64)
+    p = np.stack([r, g], axis=1)
+    ab = b - a
+    t = np.clip(((p - a) @ ab) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
+    dist = np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
+    return in_bins | (dist <= NEUTRAL_RADIUS) | (s < DARK_SUM)
+
+
+def person_gamut_share(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray], gamut: dict) -> dict:
+    """Share of inner-lip pixels of the open frames in the person's gamut (`build_person_gamut`), pooled."""
+    hit = total = n_open = 0
+    for f, lm in zip(frames, landmarks, strict=True):
+        lm = np.asarray(lm, np.float64)
+        if raw_openness(lm[None])[0] < OPEN_MIN:
+            continue
+        px = inner_pixels(f, lm)
+        if len(px) < MIN_PIXELS:
+            continue
+        n_open += 1
+        hit += int(in_person_gamut(px, gamut).sum())
+        total += len(px)
+    return {"share": hit / total if total else float("nan"), "open_frames": n_open, "pixels": total}

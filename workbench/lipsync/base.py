@@ -42,9 +42,11 @@ class Renderer(ABC):
     # Conditions beyond a render call that `render(..., lookahead=)` can use (0: the renderer takes none).
     lookahead_frames: int = 0
 
-    def new_sequence(self) -> Any:
+    def new_sequence(self, exact: bool = False) -> Any:
         """State a renderer keeps between the calls of one output sequence (a file, a stream's reply), passed
-        back as `render(..., sequence=)`; None (the default) means it keeps none and takes neither keyword."""
+        back as `render(..., sequence=)`; None (the default) means it keeps none and takes neither keyword.
+        `exact`: the sequence is a file, a preview or an evaluation case (`RenderLoop(exact=True)`), not a
+        realtime stream, so a renderer may spend more per frame on it."""
         return None
 
     @abstractmethod

@@ -50,7 +50,7 @@ class RenderLoop:
         self.frontend = renderer.file_frontend() if exact else renderer.new_frontend()
         self.lookahead_frames = int(getattr(self.frontend, "lookahead_frames", 0))
         # The renderer's memory of this sequence (the CPU renderer's mouth-bank track), never shared.
-        self.sequence = renderer.new_sequence()
+        self.sequence = renderer.new_sequence(exact=exact)
 
     def conditions(self, audio16k: np.ndarray | None, flush: bool = False) -> list[Any]:
         """Conditions of every frame whose audio (with look-ahead) is now complete; `flush` ends the stream."""

@@ -119,6 +119,8 @@ class BankTrack:
 
     carry: _Carry | None = None
     unary: OrderedDict = field(default_factory=OrderedDict)
+    # Whether this sequence's still mouths take the renderer's full-resolution pass (`CPURenderer.full_res`).
+    full_res: bool = True
 
     def reset(self) -> None:
         self.carry = None

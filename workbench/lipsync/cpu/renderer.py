@@ -35,6 +35,7 @@ from workbench.avatars.model import Avatar
 from workbench.config import CROP_SIZE, N_LANDMARKS
 from workbench.lipsync.base import Renderer
 from workbench.lipsync.compositor import Compositor
+from workbench.lipsync.cpu import fullres, style
 from workbench.lipsync.cpu import interior as mouth_interior
 from workbench.lipsync.cpu import paint as mouth_paint
 from workbench.lipsync.cpu.bank import GAP_MAX as MOUTH_GAP_MAX
@@ -56,6 +57,7 @@ SEAM_MIN_SQUEEZE_PX = 1.5  # closing a source's lips by more than this draws the
 SEAM_MAX_GAP = 0.05  # … while the target gap is below this (in D)
 # Bicubic: the warped lips keep their edges (bilinear lost ~0.1 of the mouth-box sharpness on yongen).
 WARP_INTERP = cv2.INTER_CUBIC
+FULL_RES_INTERP = cv2.INTER_CUBIC  # Lanczos kept ~0.005 more sharpness at ~3x the cost
 
 # Vertical motion of each landmark per pixel of lip-gap change (the jaw rows are scaled down when the
 # chin meets the crop's lower edge). Inner lower lip minus inner upper lip is exactly 1.
@@ -221,9 +223,11 @@ class _AvatarRig:
         self._interior: mouth_interior.InteriorTiles | None = None
         self._no_library = False
 
-    def interior(self, avatar: Avatar) -> mouth_interior.InteriorTiles | None:
+    def interior(self, avatar: Avatar, style_setting: str = "auto") -> mouth_interior.InteriorTiles | None:
         """The library interior matched to this avatar (its colours and detail from frame 0), made once; None
-        (the drawn interior is used) when the bundled library cannot be read."""
+        (the drawn interior is used) when the bundled library cannot be read. `style_setting`: "auto" paints it in
+        the avatar's own colours when the avatar measures as painted (`style.is_painted`), "painted" always,
+        "photo" never."""
         if self._interior is None and not self._no_library:
             try:
                 lib = mouth_interior.bundled_library()
@@ -234,9 +238,15 @@ class _AvatarRig:
             fr = self.frame(avatar, 0)
             detail = mouth_interior.lip_detail(avatar.crops[0], self.crop_lms[0])
             chosen = mouth_interior.choose_for_avatar(lib, fr.skin_bgr, fr.lip_bgr, detail)
+            if style_setting == "auto":
+                painted, score = style.is_painted(avatar.crops, self.crop_lms)
+                log.info("CPU renderer: painted score %.2f -> %s interior", score, "painted" if painted else "real")
+            else:
+                painted = style_setting == "painted"
+            palette = style.avatar_palette(avatar.crops[0], self.crop_lms[0]) if painted else None
             with self.lock:
                 if self._interior is None:
-                    self._interior = mouth_interior.InteriorTiles(lib, chosen)
+                    self._interior = mouth_interior.InteriorTiles(lib, chosen, palette)
         return self._interior
 
     @property
@@ -310,17 +320,31 @@ class CPURenderer(Renderer):
         max_avatars: int = 4,
         bank_params: BankParams | None = None,
         interior: Literal["library", "drawn"] = "library",
+        full_res: bool = True,
+        interior_style: Literal["auto", "photo", "painted"] = "auto",
+        stream_full_res: bool = False,
     ):
         """`interior`: where the source has no open mouth of its own, real interiors from the bundled library
-        (`mouth_interior`) or the drawn one (`mouth_paint`)."""
+        (`mouth_interior`) or the drawn one (`mouth_paint`). `full_res`: a warped mouth is resampled once from
+        the full-resolution frame (`fullres`) rather than through the 256x256 crop. `interior_style`: the library
+        interior as real footage ("photo"), re-painted in the avatar's own colours ("painted", `style`), or
+        whichever the avatar measures as ("auto"). `stream_full_res`: the full-resolution pass also in the realtime
+        stream. Off by default: it costs ~2.5 ms a frame of one core (the sixth 25 fps session on two cores,
+        `bench/bench_realtime.py`), and the stream shows frames at no more than 720 lines, where yongen's mouth
+        keeps 0.89 of the source's sharpness without it and 0.92 with it; files, previews and evaluation get it."""
         if interior not in ("library", "drawn"):
             raise ValueError(f"interior must be 'library' or 'drawn', got {interior!r}")
+        if interior_style not in ("auto", "photo", "painted"):
+            raise ValueError(f"interior_style must be 'auto', 'photo' or 'painted', got {interior_style!r}")
+        self.interior_style = interior_style
         self.interior = interior
         self.use_bank = use_bank
         self.teeth = teeth
         self.max_avatars = max_avatars
         self.bank_params = bank_params or BankParams()
         self.lookahead_frames = self.bank_params.lookahead if use_bank else 0
+        self.full_res = full_res
+        self.stream_full_res = stream_full_res
         # Keyed by id(avatar); a weak reference drops the entry when the avatar is garbage-collected.
         self._rigs: OrderedDict[int, tuple[weakref.ref, _AvatarRig]] = OrderedDict()
         self._lock = threading.Lock()
@@ -332,9 +356,10 @@ class CPURenderer(Renderer):
     def silence_condition(self) -> MouthState:
         return MouthState()
 
-    def new_sequence(self) -> BankTrack:
-        """One output sequence's mouth-bank memory (its carried choice), for `render(..., sequence=)`."""
-        return BankTrack()
+    def new_sequence(self, exact: bool = False) -> BankTrack:
+        """One output sequence's mouth-bank memory (its carried choice), for `render(..., sequence=)`; a file
+        (`exact`) takes the full-resolution pass, a realtime stream only with `stream_full_res`."""
+        return BankTrack(full_res=self.full_res and (exact or self.stream_full_res))
 
     def describe(self) -> str:
         return "cpu (weight-free landmark warping" + (" + mouth bank)" if self.use_bank else ")")
@@ -369,10 +394,12 @@ class CPURenderer(Renderer):
         out = []
         for i, cond, j in zip(frame_indices, conditions, sources, strict=True):
             # With a bank source the full-resolution pass pastes its mouth; the crop only moves the jaw.
-            face, dst_lm, box = self._render_face(avatar, rig, int(i), cond, j, full_res_follows=j is not None)
+            face, dst_lm, box, warped = self._render_face(avatar, rig, int(i), cond, j, full_res_follows=j is not None)
             frame = compositor.paste_change(int(i), face, avatar.crops[int(i)], box)
             if j is not None:
                 self._paste_bank_mouth(frame, avatar, rig, compositor, int(i), j, dst_lm)
+            elif self.full_res and (sequence is None or sequence.full_res):
+                self._rewarp_full_res(frame, avatar, rig, compositor, int(i), dst_lm, box, face, warped)
             out.append(frame)
         return out
 
@@ -480,10 +507,11 @@ class CPURenderer(Renderer):
         state: MouthState,
         source: int | None,
         full_res_follows: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], np.ndarray | None]:
         """Frame i's crop with its lower face moved to the target and the mouth texture in place, the crop
-        landmarks it was moved to, and the crop box outside which nothing changed. With a bank `source` the
-        target is that frame's own mouth and jaw."""
+        landmarks it was moved to, the crop box outside which nothing changed, and (warped and drawn mouths
+        only) that box as warped before anything was painted on it. With a bank `source` the target is that
+        frame's own mouth and jaw."""
         fr = rig.frame(avatar, i)
         crop = avatar.crops[i]
         if source is None:
@@ -493,13 +521,13 @@ class CPURenderer(Renderer):
             dst_lm = self._bank_shape(rig, i, source)
             target_gap = _lip_gap(dst_lm, fr.ey)
         if source == i:
-            return crop.copy(), dst_lm, (0, 0, 0, 0)  # its own mouth: nothing moves
+            return crop.copy(), dst_lm, (0, 0, 0, 0), None  # its own mouth: nothing moves
         dst = np.concatenate([dst_lm, _ANCHORS])
 
         tris = fr.tris[fr.moving]
         x0, y0, x1, y1 = bbox(dst[tris].reshape(-1, 2), 1.0, (0, 0, CROP_SIZE, CROP_SIZE))
         if x1 <= x0 or y1 <= y0:
-            return crop.copy(), dst_lm, (0, 0, 0, 0)
+            return crop.copy(), dst_lm, (0, 0, 0, 0), None
 
         # Which moving triangle covers each pixel of the warped box (-1: none, the pixel stays).
         label = np.full((y1 - y0, x1 - x0), -1, np.int32)
@@ -521,6 +549,7 @@ class CPURenderer(Renderer):
 
         face = crop.copy()
         face[y0:y1, x0:x1] = warp(crop, fr.pts, (x0, y0, x1, y1))
+        warped = face[y0:y1, x0:x1].copy()  # before any painting: `_rewarp_full_res` keeps only what was painted
 
         if source is not None and not full_res_follows:
             # The bank frame's mouth over the moved lower face: lips grown around their centre, feathered, its
@@ -537,21 +566,21 @@ class CPURenderer(Renderer):
                 base += alpha[..., None] * (bank - base)
                 face[by0:by1, bx0:bx1] = np.clip(base + 0.5, 0, 255).astype(np.uint8)
         if source is not None:
-            return face, dst_lm, (x0, y0, x1, y1)
+            return face, dst_lm, (x0, y0, x1, y1), None
 
         src_gap = fr.gap
         if target_gap >= SYNTH_MIN_GAP_PX and target_gap > src_gap + 0.5:
             if src_gap >= TEETH_SOURCE_MIN_GAP * fr.iod:
                 # The source shows its teeth: they stay with the lips that hold them, a cavity opens between.
                 fill = None
-                tiles = rig.interior(avatar) if self.interior == "library" else None
+                tiles = rig.interior(avatar, self.interior_style) if self.interior == "library" else None
                 if tiles is not None:
                     fill = functools.partial(mouth_interior.interior_fill, tiles, iod=fr.iod)
                 mouth_paint.split_interior(face, crop, dst_lm, fr, state, fill)
             else:
                 # Nothing inside the source's lips to reuse: draw the inner mouth where the target opens wider.
                 synth_w = float(np.clip(1.6 * (1.0 - src_gap / target_gap), 0.0, 1.0))
-                tiles = rig.interior(avatar) if self.interior == "library" else None
+                tiles = rig.interior(avatar, self.interior_style) if self.interior == "library" else None
                 if tiles is not None:
                     mouth_interior.paste_interior(face, dst_lm, fr, synth_w, tiles)
                 else:
@@ -563,7 +592,43 @@ class CPURenderer(Renderer):
             seam_w = float(np.clip((src_gap - target_gap) / (3.0 * SEAM_MIN_SQUEEZE_PX), 0.0, 1.0))
             seam_w *= float(np.clip(1.0 - target_gap / (SEAM_MAX_GAP * fr.iod), 0.0, 1.0))
             mouth_paint.lip_seam(face, dst_lm, fr, seam_w, fr.lip_bgr)
-        return face, dst_lm, (x0, y0, x1, y1)
+        return face, dst_lm, (x0, y0, x1, y1), warped
+
+    def _rewarp_full_res(
+        self,
+        frame: np.ndarray,
+        avatar: Avatar,
+        rig: _AvatarRig,
+        compositor: Compositor,
+        i: int,
+        dst_lm: np.ndarray,
+        box: tuple[int, int, int, int],
+        face: np.ndarray,
+        warped: np.ndarray | None,
+    ) -> None:
+        """The warped lower face of composited frame i redone from its full-resolution pixels (`fullres`), in
+        place; what the renderer painted (interior, seam) stays as the crop pass made it."""
+        x0, y0, x1, y1 = box
+        if warped is None or x1 <= x0 or y1 <= y0:
+            return
+        fr = rig.frame(avatar, i)
+        painted = fullres.painted_mask(warped, face[y0:y1, x0:x1])
+        fullres.rewarp(
+            frame,
+            avatar.frames[i],
+            tuple(int(v) for v in avatar.boxes[i]),
+            CROP_SIZE,
+            box,
+            fr.tris[fr.moving],
+            _affines,
+            np.concatenate([dst_lm, _ANCHORS]),
+            fr.pts,
+            compositor.alpha(i),
+            painted,
+            FULL_RES_INTERP,
+            self._bank_region(dst_lm, fr.iod, fr.ey),
+            BANK_REGION_SIGMA * fr.iod,
+        )
 
     @staticmethod
     def _bank_region(lm: np.ndarray, iod: float, ey: np.ndarray) -> np.ndarray:
