@@ -117,6 +117,12 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
         "One streaming session, a 6 s reply at 8x real time: the peak-RSS baseline for realtime-cpu-reply50.",
         "bench/bench_realtime.py --sessions 1 --reply-seconds 6",
     ),
+    "realtime-cpu-6-sessions": (
+        "Issue 31's speed target: 4 / 5 / 6 streaming sessions with the CPU renderer on yongen (painted interior; "
+        "no full-resolution pass in the stream) without the VP8 encode: stalls, first frame (target 6 sessions, "
+        "no stalls, first frame <= 80 ms).",
+        "bench/bench_realtime.py --sessions 4 5 6 --no-encode",
+    ),
     "realtime-cpu": (
         "Streaming sessions with the CPU renderer: first lip-synced frame after the first audio delta and sustained "
         "fps incl. VP8 encode, 1 / 2 / 3 sessions (targets <= 150 ms, 25 fps for >= 2 sessions).",
