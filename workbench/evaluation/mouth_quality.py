@@ -98,8 +98,8 @@ def build_face_palette(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndar
     return palette
 
 
-def colour_share(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray], palette: np.ndarray) -> dict:
-    """Share of inner-lip pixels of the open frames whose colour is in `palette` (pooled over pixels)."""
+def _pooled_share(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray], inside) -> dict:
+    """Share of inner-lip pixels of the open frames for which `inside(pixels) -> bool array` holds, pooled."""
     hit = total = n_open = 0
     for f, lm in zip(frames, landmarks, strict=True):
         lm = np.asarray(lm, np.float64)
@@ -109,9 +109,14 @@ def colour_share(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray], 
         if len(px) < MIN_PIXELS:
             continue
         n_open += 1
-        hit += int(palette[_bins(px)].sum())
+        hit += int(inside(px).sum())
         total += len(px)
     return {"share": hit / total if total else float("nan"), "open_frames": n_open, "pixels": total}
+
+
+def colour_share(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray], palette: np.ndarray) -> dict:
+    """Share of inner-lip pixels of the open frames whose colour is in `palette` (pooled over pixels)."""
+    return _pooled_share(frames, landmarks, lambda px: palette[_bins(px)])
 
 
 def mouth_sharpness(frame: np.ndarray, lm: np.ndarray) -> float:
@@ -202,15 +207,4 @@ def in_person_gamut(pixels: np.ndarray, gamut: dict) -> np.ndarray:
 
 def person_gamut_share(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray], gamut: dict) -> dict:
     """Share of inner-lip pixels of the open frames in the person's gamut (`build_person_gamut`), pooled."""
-    hit = total = n_open = 0
-    for f, lm in zip(frames, landmarks, strict=True):
-        lm = np.asarray(lm, np.float64)
-        if raw_openness(lm[None])[0] < OPEN_MIN:
-            continue
-        px = inner_pixels(f, lm)
-        if len(px) < MIN_PIXELS:
-            continue
-        n_open += 1
-        hit += int(in_person_gamut(px, gamut).sum())
-        total += len(px)
-    return {"share": hit / total if total else float("nan"), "open_frames": n_open, "pixels": total}
+    return _pooled_share(frames, landmarks, lambda px: in_person_gamut(px, gamut))
