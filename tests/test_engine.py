@@ -10,6 +10,7 @@ import soxr
 
 from testkit.models import make_tiny_models
 from workbench.avatars.model import PrepParams
+from workbench.avatars.pipeline import load_source
 from workbench.config import SAMPLES_PER_FRAME, Settings
 from workbench.engine import Engine
 from workbench.lipsync.stream import LipSyncStream
@@ -104,3 +105,17 @@ def test_file_preview_and_stream_render_the_same_frame(engine, samples_dir):
     # the same body frame and nearly the same mouth
     diff = np.abs(streamed.image.astype(int) - filed.astype(int))
     assert diff.mean() < 1.0
+
+
+def test_an_evaluation_scores_the_source_frames_not_a_cached_avatar_copy(engine, examples_dir):
+    """A stored avatar's frames are a JPEG round trip; `reuse=False` (what evaluation cases use) prepares from the
+    source even when the cache holds the avatar, so a suite's numbers do not depend on what the app cached."""
+    source = examples_dir / "yongen.mp4"
+    params = PrepParams(max_frames=3)
+    engine.prepare(source, params)  # the app's preparation: saved to the cache
+    cached = engine.prepare(source, params, save=False)
+    fresh = engine.prepare(source, params, save=False, reuse=False)
+    assert cached.avatar_id == fresh.avatar_id
+    decoded, _ = load_source(source, 3, engine.settings.max_source_side)
+    assert not np.array_equal(cached.frames, decoded)  # the cached copy differs, so the check below can fail
+    assert np.array_equal(fresh.frames, decoded)

@@ -138,15 +138,16 @@ class Engine:
         owner: str | None = None,
         name: str | None = None,
         save: bool = True,
+        reuse: bool = True,
     ) -> Avatar:
         """Prepare an avatar from a video, photo or frames folder, or reuse its cached copy.
 
         Parameters act as the loaded weights' reference does (PrepParams.effective) unless they name a version.
         `owner` (who may delete it) and `name` are recorded when it is created; `save=False` leaves the cache
-        as it was (previews)."""
+        as it was (previews); `reuse=False` prepares from the source even when the cache has it (`prepare_avatar`)."""
         params = self._for_renderer(params or PrepParams())
         self._load_for_prepare(params)  # models load outside the GPU call (ZeroGPU: workbench.zerogpu)
-        return self._prepare_on_gpu(Path(source), params, progress, owner=owner, name=name, save=save)
+        return self._prepare_on_gpu(Path(source), params, progress, owner=owner, name=name, save=save, reuse=reuse)
 
     def _for_renderer(self, params: PrepParams) -> PrepParams:
         """`params` stamped with the loaded weights' version (v1.0/v1.5) unless they name one."""
@@ -172,6 +173,7 @@ class Engine:
         owner: str | None = None,
         name: str | None = None,
         save: bool = True,
+        reuse: bool = True,
     ) -> Avatar:
         return prepare_avatar(
             source,
@@ -184,6 +186,7 @@ class Engine:
             owner=owner,
             name=name,
             save=save,
+            reuse=reuse,
             max_side=self.settings.max_source_side,
             memory_limit_bytes=int(self.settings.prepare_memory_gb * 2**30),
         )

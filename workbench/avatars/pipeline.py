@@ -270,6 +270,7 @@ def prepare_avatar(
     owner: str | None = None,
     name: str | None = None,
     save: bool = True,
+    reuse: bool = True,
     max_side: int | None = None,
     memory_limit_bytes: int | None = None,
 ) -> Avatar:
@@ -284,7 +285,9 @@ def prepare_avatar(
     then name the working size); one whose estimated memory is over `memory_limit_bytes` is refused before it is
     decoded. `owner` and `name` (default: the file's stem, made unique in the store) are recorded when the avatar
     is created here: a cache hit stays whoever made it. `save=False` (previews) leaves the store without a new
-    avatar (detections are still kept).
+    avatar (detections are still kept). `reuse=False` prepares from the source even when the store holds this
+    avatar: a stored avatar's frames are a JPEG round trip, so an evaluation that reused one would score
+    differently depending on what the app had cached before.
     """
     t0 = time.perf_counter()
     report = progress or (lambda f, m: None)
@@ -296,7 +299,7 @@ def prepare_avatar(
         if est["downscaled"]:
             keyed = hashlib.sha256(f"{digest}|{est['width']}x{est['height']}".encode()).hexdigest()
     avatar_id = avatar_id_for(keyed, params, detector, vae_encoder, face_parser)
-    if store is not None and store.has(avatar_id):
+    if reuse and store is not None and store.has(avatar_id):
         report(1.0, "loaded from cache")
         return store.load(avatar_id)
     if memory_limit_bytes is not None and est is not None:

@@ -141,7 +141,9 @@ def _run_generated(
         extra_margin=case.extra_margin,
         batch_size=case.batch_size or engine.settings.batch_size,
     )
-    avatar = engine.prepare(files["source"], params, save=False)  # an evaluation leaves the avatar list as it was
+    # An evaluation leaves the avatar list as it was, and scores the source's own frames, never a cached avatar's
+    # JPEG-packed copy: the same suite gives the same numbers whatever the app has cached.
+    avatar = engine.prepare(files["source"], params, save=False, reuse=False)
     row["renderer"] = renderer.describe_for(avatar)
     audio = _trim(load_audio(files["audio"]), case.audio_start, case.max_seconds)
     case_dir.mkdir(parents=True, exist_ok=True)
