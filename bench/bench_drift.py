@@ -54,6 +54,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import drift_measure  # noqa: E402
 
+from testkit.processes import stop  # noqa: E402
+
 SAMPLES = ROOT.parent / "shared" / "samples"
 CORNER = 64  # the level renderer stamps the level into frame[:CORNER, :CORNER]
 CONNECT_S = 8.0
@@ -485,12 +487,7 @@ def main() -> None:
         load_start = os.getloadavg()[0]
         calls = asyncio.run(drive(args, f"http://127.0.0.1:{port}", avatar, load))
     finally:
-        child.terminate()
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        stop(child)
         shutil.rmtree(work, ignore_errors=True)
     summary = {
         "config": {k: v for k, v in vars(args).items() if k not in ("serve", "work", "out")},

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from testkit.processes import stop
+
 REPO = Path(__file__).resolve().parents[1]  # the repository root
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -74,12 +76,7 @@ def app_process(cmd: list[str], cwd: Path, env: dict, url: str, log: Path, timeo
         wait_http(url, proc, log, timeout)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if log.exists():
             ARTIFACTS.mkdir(exist_ok=True)
             shutil.copyfile(log, ARTIFACTS / artifact)
