@@ -8,7 +8,7 @@ colour gamut like real teeth (0.93-0.99, docs/cpu_renderer_mouth.md 5.4). This s
    row t from the upper to the lower inner lip, as the library interior is, `workbench.lipsync.cpu.interior`);
 2. the teeth band is the run of rows around the brightest one that are lit to within `BAND_LEVEL` of it above the
    mouth's dark (its 10th percentile); a mouth whose brightest row is not `BAND_CONTRAST` grey levels above its
-   dark shows no teeth and is skipped (a dark cavity, lips pressed);
+   dark, or whose bright run is thinner than `MIN_BAND_ROWS`, shows no teeth and is skipped (a dark cavity);
 3. the band's luminance profile along u, detrended (a wide Gaussian removes the shading from the middle to the
    corners) and divided by its mean brightness, has a dip at every separator between two teeth: the local minima
    `SEPARATOR_PROMINENCE` below the highest point within `SEPARATOR_REACH` columns on both sides;
@@ -37,13 +37,15 @@ from workbench.lipsync.cpu.geometry import MouthLens
 
 GRID_W, GRID_H = 96, 40  # unwrapped inner mouth: columns across, rows from the upper to the lower inner lip
 U_SPAN = 0.85  # share of the half width either side that is unwrapped (the corners are lip and shadow)
+T_SPAN = (0.06, 0.94)  # rows unwrapped between the inner lips: the fitted lip curves' edge rows are part lip or skin
+MIN_BAND_ROWS = 3  # a bright run thinner than this (of GRID_H) is a lip's edge, not a row of teeth
 BAND_CONTRAST = 25.0  # grey levels the brightest row must stand above the mouth's dark to count as teeth
 BAND_LEVEL = 0.6  # band rows: lit to at least this share of the way from the dark to the brightest row
 DETREND_SIGMA = 6.0  # columns: the Gaussian whose smoothing of the profile is taken as its shading
 SEPARATOR_PROMINENCE = 0.02  # a separator's depth below its neighbours, as a share of the band's mean brightness
 SEPARATOR_REACH = 8  # columns either side in which a separator's neighbours (the teeth beside it) are looked for
 DENSITY_RANGE = (3, 9)  # separators: density 0 at or below the first, 1 from the second
-COMB_THRESHOLD = 0.33  # pooled score from which a mouth reads as a comb (design: real <= 0.13, drawn >= 0.53; midway)
+COMB_THRESHOLD = 0.34  # pooled score from which a mouth reads as a comb (design: real <= 0.16, drawn >= 0.53; midway)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def unwrap_grey(frame: np.ndarray, lm: np.ndarray) -> np.ndarray:
     ey = np.array([-ex[1], ex[0]])
     lens = MouthLens(lm, ex, ey)
     u = np.linspace(-U_SPAN, U_SPAN, GRID_W) * lens.half_width
-    t = np.linspace(0.0, 1.0, GRID_H)
+    t = np.linspace(*T_SPAN, GRID_H)
     up, lo = lens.upper(u), lens.lower(u)
     vv = up[None, :] + t[:, None] * (lo - up)[None, :]
     uu = np.broadcast_to(u[None, :], vv.shape)
@@ -90,7 +92,7 @@ def teeth_band(grey: np.ndarray) -> tuple[int, int] | None:
         a -= 1
     while b < len(rows) - 1 and lit[b + 1]:
         b += 1
-    return a, b
+    return (a, b) if b - a + 1 >= MIN_BAND_ROWS else None
 
 
 def separators(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
