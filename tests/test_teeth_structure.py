@@ -125,3 +125,16 @@ def test_the_renderer_drawn_teeth_are_a_comb_and_the_library_interior_is_not(yon
     assert scores[("drawn", "auto")] is not None and scores[("drawn", "auto")] >= ts.COMB_THRESHOLD, scores
     for key in (("library", "photo"), ("library", "auto")):
         assert scores[key] is None or scores[key] < ts.COMB_THRESHOLD, scores
+
+
+def test_the_evaluation_reports_the_comb_in_details_only():
+    from workbench.config import SAMPLES_PER_FRAME
+    from workbench.evaluation.quality import score_quality
+
+    img, lm = _mouth(_comb)
+    q = score_quality([img] * 4, np.stack([lm] * 4), np.zeros(4 * SAMPLES_PER_FRAME, np.float32))
+    assert q.details["teeth_comb"]["is_comb"] and q.details["teeth_comb"]["measured_frames"] == 4
+    assert "teeth_comb" not in q.row()  # reported, never a gated column
+    dark, dlm = _mouth(None)
+    q = score_quality([dark] * 2, np.stack([dlm] * 2), np.zeros(2 * SAMPLES_PER_FRAME, np.float32))
+    assert q.details["teeth_comb"]["score"] is None and q.details["teeth_comb"]["skipped_no_teeth"] == 2

@@ -73,9 +73,11 @@ def unwrap_grey(frame: np.ndarray, lm: np.ndarray) -> np.ndarray:
     uu = np.broadcast_to(u[None, :], vv.shape)
     x = lens.c[0] + (uu + lens.u0) * ex[0] + vv * ey[0]
     y = lens.c[1] + (uu + lens.u0) * ex[1] + vv * ey[1]
-    grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    out = cv2.remap(grey, x.astype(np.float32), y.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.astype(np.float64)
+    # Sample first, then grey: the grid is small, the frame may be large (grey is linear, so the order is moot).
+    out = cv2.remap(
+        frame, x.astype(np.float32), y.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return (out if out.ndim == 2 else cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)).astype(np.float64)
 
 
 def teeth_band(grey: np.ndarray) -> tuple[int, int] | None:
