@@ -483,7 +483,7 @@ def main() -> None:
                 f"{name:12s} {interior:8s} {style:6s} person gamut {q['person_gamut_share']:.2f} "
                 f"(bgr palette {q['colour_share_bgr_palette']:.2f})"
                 + (f" (real interior {real:.2f})" if real is not None else "")
-                + f"  sharp {q['sharpness_ratio']:.2f}  sync {q['sync_source_box']['lag']:+d}/"
+                + f"  comb {q['teeth_comb']['score']:.2f}  sharp {q['sharpness_ratio']:.2f}  sync {q['sync_source_box']['lag']:+d}/"
                 f"{q['sync_source_box']['corr']:.2f} own-det {q['sync_own_detection']['lag']:+d}/"
                 f"{q['sync_own_detection']['corr']:.2f}  box err med {q['face_box_err_median']:.3f} "
                 f"p90 {q['face_box_err_p90']:.3f} within3% {q['face_box_within_3pct']:.2f}  "
