@@ -123,6 +123,16 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
         "no stalls, first frame <= 80 ms).",
         "bench/bench_realtime.py --sessions 4 5 6 --no-encode",
     ),
+    "realtime-cpu-8-sessions": (
+        "Where the CPU renderer's streaming sessions stop holding 25 fps on the 2-core machine, avatar frames kept "
+        "decoded (FrameMemory): 7 and 8 sessions on yongen without the VP8 encode: stalls, first frame.",
+        "bench/bench_realtime.py --sessions 7 8 --no-encode",
+    ),
+    "realtime-cpu-encode": (
+        "The full WebRTC video path (resize to 720 lines and VP8 encode) with the CPU renderer, 3 / 4 / 5 "
+        "sessions on yongen, avatar frames kept decoded: stalls, encoded fps, first frame.",
+        "bench/bench_realtime.py --sessions 3 4 5",
+    ),
     "realtime-cpu": (
         "Streaming sessions with the CPU renderer: first lip-synced frame after the first audio delta and sustained "
         "fps incl. VP8 encode, 1 / 2 / 3 sessions (targets <= 150 ms, 25 fps for >= 2 sessions).",

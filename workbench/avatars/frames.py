@@ -2,8 +2,9 @@
 
 Uncompressed, a prepared avatar's frames are most of its size (2.6 MB per 704x1216 frame: 690 MB of the 759 MB
 of yongen.mp4's 268 frames). JPEG at quality 95 with full-resolution chroma (4:4:4) is visually lossless
-(measured on yongen.mp4: 47.7 dB PSNR, 0.2 MB per frame, bench/bench_frames.py) and decodes in a few
-milliseconds, well inside the realtime path's 40 ms per frame; PNG (lossless) was 3.4x larger and 4x slower
+(measured on yongen.mp4: 47.7 dB PSNR, 0.2 MB per frame, bench/bench_frames.py) and decodes in about 6 ms
+(704x1216, one core): inside one stream's 40 ms per frame, but more than the CPU renderer's mouth edit, which is why
+the realtime path keeps its loop decoded (`frame_memory.FrameMemory`); PNG (lossless) was 3.4x larger and 4x slower
 to decode, WebP-lossless 1.7x larger and 3x slower.
 
 `EncodedFrames` is what `Avatar.frames` holds for an avatar loaded from the cache: it behaves like the
