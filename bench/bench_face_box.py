@@ -73,6 +73,23 @@ def is_pyramid_step(ratio: float, tol: float = 0.04) -> bool:
     return bool(round(k) != 0 and abs(ratio / PYRAMID_STEP ** round(k) - 1.0) <= tol)
 
 
+def failure_kind(ref: np.ndarray, box: np.ndarray | None) -> str:
+    """How a box differs from ref: "miss", "scale step" (width ratio one of dlib's pyramid levels away), "shift"
+    (same width within 4 %: the box slid, e.g. by one HOG cell, 8 px at the level's scale = 10 % of the width) or
+    "other"."""
+    if box is None:
+        return "miss"
+    r = width_ratio(ref, box)
+    if is_pyramid_step(r):
+        return "scale step"
+    return "shift" if abs(r - 1.0) <= 0.04 else "other"
+
+
+def centre_shift_down(ref: np.ndarray, box: np.ndarray) -> float:
+    """How far the box centre moved down (negative: up), over ref's width."""
+    return float(((box[1] + box[3]) - (ref[1] + ref[3])) / 2 / (ref[2] - ref[0]))
+
+
 def closed_open_pairs(
     openness: np.ndarray, gap: int = PAIR_GAP, closed: float = CLOSED_MAX, opened: float = OPEN_MIN
 ) -> list[tuple[int, int]]:
@@ -106,6 +123,15 @@ def median_box(boxes: list[np.ndarray | None]) -> np.ndarray | None:
     if len(found) * 2 < len(boxes) or not found:
         return None
     return np.median(np.stack(found), axis=0)
+
+
+def mean_box(boxes: list[np.ndarray | None]) -> np.ndarray | None:
+    """Edge-wise mean of the boxes found (None when fewer than half the tries found one): over rescalings that
+    span one pyramid level the grid's phase and level change from try to try, so the mean varies smoothly."""
+    found = [np.asarray(b, np.float64) for b in boxes if b is not None]
+    if len(found) * 2 < len(boxes) or not found:
+        return None
+    return np.mean(np.stack(found), axis=0)
 
 
 def jaw_and_gap(lms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +183,7 @@ class Boxes:
             "dlib": d.box if d is not None else None,
             "landmarks": d.landmarks.astype(np.float64) if d is not None else None,
             "dlib_multiscale": median_box(tries),
+            "dlib_multiscale_mean": mean_box(tries),
         }
         if cnn:
             dc = self.cnn.detect(frame)
@@ -164,12 +191,12 @@ class Boxes:
         return out
 
 
-KINDS = ("dlib", "dlib_multiscale", "dlib_cnn")
+KINDS = ("dlib", "dlib_multiscale", "dlib_multiscale_mean", "dlib_cnn")
 
 
-def pair_table(rows: list[dict], pairs: list[tuple[int, int]]) -> dict:
+def pair_table(rows: list[dict], pairs: list[tuple[int, int]], kinds: tuple[str, ...] = KINDS) -> dict:
     out = {}
-    for kind in KINDS:
+    for kind in kinds:
         # A kind not run on a frame (the CNN outside closed/open pairs) is left out; a miss counts as inf.
         errs = [
             box_error(rows[a][kind], rows[b][kind])
@@ -177,14 +204,19 @@ def pair_table(rows: list[dict], pairs: list[tuple[int, int]]) -> dict:
             if kind in rows[a] and kind in rows[b] and rows[a][kind] is not None
         ]
         out[kind] = summarise(errs)
-    steps = [
-        is_pyramid_step(width_ratio(rows[a]["dlib"], rows[b]["dlib"]))
+    kinds = [
+        failure_kind(rows[a]["dlib"], rows[b]["dlib"])
         for a, b in pairs
-        if rows[a]["dlib"] is not None
-        and rows[b]["dlib"] is not None
-        and box_error(rows[a]["dlib"], rows[b]["dlib"]) > BOX_TOL
+        if rows[a]["dlib"] is not None and box_error(rows[a]["dlib"], rows[b]["dlib"]) > BOX_TOL
     ]
-    out["dlib_failures_at_pyramid_step"] = f"{sum(steps)}/{len(steps)}"
+    out["dlib_failures"] = {k: kinds.count(k) for k in ("shift", "scale step", "other", "miss")}
+    # The continuous box's vertical motion: does the face's box slide down when the mouth opens?
+    dy = [
+        centre_shift_down(rows[a]["dlib_multiscale_mean"], rows[b]["dlib_multiscale_mean"])
+        for a, b in pairs
+        if rows[a]["dlib_multiscale_mean"] is not None and rows[b]["dlib_multiscale_mean"] is not None
+    ]
+    out["multiscale_mean_centre_down_median"] = float(np.median(dy)) if dy else None
     return out
 
 
@@ -227,16 +259,21 @@ def calibration(clips: tuple[str, ...] = CLIPS) -> dict:
             "closed_frames": int(np.sum(o < CLOSED_MAX)),
             "open_frames": int(np.sum(o >= OPEN_MIN)),
             "closed_open_within_2": pair_table(rows, co),
-            "consecutive": pair_table(rows, cons),
+            # More pairs at the evaluation's own "open" (mq.OPEN_MIN = 0.25); no CNN on these.
+            "closed_open_025_within_2": pair_table(rows, closed_open_pairs(o, opened=0.25), KINDS[:3]),
+            "consecutive": pair_table(rows, cons, KINDS[:3]),
             "jaw_drop_per_gap": slope(gap[ok], jaw[ok]),
             "face_width_px": float(np.nanmedian([r["dlib"][2] - r["dlib"][0] for r in rows if r["dlib"] is not None])),
         }
         a, c = out[name]["closed_open_within_2"], out[name]["consecutive"]
+        b = out[name]["closed_open_025_within_2"]
         print(
             f"{name}: {len(frames)} frames, closed/open pairs {a['dlib']['pairs']}: dlib within 3% "
             f"{fmt(a['dlib']['within_3pct'])} p90 {fmt(a['dlib']['p90'])} (multiscale {fmt(a['dlib_multiscale']['within_3pct'])}"
             f", cnn {fmt(a['dlib_cnn']['within_3pct'])}); consecutive: dlib {fmt(c['dlib']['within_3pct'])} p90 "
-            f"{fmt(c['dlib']['p90'])} (multiscale {fmt(c['dlib_multiscale']['within_3pct'])}); jaw/gap {out[name]['jaw_drop_per_gap']:.2f}",
+            f"{fmt(c['dlib']['p90'])} (multiscale {fmt(c['dlib_multiscale']['within_3pct'])}, mean "
+            f"{fmt(c['dlib_multiscale_mean']['within_3pct'])}); open>=0.25 pairs {b['dlib']['pairs']}: dlib "
+            f"{fmt(b['dlib']['within_3pct'])} mean {fmt(b['dlib_multiscale_mean']['within_3pct'])}; jaw/gap {out[name]['jaw_drop_per_gap']:.2f}",
             flush=True,
         )
     return out
@@ -246,7 +283,7 @@ def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def diagnosis(names: list[str], contact: Path | None) -> dict:
+def diagnosis(names: list[str], contact: Path | None, cnn: bool = True) -> dict:
     import bench_interior as bi
 
     from workbench.lipsync.cpu.renderer import CPURenderer
@@ -267,8 +304,8 @@ def diagnosis(names: list[str], contact: Path | None) -> dict:
             frame = r.render(av, [i], [st], sequence=seq)[0]
             if st.open < 0.5:
                 continue
-            rb = boxes.all(frame)
-            sb = src[i] = src[i] if i in src else boxes.all(av.frames[i])
+            rb = boxes.all(frame, cnn)
+            sb = src[i] = src[i] if i in src else boxes.all(av.frames[i], cnn)
             lm_r = judge.in_box(frame, sb["dlib"])
             lm_s = judge.in_box(av.frames[i], sb["dlib"])
             (jr, gr), (js, gs) = (np.array(v)[:, 0] for v in (jaw_and_gap(lm_r[None]), jaw_and_gap(lm_s[None])))
@@ -276,13 +313,16 @@ def diagnosis(names: list[str], contact: Path | None) -> dict:
                 "k": k,
                 "source": i,
                 "target_open": float(st.open),
-                "err": {kind: box_error(sb[kind], rb[kind]) if sb[kind] is not None else None for kind in KINDS},
+                "err": {kind: box_error(sb[kind], rb[kind]) if sb.get(kind) is not None else None for kind in KINDS},
                 "jaw_drop": float(jr - js),
                 "gap_change": float(gr - gs),
             }
+            if sb["dlib_multiscale_mean"] is not None and rb["dlib_multiscale_mean"] is not None:
+                row["mean_box_centre_down"] = centre_shift_down(sb["dlib_multiscale_mean"], rb["dlib_multiscale_mean"])
             if rb["dlib"] is not None:
                 row["width_ratio"] = width_ratio(sb["dlib"], rb["dlib"])
                 row["edge"] = moved_edge(sb["dlib"], rb["dlib"])
+                row["kind"] = failure_kind(sb["dlib"], rb["dlib"])
                 row["source_box"] = [round(float(v), 1) for v in sb["dlib"]]
                 row["rendered_box"] = [round(float(v), 1) for v in rb["dlib"]]
             rows.append(row)
@@ -296,6 +336,12 @@ def diagnosis(names: list[str], contact: Path | None) -> dict:
             },
             "jaw_drop_per_gap": slope([r_["gap_change"] for r_ in rows], [r_["jaw_drop"] for r_ in rows]),
             "source_frames_failing": sorted({f["source"] for f in fails}),
+            "dlib_failures": {
+                k: sum(f.get("kind", "miss") == k for f in fails) for k in ("shift", "scale step", "other", "miss")
+            },
+            "multiscale_mean_centre_down_median": float(
+                np.median([r_["mean_box_centre_down"] for r_ in rows if "mean_box_centre_down" in r_] or [np.nan])
+            ),
             "failures": fails,
         }
         print(
@@ -335,6 +381,7 @@ def main() -> None:
     ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=CLIPS)
     ap.add_argument("--diagnosis", action="store_true", help="the still-faced avatars' failing open frames")
     ap.add_argument("--avatars", nargs="+", default=["photo", "talk4-still"])
+    ap.add_argument("--no-cnn", action="store_true", help="--diagnosis without the CNN detector (~2 s a frame)")
     ap.add_argument("--contact", type=Path, default=None, help="write a failing frame beside its source here")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu-interior.json")
     ap.add_argument("--key-suffix", default="", help="store under box_calibration<suffix> / box_diagnosis<suffix>")
@@ -350,7 +397,7 @@ def main() -> None:
         prev["box_calibration_loadavg"] = os.getloadavg()
         atomic.write_json(args.out, prev)
     if args.diagnosis:
-        res = diagnosis(args.avatars, args.contact)
+        res = diagnosis(args.avatars, args.contact, cnn=not args.no_cnn)
         prev = atomic_read(args.out)
         prev.setdefault("box_diagnosis" + args.key_suffix, {}).update(res)
         atomic.write_json(args.out, prev)

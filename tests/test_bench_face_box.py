@@ -71,6 +71,8 @@ def test_median_box_needs_half_the_tries(fb):
     assert fb.median_box([a, b, c]).tolist() == [0.0, 0.0, 11.0, 11.0]
     assert fb.median_box([a, None, None]) is None
     assert fb.median_box([a, b, None, None]) is not None
+    assert fb.mean_box([a, b, c]).tolist() == pytest.approx([1 / 3, 1 / 3, 11.0, 11.0])
+    assert fb.mean_box([None, None, a]) is None
 
 
 def _face(jaw: float, gap: float) -> np.ndarray:
@@ -101,3 +103,13 @@ def test_slope(fb):
     jaws = np.array([fb.jaw_and_gap(_face(0.7 + 0.45 * g, g)[None])[0][0] for g in gaps])
     assert fb.slope(gaps, jaws) == pytest.approx(0.45)
     assert np.isnan(fb.slope([0.1, 0.1], [1.0, 2.0]))
+
+
+def test_failure_kind_and_centre_shift(fb):
+    ref = np.array([100.0, 100.0, 200.0, 200.0])
+    assert fb.failure_kind(ref, None) == "miss"
+    assert fb.failure_kind(ref, np.array([90.0, 90, 210, 210])) == "scale step"
+    assert fb.failure_kind(ref, np.array([100.0, 111, 200, 211])) == "shift"  # one HOG cell down
+    assert fb.failure_kind(ref, np.array([100.0, 100, 210, 210])) == "other"
+    assert fb.centre_shift_down(ref, np.array([100.0, 111, 200, 211])) == pytest.approx(0.11)
+    assert fb.centre_shift_down(ref, np.array([100.0, 95, 200, 203])) == pytest.approx(-0.01)
