@@ -41,7 +41,9 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
     ),
     "cpu-interior": (
         "Mouth interiors of the CPU renderer (drawn vs the bundled library vs the avatar's own): colour share, "
-        "sharpness against the source, sync, face-box error.",
+        "sharpness against the source, sync, face-box error. Its `box_calibration` and `box_diagnosis` keys come "
+        "from `bench/bench_face_box.py`: dlib's face box on real clips (closed vs open and consecutive frames, beside "
+        "a multiscale median/mean box and dlib's CNN detector) and on the still faces' failing open frames.",
         "bench/bench_interior.py",
     ),
     "cpu-realism-quiet": (
