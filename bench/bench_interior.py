@@ -23,8 +23,12 @@ Driving audio: eng.wav 20-28 s. Every rendered and source frame is re-detected w
 * face box: the detector's box on rendered open-mouth frames (target opening >= 0.5) against its box on the
   source frame: the largest edge shift over the box width; share of frames within 3 %.
 
+* teeth comb: the teeth-structure score of the rendered open frames (`teeth_structure`; a drawn comb of
+  evenly spaced teeth scores high, real teeth low; frames with no teeth band are skipped and counted).
+
 `--gamut-calibration`: the lips-and-skin gamut's ceiling, real open mouths (talk1, talk2, talk4) scored against
-their own closed frames' lips and skin. Writes bench/results/cpu-interior.json (and with --sheets the contact sheets).
+their own closed frames' lips and skin. `--comb-calibration design|held-out|all`: the comb score on real open
+mouths and on the drawn and library interiors rendered on still faces (design: talk1, talk2; held out: the rest). Writes bench/results/cpu-interior.json (and with --sheets the contact sheets).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from workbench import atomic  # noqa: E402
 from workbench.avatars.model import Avatar, PrepParams  # noqa: E402
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
 from workbench.evaluation import mouth_quality as mq  # noqa: E402
+from workbench.evaluation import teeth_structure as ts  # noqa: E402
 from workbench.lipsync.cpu.bank import raw_openness  # noqa: E402
 from workbench.lipsync.cpu.frontend import MouthState  # noqa: E402
 from workbench.lipsync.cpu.renderer import CPURenderer, measure_openness  # noqa: E402
@@ -53,6 +58,9 @@ SAMPLES = ROOT.parent / "shared" / "samples"
 RESULTS = ROOT / "bench" / "results" / "cpu-interior.json"
 AUDIO_SPAN = (20.0, 28.0)
 BOX_TOL = 0.03
+# A real face whose mouth never moves: a talking clip's closed frames only (openness < 0.08). talk4-still is held
+# out everywhere; talk1-still and talk2-still are design data for the comb score (`--comb-calibration`).
+STILL_CLIPS = ("talk1-still", "talk2-still", "talk4-still")
 
 
 def avatars(names: list[str]) -> dict[str, tuple[Avatar, dict]]:
@@ -71,13 +79,14 @@ def avatars(names: list[str]) -> dict[str, tuple[Avatar, dict]]:
             t5 = prepare_avatar(SAMPLES / "calibration" / "talk5.mp4", PrepParams(), det)
             k = int(np.argmin(raw_openness(t5.landmarks.astype(np.float64))))
             out[name] = (prepare_avatar(t5.frames[k : k + 1].copy(), PrepParams(), det), {"from": f"talk5 frame {k}"})
-        elif name == "talk4-still":
-            t4 = prepare_avatar(SAMPLES / "calibration" / "talk4.mp4", PrepParams(), det)
-            o = raw_openness(t4.landmarks.astype(np.float64))
+        elif name in STILL_CLIPS:
+            clip = name.removesuffix("-still")
+            src = prepare_avatar(SAMPLES / "calibration" / f"{clip}.mp4", PrepParams(), det)
+            o = raw_openness(src.landmarks.astype(np.float64))
             closed, opened = np.flatnonzero(o < 0.08), np.flatnonzero(o >= mq.OPEN_MIN)
-            av = prepare_avatar(t4.frames[closed].copy(), PrepParams(), det)
-            truth = ([t4.frames[i] for i in opened], [t4.landmarks[i].astype(np.float64) for i in opened])
-            out[name] = (av, {"truth": truth, "from": f"talk4, {len(closed)} closed frames"})
+            av = prepare_avatar(src.frames[closed].copy(), PrepParams(), det)
+            truth = ([src.frames[i] for i in opened], [src.landmarks[i].astype(np.float64) for i in opened])
+            out[name] = (av, {"truth": truth, "from": f"{clip}, {len(closed)} closed frames"})
         else:
             raise SystemExit(f"unknown avatar {name!r}")
     return out
@@ -159,6 +168,7 @@ def measure(
     phits = 0
     seq = r.new_sequence(exact=True)  # a file render: the full-resolution pass included
     lm_src_box, lm_own, box_err, hits, tot, thits, sharp_r, sharp_s = [], [], [], 0, 0, 0, [], []
+    comb = []  # per open frame: the teeth-structure comb score (None: no teeth band)
     cpu = 0.0
     for k in range(n):
         i = idx[k]
@@ -179,6 +189,7 @@ def measure(
             if truth_palette is not None and sh["pixels"]:
                 thits += mq.colour_share([frame], [lm], truth_palette)["share"] * sh["pixels"]
             sharp_r.append(mq.mouth_sharpness(frame, lm))
+            comb.append(ts.frame_structure(frame, lm).score)
             sharp_s.append(mq.mouth_sharpness(avatar.frames[i], src_lms[i]))
         if states[k].open >= 0.5:
             sb = src_det[i].box
@@ -201,6 +212,7 @@ def measure(
         "bgr_palette": gamut,
         "colour_share_bgr_palette": hits / tot if tot else float("nan"),
         "colour_share_real_interior": thits / tot if truth_palette is not None and tot else None,
+        "teeth_comb": _pool_comb(comb),
         "sharpness_ratio": float(np.nanmean(sharp_r) / np.nanmean(sharp_s)) if sharp_r else float("nan"),
         "sync_source_box": {"lag": lag_a, "corr": corr_a},
         "sync_own_detection": {"lag": lag_b, "corr": corr_b},
@@ -209,6 +221,19 @@ def measure(
         "face_box_err_p90": float(np.percentile(be, 90)) if len(be) else None,
         "face_box_within_3pct": float(np.mean(be <= BOX_TOL)) if len(be) else None,
         "render_cpu_ms_per_frame": 1000.0 * cpu / n,
+    }
+
+
+def _pool_comb(scores: list[float | None]) -> dict:
+    """Pooled comb score of per-open-frame scores (`teeth_structure.frame_structure`; None = no teeth band)."""
+    m = [x for x in scores if x is not None]
+    mean = float(np.mean(m)) if m else float("nan")
+    return {
+        "score": mean,
+        "open_frames": len(scores),
+        "measured_frames": len(m),
+        "skipped_no_teeth": len(scores) - len(m),
+        "is_comb": bool(m) and mean >= ts.COMB_THRESHOLD,
     }
 
 
@@ -306,6 +331,65 @@ def gamut_calibration() -> dict:
     return out
 
 
+COMB_DESIGN_REAL, COMB_HELD_OUT_REAL = ("talk1", "talk2"), ("talk3", "talk4", "talk5", "sun")
+COMB_DESIGN_RENDERED, COMB_HELD_OUT_RENDERED = ("talk1-still", "talk2-still"), ("yongen", "sun", "photo", "talk4-still")
+
+
+def comb_calibration(only: str = "all") -> dict:
+    """The teeth-structure comb score (`workbench/evaluation/teeth_structure.py`) on real open mouths and on the
+    drawn and library interiors rendered on still faces (eng.wav 20-28 s, landmarks predicted in the source frame's
+    dlib box). Design: talk1, talk2 (real) and talk1-still, talk2-still (rendered); its constants and threshold were
+    chosen on those only. Held out: talk3, talk4, talk5, sun (real) and yongen, sun, photo, talk4-still (rendered).
+    `only`: "design", "held-out" or "all"."""
+    from workbench.avatars.pipeline import prepare_avatar
+    from workbench.faces.landmarks import get_detector
+
+    det = get_detector("dlib")
+    out: dict = {"threshold": ts.COMB_THRESHOLD, "real": {}, "rendered": {}}
+    sets = {
+        "design": (COMB_DESIGN_REAL, COMB_DESIGN_RENDERED),
+        "held-out": (COMB_HELD_OUT_REAL, COMB_HELD_OUT_RENDERED),
+    }
+    for role, (real, rendered) in sets.items():
+        if only not in ("all", role):
+            continue
+        for name in real:
+            src = SAMPLES / "sun.mp4" if name == "sun" else SAMPLES / "calibration" / f"{name}.mp4"
+            av = prepare_avatar(src, PrepParams(max_frames=300 if name == "sun" else None), det)
+            q = ts.comb_score(av.frames, av.landmarks.astype(np.float64))
+            out["real"][name] = {"set": role, "frames": len(av.frames), **q}
+            print(f"{name:12s} ({role}) real open mouths: comb {q['score']:.3f} ({_comb_counts(q)})", flush=True)
+        audio = driving_audio()
+        judge = Judge()
+        for name, (av, _) in avatars(list(rendered)).items():
+            for interior in ("drawn", "library"):
+                r = CPURenderer(interior=interior)
+                states = r.new_frontend().process(audio)
+                seq = r.new_sequence(exact=True)
+                boxes: dict[int, np.ndarray] = {}
+                frames, lms = [], []
+                for k, st in enumerate(states):
+                    i = av.loop_index(k)
+                    if i not in boxes:
+                        boxes[i] = judge.detect(av.frames[i]).box
+                    f = r.render(av, [i], [st], sequence=seq)[0]
+                    lm = judge.in_box(f, boxes[i])
+                    if raw_openness(lm[None])[0] >= mq.OPEN_MIN:  # keep only what is scored (memory)
+                        frames.append(f)
+                        lms.append(lm)
+                q = ts.comb_score(frames, lms)
+                out["rendered"][f"{name}/{interior}"] = {"set": role, "frames_rendered": len(states), **q}
+                print(f"{name:12s} ({role}) {interior:8s}: comb {q['score']:.3f} ({_comb_counts(q)})", flush=True)
+    return out
+
+
+def _comb_counts(q: dict) -> str:
+    return (
+        f"{q['measured_frames']} of {q['open_frames']} open frames measured, {q['skipped_no_teeth']} without teeth, "
+        f"{q['comb_frames']} frames >= {ts.COMB_THRESHOLD}"
+    )
+
+
 def variants(avatar: Avatar) -> list[tuple[str, str]]:
     """(interior, style) rows: drawn, the library as the renderer picks it ("auto"), and for a painted avatar
     also the library as real footage ("photo", what it got before the painted style)."""
@@ -349,6 +433,12 @@ def main() -> None:
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--yongen-sync", action="store_true", help="only the README's yongen sync figure, two ways")
     ap.add_argument("--gamut-calibration", action="store_true", help="only: real open mouths in their own gamut")
+    ap.add_argument(
+        "--comb-calibration",
+        choices=["design", "held-out", "all"],
+        default=None,
+        help="only: the teeth-structure comb score on real mouths and drawn/library interiors",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     import cv2
@@ -356,6 +446,15 @@ def main() -> None:
     if args.gamut_calibration:
         prev = atomic_read(args.out)
         prev["gamut_calibration"] = gamut_calibration()
+        atomic.write_json(args.out, prev)
+        return
+    if args.comb_calibration:
+        res = comb_calibration(args.comb_calibration)
+        prev = atomic_read(args.out)
+        old = prev.get("comb_calibration", {})
+        for part in ("real", "rendered"):  # a design-only or held-out-only run keeps the other set's rows
+            res[part] = {**old.get(part, {}), **res[part]}
+        prev["comb_calibration"] = res
         atomic.write_json(args.out, prev)
         return
     if args.yongen_sync:
@@ -384,7 +483,7 @@ def main() -> None:
                 f"{name:12s} {interior:8s} {style:6s} person gamut {q['person_gamut_share']:.2f} "
                 f"(bgr palette {q['colour_share_bgr_palette']:.2f})"
                 + (f" (real interior {real:.2f})" if real is not None else "")
-                + f"  sharp {q['sharpness_ratio']:.2f}  sync {q['sync_source_box']['lag']:+d}/"
+                + f"  comb {q['teeth_comb']['score']:.2f}  sharp {q['sharpness_ratio']:.2f}  sync {q['sync_source_box']['lag']:+d}/"
                 f"{q['sync_source_box']['corr']:.2f} own-det {q['sync_own_detection']['lag']:+d}/"
                 f"{q['sync_own_detection']['corr']:.2f}  box err med {q['face_box_err_median']:.3f} "
                 f"p90 {q['face_box_err_p90']:.3f} within3% {q['face_box_within_3pct']:.2f}  "

@@ -41,7 +41,9 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
     ),
     "cpu-interior": (
         "Mouth interiors of the CPU renderer (drawn vs the bundled library vs the avatar's own): colour share, "
-        "sharpness against the source, sync, face-box error.",
+        "sharpness against the source, sync, face-box error. Its `box_calibration` and `box_diagnosis` keys come "
+        "from `bench/bench_face_box.py`: dlib's face box on real clips (closed vs open and consecutive frames, beside "
+        "a multiscale median/mean box and dlib's CNN detector) and on the still faces' failing open frames.",
         "bench/bench_interior.py",
     ),
     "cpu-realism-quiet": (
@@ -122,6 +124,16 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
         "no full-resolution pass in the stream) without the VP8 encode: stalls, first frame (target 6 sessions, "
         "no stalls, first frame <= 80 ms).",
         "bench/bench_realtime.py --sessions 4 5 6 --no-encode",
+    ),
+    "realtime-cpu-8-sessions": (
+        "Where the CPU renderer's streaming sessions stop holding 25 fps on the 2-core machine, avatar frames kept "
+        "decoded (FrameMemory): 7 and 8 sessions on yongen without the VP8 encode: stalls, first frame.",
+        "bench/bench_realtime.py --sessions 7 8 --no-encode",
+    ),
+    "realtime-cpu-encode": (
+        "The full WebRTC video path (resize to 720 lines and VP8 encode) with the CPU renderer, 3 / 4 / 5 "
+        "sessions on yongen, avatar frames kept decoded: stalls, encoded fps, first frame.",
+        "bench/bench_realtime.py --sessions 3 4 5",
     ),
     "realtime-cpu": (
         "Streaming sessions with the CPU renderer: first lip-synced frame after the first audio delta and sustained "

@@ -193,3 +193,26 @@ def test_max_sessions_is_a_setting_and_a_flag(monkeypatch):
     monkeypatch.setattr("workbench.ui.app.create_app", lambda *a, **k: (_ for _ in ()).throw(SystemExit(0)))
     CliRunner().invoke(entry.cli, ["--max-sessions", "2"])
     assert seen["settings"].max_sessions == 2
+
+
+def test_the_server_holds_a_bounded_number_of_loaded_avatars():
+    """Calls opened on avatar after avatar do not make the server keep every one of them in memory; avatars
+    given in memory (`add_avatar`) stay, since nothing could load them again."""
+    avatars = [make_avatar(n=2, avatar_id=f"a{k}") for k in range(12)]
+    engine = FakeEngine(avatars)
+    loads = []
+    load = engine.load_avatar
+    engine.load_avatar = lambda i: loads.append(i) or load(i)
+    m = RealtimeManager(engine, Settings(max_sessions=2, openai_api_key=None), open_avatars=True)
+    pinned = make_avatar(n=2, avatar_id="given")
+    m.add_avatar(pinned)
+
+    async def main():
+        for a in avatars:
+            assert (await m.avatar(a.avatar_id)) is a
+        assert (await m.avatar("a11")) is avatars[11] and loads.count("a11") == 1  # the recent ones stay loaded
+        assert (await m.avatar("a0")) is avatars[0] and loads.count("a0") == 2  # the oldest was let go
+        assert (await m.avatar("given")) is pinned
+
+    asyncio.run(main())
+    assert len(m._avatars) == m.max_sessions + 2

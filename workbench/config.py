@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         ge=0,
         description="prepared avatars beyond this many MB evict the least recently used (never the examples); 0: no limit",
     )
+    decoded_frames_mb: int = Field(
+        default=512,
+        ge=0,
+        description="full avatar frames kept decoded in memory, one budget shared by the avatars being shown "
+        "(yongen's 100-frame example takes 257 MB); 0: decode a frame each time it is shown",
+    )
     prepare_example: bool = Field(
         default=True, description="app: prepare the default example avatar in the background on start"
     )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from workbench import weights
+from workbench.avatars.frame_memory import FrameMemory
 from workbench.avatars.model import Avatar, PrepParams
 from workbench.avatars.pipeline import prepare_avatar
 from workbench.avatars.store import AvatarCache, AvatarInfo
@@ -49,7 +50,11 @@ class Engine:
         self.settings = settings
         self.renderer_choice: RendererName = renderer or self.settings.renderer
         limit_mb = self.settings.cache_max_mb
-        self.cache = AvatarCache(self.settings.cache_dir, max_bytes=limit_mb * 1_000_000 if limit_mb else None)
+        self.cache = AvatarCache(
+            self.settings.cache_dir,
+            max_bytes=limit_mb * 1_000_000 if limit_mb else None,
+            frame_memory=FrameMemory(self.settings.decoded_frames_mb * 2**20),
+        )
         self._renderers: dict[str, Renderer] = {}  # by resolved name: each model loaded once
         self._detectors: dict[str, object] = {}
         self._face_parser: object | None = None

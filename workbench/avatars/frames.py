@@ -2,25 +2,32 @@
 
 Uncompressed, a prepared avatar's frames are most of its size (2.6 MB per 704x1216 frame: 690 MB of the 759 MB
 of yongen.mp4's 268 frames). JPEG at quality 95 with full-resolution chroma (4:4:4) is visually lossless
-(measured on yongen.mp4: 47.7 dB PSNR, 0.2 MB per frame, bench/bench_frames.py) and decodes in a few
-milliseconds, well inside the realtime path's 40 ms per frame; PNG (lossless) was 3.4x larger and 4x slower
+(measured on yongen.mp4: 47.7 dB PSNR, 0.2 MB per frame, bench/bench_frames.py) and decodes in about 6 ms
+(704x1216, one core): inside one stream's 40 ms per frame, but more than the CPU renderer's mouth edit, which is why
+the realtime path keeps its loop decoded (`frame_memory.FrameMemory`); PNG (lossless) was 3.4x larger and 4x slower
 to decode, WebP-lossless 1.7x larger and 3x slower.
 
 `EncodedFrames` is what `Avatar.frames` holds for an avatar loaded from the cache: it behaves like the
 (N, H, W, 3) uint8 array renderers index (`len`, `shape`, `frames[i]`, slices, `np.asarray`), decodes a frame
 when it is asked for and keeps the last few decoded (the idle loop and the compositor read the same frame in
-one tick). Decoded frames are read-only: every reader copies before drawing.
+one tick), and, given the process's `FrameMemory`, keeps its share of the whole loop decoded there (the realtime
+stream reads every frame again each time the loop comes round). Decoded frames are read-only: every reader copies
+before drawing.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from workbench.avatars.frame_memory import FrameMemory
 
 CODEC = "jpeg-q95-444"
 JPEG_QUALITY = 95
@@ -69,7 +76,11 @@ class EncodedFrames:
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, folder: Path, frame_size: tuple[int, int], keep: int = DECODED_KEEP):
+    _tokens = itertools.count()
+
+    def __init__(
+        self, folder: Path, frame_size: tuple[int, int], keep: int = DECODED_KEEP, memory: FrameMemory | None = None
+    ):
         self.folder = Path(folder)
         self.offsets = np.load(self.folder / INDEX_NAME)
         pack = self.folder / PACK_NAME
@@ -83,6 +94,10 @@ class EncodedFrames:
         self._keep = max(1, int(keep))
         self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._memory = memory
+        self._token = ("frames", next(self._tokens))
+        if memory is not None:
+            weakref.finalize(self, memory.release, self._token)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -114,7 +129,13 @@ class EncodedFrames:
             if img is not None:
                 self._decoded.move_to_end(i)
                 return img
+        if self._memory is not None:
+            img = self._memory.get(self._token, i)
+            if img is not None:
+                return img
         img = self._decode(i)  # outside the lock: sessions decode in parallel (cv2 releases the GIL)
+        if self._memory is not None and self._memory.offer(self._token, i, img):
+            return img
         with self._lock:
             self._decoded[i] = img
             while len(self._decoded) > self._keep:

@@ -34,6 +34,7 @@ import numpy as np
 
 from workbench import atomic
 from workbench.avatars import frames as packed
+from workbench.avatars.frame_memory import FrameMemory
 from workbench.avatars.model import Avatar, Detections, PrepParams
 from workbench.faces.landmarks import LandmarkDetector
 from workbench.media import source_digest
@@ -92,8 +93,9 @@ def _dir_size(path: Path) -> int:
 
 
 class AvatarCache:
-    def __init__(self, root: str | Path, max_bytes: int | None = None):
+    def __init__(self, root: str | Path, max_bytes: int | None = None, frame_memory: FrameMemory | None = None):
         self.root = Path(root)
+        self.frame_memory = frame_memory  # where loaded avatars keep their frames decoded (None: a few each)
         self.avatars_dir = self.root / "avatars"
         self.detections_dir = self.root / "detections"
         self.max_bytes = max_bytes  # None: no limit
@@ -310,7 +312,7 @@ class AvatarCache:
         """A saved avatar's full frames as `load` gives them (decoded on access)."""
         d = self._avatar_path(avatar_id)
         if packed.has_frames(d):
-            return packed.EncodedFrames(d, frame_size)
+            return packed.EncodedFrames(d, frame_size, memory=self.frame_memory)
         return np.load(d / "frames.npy", mmap_mode="r")
 
     def load(self, avatar_id: str, mmap: bool = True) -> Avatar:
@@ -324,7 +326,7 @@ class AvatarCache:
             meta = json.loads(meta_path.read_text())
             arrays = {name: np.load(d / f"{name}.npy") for name in _ARRAYS}
             if packed.has_frames(d):
-                arrays["frames"] = packed.EncodedFrames(d, tuple(meta["frame_size"]))
+                arrays["frames"] = packed.EncodedFrames(d, tuple(meta["frame_size"]), memory=self.frame_memory)
             else:
                 arrays["frames"] = np.load(d / "frames.npy", mmap_mode="r" if mmap else None)
             latents = np.load(d / "latents.npy") if meta.get("has_latents") else None

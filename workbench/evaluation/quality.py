@@ -15,6 +15,9 @@ tolerances are in the registry (`workbench/evaluation/metrics.py`).
   fitted the same way in the same boxes. Speech moves lips smoothly; a pixel of noise per frame doubles it;
 - mouth detail: the Laplacian variance (`mouth_quality.mouth_sharpness`) and the colour spread (RMS of the Lab
   channels' standard deviations) of the mouth box, each as a ratio to the source frames behind the output;
+- teeth comb (reported in the case's details.json only, `details["quality"]["teeth_comb"]`; not a table column,
+  not summarised, not gated): `teeth_structure.comb_score` of the output's open mouths: a drawn comb of evenly
+  spaced teeth scores high, real teeth low (docs/cpu_renderer_mouth.md 5.9);
 - seams: the mean absolute grey difference between output and source pixels outside the blending mask (alpha 0)
   within the face box grown by `SEAM_GROW` on each side: what a paste-back must leave alone (seams, colour drift
   spill there). Compression noise of the encode sits under it on a clean render.
@@ -31,6 +34,7 @@ import numpy as np
 from workbench.config import SAMPLES_PER_FRAME
 from workbench.evaluation.landmark_sync import mouth_signals
 from workbench.evaluation.mouth_quality import mouth_sharpness
+from workbench.evaluation.teeth_structure import comb_score
 
 SILENCE_DB = 30.0  # a frame is silent this far under the clip's 95th-percentile frame RMS
 SILENCE_PAD = 2  # frames on each side of a silent frame that must be silent too
@@ -243,6 +247,8 @@ def score_quality(
     j_lips, j_jaw = jitter(lm, LIPS), jitter(lm, JAW)
     detail = mouth_detail(frames, lm)
     d["absolute"] = {"jitter_lips": j_lips, "jitter_jaw": j_jaw, **{f"mouth_{k}": v for k, v in detail.items()}}
+    comb = comb_score(frames, lm)
+    d["teeth_comb"] = {**comb, "score": comb["score"] if comb["measured_frames"] else None}
     if source is None:
         return out
     s_lm = np.asarray(source.landmarks, dtype=np.float64)

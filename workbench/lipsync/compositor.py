@@ -73,9 +73,16 @@ class Compositor:
         fy1 = min(h, int(np.ceil((cy1 + 1) / sy)))
         if fx1 <= fx0 or fy1 <= fy0:
             return out
-        delta = face.astype(np.float32) - reference.astype(np.float32)
+        # The change only where the sampled frame pixels can read it (their crop positions, one pixel either side
+        # for the bilinear taps), so the conversion touches the edited box, not the whole crop.
+        gx0, gy0 = max(0, int(np.floor((fx0 + 0.5) * sx - 0.5)) - 1), max(0, int(np.floor((fy0 + 0.5) * sy - 0.5)) - 1)
+        gx1, gy1 = (
+            min(size, int(np.ceil((fx1 + 0.5) * sx - 0.5)) + 2),
+            min(size, int(np.ceil((fy1 + 0.5) * sy - 0.5)) + 2),
+        )
+        delta = face[gy0:gy1, gx0:gx1].astype(np.float32) - reference[gy0:gy1, gx0:gx1].astype(np.float32)
         # Frame pixel X (box-local) samples the crop at (X + 0.5) * s - 0.5, as cv2.resize does.
-        m = np.array([[sx, 0.0, (fx0 + 0.5) * sx - 0.5], [0.0, sy, (fy0 + 0.5) * sy - 0.5]])
+        m = np.array([[sx, 0.0, (fx0 + 0.5) * sx - 0.5 - gx0], [0.0, sy, (fy0 + 0.5) * sy - 0.5 - gy0]])
         d = cv2.warpAffine(
             delta,
             m,
@@ -86,7 +93,10 @@ class Compositor:
         )
         a = self.alpha(i)[fy0:fy1, fx0:fx1]
         region = out[y1 + fy0 : y1 + fy1, x1 + fx0 : x1 + fx1]
-        region[...] = np.clip(region.astype(np.float32) + a * d + 0.5, 0, 255).astype(np.uint8)
+        blended = region.astype(np.float32)
+        blended += a * d
+        blended += 0.5
+        region[...] = np.clip(blended, 0, 255, out=blended)  # the assignment truncates, as astype(uint8) does
         return out
 
 

@@ -48,6 +48,7 @@ import json
 import logging
 import secrets
 import threading
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from html import escape
 from pathlib import Path
@@ -178,7 +179,11 @@ class RealtimeManager:
         self._holder_of: dict[str, str] = {}  # session id -> holder
         # Callers refused for want of a slot, in arrival order (see workbench.realtime.admission).
         self.line = WaitingLine(self.settings.queue_keep_s, self.settings.queue_per_client)
-        self._avatars: dict[str, Avatar] = {}
+        # Avatars loaded for calls, the most recently opened last: a few more than the call slots, so a visitor
+        # opening calls on avatar after avatar cannot make the server hold them all (a live call keeps its own).
+        self._avatars: OrderedDict[str, Avatar] = OrderedDict()
+        self._avatars_keep = self.max_sessions + 2
+        self._added: dict[str, Avatar] = {}  # given in memory (`add_avatar`): nothing to reload them from
         self._reapers: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
 
@@ -187,7 +192,7 @@ class RealtimeManager:
         try:
             return [a.avatar_id for a in self.engine.list_avatars()]
         except (AttributeError, OSError):
-            return list(self._avatars)
+            return [*self._added, *self._avatars]
 
     async def avatar(self, avatar_id: str | None) -> Avatar:
         if avatar_id is None:
@@ -195,6 +200,8 @@ class RealtimeManager:
             if not ids:
                 raise HTTPException(400, "no prepared avatar yet: prepare one in the Avatar tab first")
             avatar_id = ids[0]
+        if avatar_id in self._added:
+            return self._added[avatar_id]
         if avatar_id not in self._avatars:
             try:
                 self._avatars[avatar_id] = await asyncio.to_thread(self.engine.load_avatar, avatar_id)
@@ -202,11 +209,14 @@ class RealtimeManager:
                 raise HTTPException(404, f"no avatar {avatar_id!r}") from exc
             except CacheError as exc:
                 raise HTTPException(500, f"avatar {avatar_id!r} cannot be loaded: {exc}") from exc
+        self._avatars.move_to_end(avatar_id)
+        while len(self._avatars) > self._avatars_keep:
+            self._avatars.popitem(last=False)
         return self._avatars[avatar_id]
 
     def add_avatar(self, avatar: Avatar) -> None:
         """Make an in-memory avatar available to sessions (tests, benchmarks, notebooks)."""
-        self._avatars[avatar.avatar_id] = avatar
+        self._added[avatar.avatar_id] = avatar
 
     # ---- capability grants ----------------------------------------------------------------------
     def grant(self, avatar_id: str, holder: str | None = None, client: str | None = None) -> str:
@@ -380,7 +390,7 @@ class RealtimeManager:
             },
             "server_key": self.settings.openai_api_key is not None,  # whether one is set, never the key
             # Without open_avatars the page gets its one avatar through a grant and learns no other ids.
-            "avatars": (self.avatar_ids() or list(self._avatars)) if self.open_avatars else [],
+            "avatars": (self.avatar_ids() or [*self._added, *self._avatars]) if self.open_avatars else [],
             "open_avatars": self.open_avatars,
             "max_sessions": self.max_sessions,
             "active_sessions": len(self.sessions),
