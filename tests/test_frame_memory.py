@@ -85,3 +85,25 @@ def test_the_store_gives_loaded_avatars_the_engines_budget(tmp_path, yongen_avat
     avatar = cache.load(yongen_avatar.avatar_id)
     avatar.frames[0]
     assert mem.nbytes == avatar.frames[0].nbytes
+
+
+def test_a_release_fired_inside_a_locked_call_neither_deadlocks_nor_breaks_it():
+    """A finalizer runs wherever the garbage collector happens to run, also inside `offer` with the lock held."""
+    import threading
+
+    mem = FrameMemory(8 * FRAME.nbytes)
+    mem.offer("b", 0, FRAME.copy())
+    fired = []
+
+    def clock():  # called under the lock: stands in for a collection that finalizes avatar b right there
+        if not fired:
+            fired.append(True)
+            mem.release("b")
+        return 0.0
+
+    mem._clock = clock
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (mem.offer("a", 0, FRAME.copy()), done.set()), daemon=True)
+    t.start()
+    assert done.wait(10), "release from inside a locked call deadlocked"
+    assert mem.get("b", 0) is None and mem.get("a", 0) is not None and mem.nbytes == FRAME.nbytes

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 
 import numpy as np
@@ -44,13 +45,20 @@ class FrameMemory:
         self._packs: dict[Hashable, _Pack] = {}
         self._nbytes = 0
         self._lock = threading.Lock()
+        # Packs whose avatar was collected, dropped at the next call. `release` runs from a garbage collector's
+        # finalizer, which may fire in any thread at any allocation, even inside `offer` while the lock is held:
+        # it must not take the lock or touch the dicts, only append (atomic).
+        self._released: deque[Hashable] = deque()
 
     @property
     def nbytes(self) -> int:
-        return self._nbytes
+        with self._lock:
+            self._drop_released()
+            return self._nbytes
 
     def get(self, pack: Hashable, i: int) -> np.ndarray | None:
         with self._lock:
+            self._drop_released()
             p = self._packs.get(pack)
             if p is None:
                 return None
@@ -61,6 +69,7 @@ class FrameMemory:
         """Keep `frame` as frame i of `pack` if its share of the budget has room; True when kept."""
         size = int(frame.nbytes)
         with self._lock:
+            self._drop_released()
             now = self._clock()
             p = self._packs.get(pack)
             if p is None:
@@ -98,8 +107,11 @@ class FrameMemory:
         return True
 
     def release(self, pack: Hashable) -> None:
-        """Forget every frame of `pack` (its avatar is gone)."""
-        with self._lock:
-            p = self._packs.pop(pack, None)
+        """Forget every frame of `pack` (its avatar is gone), at the next call; safe from a finalizer."""
+        self._released.append(pack)
+
+    def _drop_released(self) -> None:
+        while self._released:
+            p = self._packs.pop(self._released.popleft(), None)
             if p is not None:
                 self._nbytes -= p.nbytes
