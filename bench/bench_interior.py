@@ -44,6 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_face_box import box_error  # noqa: E402
+
 from workbench import atomic  # noqa: E402
 from workbench.avatars.model import Avatar, PrepParams  # noqa: E402
 from workbench.config import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
@@ -192,9 +194,7 @@ def measure(
             comb.append(ts.frame_structure(frame, lm).score)
             sharp_s.append(mq.mouth_sharpness(avatar.frames[i], src_lms[i]))
         if states[k].open >= 0.5:
-            sb = src_det[i].box
-            w = sb[2] - sb[0]
-            box_err.append(float(np.max(np.abs(d.box - sb)) / w) if d is not None else float("inf"))
+            box_err.append(box_error(src_det[i].box, d.box if d is not None else None))
     env = envelope(audio, n)
     lag_a, corr_a = xcorr(measure_openness(np.asarray(lm_src_box)), env)
     own = measure_openness(np.nan_to_num(np.asarray(lm_own), nan=0.0))
