@@ -6,9 +6,11 @@ these flags. On Hugging Face Spaces the platform's GRADIO_SERVER_NAME / GRADIO_S
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 from pathlib import Path
@@ -75,6 +77,9 @@ def main(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: what a job that never ends is waiting for.
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     import uvicorn
     from pydantic import ValidationError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -114,11 +115,34 @@ def text(page, selector: str) -> str:
 
 
 def wait_text(page, selector: str, needle: str, timeout_ms: int) -> None:
-    page.wait_for_function(
-        "([sel, needle]) => { const el = document.querySelector(sel); return el && el.innerText.includes(needle); }",
-        arg=[selector, needle],
-        timeout=timeout_ms,
-    )
+    """Wait until `selector`'s text contains `needle`. On a timeout the failure says what the element, the page
+    and (when the page fixture set `page.explain`) the server were doing instead."""
+    try:
+        page.wait_for_function(
+            "([sel, needle]) => { const el = document.querySelector(sel); return el && el.innerText.includes(needle); }",
+            arg=[selector, needle],
+            timeout=timeout_ms,
+        )
+    except Exception as e:
+        if type(e).__name__ != "TimeoutError":
+            raise
+        shown = page.locator(selector).all_inner_texts()
+        toasts = page.locator(".toast-body").all_inner_texts()
+        explain = getattr(page, "explain", None)
+        raise AssertionError(
+            f"{selector} did not show {needle!r} within {timeout_ms / 1000:.0f} s; it shows {shown!r}; "
+            f"toasts {toasts!r}; page errors {page.errors!r}" + (f"\n{explain()}" if explain else "")
+        ) from None
+
+
+def server_report(proc: subprocess.Popen, log: Path, wait_s: float = 2.0) -> str:
+    """The end of an app.py's log, after asking it for every thread's stack (app.py writes them on SIGUSR1):
+    what a job that never finished was waiting for."""
+    if proc.poll() is None and hasattr(signal, "SIGUSR1"):
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(wait_s)
+    tail = log.read_text(errors="replace")[-12_000:] if log.exists() else "(no log)"
+    return f"--- the server's log (end) ---\n{tail}"
 
 
 def poll(condition, timeout_s: float, what: str) -> None:

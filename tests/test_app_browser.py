@@ -22,6 +22,7 @@ from testkit.browser import (
     free_port,
     poll,
     room_noise_wav,
+    server_report,
     shot,
     text,
     video_sample,
@@ -50,15 +51,18 @@ def server(tmp_path_factory, samples_dir):
     env.pop("OPENAI_API_KEY", None)
     url = f"http://127.0.0.1:{port}/"
     cmd = [sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
-    with app_process(cmd, REPO, env, url, tmp / "server.log", SERVER_START_S, "app_server.log"):
-        yield url
+    log = tmp / "server.log"
+    with app_process(cmd, REPO, env, url, log, SERVER_START_S, "app_server.log") as proc:
+        yield url, (lambda: server_report(proc, log))
 
 
 @pytest.fixture(scope="module")
 def page(server, tmp_path_factory):
     # The fake microphone plays a near-silent hiss: live input, below the local voice's speech threshold.
     mic = room_noise_wav(tmp_path_factory.mktemp("mic") / "hiss.wav", seconds=2, level=5e-4)
-    with chromium_page(server, mic) as pg:
+    url, explain = server
+    with chromium_page(url, mic) as pg:
+        pg.explain = explain  # a wait that times out reports the server's threads and log (testkit.browser)
         pg.wait_for_selector("#prep-button", timeout=60_000)
         yield pg
 
@@ -84,8 +88,8 @@ def test_prepare_avatar_from_a_sample(page):
     frames.fill(str(PREP_FRAMES))
     frames.press("Tab")
     page.click("#prep-button")
-    # Wait for this preparation's own summary: the example avatar (100 frames), when its background preparation
-    # ends meanwhile, is shown in the same place until this one is done.
+    # This preparation's own summary. The example avatar (100 frames), when its background preparation ends
+    # meanwhile, must not take its place (`SessionLocks`).
     wait_text(page, "#prep-summary", f": {PREP_FRAMES} frames (", 180_000)
     summary = text(page, "#prep-summary")
     assert (

@@ -640,6 +640,60 @@ def test_the_preparation_tab_shows_the_ready_example_avatar(ui, prepared):
     assert ui.prepare_tab.show_ready_example(new_session())[1] == gr.update()  # none ready: the tab as it was
 
 
+def test_the_example_ready_during_a_preparation_does_not_replace_its_result(ui, prepared, monkeypatch):
+    """The warm-up ended while a page prepared its own avatar: Gradio ran the example's handler with the page's
+    state from before, and its output (the 100-frame example) landed on top of the visitor's (a CI failure)."""
+    import threading
+
+    example_id = prepared[0].current
+    monkeypatch.setattr(ui.ctx, "preferred_avatar", lambda: example_id)
+    real_prepare = ui.engine.prepare
+    started, go_on = threading.Event(), threading.Event()
+
+    def slow_prepare(*args, **kwargs):
+        started.set()
+        assert go_on.wait(60)
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(ui.engine, "prepare", slow_prepare)
+    page = new_session()  # the state both events start from: no avatar yet
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(
+            out=ui.prepare_tab.prepare(
+                "sun.mp4", None, 0, 10, "jaw", 90, 90, "dlib", "landmarks", FRAMES, page, progress=None
+            )
+        )
+    )
+    worker.start()
+    try:
+        assert started.wait(60)
+        shown = ui.prepare_tab.show_ready_example(page)  # the warm-up's end, mid-preparation
+        assert all(out == gr.skip() for out in shown)  # nothing written: not the summary, not a stale session
+    finally:
+        go_on.set()
+        worker.join(120)
+    session, summary = result["out"][:2]
+    assert "sun.mp4" in summary and session.current != example_id
+    assert len(ui.ctx.session_locks) == 0  # nothing kept once the handlers are done
+
+
+def test_session_locks_exclude_within_a_session_only_and_keep_nothing():
+    from workbench.ui.session_state import SessionLocks
+
+    locks = SessionLocks()
+    with locks.hold("a") as got_a:
+        assert got_a
+        with locks.hold("a", wait=False) as again, locks.hold("b", wait=False) as other:
+            assert not again and other  # the same page waits; another page does not
+        assert len(locks) == 1
+    with pytest.raises(RuntimeError), locks.hold("a"):
+        raise RuntimeError("a failed preparation")
+    with locks.hold("a", wait=False) as after_failure:
+        assert after_failure
+    assert len(locks) == 0
+
+
 def test_the_renderer_is_described_as_it_runs_for_that_avatar(ui, prepared):
     from testkit.realtime import make_avatar
     from workbench.lipsync.cpu.renderer import CPURenderer

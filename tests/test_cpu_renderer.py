@@ -362,9 +362,35 @@ def test_renderer_does_not_keep_avatars_alive(yongen_avatar):
     r = CPURenderer(max_avatars=3)
     for _ in range(5):
         r.render(dataclasses.replace(yongen_avatar), [0], [MouthState(0.5)])
-    assert len(r._rigs) <= 3
+    assert r.rig_count() <= 3
     gc.collect()
-    assert len(r._rigs) == 0  # every avatar above is gone, and so are their rigs
+    assert r.rig_count() == 0  # every avatar above is gone, and so are their rigs
+
+
+def test_an_avatar_collected_while_the_rig_table_is_locked_does_not_deadlock(yongen_avatar):
+    """The collector runs wherever an allocation triggers it, also in a thread holding the renderer's lock; an
+    avatar it collects there used to take that lock again from its weak reference's callback: that thread, and
+    every render after it, hung."""
+    import dataclasses
+    import gc
+    import threading
+
+    r = CPURenderer()
+    doomed = dataclasses.replace(yongen_avatar)
+    r.render(doomed, [0], [MouthState(0.5)])
+    doomed.extras = {"self": doomed}  # a reference cycle: only the collector frees it
+    del doomed
+    done = threading.Event()
+
+    def collect_inside_the_lock():
+        with r._lock:
+            gc.collect()
+        done.set()
+
+    threading.Thread(target=collect_inside_the_lock, daemon=True).start()
+    assert done.wait(10), "a collection inside the renderer's lock deadlocked"
+    assert r.rig_count() == 0
+    assert r.render(yongen_avatar, [0], [MouthState(0.5)])[0].shape == yongen_avatar.frames[0].shape
 
 
 def test_mouth_bank_is_used_only_when_the_avatar_shows_open_shapes(yongen_avatar, sun_avatar):

@@ -26,7 +26,7 @@ from workbench.disk_budget import Area, DiskBudget, scratch_prefix
 from workbench.media import MediaError
 from workbench.plain import one_line
 from workbench.ui.library import AccessError, Library, short_id  # noqa: F401  (re-exported for the tabs)
-from workbench.ui.session_state import SessionState
+from workbench.ui.session_state import SessionLocks, SessionState
 from workbench.weights import WeightsError
 
 if TYPE_CHECKING:
@@ -71,6 +71,8 @@ class UIContext:
     # path from anywhere else is refused, whatever the page sent (see `checked_input`).
     input_roots: list[Path] = field(default_factory=lambda: [Path(gr_upload_folder())])
     disk: DiskBudget | None = None  # set in __post_init__
+    # Keeps a session's preparation and the example shown at warm-up's end from overwriting each other.
+    session_locks: SessionLocks = field(default_factory=SessionLocks)
     # The weights panel's operator-token box (None until it is built), an input of the operator-only actions.
     operator_box: object | None = None
 

@@ -161,10 +161,15 @@ class PrepareTab:
         progress=gr.Progress(),
     ):
         session = session or new_session()
-        s = self.ctx.settings
         params = params_from_inputs(
             bbox_shift, extra_margin, parsing_mode, left_cheek, right_cheek, detector, mask_source, max_frames
         )
+        # Held to the end: the example avatar, ready meanwhile, must not land on top of this result.
+        with self.ctx.session_locks.hold(session.token):
+            return self._prepare(sample, upload, params, session, progress)
+
+    def _prepare(self, sample: str | None, upload: str | None, params: PrepParams, session: SessionState, progress):
+        s = self.ctx.settings
         kept = None
         if upload:
             checked = validate_upload(self.ctx.checked_input(upload), s.max_upload_mb, s.max_upload_seconds)
@@ -193,9 +198,9 @@ class PrepareTab:
     def use(self, avatar_id: str | None, session: SessionState | None):
         session = session or new_session()
         self.ctx.library.check_access(avatar_id, session.avatars)
-        avatar = self.ctx.library.load(avatar_id)
-        session = replace(session, current=avatar_id)
-        return self._show(avatar, session)
+        with self.ctx.session_locks.hold(session.token):
+            avatar = self.ctx.library.load(avatar_id)
+            return self._show(avatar, replace(session, current=avatar_id))
 
     @user_errors
     def delete(self, avatar_id: str | None, session: SessionState | None):
@@ -232,17 +237,22 @@ class PrepareTab:
 
     def show_ready_example(self, session: SessionState | None):
         """At page load (and when the background preparation finishes): the example avatar, when it is ready and
-        this page shows no avatar yet, so the tab does not start empty."""
+        this page shows no avatar yet, so the tab does not start empty. Never while this page prepares or opens
+        an avatar: `session` is then already out of date, and what this returns would replace that result."""
+        unchanged = tuple(gr.skip() for _ in range(7))  # the session too: a stale copy must not be written back
         session = session or new_session()
         avatar_id = self.ctx.preferred_avatar()
         if session.current or not avatar_id:
-            return (session, *(gr.update() for _ in range(6)))
-        try:
-            self.ctx.library.check_access(avatar_id, session.avatars)
-            avatar = self.ctx.library.load(avatar_id)
-        except (KeyError, PermissionError, OSError):
-            return (session, *(gr.update() for _ in range(6)))
-        return self._show(avatar, replace(session, current=avatar_id))
+            return unchanged
+        with self.ctx.session_locks.hold(session.token, wait=False) as free:
+            if not free:
+                return unchanged
+            try:
+                self.ctx.library.check_access(avatar_id, session.avatars)
+                avatar = self.ctx.library.load(avatar_id)
+            except (KeyError, PermissionError, OSError):
+                return unchanged
+            return self._show(avatar, replace(session, current=avatar_id))
 
     def _show(self, avatar: Avatar, session: SessionState, note: str | None = None):
         n = len(avatar)

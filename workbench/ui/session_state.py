@@ -2,11 +2,18 @@
 
 `gr.State(new_session)` calls `new_session` once per page load. Handlers never change a state in place: they
 return a new one (`remember`, `forget`, `dataclasses.replace`), which Gradio stores for the next event.
+
+Gradio hands each event the state as it was when that event started, and keeps whatever the event returns:
+two events of one page that overlap can each undo the other. `SessionLocks` keeps the ones that must not
+overlap apart (a visitor's preparation and the example avatar shown when the background warm-up ends).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 
@@ -34,3 +41,34 @@ def forget(session: SessionState | None, avatar_id: str) -> SessionState:
     session = session or new_session()
     current = None if session.current == avatar_id else session.current
     return replace(session, avatars=[a for a in session.avatars if a != avatar_id], current=current)
+
+
+class SessionLocks:
+    """One lock per browser session (by token), kept only while it is held or awaited: the table holds no
+    more entries than there are handlers running, whatever number of pages a client opens."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}  # token -> (lock, [users])
+
+    @contextmanager
+    def hold(self, token: str, wait: bool = True) -> Iterator[bool]:
+        """Hold `token`'s lock for the block; with `wait=False` the block gets False at once when another
+        handler of that session holds it (and must then leave the session alone)."""
+        with self._mutex:
+            lock, users = self._locks.setdefault(token, (threading.Lock(), [0]))
+            users[0] += 1
+        got = lock.acquire(blocking=wait)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
+            with self._mutex:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._locks[token]
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return len(self._locks)

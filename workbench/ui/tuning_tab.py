@@ -279,10 +279,12 @@ class TuningTab:
         avatar = self._avatar(avatar_id, session)
         params = variants(avatar.params, [int(chosen)], extra_margin, parsing_mode, left_cheek, right_cheek)[0]
         source = self.ctx.library.source_path(avatar.avatar_id)
-        try:
-            new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.token)
-        finally:
-            self.ctx.after_job()  # its face detections count against the visitors' disk budget
+        # As the preparation tab's: the example avatar shown meanwhile must not undo this session's new avatar.
+        with self.ctx.session_locks.hold(session.token):
+            try:
+                new = self.ctx.engine.prepare(source, params, progress=gr_progress(progress), owner=session.token)
+            finally:
+                self.ctx.after_job()  # its face detections count against the visitors' disk budget
         session = remember(session, new.avatar_id)
         gr.Info(f"Saved: avatar {short_id(new.avatar_id)} uses bbox_shift {params.bbox_shift}.", duration=4)
         msg = (

@@ -23,7 +23,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Literal
 
@@ -348,6 +348,10 @@ class CPURenderer(Renderer):
         # Keyed by id(avatar); a weak reference drops the entry when the avatar is garbage-collected.
         self._rigs: OrderedDict[int, tuple[weakref.ref, _AvatarRig]] = OrderedDict()
         self._lock = threading.Lock()
+        # Entries whose avatar was collected, dropped at the next `_rig`. The weak reference's callback runs
+        # wherever the collector runs, also inside `_rig` with the lock held: taking the lock there deadlocked
+        # that thread and then every render (a preparation's summary never came, a CI failure). It only appends.
+        self._collected: deque[tuple[int, weakref.ref]] = deque()
 
     # --- Renderer ---------------------------------------------------------------------------
     def new_frontend(self, sample_rate: int | None = None) -> MouthFrontend:
@@ -474,20 +478,42 @@ class CPURenderer(Renderer):
 
     # --- internals --------------------------------------------------------------------------
     def _rig(self, avatar: Avatar) -> _AvatarRig:
+        rig = self._known_rig(avatar)
+        if rig is not None:
+            return rig
+        # Built outside the lock: one avatar's set-up (its mouth bank) never holds up another avatar's frames.
+        built = _AvatarRig(avatar, self.bank_params)
         key = id(avatar)
         with self._lock:
+            self._drop_collected()
             entry = self._rigs.get(key)
-            if entry is not None and entry[0]() is avatar:
+            if entry is not None and entry[0]() is avatar:  # another thread built one meanwhile: keep one
                 self._rigs.move_to_end(key)
                 return entry[1]
-            rig = _AvatarRig(avatar, self.bank_params)
-            self._rigs[key] = (weakref.ref(avatar, lambda _ref, k=key: self._forget(k, _ref)), rig)
+            self._rigs[key] = (weakref.ref(avatar, lambda ref, k=key: self._collected.append((k, ref))), built)
             while len(self._rigs) > self.max_avatars:
                 self._rigs.popitem(last=False)
-            return rig
+            return built
 
-    def _forget(self, key: int, ref: weakref.ref) -> None:
+    def _known_rig(self, avatar: Avatar) -> _AvatarRig | None:
         with self._lock:
+            self._drop_collected()
+            entry = self._rigs.get(id(avatar))
+            if entry is None or entry[0]() is not avatar:
+                return None
+            self._rigs.move_to_end(id(avatar))
+            return entry[1]
+
+    def rig_count(self) -> int:
+        """How many avatars' rigs are kept (at most `max_avatars`; none for an avatar that was collected)."""
+        with self._lock:
+            self._drop_collected()
+            return len(self._rigs)
+
+    def _drop_collected(self) -> None:
+        """Drop the entries of avatars collected since the last call (the lock is held)."""
+        while self._collected:
+            key, ref = self._collected.popleft()
             entry = self._rigs.get(key)
             if entry is not None and entry[0] is ref:
                 del self._rigs[key]
