@@ -7,10 +7,12 @@ these flags. On Hugging Face Spaces the platform's GRADIO_SERVER_NAME / GRADIO_S
 from __future__ import annotations
 
 import faulthandler
+import io
 import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -77,9 +79,6 @@ def main(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # `kill -USR1 <pid>` writes every thread's stack to stderr: what a job that never ends is waiting for.
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
     import uvicorn
     from pydantic import ValidationError
 
@@ -123,7 +122,19 @@ def main(
 
         threading.Thread(target=tunnel, daemon=True).start()
     typer.echo(f"Workbench on http://{bind_host}:{bind_port} (renderer: {engine.resolved_renderer_name()})")
+    _stacks_on_signal()
     server.run()
+
+
+def _stacks_on_signal() -> None:
+    """`kill -USR1 <pid>` writes every thread's stack to stderr: what a job that never ends is waiting for. Not
+    where stderr is no file of the process's own (captured by a test runner): there is nowhere to write them."""
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        log.info("stderr has no file descriptor: SIGUSR1 will not print thread stacks")
 
 
 if __name__ == "__main__":
