@@ -349,8 +349,8 @@ class CPURenderer(Renderer):
         self._rigs: OrderedDict[int, tuple[weakref.ref, _AvatarRig]] = OrderedDict()
         self._lock = threading.Lock()
         # Entries whose avatar was collected, dropped at the next `_rig`. The weak reference's callback runs
-        # wherever the collector runs, also inside `_rig` with the lock held: taking the lock there deadlocked
-        # that thread and then every render (a preparation's summary never came, a CI failure). It only appends.
+        # wherever the collector runs, also inside `_rig` with the lock held: taking the lock there would hang
+        # that thread and then every render (as in `FrameMemory`). So it only appends.
         self._collected: deque[tuple[int, weakref.ref]] = deque()
 
     # --- Renderer ---------------------------------------------------------------------------
@@ -478,31 +478,30 @@ class CPURenderer(Renderer):
 
     # --- internals --------------------------------------------------------------------------
     def _rig(self, avatar: Avatar) -> _AvatarRig:
-        rig = self._known_rig(avatar)
+        with self._lock:
+            rig = self._lookup(avatar)
         if rig is not None:
             return rig
         # Built outside the lock: one avatar's set-up (its mouth bank) never holds up another avatar's frames.
         built = _AvatarRig(avatar, self.bank_params)
         key = id(avatar)
         with self._lock:
-            self._drop_collected()
-            entry = self._rigs.get(key)
-            if entry is not None and entry[0]() is avatar:  # another thread built one meanwhile: keep one
-                self._rigs.move_to_end(key)
-                return entry[1]
+            rig = self._lookup(avatar)  # another thread built one meanwhile: keep one
+            if rig is not None:
+                return rig
             self._rigs[key] = (weakref.ref(avatar, lambda ref, k=key: self._collected.append((k, ref))), built)
             while len(self._rigs) > self.max_avatars:
                 self._rigs.popitem(last=False)
             return built
 
-    def _known_rig(self, avatar: Avatar) -> _AvatarRig | None:
-        with self._lock:
-            self._drop_collected()
-            entry = self._rigs.get(id(avatar))
-            if entry is None or entry[0]() is not avatar:
-                return None
-            self._rigs.move_to_end(id(avatar))
-            return entry[1]
+    def _lookup(self, avatar: Avatar) -> _AvatarRig | None:
+        """`avatar`'s rig when one is kept, now the most recently used (the lock is held)."""
+        self._drop_collected()
+        entry = self._rigs.get(id(avatar))
+        if entry is None or entry[0]() is not avatar:
+            return None
+        self._rigs.move_to_end(id(avatar))
+        return entry[1]
 
     def rig_count(self) -> int:
         """How many avatars' rigs are kept (at most `max_avatars`; none for an avatar that was collected)."""
